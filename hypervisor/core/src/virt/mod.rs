@@ -1,0 +1,26 @@
+//! Hardware-virtualization capabilities, decoded from raw CPUID/MSR values.
+//!
+//! The kernel reads the registers (`hypervisor/src/virt/{vmx,svm}`); the decoding lives here so
+//! it is unit-tested on the host with values recorded from real CPUs and emulators.
+
+pub mod svm;
+pub mod vmx;
+
+/// What the CPU offers, as far as Bastion cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VirtCaps {
+    Vmx(vmx::VmxCaps),
+    Svm(svm::SvmCaps),
+    /// Neither extension is usable; the string says why (shown in the banner).
+    None(&'static str),
+}
+
+impl core::fmt::Display for VirtCaps {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            VirtCaps::Vmx(c) => c.fmt(f),
+            VirtCaps::Svm(c) => c.fmt(f),
+            VirtCaps::None(why) => write!(f, "no hardware virtualization: {why}"),
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! The CPUs of this machine, from the ACPI MADT (parsed by the `acpi` crate).
+
+use acpi::{AcpiHandler, AcpiTables, PhysicalMapping};
+use alloc::vec::Vec;
+use core::ptr::NonNull;
+
+/// Maps ACPI tables through the bootloader's physical-memory mapping: nothing to map or unmap.
+#[derive(Clone, Copy)]
+struct PhysMap;
+
+impl AcpiHandler for PhysMap {
+    unsafe fn map_physical_region<T>(&self, phys: usize, size: usize) -> PhysicalMapping<Self, T> {
+        let virt = NonNull::new(crate::memory::phys_to_virt(phys as u64) as *mut T).expect("physical mapping is never null");
+        // SAFETY: all physical memory is mapped at the offset, for the whole run.
+        unsafe { PhysicalMapping::new(phys, virt, size, size, *self) }
+    }
+    fn unmap_physical_region<T>(_region: &PhysicalMapping<Self, T>) {}
+}
+
+/// One usable CPU.
+#[derive(Debug, Clone, Copy)]
+pub struct Cpu {
+    pub apic_id: u32,
+    pub is_bsp: bool,
+}
+
+#[derive(Debug)]
+pub struct Topology {
+    pub cpus: Vec<Cpu>,
+}
+
+/// The OEM ID in the RSDP (ACPI 6.5 5.2.5.3, offset 9), read before any parsing.
+pub fn rsdp_oem_id(rsdp: u64) -> [u8; 6] {
+    let mut id = [0u8; 6];
+    // SAFETY: the bootloader found an RSDP at this address; its first 15 bytes always exist.
+    unsafe { core::ptr::copy_nonoverlapping(crate::memory::phys_to_virt(rsdp + 9), id.as_mut_ptr(), 6) };
+    id
+}
+
+/// Lists the enabled CPUs from the MADT. Errors are returned as text for the log.
+pub fn topology(rsdp: u64) -> Result<Topology, acpi::AcpiError> {
+    // SAFETY: the address comes from the bootloader, which found and checked the RSDP.
+    let tables = unsafe { AcpiTables::from_rsdp(PhysMap, rsdp as usize) }?;
+    let info = tables.platform_info()?;
+    let pi = info.processor_info.ok_or(acpi::AcpiError::InvalidMadt(acpi::MadtError::UnexpectedEntry))?;
+    let mut cpus = Vec::new();
+    cpus.push(Cpu { apic_id: pi.boot_processor.local_apic_id, is_bsp: true });
+    for p in pi.application_processors.iter() {
+        if p.state != acpi::platform::ProcessorState::Disabled {
+            cpus.push(Cpu { apic_id: p.local_apic_id, is_bsp: false });
+        }
+    }
+    Ok(Topology { cpus })
+}

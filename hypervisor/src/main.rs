@@ -1,0 +1,168 @@
+//! Bastion: a bare-metal type-1 hypervisor for x86_64. This is the kernel's entry and boot
+//! sequence; each step lives in its own module.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+mod acpi_tables;
+mod cpu;
+mod gdt;
+mod interrupts;
+mod logger;
+mod memory;
+mod platform;
+mod serial;
+mod virt;
+
+use bastion_core::bundle::{Bundle, CONFIG_FILE};
+use bastion_core::config::{Config, Crash};
+use bastion_core::exit::ExitStatus;
+use bootloader_api::config::{BootloaderConfig, Mapping};
+use bootloader_api::{entry_point, BootInfo};
+use log::{error, info, warn};
+
+const BOOT_CONFIG: BootloaderConfig = {
+    let mut c = BootloaderConfig::new_default();
+    // All physical memory mapped at one offset: page tables, VMCS/VMCB and guest RAM are
+    // reached through it without per-use mappings.
+    c.mappings.physical_memory = Some(Mapping::Dynamic);
+    c.kernel_stack_size = 256 * 1024;
+    c
+};
+
+entry_point!(kernel_main, config = &BOOT_CONFIG);
+
+/// Ends the run with a failure after printing why.
+fn fail(what: core::fmt::Arguments) -> ! {
+    error!("{what}");
+    let mut r = platform::Reason::new();
+    let _ = core::fmt::Write::write_fmt(&mut r, what);
+    platform::exit(ExitStatus::Fail, r.as_str())
+}
+
+fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
+    serial::init();
+    logger::init();
+    gdt::init();
+    interrupts::init();
+    info!("Bastion {} starting", env!("CARGO_PKG_VERSION"));
+
+    let Some(phys_offset) = boot_info.physical_memory_offset.into_option() else {
+        fail(format_args!("the bootloader did not map physical memory"));
+    };
+    memory::set_phys_offset(phys_offset);
+    let rsdp = boot_info.rsdp_addr.into_option();
+    platform::init(rsdp.map(acpi_tables::rsdp_oem_id));
+
+    let mem = match memory::init(&boot_info.memory_regions) {
+        Ok(m) => m,
+        Err(e) => fail(format_args!("memory: {e}")),
+    };
+
+    // The bundle first: it may change the log level and how the run ends.
+    let ramdisk = match boot_info.ramdisk_addr.into_option() {
+        // SAFETY: the bootloader mapped the ramdisk at this address with this length, read-only
+        // data that stays mapped for the whole run.
+        Some(addr) => unsafe { core::slice::from_raw_parts(addr as *const u8, boot_info.ramdisk_len as usize) },
+        None => &[],
+    };
+    let bundle = match Bundle::parse(ramdisk) {
+        Ok(b) => b,
+        Err(e) => fail(format_args!("bundle: {e}")),
+    };
+    let config = match bundle.config_text().map(|t| Config::parse(CONFIG_FILE, t)) {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => fail(format_args!("config: {e}")),
+        Err(e) => fail(format_args!("bundle: {e}")),
+    };
+    logger::set_level(config.hypervisor.log_level.to_filter());
+    platform::set_shutdown(config.hypervisor.shutdown);
+
+    let id = cpu::identify();
+    let caps = virt::detect(&id);
+    let cpus = match rsdp.map(acpi_tables::topology) {
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) => {
+            warn!("ACPI: cannot read the MADT ({e:?}); running on the boot CPU only");
+            None
+        }
+        None => {
+            warn!("ACPI: no RSDP from the firmware; running on the boot CPU only");
+            None
+        }
+    };
+
+    info!("==== Bastion {} — x86_64 hypervisor ====", env!("CARGO_PKG_VERSION"));
+    info!(
+        "cpu:    {} \"{}\" family {:#x} model {:#x} stepping {}",
+        id.vendor_string.as_str(),
+        id.brand.as_str(),
+        id.family,
+        id.model,
+        id.stepping
+    );
+    match &cpus {
+        Some(t) => {
+            let bsp = t.cpus.iter().find(|c| c.is_bsp).map_or(0, |c| c.apic_id);
+            info!("cpus:   {} CPUs (ACPI MADT), boot CPU APIC ID {bsp}", t.cpus.len());
+        }
+        None => info!("cpus:   1 CPUs (no ACPI)"),
+    }
+    info!(
+        "memory: {} MiB usable in {} regions, {} MiB heap, {} MiB free",
+        mem.usable_bytes >> 20,
+        mem.regions,
+        mem.heap_bytes >> 20,
+        (memory::free_frames() * 4096) >> 20
+    );
+    info!("virt:   {caps}");
+    let missing = match &caps {
+        bastion_core::virt::VirtCaps::Vmx(c) => c.missing(),
+        bastion_core::virt::VirtCaps::Svm(c) => c.missing(),
+        bastion_core::virt::VirtCaps::None(_) => alloc::vec!["VMX or SVM"],
+    };
+    if !missing.is_empty() {
+        warn!("virt:   cannot run guests on this CPU, it lacks: {}", missing.join(", "));
+    }
+    info!("bundle: {} files, {} bytes", bundle.files().count(), ramdisk.len());
+    info!("==== boot complete ====");
+
+    trigger_crash(config.debug.crash);
+
+    if config.hypervisor.exit_when_idle {
+        info!("nothing to run; exiting as configured (exit_when_idle)");
+        platform::exit(ExitStatus::Pass, "");
+    }
+    info!("nothing to run; idling");
+    cpu::halt_forever()
+}
+
+/// `[debug] crash`: fault on purpose so tests can see the crash report.
+fn trigger_crash(kind: Crash) {
+    if kind != Crash::None {
+        warn!("debug: triggering {kind:?} as configured");
+    }
+    // SAFETY (all arms): each deliberately faults; the fault handler ends the run.
+    unsafe {
+        match kind {
+            Crash::None => {}
+            Crash::PageFault => {
+                core::ptr::read_volatile(0x0000_dead_beef_0000 as *const u64);
+            }
+            Crash::GeneralProtection => {
+                // A non-canonical address: #GP, not #PF (SDM Vol. 3A 3.3.7.1).
+                core::ptr::read_volatile(0x8000_0000_0000_0000u64 as *const u64);
+            }
+            Crash::InvalidOpcode => core::arch::asm!("ud2"),
+            Crash::DivideError => core::arch::asm!("xor edx, edx", "xor eax, eax", "xor ecx, ecx", "div ecx", out("eax") _, out("edx") _, out("ecx") _),
+            Crash::Panic => panic!("deliberate panic requested by [debug] crash"),
+        }
+    }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    serial::print_emergency(format_args!("\n!!! BASTION PANIC on CPU {}: {info}\n", cpu::current_id()));
+    platform::exit(ExitStatus::Fail, "hypervisor panic")
+}

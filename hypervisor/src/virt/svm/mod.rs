@@ -1,0 +1,2 @@
+//! AMD-V (SVM) backend.
+pub mod caps;

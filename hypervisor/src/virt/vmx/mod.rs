@@ -1,0 +1,2 @@
+//! Intel VT-x backend.
+pub mod caps;
