@@ -148,7 +148,7 @@ fn trigger_crash(kind: Crash) {
         match kind {
             Crash::None => {}
             Crash::PageFault => {
-                core::ptr::read_volatile(0x0000_dead_beef_0000 as *const u64);
+                core::ptr::read_volatile(bastion_core::config::CRASH_PAGE_FAULT_ADDRESS as *const u64);
             }
             Crash::GeneralProtection => {
                 // A non-canonical address: #GP, not #PF (SDM Vol. 3A 3.3.7.1).

@@ -1,1 +1,356 @@
+//! Emulator test harness: boots Bastion images in QEMU (BIOS, UEFI) or Bochs (Intel or AMD
+//! CPU model), streams the serial console, waits for expected lines with a timeout, and reads
+//! the final status (see `bastion_core::exit`).
+//!
+//! Guarantees the tests rely on:
+//! - every run has a deadline, and on a timeout the harness collects diagnostics (for Bochs,
+//!   SIGINT first so it flushes its buffers and prints where the CPU is stuck);
+//! - no emulator outlives its [`Emulator`]: `Drop` kills its process group (also when the test
+//!   panics), and `PR_SET_PDEATHSIG` kills it if the test process itself dies;
+//! - every run works in its own directory under `target/qemu-tests/`, so tests run in parallel.
+//!
+//! `xtask run` uses [`emulator_command`] too, so what tests boot is what developers boot.
 
+pub mod emulators;
+
+use bastion_core::exit::{parse_exit_line, ExitStatus};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub use emulators::{emulator_command, Platform, RunOptions};
+
+/// The workspace root (this crate lives in `<root>/qemu-tests`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("qemu-tests has a parent").to_path_buf()
+}
+
+/// Target directory for kernel builds: separate from the host one, so a kernel build started
+/// from inside `cargo test` never waits on the outer cargo's lock.
+pub fn kernel_target_dir() -> PathBuf {
+    workspace_root().join("target").join("kernel")
+}
+
+/// The kernel ELF: `$BASTION_KERNEL` when set (xtask sets it after building), otherwise built
+/// once per test process with `cargo build -p hypervisor --target x86_64-unknown-none --release`.
+pub fn kernel() -> &'static Path {
+    static KERNEL: OnceLock<PathBuf> = OnceLock::new();
+    KERNEL.get_or_init(|| {
+        if let Some(p) = std::env::var_os("BASTION_KERNEL") {
+            return PathBuf::from(p);
+        }
+        build_kernel().unwrap_or_else(|e| panic!("cannot build the kernel: {e}"))
+    })
+}
+
+/// Builds the release kernel and returns its path.
+pub fn build_kernel() -> Result<PathBuf, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(workspace_root())
+        .args(["build", "-p", "hypervisor", "--target", "x86_64-unknown-none", "--release"])
+        .env("CARGO_TARGET_DIR", kernel_target_dir())
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err(format!("kernel build failed ({status})"));
+    }
+    Ok(kernel_target_dir().join("x86_64-unknown-none/release/bastion"))
+}
+
+/// A fresh, unique working directory for one run, `target/qemu-tests/<name>-<pid>-<n>`.
+/// The first call in a process removes the directories of test processes that have ended,
+/// so images do not pile up; the last run's files stay for inspection.
+pub fn work_dir(name: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    static PRUNED: OnceLock<()> = OnceLock::new();
+    let base = workspace_root().join("target/qemu-tests");
+    PRUNED.get_or_init(|| prune_dead_runs(&base));
+    let dir = base.join(format!("{name}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("cannot create work dir");
+    dir
+}
+
+fn prune_dead_runs(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = name.rsplitn(3, '-').nth(1).and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+/// A bootable image for one test.
+#[derive(Debug, Clone)]
+pub struct TestImage {
+    pub dir: PathBuf,
+    pub bios: PathBuf,
+    pub uefi: PathBuf,
+}
+
+/// Builds BIOS and UEFI images whose bundle carries `config` as `bastion.toml`. The config is
+/// validated by `boot` exactly as for a real image.
+pub fn image_with_config(name: &str, config: &str) -> TestImage {
+    let dir = work_dir(name);
+    let cfg = dir.join("bastion.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let bundle = boot::bundle_bytes(&cfg).unwrap_or_else(|e| panic!("test config refused: {e:#}"));
+    image_with_bundle_in(dir, &bundle)
+}
+
+/// Builds images around arbitrary bundle bytes (for corrupt-bundle tests).
+pub fn image_with_bundle(name: &str, bundle: &[u8]) -> TestImage {
+    image_with_bundle_in(work_dir(name), bundle)
+}
+
+fn image_with_bundle_in(dir: PathBuf, bundle: &[u8]) -> TestImage {
+    let bundle_path = dir.join("bundle.tar");
+    std::fs::write(&bundle_path, bundle).unwrap();
+    let kernel = dir.join("bastion.elf");
+    boot::strip_kernel(self::kernel(), &kernel).unwrap_or_else(|e| panic!("{e:#}"));
+    let img = TestImage { bios: dir.join("bastion-bios.img"), uefi: dir.join("bastion-uefi.img"), dir };
+    let req = boot::ImageRequest { bios: Some(img.bios.clone()), uefi: Some(img.uefi.clone()), pxe: None };
+    boot::create_images(&kernel, &bundle_path, &req).unwrap_or_else(|e| panic!("{e:#}"));
+    img
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// From the `BASTION EXIT:` line.
+    pub status: ExitStatus,
+    /// The emulator's process exit code, once it ended.
+    pub process_code: Option<i32>,
+}
+
+/// A running emulator with its serial console.
+pub struct Emulator {
+    platform: Platform,
+    child: Option<Child>,
+    lines: Receiver<String>,
+    transcript: Vec<String>,
+    dir: PathBuf,
+}
+
+/// A harness failure: what was expected, and everything seen so far.
+#[derive(Debug)]
+pub struct Failure(pub String);
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Emulator {
+    /// Boots `image` on `platform`. Panics with the install command when the emulator is missing.
+    pub fn start(platform: Platform, image: &TestImage, opts: &RunOptions) -> Emulator {
+        let run_dir = image.dir.join(format!("run-{}", platform.name()));
+        std::fs::create_dir_all(&run_dir).unwrap();
+        let mut cmd = emulator_command(platform, image_for(platform, image), &run_dir, opts)
+            .unwrap_or_else(|e| panic!("{e}"));
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.process_group(0);
+        // SAFETY: prctl is async-signal-safe; it only sets this child's parent-death signal.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", platform.name()));
+        let (tx, rx) = channel();
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log_path = run_dir.join("console.log");
+        std::thread::spawn(move || {
+            let mut log = std::fs::File::create(log_path).ok();
+            let mut r = BufReader::new(stdout);
+            let mut buf = Vec::new();
+            while r.read_until(b'\n', &mut buf).map(|n| n > 0).unwrap_or(false) {
+                let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).replace('\r', "");
+                if let Some(l) = log.as_mut() {
+                    let _ = writeln!(l, "{line}");
+                }
+                if tx.send(line).is_err() {
+                    break;
+                }
+                buf.clear();
+            }
+        });
+        let err_path = run_dir.join("stderr.log");
+        std::thread::spawn(move || {
+            let mut s = Vec::new();
+            let _ = BufReader::new(stderr).read_to_end(&mut s);
+            let _ = std::fs::write(err_path, s);
+        });
+        Emulator { platform, child: Some(child), lines: rx, transcript: Vec::new(), dir: run_dir }
+    }
+
+    /// Everything printed so far.
+    pub fn transcript(&self) -> String {
+        self.transcript.join("\n")
+    }
+
+    /// Waits for a line containing `needle`; returns it. On timeout or emulator exit the error
+    /// carries the transcript and diagnostics.
+    pub fn expect(&mut self, needle: &str, timeout: Duration) -> Result<String, Failure> {
+        let deadline = Instant::now() + timeout;
+        // Lines already seen count too: expectations may be checked out of order.
+        if let Some(l) = self.transcript.iter().find(|l| l.contains(needle)) {
+            return Ok(l.clone());
+        }
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.transcript.push(line.clone());
+                    if line.contains(needle) {
+                        return Ok(line);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    let diag = self.diagnose_and_kill();
+                    return Err(self.failure(&format!("timed out after {timeout:?} waiting for `{needle}`"), &diag));
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let code = self.reap();
+                    return Err(self.failure(&format!("emulator ended ({code:?}) before printing `{needle}`"), ""));
+                }
+            }
+        }
+    }
+
+    /// Waits for the `BASTION EXIT:` line and for the emulator to end; checks that QEMU's
+    /// process status agrees with the line.
+    pub fn expect_exit(&mut self, timeout: Duration) -> Result<Outcome, Failure> {
+        let start = Instant::now();
+        let line = self.expect(bastion_core::exit::EXIT_MARKER, timeout)?;
+        let status = parse_exit_line(&line).ok_or_else(|| self.failure(&format!("malformed exit line `{line}`"), ""))?;
+        let left = timeout.saturating_sub(start.elapsed()).max(Duration::from_secs(5));
+        let code = self.wait_end(left);
+        if code.is_none() {
+            let diag = self.diagnose_and_kill();
+            return Err(self.failure("emulator did not stop after the exit line", &diag));
+        }
+        if self.platform.is_qemu() && code.and_then(ExitStatus::from_qemu_process_status) != Some(status) {
+            return Err(self.failure(&format!("QEMU exit status {code:?} disagrees with `{line}`"), ""));
+        }
+        Ok(Outcome { status, process_code: code })
+    }
+
+    /// Drains output until the emulator ends or `timeout` passes; returns its exit code.
+    fn wait_end(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(c) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                    self.transcript.push(l);
+                }
+                return Some(c.code().unwrap_or(-1));
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            if let Ok(l) = self.lines.recv_timeout(Duration::from_millis(50)) {
+                self.transcript.push(l);
+            }
+        }
+    }
+
+    fn reap(&mut self) -> Option<i32> {
+        self.wait_end(Duration::from_secs(3))
+    }
+
+    /// On a hang: ask Bochs to stop with SIGINT (it flushes its logs and prints the stuck
+    /// CS:RIP), give it a moment, then kill. Returns what it printed meanwhile.
+    fn diagnose_and_kill(&mut self) -> String {
+        let mut diag = String::new();
+        if let Some(child) = self.child.as_ref() {
+            let pid = child.id() as i32;
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(pid, libc::SIGINT) };
+            let before = self.transcript.len();
+            self.wait_end(Duration::from_secs(3));
+            diag = self.transcript[before..].join("\n");
+            for name in ["bochs.log", "stderr.log"] {
+                if let Ok(s) = std::fs::read_to_string(self.dir.join(name)) {
+                    let tail: Vec<&str> = s.lines().rev().take(15).collect();
+                    diag.push_str(&format!("\n--- tail of {name}:\n"));
+                    diag.extend(tail.into_iter().rev().map(|l| format!("{l}\n")));
+                }
+            }
+        }
+        self.kill();
+        diag
+    }
+
+    fn failure(&self, what: &str, diag: &str) -> Failure {
+        Failure(format!(
+            "[{}] {what}\n--- console ({} lines, full log in {}):\n{}\n{}",
+            self.platform.name(),
+            self.transcript.len(),
+            self.dir.display(),
+            self.transcript.join("\n"),
+            if diag.is_empty() { String::new() } else { format!("--- diagnostics:\n{diag}") }
+        ))
+    }
+
+    /// Kills the emulator's whole process group and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: the child leads its own process group (process_group(0)).
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // A killed Bochs leaves a lock file beside the disk image.
+        if let Ok(rd) = std::fs::read_dir(&self.dir) {
+            for e in rd.flatten() {
+                if e.path().extension().is_some_and(|x| x == "lock") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn image_for(platform: Platform, image: &TestImage) -> &Path {
+    if platform == Platform::QemuUefi {
+        &image.uefi
+    } else {
+        &image.bios
+    }
+}
+
+/// Boots `config` on `platform`, waits for the exit line, and returns the transcript and the
+/// outcome: the common shape of a test. Panics (failing the test) with diagnostics on error.
+pub fn boot_to_exit(name: &str, platform: Platform, config: &str, opts: &RunOptions) -> (String, Outcome) {
+    let image = image_with_config(name, config);
+    run_image(platform, &image, opts)
+}
+
+/// Boots an existing image until the exit line.
+pub fn run_image(platform: Platform, image: &TestImage, opts: &RunOptions) -> (String, Outcome) {
+    let mut emu = Emulator::start(platform, image, opts);
+    match emu.expect_exit(platform.boot_timeout()) {
+        Ok(o) => (emu.transcript(), o),
+        Err(e) => panic!("{e}"),
+    }
+}

@@ -91,7 +91,7 @@ pub enum Shutdown {
 pub enum Crash {
     #[default]
     None,
-    /// Read an unmapped address: #PF (vector 14).
+    /// Read [`CRASH_PAGE_FAULT_ADDRESS`], which is never mapped: #PF (vector 14).
     PageFault,
     /// Load a non-canonical address: #GP (vector 13).
     GeneralProtection,
@@ -102,6 +102,10 @@ pub enum Crash {
     /// Panic in Rust code.
     Panic,
 }
+
+/// The address `crash = "page-fault"` reads: canonical (bit 47 clear, so the CPU raises #PF and
+/// not #GP, SDM Vol. 3A 3.3.7.1) and far from anything the bootloader maps.
+pub const CRASH_PAGE_FAULT_ADDRESS: u64 = 0x0000_7ff0_dead_0000;
 
 /// A configuration error, located in the file.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,256 @@
+//! Emulator command lines (QEMU, Bochs), the packages that provide them, and KVM detection.
+//! Measured facts behind each choice are in `shared/notes/emulators.md`.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+/// Where Bastion boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Platform {
+    /// QEMU, legacy BIOS (SeaBIOS), AMD SVM with NPT under TCG.
+    QemuBios,
+    /// QEMU, UEFI (OVMF), AMD SVM with NPT under TCG.
+    QemuUefi,
+    /// Bochs with an Intel CPU model (VMX with EPT, VPID, unrestricted guest).
+    BochsIntel,
+    /// Bochs with an AMD CPU model (SVM with NPT, nRIP save).
+    BochsAmd,
+}
+
+impl Platform {
+    pub const ALL: [Platform; 4] = [Platform::QemuBios, Platform::QemuUefi, Platform::BochsIntel, Platform::BochsAmd];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Platform::QemuBios => "qemu-bios",
+            Platform::QemuUefi => "qemu-uefi",
+            Platform::BochsIntel => "bochs-intel",
+            Platform::BochsAmd => "bochs-amd",
+        }
+    }
+
+    pub fn is_qemu(self) -> bool {
+        matches!(self, Platform::QemuBios | Platform::QemuUefi)
+    }
+
+    /// A generous deadline for a boot to the exit line (measured: QEMU BIOS ~1 s, UEFI ~6 s,
+    /// Bochs ~9 s on a 2-core machine; parallel tests share the cores).
+    pub fn boot_timeout(self) -> Duration {
+        Duration::from_secs(if self.is_qemu() { 90 } else { 180 })
+    }
+
+    fn bochs_cpu_model(self) -> &'static str {
+        match self {
+            Platform::BochsAmd => "ryzen",
+            _ => "corei7_skylake_x",
+        }
+    }
+}
+
+/// Knobs for one run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub smp: u32,
+    pub memory_mib: u32,
+    /// Use KVM (QEMU only). `None`: use it when [`kvm_usable`] says so.
+    pub kvm: Option<bool>,
+    /// Extra QEMU arguments.
+    pub qemu_args: Vec<String>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions { smp: 1, memory_mib: 256, kvm: Some(false), qemu_args: Vec::new() }
+    }
+}
+
+/// True when this host can really run KVM guests: the CPU advertises VMX or SVM to us and
+/// /dev/kvm opens. (On our CI machines /dev/kvm exists but is a PVM backend whose CPUs have
+/// neither flag; QEMU with it prints nothing, so it must not be used.)
+pub fn kvm_usable() -> bool {
+    if let Some(v) = std::env::var_os("BASTION_KVM") {
+        return v == "1";
+    }
+    let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let has_virt = flags
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    has_virt && std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
+}
+
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+const BOCHS_BIOS: &str = "/usr/share/bochs/BIOS-bochs-latest";
+const BOCHS_VGA: &str = "/usr/share/bochs/VGABIOS-lgpl-latest";
+const BOCHS_SDL: &str = "/usr/lib/x86_64-linux-gnu/bochs/plugins/libbx_sdl2_gui.so.0.0.0";
+
+/// A Debian package and a file that proves it is installed.
+pub struct Requirement {
+    pub package: &'static str,
+    pub probe: &'static str,
+}
+
+/// What a platform needs from the host.
+pub fn requirements(platform: Platform) -> Vec<Requirement> {
+    let r = |package, probe| Requirement { package, probe };
+    match platform {
+        Platform::QemuBios => vec![r("qemu-system-x86", "/usr/bin/qemu-system-x86_64")],
+        Platform::QemuUefi => vec![r("qemu-system-x86", "/usr/bin/qemu-system-x86_64"), r("ovmf", OVMF_CODE)],
+        Platform::BochsIntel | Platform::BochsAmd => vec![
+            r("bochs", "/usr/bin/bochs"),
+            r("bochsbios", BOCHS_BIOS),
+            r("vgabios", BOCHS_VGA),
+            r("bochs-sdl", BOCHS_SDL),
+        ],
+    }
+}
+
+/// Packages missing for the given platforms, deduplicated.
+pub fn missing_packages(platforms: &[Platform]) -> Vec<&'static str> {
+    let mut v: Vec<&'static str> = Vec::new();
+    for p in platforms {
+        for r in requirements(*p) {
+            if !Path::new(r.probe).exists() && !v.contains(&r.package) {
+                v.push(r.package);
+            }
+        }
+    }
+    v
+}
+
+/// The exact command that installs `packages`.
+pub fn install_command(packages: &[&str]) -> String {
+    format!("sudo apt-get update && sudo apt-get install -y {}", packages.join(" "))
+}
+
+/// Builds the command that boots `image` on `platform`, with the serial console on stdout.
+/// Files the emulator needs (Bochs config, padded disk, UEFI variable store) go to `run_dir`.
+pub fn emulator_command(platform: Platform, image: &Path, run_dir: &Path, opts: &RunOptions) -> Result<Command, String> {
+    let missing = missing_packages(&[platform]);
+    if !missing.is_empty() {
+        return Err(format!(
+            "{} needs packages that are not installed: {}\ninstall them with:\n  {}",
+            platform.name(),
+            missing.join(" "),
+            install_command(&missing)
+        ));
+    }
+    if platform.is_qemu() {
+        qemu_command(platform, image, run_dir, opts)
+    } else {
+        bochs_command(platform, image, run_dir, opts)
+    }
+}
+
+fn qemu_command(platform: Platform, image: &Path, run_dir: &Path, opts: &RunOptions) -> Result<Command, String> {
+    let mut c = Command::new("qemu-system-x86_64");
+    let kvm = opts.kvm.unwrap_or_else(kvm_usable);
+    if kvm {
+        c.args(["-enable-kvm", "-cpu", "host"]);
+    } else {
+        // TCG emulates SVM only with NPT requested explicitly (CPUID 0x8000000A EDX).
+        c.args(["-cpu", "qemu64,+svm,+npt"]);
+    }
+    c.arg("-m").arg(opts.memory_mib.to_string());
+    c.arg("-smp").arg(opts.smp.to_string());
+    if platform == Platform::QemuUefi {
+        let vars = run_dir.join("OVMF_VARS.fd");
+        std::fs::copy(OVMF_VARS, &vars).map_err(|e| format!("cannot copy {OVMF_VARS}: {e}"))?;
+        c.arg("-drive").arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"));
+        c.arg("-drive").arg(format!("if=pflash,format=raw,file={}", vars.display()));
+    }
+    c.arg("-drive").arg(format!("format=raw,file={}", image.display()));
+    c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+    c.args(["-serial", "stdio", "-display", "none", "-monitor", "none", "-no-reboot"]);
+    c.args(&opts.qemu_args);
+    Ok(c)
+}
+
+/// Bochs geometry: 16 heads, 63 sectors; the image is padded to whole cylinders.
+const CYLINDER_BYTES: u64 = 16 * 63 * 512;
+
+fn bochs_command(platform: Platform, image: &Path, run_dir: &Path, opts: &RunOptions) -> Result<Command, String> {
+    // Bochs wants a disk of whole cylinders and writes a lock file beside it: use a padded copy.
+    let disk = run_dir.join("disk.img");
+    let mut data = std::fs::read(image).map_err(|e| format!("cannot read {}: {e}", image.display()))?;
+    let cylinders = (data.len() as u64).div_ceil(CYLINDER_BYTES);
+    data.resize((cylinders * CYLINDER_BYTES) as usize, 0);
+    std::fs::write(&disk, data).map_err(|e| format!("cannot write {}: {e}", disk.display()))?;
+    let _ = std::fs::remove_file(run_dir.join("disk.img.lock"));
+    let rc = format!(
+        "megs: {megs}\n\
+         cpu: model={model}, count={smp}, ips=200000000, reset_on_triple_fault=0, ignore_bad_msrs=0\n\
+         romimage: file={BOCHS_BIOS}\n\
+         vgaromimage: file={BOCHS_VGA}\n\
+         vga: extension=vbe\n\
+         display_library: sdl2\n\
+         ata0-master: type=disk, path={disk}, mode=flat, cylinders={cylinders}, heads=16, spt=63\n\
+         boot: disk\n\
+         com1: enabled=1, mode=file, dev={com1}\n\
+         port_e9_hack: enabled=1\n\
+         clock: sync=none\n\
+         panic: action=fatal\n\
+         speaker: enabled=0\n\
+         mouse: enabled=0\n\
+         log: {log}\n",
+        megs = opts.memory_mib.min(2048),
+        model = platform.bochs_cpu_model(),
+        smp = opts.smp,
+        disk = disk.display(),
+        com1 = run_dir.join("com1.txt").display(),
+        log = run_dir.join("bochs.log").display(),
+    );
+    let rc_path = run_dir.join("bochsrc");
+    std::fs::write(&rc_path, rc).map_err(|e| e.to_string())?;
+    // The Debian build includes the debugger, which stops at the first instruction: feed it
+    // a "continue" command.
+    let cont = run_dir.join("debugger.rc");
+    std::fs::write(&cont, "c\n").map_err(|e| e.to_string())?;
+    let mut c = Command::new("bochs");
+    c.arg("-q").arg("-f").arg(rc_path).arg("-rc").arg(cont);
+    // Debian has no headless display library; SDL2 with the dummy driver draws nowhere.
+    c.env("SDL_VIDEODRIVER", "dummy");
+    c.current_dir(run_dir);
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qemu_command_has_debug_exit_svm_npt_and_smp() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = RunOptions { smp: 4, ..RunOptions::default() };
+        let Ok(c) = qemu_command(Platform::QemuBios, Path::new("/x.img"), dir.path(), &opts) else { panic!() };
+        let args: Vec<String> = c.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        let joined = args.join(" ");
+        assert!(joined.contains("-cpu qemu64,+svm,+npt"), "{joined}");
+        assert!(joined.contains("isa-debug-exit,iobase=0xf4"), "{joined}");
+        assert!(joined.contains("-smp 4"), "{joined}");
+        assert!(joined.contains("format=raw,file=/x.img"), "{joined}");
+        assert!(!joined.contains("pflash"), "BIOS boot must not load OVMF: {joined}");
+    }
+
+    #[test]
+    fn bochs_disk_is_padded_to_whole_cylinders() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("in.img");
+        std::fs::write(&img, vec![1u8; 1_000_000]).unwrap();
+        let opts = RunOptions { smp: 2, ..RunOptions::default() };
+        bochs_command(Platform::BochsAmd, &img, dir.path(), &opts).unwrap();
+        let len = std::fs::metadata(dir.path().join("disk.img")).unwrap().len();
+        assert_eq!(len % CYLINDER_BYTES, 0);
+        assert!(len >= 1_000_000);
+        let rc = std::fs::read_to_string(dir.path().join("bochsrc")).unwrap();
+        assert!(rc.contains("model=ryzen, count=2"), "{rc}");
+        assert!(rc.contains(&format!("cylinders={}", len / CYLINDER_BYTES)), "{rc}");
+    }
+
+    #[test]
+    fn install_command_names_every_package() {
+        assert_eq!(install_command(&["bochs", "vgabios"]), "sudo apt-get update && sudo apt-get install -y bochs vgabios");
+    }
+}
