@@ -12,4 +12,6 @@ pub mod bundle;
 pub mod config;
 pub mod exit;
 pub mod frame_alloc;
+pub mod npt;
+pub mod vm;
 pub mod virt;

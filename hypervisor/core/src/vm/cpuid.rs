@@ -1,0 +1,146 @@
+//! What CPUID tells a guest: the host's answers, minus what Bastion does not virtualize, plus
+//! the hypervisor leaves.
+//!
+//! Policy: a guest must never be told about a feature whose use would fault or silently
+//! misbehave under Bastion. So VMX/SVM are hidden (no nested virtualization), as are the
+//! local APIC, MTRRs, machine-check and the power/thermal/perf-monitoring interfaces (none is
+//! virtualized yet). Leaf 1 ECX bit 31 and leaves 0x4000_0000+ say "you run on Bastion"
+//! (the convention Linux's `x86_hyper` detection and others follow).
+
+/// Leaf 0x4000_0000's EBX, ECX, EDX: the 12 bytes "Bastion\0\0\0\0\0".
+pub const SIGNATURE: [u32; 3] = [u32::from_le_bytes(*b"Bast"), u32::from_le_bytes(*b"ion\0"), 0];
+/// Highest hypervisor leaf.
+pub const MAX_HV_LEAF: u32 = 0x4000_0001;
+
+mod bit {
+    // Leaf 1 ECX.
+    pub const MONITOR: u32 = 1 << 3;
+    pub const DS_CPL: u32 = 1 << 4;
+    pub const VMX: u32 = 1 << 5;
+    pub const SMX: u32 = 1 << 6;
+    pub const EST: u32 = 1 << 7;
+    pub const TM2: u32 = 1 << 8;
+    pub const PDCM: u32 = 1 << 15;
+    pub const X2APIC: u32 = 1 << 21;
+    pub const TSC_DEADLINE: u32 = 1 << 24;
+    pub const OSXSAVE: u32 = 1 << 27;
+    pub const HYPERVISOR: u32 = 1 << 31;
+    // Leaf 1 EDX.
+    pub const MCE: u32 = 1 << 7;
+    pub const APIC: u32 = 1 << 9;
+    pub const MTRR: u32 = 1 << 12;
+    pub const MCA: u32 = 1 << 14;
+    pub const DS: u32 = 1 << 21;
+    pub const ACPI: u32 = 1 << 22;
+    pub const HTT: u32 = 1 << 28;
+    pub const TM: u32 = 1 << 29;
+    pub const PBE: u32 = 1 << 31;
+    // Leaf 7.0 EBX / ECX.
+    pub const SGX: u32 = 1 << 2;
+    pub const WAITPKG: u32 = 1 << 5;
+    pub const SGX_LC: u32 = 1 << 30;
+    // Leaf 0x8000_0001 ECX.
+    pub const SVM: u32 = 1 << 2;
+    pub const EXTAPIC: u32 = 1 << 3;
+    pub const SKINIT: u32 = 1 << 12;
+    pub const WDT: u32 = 1 << 13;
+    pub const TOPOEXT: u32 = 1 << 22;
+    pub const PERFCTR_CORE: u32 = 1 << 23;
+}
+
+/// The guest's view of CPUID `leaf`/`sub`. `host` answers for the real CPU; `vcpu_id` becomes
+/// the APIC ID; `guest_cr4_osxsave` is the guest's CR4.OSXSAVE (leaf 1 ECX bit 27 mirrors it,
+/// SDM Vol. 2A CPUID).
+pub fn guest_cpuid(leaf: u32, sub: u32, vcpu_id: u32, guest_cr4_osxsave: bool, host: impl Fn(u32, u32) -> [u32; 4]) -> [u32; 4] {
+    let max_basic = host(0, 0)[0];
+    let max_ext = host(0x8000_0000, 0)[0];
+    match leaf {
+        0x4000_0000 => [MAX_HV_LEAF, SIGNATURE[0], SIGNATURE[1], SIGNATURE[2]],
+        0x4000_0001..=0x4fff_ffff => [0; 4],
+        0x8000_0000.. if leaf > max_ext => [0; 4],
+        0..0x4000_0000 if leaf > max_basic => [0; 4],
+        1 => {
+            let [eax, ebx, ecx, edx] = host(1, 0);
+            let ebx = (ebx & 0x0000_ffff) | (vcpu_id << 24) | (1 << 16);
+            let mut ecx = ecx
+                & !(bit::MONITOR | bit::DS_CPL | bit::VMX | bit::SMX | bit::EST | bit::TM2 | bit::PDCM)
+                & !(bit::X2APIC | bit::TSC_DEADLINE | bit::OSXSAVE);
+            if guest_cr4_osxsave {
+                ecx |= bit::OSXSAVE;
+            }
+            ecx |= bit::HYPERVISOR;
+            let edx = edx & !(bit::MCE | bit::APIC | bit::MTRR | bit::MCA | bit::DS | bit::ACPI | bit::HTT | bit::TM | bit::PBE);
+            [eax, ebx, ecx, edx]
+        }
+        // MONITOR/MWAIT, thermal/power, perf monitoring, topology: not virtualized.
+        5 | 6 | 0xa | 0xb | 0x1f => [0; 4],
+        7 => {
+            let [eax, ebx, ecx, edx] = host(7, sub);
+            if sub == 0 {
+                [eax, ebx & !bit::SGX, ecx & !(bit::WAITPKG | bit::SGX_LC), edx]
+            } else {
+                [eax, ebx, ecx, edx]
+            }
+        }
+        0x8000_0001 => {
+            let [eax, ebx, ecx, edx] = host(leaf, 0);
+            let ecx = ecx & !(bit::SVM | bit::EXTAPIC | bit::SKINIT | bit::WDT | bit::TOPOEXT | bit::PERFCTR_CORE);
+            [eax, ebx, ecx, edx]
+        }
+        // SVM features leaf: hidden with SVM.
+        0x8000_000a => [0; 4],
+        _ => host(leaf, sub),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A host that sets every bit of every leaf up to 0xd / 0x8000_000a.
+    fn host(leaf: u32, _sub: u32) -> [u32; 4] {
+        match leaf {
+            0 => [0xd, 0x756e_6547, 0x6c65_746e, 0x4965_6e69],
+            0x8000_0000 => [0x8000_000a, 0, 0, 0],
+            _ => [u32::MAX; 4],
+        }
+    }
+
+    #[test]
+    fn leaf1_says_hypervisor_and_hides_vmx_apic_and_unvirtualized_features() {
+        let [_, ebx, ecx, edx] = guest_cpuid(1, 0, 3, false, host);
+        assert_ne!(ecx & bit::HYPERVISOR, 0);
+        assert_eq!(ecx & (bit::VMX | bit::SMX | bit::MONITOR | bit::X2APIC | bit::TSC_DEADLINE), 0);
+        assert_eq!(edx & (bit::APIC | bit::MTRR | bit::MCE | bit::MCA), 0);
+        assert_eq!(ebx >> 24, 3, "APIC ID is the vCPU id");
+        assert_eq!(ecx & bit::OSXSAVE, 0, "OSXSAVE follows the guest's CR4, which is clear");
+        assert_ne!(guest_cpuid(1, 0, 0, true, host)[2] & bit::OSXSAVE, 0);
+    }
+
+    #[test]
+    fn hypervisor_leaves_carry_the_signature() {
+        let r = guest_cpuid(0x4000_0000, 0, 0, false, host);
+        assert!(r[0] >= 0x4000_0001);
+        let mut sig = Vec::new();
+        for w in &r[1..] {
+            sig.extend_from_slice(&w.to_le_bytes());
+        }
+        assert_eq!(&sig, b"Bastion\0\0\0\0\0");
+        assert_eq!(guest_cpuid(0x4000_0001, 0, 0, false, host), [0; 4]);
+    }
+
+    #[test]
+    fn svm_is_hidden_on_amd_leaves() {
+        assert_eq!(guest_cpuid(0x8000_0001, 0, 0, false, host)[2] & bit::SVM, 0);
+        assert_eq!(guest_cpuid(0x8000_000a, 0, 0, false, host), [0; 4]);
+    }
+
+    #[test]
+    fn leaves_beyond_the_host_maximum_are_zero_and_others_pass_through() {
+        assert_eq!(guest_cpuid(0x14, 0, 0, false, host), [0; 4]);
+        assert_eq!(guest_cpuid(0x8000_0010, 0, 0, false, host), [0; 4]);
+        assert_eq!(guest_cpuid(0xd, 1, 0, false, host), [u32::MAX; 4]);
+        assert_eq!(guest_cpuid(0, 0, 0, false, host), host(0, 0));
+        assert_eq!(guest_cpuid(0xb, 0, 0, false, host), [0; 4]);
+    }
+}

@@ -1,0 +1,146 @@
+//! Which MSRs a guest may touch, and what the emulated ones answer.
+//!
+//! Three classes:
+//! - **passed through** (not intercepted; the hardware switches them or the guest owns them
+//!   on this CPU): the segment bases, SYSCALL/SYSENTER targets, PAT, TSC_AUX, and TSC reads;
+//! - **emulated** (intercepted, answered here): EFER on SVM (VMRUN needs EFER.SVME set in the
+//!   guest state, APM 15.5.1, so the guest's own view is kept beside it), and a few
+//!   identification MSRs that guests read at boot;
+//! - **everything else**: #GP, as a CPU without that MSR would answer.
+
+/// IA32_EFER.
+pub const EFER: u32 = 0xc000_0080;
+pub const EFER_SCE: u64 = 1 << 0;
+pub const EFER_LME: u64 = 1 << 8;
+pub const EFER_LMA: u64 = 1 << 10;
+pub const EFER_NXE: u64 = 1 << 11;
+pub const EFER_SVME: u64 = 1 << 12;
+
+pub const IA32_TSC: u32 = 0x10;
+pub const IA32_FEATURE_CONTROL: u32 = 0x3a;
+pub const IA32_BIOS_SIGN_ID: u32 = 0x8b;
+pub const IA32_MISC_ENABLE: u32 = 0x1a0;
+pub const IA32_PAT: u32 = 0x277;
+pub const SYSENTER_CS: u32 = 0x174;
+pub const SYSENTER_ESP: u32 = 0x175;
+pub const SYSENTER_EIP: u32 = 0x176;
+pub const STAR: u32 = 0xc000_0081;
+pub const LSTAR: u32 = 0xc000_0082;
+pub const CSTAR: u32 = 0xc000_0083;
+pub const SFMASK: u32 = 0xc000_0084;
+pub const FS_BASE: u32 = 0xc000_0100;
+pub const GS_BASE: u32 = 0xc000_0101;
+pub const KERNEL_GS_BASE: u32 = 0xc000_0102;
+pub const TSC_AUX: u32 = 0xc000_0103;
+pub const AMD_VM_CR: u32 = 0xc001_0114;
+
+/// MSRs the guest reads and writes directly.
+pub const PASSTHROUGH: &[u32] = &[
+    SYSENTER_CS, SYSENTER_ESP, SYSENTER_EIP, IA32_PAT, STAR, LSTAR, CSTAR, SFMASK, FS_BASE, GS_BASE, KERNEL_GS_BASE, TSC_AUX,
+];
+/// MSRs the guest reads directly but whose writes are intercepted.
+pub const READ_ONLY_PASSTHROUGH: &[u32] = &[IA32_TSC];
+
+/// EFER bits a guest may set (SDM Vol. 3A 2.2.1; APM Vol. 2 3.1.7). LMA is read-only (the
+/// CPU sets it), SVME is Bastion's.
+pub const EFER_GUEST_WRITABLE: u64 = EFER_SCE | EFER_LME | EFER_NXE;
+
+/// Per-vCPU state of emulated MSRs.
+#[derive(Debug, Clone, Default)]
+pub struct MsrState {
+    misc_enable: u64,
+}
+
+/// The outcome of an emulated access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MsrResult {
+    Value(u64),
+    Done,
+    /// Bastion's answer is #GP.
+    Fault,
+    /// EFER: the common handler asks the backend (`Vcpu::efer`/`set_efer`).
+    Efer,
+}
+
+impl MsrState {
+    pub fn new() -> Self {
+        // Fast strings enabled, the value firmware usually leaves (SDM Vol. 4 Table 2-2).
+        MsrState { misc_enable: 1 }
+    }
+
+    pub fn read(&self, msr: u32) -> MsrResult {
+        match msr {
+            EFER => MsrResult::Efer,
+            // Locked, VMX off: what a guest of a hypervisor without nested VMX should see.
+            IA32_FEATURE_CONTROL => MsrResult::Value(1),
+            IA32_BIOS_SIGN_ID => MsrResult::Value(0),
+            IA32_MISC_ENABLE => MsrResult::Value(self.misc_enable),
+            // LOCK | SVMDIS: SVM disabled by "firmware" (APM 15.30.1).
+            AMD_VM_CR => MsrResult::Value(0x18),
+            _ => MsrResult::Fault,
+        }
+    }
+
+    pub fn write(&mut self, msr: u32, value: u64) -> MsrResult {
+        match msr {
+            EFER => {
+                if value & !(EFER_GUEST_WRITABLE | EFER_LMA) != 0 {
+                    MsrResult::Fault
+                } else {
+                    MsrResult::Efer
+                }
+            }
+            // The microcode-update trigger: accepted and ignored.
+            IA32_BIOS_SIGN_ID => MsrResult::Done,
+            IA32_MISC_ENABLE => {
+                self.misc_enable = value;
+                MsrResult::Done
+            }
+            _ => MsrResult::Fault,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_msrs_fault_both_ways() {
+        let mut s = MsrState::new();
+        for msr in [0x4b56_4d00, 0xc001_1fff, 0x1b, 0x0] {
+            assert_eq!(s.read(msr), MsrResult::Fault, "{msr:#x}");
+            assert_eq!(s.write(msr, 0), MsrResult::Fault, "{msr:#x}");
+        }
+    }
+
+    #[test]
+    fn feature_control_reports_locked_without_vmx_and_is_read_only() {
+        let mut s = MsrState::new();
+        assert_eq!(s.read(IA32_FEATURE_CONTROL), MsrResult::Value(1));
+        assert_eq!(s.write(IA32_FEATURE_CONTROL, 5), MsrResult::Fault);
+    }
+
+    #[test]
+    fn efer_reserved_and_svme_bits_fault() {
+        let mut s = MsrState::new();
+        assert_eq!(s.write(EFER, EFER_LME | EFER_SCE | EFER_NXE), MsrResult::Efer);
+        assert_eq!(s.write(EFER, EFER_SVME), MsrResult::Fault);
+        assert_eq!(s.write(EFER, 1 << 20), MsrResult::Fault);
+        assert_eq!(s.read(EFER), MsrResult::Efer);
+    }
+
+    #[test]
+    fn misc_enable_keeps_what_was_written() {
+        let mut s = MsrState::new();
+        assert_eq!(s.write(IA32_MISC_ENABLE, 0x801), MsrResult::Done);
+        assert_eq!(s.read(IA32_MISC_ENABLE), MsrResult::Value(0x801));
+    }
+
+    #[test]
+    fn passthrough_lists_exclude_efer_and_emulated_msrs() {
+        for m in [EFER, IA32_FEATURE_CONTROL, IA32_MISC_ENABLE, AMD_VM_CR] {
+            assert!(!PASSTHROUGH.contains(&m) && !READ_ONLY_PASSTHROUGH.contains(&m));
+        }
+    }
+}
