@@ -14,18 +14,38 @@ use bootloader::{BootConfig, DiskImageBuilder};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Reads and validates a configuration file. The error names the file, line and field.
+/// Reads and validates a configuration file. The error names the file, line and field; on the
+/// host every guest must be valid (the hypervisor would skip an invalid one, but a tool should
+/// not ship it).
 pub fn validate_config(path: &Path) -> Result<Config> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
-    Config::parse(&path.display().to_string(), &text).map_err(|e| anyhow::anyhow!("{e}"))
+    let config = Config::parse(&path.display().to_string(), &text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if !config.guest_errors.is_empty() {
+        let all: Vec<String> = config.guest_errors.iter().map(|e| e.to_string()).collect();
+        bail!("{}", all.join("\n"));
+    }
+    Ok(config)
 }
 
-/// Builds the bundle for the configuration at `config_path` and returns its bytes.
-/// The configuration is validated first; an invalid one is refused.
+/// Builds the bundle for the configuration at `config_path` and returns its bytes: the config
+/// as `bastion.toml`, and every guest kernel at the path the config gives (read relative to
+/// the config file's folder). The configuration is validated first; an invalid one is refused.
 pub fn bundle_bytes(config_path: &Path) -> Result<Vec<u8>> {
-    validate_config(config_path)?;
+    let config = validate_config(config_path)?;
     let text = std::fs::read(config_path).with_context(|| format!("cannot read config {}", config_path.display()))?;
-    let bytes = pack(&[(CONFIG_FILE, &text)])?;
+    let base = config_path.parent().unwrap_or(Path::new("."));
+    let mut files: Vec<(String, Vec<u8>)> = vec![(CONFIG_FILE.to_string(), text)];
+    for g in &config.guests {
+        if files.iter().any(|(n, _)| *n == g.kernel) {
+            continue; // two guests may share one image
+        }
+        let path = base.join(&g.kernel);
+        let data = std::fs::read(&path)
+            .with_context(|| format!("{}: guest `{}`: cannot read kernel {}", config_path.display(), g.name, path.display()))?;
+        files.push((g.kernel.clone(), data));
+    }
+    let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, d)| (n.as_str(), d.as_slice())).collect();
+    let bytes = pack(&refs)?;
     // Read it back with the kernel's reader: what we ship must be what the kernel accepts.
     Bundle::parse(&bytes).map_err(|e| anyhow::anyhow!("internal error: packed bundle does not parse: {e}"))?;
     Ok(bytes)
@@ -159,6 +179,31 @@ mod tests {
         let e = bundle_bytes(&cfg).unwrap_err().to_string();
         assert!(e.contains("bad.toml:2:"), "{e}");
         assert!(e.contains("hypervisor.shutdown"), "{e}");
+    }
+
+    #[test]
+    fn guest_kernels_are_packed_at_their_config_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("g")).unwrap();
+        std::fs::write(dir.path().join("g/a.bin"), [0xf4u8; 3]).unwrap();
+        let cfg = dir.path().join("b.toml");
+        std::fs::write(&cfg, "[[guest]]\nname = \"a\"\nkernel = \"g/a.bin\"\n[[guest]]\nname = \"b\"\nkernel = \"g/a.bin\"\n").unwrap();
+        let bytes = bundle_bytes(&cfg).unwrap();
+        let b = Bundle::parse(&bytes).unwrap();
+        assert_eq!(b.file("g/a.bin").unwrap(), [0xf4; 3]);
+        assert_eq!(b.files().count(), 2, "a shared image is packed once");
+    }
+
+    #[test]
+    fn missing_guest_kernel_and_invalid_guest_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("b.toml");
+        std::fs::write(&cfg, "[[guest]]\nname = \"a\"\nkernel = \"nope.bin\"\n").unwrap();
+        let e = format!("{:#}", bundle_bytes(&cfg).unwrap_err());
+        assert!(e.contains("guest `a`") && e.contains("nope.bin"), "{e}");
+        std::fs::write(&cfg, "[[guest]]\nname = \"a\"\n").unwrap();
+        let e = format!("{:#}", bundle_bytes(&cfg).unwrap_err());
+        assert!(e.contains("b.toml:1:1: guest[0].kernel: missing field `kernel`"), "{e}");
     }
 
     #[test]

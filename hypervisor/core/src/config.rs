@@ -7,18 +7,62 @@
 //! the dotted field path, e.g. `bastion.toml:3:13: hypervisor.log_level: unknown variant ...`.
 
 use alloc::string::{String, ToString};
+use alloc::vec::Vec;
 use core::fmt;
 use serde::Deserialize;
 
-/// The whole configuration file.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The whole configuration file, as validated.
+///
+/// Guests are validated one by one: a guest with an error is left out of `guests` and its
+/// error is in `guest_errors`, so the valid guests still run (an error elsewhere in the file
+/// refuses the whole file).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Config {
-    #[serde(default)]
     pub hypervisor: HypervisorConfig,
-    #[serde(default)]
     pub debug: DebugConfig,
+    pub guests: Vec<GuestConfig>,
+    pub guest_errors: Vec<ConfigError>,
 }
+
+/// The file as serde sees it; guests stay raw tables until [`GuestConfig::from_table`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    hypervisor: HypervisorConfig,
+    #[serde(default)]
+    debug: DebugConfig,
+    #[serde(default)]
+    guest: Vec<toml::Spanned<toml::Table>>,
+}
+
+/// `[[guest]]`: one virtual machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestConfig {
+    /// Unique; letters, digits, `-` and `_`, at most 32 characters. Tags the guest's console.
+    pub name: String,
+    /// Path of the kernel image inside the bundle (as written in the config: relative to it).
+    pub kernel: String,
+    pub format: ImageFormat,
+    /// Guest RAM in MiB, mapped from guest-physical 0.
+    pub memory_mib: u32,
+}
+
+/// How a guest image is loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFormat {
+    /// A flat binary loaded at guest-physical 0x8000 and entered in real mode at 0000:8000,
+    /// like a boot sector (the test guests).
+    Flat,
+}
+
+/// Where a flat image is loaded and entered.
+pub const FLAT_LOAD_ADDRESS: u64 = 0x8000;
+/// Its initial stack pointer (below the image).
+pub const FLAT_INITIAL_SP: u64 = 0x7000;
+/// Smallest and largest guest RAM.
+pub const MIN_GUEST_MIB: u32 = 2;
+pub const MAX_GUEST_MIB: u32 = 64 * 1024;
 
 /// `[hypervisor]`: how Bastion itself behaves.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -135,13 +179,109 @@ impl fmt::Display for ConfigError {
 impl Config {
     /// Parses the text of `file` (the name is used in errors only).
     pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
-        toml::from_str::<Config>(text).map_err(|e| {
+        let raw = toml::from_str::<RawConfig>(text).map_err(|e| {
             let (line, column, field) = match e.span() {
                 Some(span) => locate(text, span.start),
                 None => (0, 0, None),
             };
             ConfigError { file: file.to_string(), line, column, field, message: e.message().to_string() }
-        })
+        })?;
+        let mut config = Config { hypervisor: raw.hypervisor, debug: raw.debug, ..Config::default() };
+        for (i, spanned) in raw.guest.into_iter().enumerate() {
+            let span = spanned.span();
+            let ctx = GuestCtx { file, text, span: span.clone(), index: i };
+            match GuestConfig::from_table(spanned.into_inner(), &ctx) {
+                Ok(g) if config.guests.iter().any(|o| o.name == g.name) => {
+                    config.guest_errors.push(ctx.error("name", alloc::format!("duplicate guest name `{}`", g.name)));
+                }
+                Ok(g) => config.guests.push(g),
+                Err(e) => config.guest_errors.push(e),
+            }
+        }
+        Ok(config)
+    }
+}
+
+/// Locates errors inside one `[[guest]]` table.
+struct GuestCtx<'a> {
+    file: &'a str,
+    text: &'a str,
+    span: core::ops::Range<usize>,
+    index: usize,
+}
+
+impl GuestCtx<'_> {
+    /// An error about `key` of this guest, at the key's line when it is present.
+    fn error(&self, key: &str, message: String) -> ConfigError {
+        // The span toml reports for an array-of-tables entry covers its header only: the
+        // table's keys run from there to the next header.
+        let start = self.span.start.min(self.text.len());
+        let rest = &self.text[start..];
+        let header_end = rest.find('\n').map_or(rest.len(), |i| i + 1);
+        let end = rest[header_end..].find("\n[").map_or(rest.len(), |i| header_end + i);
+        let body = &rest[..end];
+        let at = body
+            .match_indices(key)
+            .find(|(i, _)| {
+                let line_start = body[..*i].rfind('\n').map_or(0, |p| p + 1);
+                body[line_start..*i].trim().is_empty() && body[i + key.len()..].trim_start().starts_with('=')
+            })
+            .map_or(self.span.start, |(i, _)| self.span.start + i);
+        let (line, column, _) = locate(self.text, at);
+        ConfigError {
+            file: self.file.to_string(),
+            line,
+            column,
+            field: Some(alloc::format!("guest[{}].{key}", self.index)),
+            message,
+        }
+    }
+}
+
+fn get_str(t: &toml::Table, key: &str, ctx: &GuestCtx) -> Result<Option<String>, ConfigError> {
+    match t.get(key) {
+        None => Ok(None),
+        Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+        Some(v) => Err(ctx.error(key, alloc::format!("expected a string, found {}", v.type_str()))),
+    }
+}
+
+fn get_int(t: &toml::Table, key: &str, ctx: &GuestCtx) -> Result<Option<i64>, ConfigError> {
+    match t.get(key) {
+        None => Ok(None),
+        Some(toml::Value::Integer(i)) => Ok(Some(*i)),
+        Some(v) => Err(ctx.error(key, alloc::format!("expected an integer, found {}", v.type_str()))),
+    }
+}
+
+impl GuestConfig {
+    const FIELDS: &'static [&'static str] = &["name", "kernel", "format", "memory_mib"];
+
+    fn from_table(t: toml::Table, ctx: &GuestCtx) -> Result<GuestConfig, ConfigError> {
+        if let Some(k) = t.keys().find(|k| !Self::FIELDS.contains(&k.as_str())) {
+            return Err(ctx.error(k, alloc::format!("unknown field `{k}`, expected one of {}", Self::FIELDS.join(", "))));
+        }
+        let missing = |k: &str| ctx.error(k, alloc::format!("missing field `{k}`"));
+        let name = get_str(&t, "name", ctx)?.ok_or_else(|| missing("name"))?;
+        if name.is_empty() || name.len() > 32 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(ctx.error("name", alloc::format!("`{name}` is not a valid name (1-32 letters, digits, `-`, `_`)")));
+        }
+        let kernel = get_str(&t, "kernel", ctx)?.ok_or_else(|| missing("kernel"))?;
+        if kernel.is_empty() || kernel.starts_with('/') || kernel.split('/').any(|c| c == "..") {
+            return Err(ctx.error("kernel", alloc::format!("`{kernel}` must be a relative path inside the bundle, without `..`")));
+        }
+        let format = match get_str(&t, "format", ctx)?.as_deref() {
+            None | Some("flat") => ImageFormat::Flat,
+            Some(other) => return Err(ctx.error("format", alloc::format!("unknown format `{other}`, expected `flat`"))),
+        };
+        let memory_mib = get_int(&t, "memory_mib", ctx)?.unwrap_or(16);
+        if !(MIN_GUEST_MIB as i64..=MAX_GUEST_MIB as i64).contains(&memory_mib) {
+            return Err(ctx.error(
+                "memory_mib",
+                alloc::format!("{memory_mib} MiB is out of range ({MIN_GUEST_MIB}..={MAX_GUEST_MIB})"),
+            ));
+        }
+        Ok(GuestConfig { name, kernel, format, memory_mib: memory_mib as u32 })
     }
 }
 
@@ -219,6 +359,57 @@ mod tests {
         let e = Config::parse("b.toml", "[hypervisr]\n").unwrap_err();
         assert_eq!(e.line, 1);
         assert_eq!(e.field.as_deref(), Some("hypervisr"));
+    }
+
+    const TWO_GUESTS: &str = "[hypervisor]\nexit_when_idle = true\n\n[[guest]]\nname = \"a\"\nkernel = \"guests/a.bin\"\nmemory_mib = 4\n\n[[guest]]\nname = \"b-2\"\nkernel = \"b.bin\"\nformat = \"flat\"\n";
+
+    #[test]
+    fn guests_parse_with_defaults() {
+        let c = Config::parse("b.toml", TWO_GUESTS).unwrap();
+        assert!(c.guest_errors.is_empty(), "{:?}", c.guest_errors);
+        assert_eq!(c.guests.len(), 2);
+        assert_eq!(c.guests[0], GuestConfig { name: "a".into(), kernel: "guests/a.bin".into(), format: ImageFormat::Flat, memory_mib: 4 });
+        assert_eq!(c.guests[1].memory_mib, 16);
+    }
+
+    #[test]
+    fn a_bad_guest_is_refused_and_the_others_kept() {
+        let text = "[[guest]]\nname = \"ok\"\nkernel = \"ok.bin\"\n\n[[guest]]\nname = \"bad\"\nkernel = \"x.bin\"\nmemory_mib = 1\n\n[[guest]]\nname = \"ok2\"\nkernel = \"k\"\n";
+        let c = Config::parse("b.toml", text).unwrap();
+        assert_eq!(c.guests.iter().map(|g| g.name.as_str()).collect::<Vec<_>>(), ["ok", "ok2"]);
+        assert_eq!(c.guest_errors.len(), 1);
+        let e = &c.guest_errors[0];
+        assert_eq!((e.line, e.field.as_deref()), (8, Some("guest[1].memory_mib")));
+        assert!(e.to_string().starts_with("b.toml:8:1: guest[1].memory_mib: 1 MiB is out of range"), "{e}");
+    }
+
+    #[test]
+    fn guest_errors_name_the_field() {
+        let cases = [
+            ("[[guest]]\nkernel = \"k\"\n", 1, "guest[0].name", "missing field `name`"),
+            ("[[guest]]\nname = \"a b\"\nkernel = \"k\"\n", 2, "guest[0].name", "not a valid name"),
+            ("[[guest]]\nname = \"a\"\nkernel = \"../etc/passwd\"\n", 3, "guest[0].kernel", "relative path"),
+            ("[[guest]]\nname = \"a\"\nkernel = \"k\"\nformat = \"elf\"\n", 4, "guest[0].format", "unknown format"),
+            ("[[guest]]\nname = \"a\"\nkernel = \"k\"\nmemory_mib = \"lots\"\n", 4, "guest[0].memory_mib", "expected an integer"),
+            ("[[guest]]\nname = \"a\"\nkernel = \"k\"\nvcpu = 2\n", 4, "guest[0].vcpu", "unknown field `vcpu`"),
+        ];
+        for (text, line, field, msg) in cases {
+            let c = Config::parse("g.toml", text).unwrap();
+            assert!(c.guests.is_empty(), "{text}");
+            let e = &c.guest_errors[0];
+            assert_eq!((e.line, e.field.as_deref()), (line, Some(field)), "{text}: {e}");
+            assert!(e.message.contains(msg), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn duplicate_guest_names_keep_the_first() {
+        let text = "[[guest]]\nname = \"a\"\nkernel = \"k\"\n[[guest]]\nname = \"a\"\nkernel = \"j\"\n";
+        let c = Config::parse("g.toml", text).unwrap();
+        assert_eq!(c.guests.len(), 1);
+        assert_eq!(c.guests[0].kernel, "k");
+        assert_eq!(c.guest_errors[0].line, 5);
+        assert!(c.guest_errors[0].message.contains("duplicate"));
     }
 
     #[test]
