@@ -14,6 +14,7 @@ mod memory;
 mod platform;
 mod serial;
 mod virt;
+mod vm;
 
 use bastion_core::bundle::{Bundle, CONFIG_FILE};
 use bastion_core::config::{Config, Crash};
@@ -130,12 +131,70 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
 
     trigger_crash(config.debug.crash);
 
+    for e in &config.guest_errors {
+        error!("config: {e} (guest refused; the others still run)");
+    }
+    if !config.guests.is_empty() {
+        run_guests(&config, &bundle, &caps);
+    }
+
     if config.hypervisor.exit_when_idle {
         info!("nothing to run; exiting as configured (exit_when_idle)");
         platform::exit(ExitStatus::Pass, "");
     }
     info!("nothing to run; idling");
     cpu::halt_forever()
+}
+
+/// Runs the configured guests one after another on this CPU (several at once, on every CPU,
+/// comes with the scheduler). A guest that fails to load or crashes is reported and the next
+/// one runs.
+fn run_guests(config: &Config, bundle: &Bundle, caps: &bastion_core::virt::VirtCaps) {
+    let backend = match virt::Backend::enable(caps) {
+        Ok(b) => b,
+        Err(e) => {
+            error!("virt: cannot enable hardware virtualization: {e}; no guest can run");
+            return;
+        }
+    };
+    info!("virt: {} enabled on CPU {}", backend.name(), cpu::current_id());
+    for (i, g) in config.guests.iter().enumerate() {
+        let image = match bundle.file(&g.kernel) {
+            Ok(d) => d,
+            Err(e) => {
+                error!("guest {}: {e}; not started", g.name);
+                continue;
+            }
+        };
+        let tag = (i as u16 % backend.max_tag().max(1)) + 1;
+        let vm = match vm::Vm::new(g, image, backend.npt_format(), tag) {
+            Ok(vm) => vm,
+            Err(e) => {
+                error!("guest {}: {e}; not started", g.name);
+                continue;
+            }
+        };
+        info!("guest {}: starting ({} MiB RAM, {} bytes image, {:?})", g.name, vm.ram_bytes() >> 20, image.len(), vm.entry);
+        let start = x86_64::instructions::interrupts::without_interrupts(|| unsafe { core::arch::x86_64::_rdtsc() });
+        let end = vm::run(&vm, &backend);
+        let cycles = unsafe { core::arch::x86_64::_rdtsc() } - start;
+        let clean = matches!(end.reason, bastion_core::vm::StopReason::TestExit(0));
+        let line = format_args!(
+            "guest {}: stopped: {} (vCPU {}, RIP {:#x}); exits {}; {} Mcycles",
+            g.name,
+            end.reason,
+            end.vcpu,
+            end.rip,
+            end.stats,
+            cycles / 1_000_000
+        );
+        if clean {
+            info!("{line}");
+        } else {
+            warn!("{line}");
+        }
+        vm.destroy();
+    }
 }
 
 /// `[debug] crash`: fault on purpose so tests can see the crash report.

@@ -97,6 +97,37 @@ pub fn init(regions: &MemoryRegions) -> Result<MemoryInfo, MemoryError> {
     Ok(MemoryInfo { usable_bytes, regions: n, heap_bytes })
 }
 
+/// Allocates one zeroed frame.
+pub fn alloc_frame_zeroed() -> Option<u64> {
+    alloc_zeroed(1, FRAME_SIZE)
+}
+
+/// Allocates `frames` contiguous zeroed frames aligned to `align` bytes.
+pub fn alloc_zeroed(frames: u64, align: u64) -> Option<u64> {
+    let p = alloc_contiguous(frames, align)?;
+    // SAFETY: fresh frames, mapped through the physical-memory mapping.
+    unsafe { core::ptr::write_bytes(phys_to_virt(p), 0, (frames * FRAME_SIZE) as usize) };
+    Some(p)
+}
+
+/// Returns frames. A refused free is a Bastion bug: it is logged, never ignored silently.
+pub fn free(phys: u64, frames: u64) {
+    if let Some(a) = FRAMES.lock().as_mut() {
+        if let Err(e) = a.free_contiguous(phys, frames) {
+            log::error!("BUG: frame free refused: {e}");
+        }
+    }
+}
+
+/// A 4 KiB page of physical memory as a typed reference.
+///
+/// # Safety
+/// `phys` must be a frame the caller owns, and `T` must fit in it.
+pub unsafe fn frame_mut<T>(phys: u64) -> &'static mut T {
+    // SAFETY: per the contract.
+    unsafe { &mut *(phys_to_virt(phys) as *mut T) }
+}
+
 /// Allocates `frames` contiguous frames aligned to `align` bytes.
 pub fn alloc_contiguous(frames: u64, align: u64) -> Option<u64> {
     FRAMES.lock().as_mut()?.alloc_contiguous(frames, align, u64::MAX)

@@ -1,14 +1,18 @@
 //! Hardware virtualization: the backend is chosen at run time from CPUID.
 //!
-//! `vmx/` (Intel VT-x) and `svm/` (AMD-V) are the only places that know the vendor's
-//! registers and control structures. Today they read and report capabilities; running guests
-//! behind one backend-neutral exit type comes next.
+//! `vmx/` (Intel VT-x) and `svm/` (AMD-V) are the only places that know the vendor's control
+//! structures. Each turns its hardware exits into `bastion_core::vm::Exit` and implements
+//! `bastion_core::vm::Vcpu`; everything else dispatches through [`Backend`] and
+//! [`GuestVcpu`] (static dispatch: an enum, not a trait object, so the hot path inlines).
 
 pub mod svm;
 pub mod vmx;
 
 use crate::cpu::Identity;
+use crate::vm::Vm;
+use bastion_core::npt::Format;
 use bastion_core::virt::VirtCaps;
+use bastion_core::vm::{Exit, Gprs, Vcpu};
 
 /// Probes the extension this CPU has.
 pub fn detect(id: &Identity) -> VirtCaps {
@@ -18,5 +22,112 @@ pub fn detect(id: &Identity) -> VirtCaps {
         VirtCaps::Svm(svm::caps::read())
     } else {
         VirtCaps::None("CPUID reports neither VMX nor SVM")
+    }
+}
+
+/// Virtualization, enabled on this CPU.
+pub enum Backend {
+    Vmx(vmx::Vmx),
+    Svm(svm::Svm),
+}
+
+impl Backend {
+    /// Turns virtualization on for the calling CPU (VMXON, or EFER.SVME with a host save area).
+    pub fn enable(caps: &VirtCaps) -> Result<Backend, alloc::string::String> {
+        match caps {
+            VirtCaps::Vmx(c) => vmx::Vmx::enable(c).map(Backend::Vmx),
+            VirtCaps::Svm(c) => svm::Svm::enable(c).map(Backend::Svm),
+            VirtCaps::None(why) => Err((*why).into()),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Vmx(_) => "VMX",
+            Backend::Svm(_) => "SVM",
+        }
+    }
+
+    /// The nested-paging format this backend's hardware walks.
+    pub fn npt_format(&self) -> Format {
+        match self {
+            Backend::Vmx(_) => Format::Ept,
+            Backend::Svm(_) => Format::Npt,
+        }
+    }
+
+    /// Largest TLB tag (VPID/ASID) guests may use.
+    pub fn max_tag(&self) -> u16 {
+        match self {
+            Backend::Vmx(_) => u16::MAX,
+            Backend::Svm(s) => s.max_asid(),
+        }
+    }
+
+    pub fn create_vcpu(&self, vm: &Vm) -> Result<GuestVcpu, alloc::string::String> {
+        match self {
+            Backend::Vmx(b) => b.create_vcpu(vm).map(GuestVcpu::Vmx),
+            Backend::Svm(b) => b.create_vcpu(vm).map(GuestVcpu::Svm),
+        }
+    }
+}
+
+/// A vCPU of either backend.
+pub enum GuestVcpu {
+    Vmx(vmx::VmxVcpu),
+    Svm(svm::SvmVcpu),
+}
+
+macro_rules! each {
+    ($self:expr, $v:ident => $e:expr) => {
+        match $self {
+            GuestVcpu::Vmx($v) => $e,
+            GuestVcpu::Svm($v) => $e,
+        }
+    };
+}
+
+impl GuestVcpu {
+    /// Enters the guest and returns at its next exit.
+    pub fn run(&mut self) -> Exit {
+        each!(self, v => v.run())
+    }
+
+    /// Frees the control structure.
+    pub fn destroy(self) {
+        each!(self, v => v.destroy())
+    }
+}
+
+impl Vcpu for GuestVcpu {
+    fn gprs(&mut self) -> &mut Gprs {
+        each!(self, v => v.gprs())
+    }
+    fn rip(&self) -> u64 {
+        each!(self, v => v.rip())
+    }
+    fn rflags(&self) -> u64 {
+        each!(self, v => v.rflags())
+    }
+    fn cpl(&self) -> u8 {
+        each!(self, v => v.cpl())
+    }
+    fn guest_cr4(&self) -> u64 {
+        each!(self, v => v.guest_cr4())
+    }
+    fn guest_efer(&self) -> u64 {
+        each!(self, v => v.guest_efer())
+    }
+    fn set_guest_efer(&mut self, value: u64) {
+        each!(self, v => v.set_guest_efer(value))
+    }
+    fn set_guest_cr(&mut self, cr: u8, value: u64) {
+        each!(self, v => v.set_guest_cr(cr, value))
+    }
+    fn skip_instruction(&mut self) {
+        each!(self, v => v.skip_instruction())
+    }
+    fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
+        each!(self, v => v.inject_exception(vector, error_code))
     }
 }

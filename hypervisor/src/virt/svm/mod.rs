@@ -1,2 +1,368 @@
-//! AMD-V (SVM) backend.
+//! AMD-V (SVM) backend: enabling SVM, the VMCB of each vCPU, VMRUN, and the translation of
+//! SVM exit codes into `bastion_core::vm::Exit` (AMD APM Vol. 2, chapter 15).
+
 pub mod caps;
+pub mod vmcb;
+
+use crate::memory;
+use crate::vm::{Entry, Vm};
+use alloc::format;
+use alloc::string::String;
+use bastion_core::virt::svm::{SvmCaps, VM_CR_SVMDIS};
+use bastion_core::vm::msr::{self, EFER_SVME};
+use bastion_core::vm::{Exit, Gprs, Vcpu};
+use core::arch::global_asm;
+use vmcb::*;
+
+/// VM_HSAVE_PA: where VMRUN saves host state (APM 15.30.4).
+const MSR_VM_HSAVE_PA: u32 = 0xc001_0117;
+
+/// SVM enabled on this CPU.
+pub struct Svm {
+    caps: SvmCaps,
+    /// A VMCB used only to VMSAVE/VMLOAD the host's FS, GS, TR, LDTR and syscall MSRs around
+    /// each VMRUN, which VMRUN itself does not switch (APM 15.5.2).
+    host_vmcb: u64,
+}
+
+impl Svm {
+    pub fn enable(caps: &SvmCaps) -> Result<Svm, String> {
+        if let Some(missing) = caps.missing().first() {
+            return Err(format!("SVM lacks {missing}"));
+        }
+        if crate::cpu::rdmsr_safe(bastion_core::virt::svm::MSR_VM_CR).is_some_and(|v| v & VM_CR_SVMDIS != 0) {
+            return Err("SVM is disabled by firmware (VM_CR.SVMDIS)".into());
+        }
+        let hsave = memory::alloc_frame_zeroed().ok_or("no memory for the host save area")?;
+        let host_vmcb = memory::alloc_frame_zeroed().ok_or("no memory for the host VMCB")?;
+        // SAFETY: setting EFER.SVME enables the SVM instructions (APM 15.4); the host save
+        // area is a page we own for the rest of the run.
+        unsafe {
+            let efer = x86_64::registers::model_specific::Msr::new(msr::EFER).read();
+            x86_64::registers::model_specific::Msr::new(msr::EFER).write(efer | EFER_SVME);
+            x86_64::registers::model_specific::Msr::new(MSR_VM_HSAVE_PA).write(hsave);
+        }
+        Ok(Svm { caps: caps.clone(), host_vmcb })
+    }
+
+    pub fn max_asid(&self) -> u16 {
+        (self.caps.asids.saturating_sub(1)).min(u16::MAX as u32) as u16
+    }
+
+    pub fn create_vcpu(&self, vm: &Vm) -> Result<SvmVcpu, String> {
+        let mut v = Vmcb::alloc().ok_or("no memory for a VMCB")?;
+        // I/O permission map: 12 KiB, one bit per port, set = intercept (APM 15.10.1).
+        // MSR permission map: 8 KiB, two bits per MSR (read, write), set = intercept (15.11).
+        let iopm = memory::alloc_zeroed(3, 4096).ok_or("no memory for the IOPM")?;
+        let msrpm = memory::alloc_zeroed(2, 4096).ok_or("no memory for the MSRPM")?;
+        // SAFETY: both were just allocated for this vCPU.
+        unsafe {
+            core::ptr::write_bytes(memory::phys_to_virt(iopm), 0xff, 3 * 4096);
+            core::ptr::write_bytes(memory::phys_to_virt(msrpm), 0xff, 2 * 4096);
+        }
+        for &m in msr::PASSTHROUGH {
+            msrpm_allow(msrpm, m, true, true);
+        }
+        for &m in msr::READ_ONLY_PASSTHROUGH {
+            msrpm_allow(msrpm, m, true, false);
+        }
+
+        v.write(INTERCEPT_MISC1, INTERCEPT_INTR | INTERCEPT_NMI | INTERCEPT_CPUID | INTERCEPT_HLT | INTERCEPT_INVLPGA | INTERCEPT_IOIO | INTERCEPT_MSR | INTERCEPT_SHUTDOWN);
+        // VMRUN must be intercepted or VMRUN fails (APM 15.5.1); all SVM instructions are #UD
+        // for the guest.
+        v.write(
+            INTERCEPT_MISC2,
+            INTERCEPT_VMRUN | INTERCEPT_VMMCALL | INTERCEPT_VMLOAD | INTERCEPT_VMSAVE | INTERCEPT_STGI | INTERCEPT_CLGI | INTERCEPT_SKINIT,
+        );
+        v.w64(IOPM_BASE_PA, iopm);
+        v.w64(MSRPM_BASE_PA, msrpm);
+        v.write(GUEST_ASID, vm.tag as u32);
+        // Flush this ASID's TLB entries on the first entry: the ASID may have served another
+        // VM before. QEMU has no flush-by-ASID, so flush everything (1) then.
+        v.write(TLB_CONTROL, 1u8);
+        // V_INTR_MASKING: the guest's RFLAGS.IF masks only virtual interrupts; physical ones
+        // stay with the host (APM 15.21.1).
+        v.write(INT_CTL, 1u32 << 24);
+        v.w64(NP_ENABLE, 1);
+        v.w64(N_CR3, vm.npt.root());
+
+        // Architectural reset-like state (APM 14.1.3), real mode.
+        let Entry::RealMode { ip, sp } = vm.entry;
+        let code = 0x9b; // present, S, code, read/execute, accessed
+        let data = 0x93; // present, S, data, read/write, accessed
+        v.set_segment(CS, 0, code, 0xffff, 0);
+        for seg in [DS, ES, SS, FS, GS] {
+            v.set_segment(seg, 0, data, 0xffff, 0);
+        }
+        v.set_segment(GDTR, 0, 0, 0xffff, 0);
+        v.set_segment(IDTR, 0, 0, 0xffff, 0);
+        v.set_segment(LDTR, 0, 0x82, 0xffff, 0);
+        v.set_segment(TR, 0, 0x83, 0xffff, 0);
+        v.w64(CR0, 0x10); // ET
+        v.w64(CR3, 0);
+        v.w64(CR4, 0);
+        // VMRUN requires EFER.SVME in the guest state (APM 15.5.1); the guest sees EFER
+        // without it (EFER accesses are intercepted).
+        v.w64(EFER, EFER_SVME);
+        v.w64(RFLAGS, 2);
+        v.w64(RIP, ip as u64);
+        v.w64(RSP, sp as u64);
+        v.w64(DR6, 0xffff_0ff0);
+        v.w64(DR7, 0x400);
+        v.w64(G_PAT, 0x0007_0406_0007_0406);
+        Ok(SvmVcpu { vmcb: v, iopm, msrpm, host_vmcb: self.host_vmcb, gprs: Gprs::default(), nrip_save: self.caps.nrip_save, next_rip: 0 })
+    }
+}
+
+/// Clears the intercept bits of `msr` in the MSR permission map (APM 15.11: three 2 KiB
+/// ranges for MSRs 0-0x1fff, 0xc000_0000-0xc000_1fff and 0xc001_0000-0xc001_1fff; other MSRs
+/// are always intercepted).
+fn msrpm_allow(msrpm: u64, msr: u32, read: bool, write: bool) {
+    let (base, off) = match msr {
+        0..=0x1fff => (0x0, msr),
+        0xc000_0000..=0xc000_1fff => (0x800, msr - 0xc000_0000),
+        0xc001_0000..=0xc001_1fff => (0x1000, msr - 0xc001_0000),
+        _ => return,
+    };
+    let bit = off as usize * 2;
+    let byte = memory::phys_to_virt(msrpm).wrapping_add(base + bit / 8);
+    // SAFETY: inside the 8 KiB map owned by this vCPU.
+    unsafe {
+        if read {
+            *byte &= !(1 << (bit % 8));
+        }
+        if write {
+            *byte &= !(1 << (bit % 8 + 1));
+        }
+    }
+}
+
+pub struct SvmVcpu {
+    vmcb: Vmcb,
+    iopm: u64,
+    msrpm: u64,
+    host_vmcb: u64,
+    gprs: Gprs,
+    nrip_save: bool,
+    /// RIP after the exiting instruction, when known for this exit.
+    next_rip: u64,
+}
+
+// bastion_svm_run(gprs: *mut Gprs, guest_vmcb_pa: u64, host_vmcb_pa: u64)
+//
+// VMRUN switches only part of the state (APM 15.5.1): the general registers other than RAX
+// are ours to switch, and FS/GS/TR/LDTR/KernelGSBase/STAR/LSTAR/CSTAR/SFMASK/SYSENTER_* are
+// switched with VMSAVE/VMLOAD around it. GIF is cleared around the switch so no host
+// interrupt lands between VMLOAD and VMRUN with half-guest state (15.17).
+global_asm!(
+    ".global bastion_svm_run",
+    "bastion_svm_run:",
+    "    push rbx",
+    "    push rbp",
+    "    push r12",
+    "    push r13",
+    "    push r14",
+    "    push r15",
+    "    push rdi",           // [rsp+16]: gprs pointer
+    "    push rdx",           // [rsp+8]: host VMCB
+    "    push rsi",           // [rsp]: guest VMCB
+    "    clgi",
+    "    mov rax, rdx",
+    "    vmsave rax",
+    "    mov rax, rsi",
+    "    vmload rax",
+    "    mov rbx, [rdi + 8]",
+    "    mov rcx, [rdi + 16]",
+    "    mov rdx, [rdi + 24]",
+    "    mov rsi, [rdi + 32]",
+    "    mov rbp, [rdi + 48]",
+    "    mov r8,  [rdi + 56]",
+    "    mov r9,  [rdi + 64]",
+    "    mov r10, [rdi + 72]",
+    "    mov r11, [rdi + 80]",
+    "    mov r12, [rdi + 88]",
+    "    mov r13, [rdi + 96]",
+    "    mov r14, [rdi + 104]",
+    "    mov r15, [rdi + 112]",
+    "    mov rdi, [rdi + 40]",
+    "    mov rax, [rsp]",
+    "    vmrun rax",
+    // Guest GPRs are live; RAX holds the VMCB address again (guest RAX is in the VMCB).
+    "    push rdi",
+    "    mov rdi, [rsp + 24]",
+    "    mov [rdi + 8], rbx",
+    "    mov [rdi + 16], rcx",
+    "    mov [rdi + 24], rdx",
+    "    mov [rdi + 32], rsi",
+    "    mov [rdi + 48], rbp",
+    "    mov [rdi + 56], r8",
+    "    mov [rdi + 64], r9",
+    "    mov [rdi + 72], r10",
+    "    mov [rdi + 80], r11",
+    "    mov [rdi + 88], r12",
+    "    mov [rdi + 96], r13",
+    "    mov [rdi + 104], r14",
+    "    mov [rdi + 112], r15",
+    "    pop rax",
+    "    mov [rdi + 40], rax",
+    "    pop rax",            // guest VMCB
+    "    vmsave rax",
+    "    pop rax",            // host VMCB
+    "    vmload rax",
+    "    stgi",
+    "    pop rdi",
+    "    pop r15",
+    "    pop r14",
+    "    pop r13",
+    "    pop r12",
+    "    pop rbp",
+    "    pop rbx",
+    "    ret",
+);
+
+unsafe extern "C" {
+    fn bastion_svm_run(gprs: *mut Gprs, guest_vmcb: u64, host_vmcb: u64);
+}
+
+impl SvmVcpu {
+    pub fn run(&mut self) -> Exit {
+        self.vmcb.w64(RAX, self.gprs.rax);
+        // SAFETY: the VMCB is fully initialised, SVM is enabled on this CPU (Svm::enable ran
+        // on it), and the assembly restores every host register it changes.
+        unsafe { bastion_svm_run(&mut self.gprs, self.vmcb.phys, self.host_vmcb) };
+        self.gprs.rax = self.vmcb.r64(RAX);
+        // Later entries keep this ASID's translations.
+        self.vmcb.write(TLB_CONTROL, 0u8);
+        self.vmcb.w64(EVENTINJ, 0);
+        self.decode_exit()
+    }
+
+    fn decode_exit(&mut self) -> Exit {
+        let code = self.vmcb.r64(EXITCODE);
+        let info1 = self.vmcb.r64(EXITINFO1);
+        let info2 = self.vmcb.r64(EXITINFO2);
+        let rip = self.vmcb.r64(RIP);
+        // Without nRIP save (QEMU), the length of each intercepted instruction is fixed by its
+        // encoding, except for IN/OUT whose next RIP the CPU gives in EXITINFO2 (APM 15.10.2).
+        let len = |n: u64| if self.nrip_save { self.vmcb.r64(NRIP) } else { rip + n };
+        self.next_rip = 0;
+        match code {
+            EXIT_CPUID => {
+                self.next_rip = len(2);
+                Exit::Cpuid
+            }
+            EXIT_MSR => {
+                self.next_rip = len(2);
+                if info1 == 1 {
+                    Exit::Wrmsr
+                } else {
+                    Exit::Rdmsr
+                }
+            }
+            EXIT_HLT => {
+                self.next_rip = len(1);
+                Exit::Hlt
+            }
+            EXIT_VMMCALL => {
+                self.next_rip = len(3);
+                Exit::Hypercall
+            }
+            EXIT_IOIO => {
+                self.next_rip = info2;
+                let size = if info1 & (1 << 4) != 0 {
+                    1
+                } else if info1 & (1 << 5) != 0 {
+                    2
+                } else {
+                    4
+                };
+                Exit::Io { port: (info1 >> 16) as u16, size, write: info1 & 1 == 0, string: info1 & (1 << 2) != 0 }
+            }
+            EXIT_NPF => Exit::NestedPageFault { gpa: info2, write: info1 & 2 != 0, fetch: info1 & 16 != 0 },
+            EXIT_SHUTDOWN => Exit::TripleFault,
+            EXIT_VMRUN | EXIT_VMLOAD | EXIT_VMSAVE | EXIT_STGI | EXIT_CLGI | EXIT_SKINIT | EXIT_INVLPGA => Exit::VirtInstruction,
+            EXIT_INTR | EXIT_NMI => Exit::Interrupted,
+            EXIT_INVALID => Exit::EntryFailed(self.explain_invalid()),
+            _ => Exit::Unhandled { code, info1, info2 },
+        }
+    }
+
+    /// VMRUN refused the state (EXITCODE -1). The APM lists the consistency checks (15.5.1);
+    /// name the ones our state could break.
+    fn explain_invalid(&self) -> String {
+        let efer = self.vmcb.r64(EFER);
+        let cr0 = self.vmcb.r64(CR0);
+        let cr4 = self.vmcb.r64(CR4);
+        let mut why = String::from("VMEXIT_INVALID: the VMCB state failed VMRUN's consistency checks (APM 15.5.1)");
+        if efer & EFER_SVME == 0 {
+            why.push_str("; EFER.SVME is clear");
+        }
+        if cr0 & (1 << 29) != 0 && cr0 & (1 << 30) == 0 {
+            why.push_str("; CR0.NW set without CR0.CD");
+        }
+        if cr0 >> 32 != 0 {
+            why.push_str("; CR0[63:32] not zero");
+        }
+        if efer & msr::EFER_LME != 0 && cr0 & (1 << 31) != 0 && cr4 & (1 << 5) == 0 {
+            why.push_str("; long mode paging without CR4.PAE");
+        }
+        if self.vmcb.read::<u32>(GUEST_ASID) == 0 {
+            why.push_str("; ASID 0");
+        }
+        if self.vmcb.read::<u32>(INTERCEPT_MISC2) & INTERCEPT_VMRUN == 0 {
+            why.push_str("; VMRUN not intercepted");
+        }
+        why
+    }
+
+    pub fn destroy(self) {
+        memory::free(self.iopm, 3);
+        memory::free(self.msrpm, 2);
+        self.vmcb.free();
+    }
+}
+
+impl Vcpu for SvmVcpu {
+    fn gprs(&mut self) -> &mut Gprs {
+        &mut self.gprs
+    }
+    fn rip(&self) -> u64 {
+        self.vmcb.r64(RIP)
+    }
+    fn rflags(&self) -> u64 {
+        self.vmcb.r64(RFLAGS)
+    }
+    fn cpl(&self) -> u8 {
+        self.vmcb.read(CPL)
+    }
+    fn guest_cr4(&self) -> u64 {
+        self.vmcb.r64(CR4)
+    }
+    fn guest_efer(&self) -> u64 {
+        self.vmcb.r64(EFER) & !EFER_SVME
+    }
+    fn set_guest_efer(&mut self, value: u64) {
+        self.vmcb.w64(EFER, value | EFER_SVME);
+    }
+    fn set_guest_cr(&mut self, cr: u8, value: u64) {
+        // SVM intercepts no CR writes today; kept for completeness of the interface.
+        match cr {
+            0 => self.vmcb.w64(CR0, value),
+            4 => self.vmcb.w64(CR4, value),
+            _ => {}
+        }
+    }
+    fn skip_instruction(&mut self) {
+        if self.next_rip != 0 {
+            self.vmcb.w64(RIP, self.next_rip);
+        }
+    }
+    fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
+        // EVENTINJ (APM 15.20): vector, type 3 = exception, EV = error code valid, V = valid.
+        let mut ev = vector as u64 | (3 << 8) | (1 << 31);
+        if let Some(e) = error_code {
+            ev |= (1 << 11) | ((e as u64) << 32);
+        }
+        self.vmcb.w64(EVENTINJ, ev);
+    }
+}

@@ -1,0 +1,135 @@
+//! The VMCB: layout (AMD APM Vol. 2, Appendix B "Layout of VMCB") and typed access.
+//!
+//! Written by hand: no maintained no_std crate describes the VMCB. The VMCB is one 4 KiB page
+//! the CPU reads and writes; we keep it as raw bytes and access fields by offset, so the
+//! offsets below are the single source of truth and read like the APM's tables.
+
+use crate::memory;
+
+// Control area (Table B-1).
+pub const INTERCEPT_CR: usize = 0x000;
+pub const INTERCEPT_EXCEPTIONS: usize = 0x008;
+pub const INTERCEPT_MISC1: usize = 0x00c;
+pub const INTERCEPT_MISC2: usize = 0x010;
+pub const IOPM_BASE_PA: usize = 0x040;
+pub const MSRPM_BASE_PA: usize = 0x048;
+pub const GUEST_ASID: usize = 0x058;
+pub const TLB_CONTROL: usize = 0x05c;
+pub const INT_CTL: usize = 0x060;
+pub const EXITCODE: usize = 0x070;
+pub const EXITINFO1: usize = 0x078;
+pub const EXITINFO2: usize = 0x080;
+pub const EXITINTINFO: usize = 0x088;
+pub const NP_ENABLE: usize = 0x090;
+pub const EVENTINJ: usize = 0x0a8;
+pub const N_CR3: usize = 0x0b0;
+pub const VMCB_CLEAN: usize = 0x0c0;
+pub const NRIP: usize = 0x0c8;
+
+// State-save area (Table B-2), at offset 0x400.
+pub const ES: usize = 0x400;
+pub const CS: usize = 0x410;
+pub const SS: usize = 0x420;
+pub const DS: usize = 0x430;
+pub const FS: usize = 0x440;
+pub const GS: usize = 0x450;
+pub const GDTR: usize = 0x460;
+pub const LDTR: usize = 0x470;
+pub const IDTR: usize = 0x480;
+pub const TR: usize = 0x490;
+pub const CPL: usize = 0x4cb;
+pub const EFER: usize = 0x4d0;
+pub const CR4: usize = 0x548;
+pub const CR3: usize = 0x550;
+pub const CR0: usize = 0x558;
+pub const DR7: usize = 0x560;
+pub const DR6: usize = 0x568;
+pub const RFLAGS: usize = 0x570;
+pub const RIP: usize = 0x578;
+pub const RSP: usize = 0x5d8;
+pub const RAX: usize = 0x5f8;
+pub const G_PAT: usize = 0x668;
+
+// INTERCEPT_MISC1 bits (vector 3 of Table B-1).
+pub const INTERCEPT_INTR: u32 = 1 << 0;
+pub const INTERCEPT_NMI: u32 = 1 << 1;
+pub const INTERCEPT_CPUID: u32 = 1 << 18;
+pub const INTERCEPT_HLT: u32 = 1 << 24;
+pub const INTERCEPT_INVLPGA: u32 = 1 << 26;
+pub const INTERCEPT_IOIO: u32 = 1 << 27;
+pub const INTERCEPT_MSR: u32 = 1 << 28;
+pub const INTERCEPT_SHUTDOWN: u32 = 1 << 31;
+// INTERCEPT_MISC2 bits (vector 4).
+pub const INTERCEPT_VMRUN: u32 = 1 << 0;
+pub const INTERCEPT_VMMCALL: u32 = 1 << 1;
+pub const INTERCEPT_VMLOAD: u32 = 1 << 2;
+pub const INTERCEPT_VMSAVE: u32 = 1 << 3;
+pub const INTERCEPT_STGI: u32 = 1 << 4;
+pub const INTERCEPT_CLGI: u32 = 1 << 5;
+pub const INTERCEPT_SKINIT: u32 = 1 << 6;
+
+// Exit codes (Appendix C).
+pub const EXIT_INTR: u64 = 0x60;
+pub const EXIT_NMI: u64 = 0x61;
+pub const EXIT_CPUID: u64 = 0x72;
+pub const EXIT_HLT: u64 = 0x78;
+pub const EXIT_INVLPGA: u64 = 0x7a;
+pub const EXIT_IOIO: u64 = 0x7b;
+pub const EXIT_MSR: u64 = 0x7c;
+pub const EXIT_SHUTDOWN: u64 = 0x7f;
+pub const EXIT_VMRUN: u64 = 0x80;
+pub const EXIT_VMMCALL: u64 = 0x81;
+pub const EXIT_VMLOAD: u64 = 0x82;
+pub const EXIT_VMSAVE: u64 = 0x83;
+pub const EXIT_STGI: u64 = 0x84;
+pub const EXIT_CLGI: u64 = 0x85;
+pub const EXIT_SKINIT: u64 = 0x86;
+pub const EXIT_NPF: u64 = 0x400;
+pub const EXIT_INVALID: u64 = u64::MAX;
+
+/// A VMCB page, owned by physical address.
+pub struct Vmcb {
+    pub phys: u64,
+}
+
+impl Vmcb {
+    pub fn alloc() -> Option<Vmcb> {
+        memory::alloc_frame_zeroed().map(|phys| Vmcb { phys })
+    }
+
+    fn ptr(&self, off: usize) -> *mut u8 {
+        debug_assert!(off < 4096);
+        memory::phys_to_virt(self.phys).wrapping_add(off)
+    }
+
+    pub fn read<T: Copy>(&self, off: usize) -> T {
+        // SAFETY: inside our VMCB page; the CPU writes it only during VMRUN, not concurrently.
+        unsafe { core::ptr::read_unaligned(self.ptr(off) as *const T) }
+    }
+
+    pub fn write<T: Copy>(&mut self, off: usize, v: T) {
+        // SAFETY: as for `read`.
+        unsafe { core::ptr::write_unaligned(self.ptr(off) as *mut T, v) }
+    }
+
+    pub fn r64(&self, off: usize) -> u64 {
+        self.read(off)
+    }
+
+    pub fn w64(&mut self, off: usize, v: u64) {
+        self.write(off, v)
+    }
+
+    /// Writes a segment register: selector, attributes (the VMCB's 12-bit packed form of
+    /// descriptor bits 40-47 and 52-55, APM 15.5.1), limit, base.
+    pub fn set_segment(&mut self, off: usize, selector: u16, attrib: u16, limit: u32, base: u64) {
+        self.write(off, selector);
+        self.write(off + 2, attrib);
+        self.write(off + 4, limit);
+        self.write(off + 8, base);
+    }
+
+    pub fn free(self) {
+        memory::free(self.phys, 1);
+    }
+}

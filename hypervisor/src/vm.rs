@@ -1,0 +1,159 @@
+//! A virtual machine: its guest-physical memory (host frames mapped through EPT/NPT), its
+//! image loading, and the run loop that feeds every exit to the one handler in
+//! `bastion_core::vm::handle_exit`.
+
+use crate::memory;
+use crate::virt::{Backend, GuestVcpu};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use bastion_core::config::{GuestConfig, ImageFormat, FLAT_INITIAL_SP, FLAT_LOAD_ADDRESS};
+use bastion_core::frame_alloc::FRAME_SIZE;
+use bastion_core::npt::{Format, FrameSource, NestedPageTable, PAGE_2M};
+use bastion_core::vm::{handle_exit, Action, ExitStats, GuestState, StopReason};
+
+/// Nested page tables come from the frame allocator and are reached through the physical
+/// mapping.
+pub struct HostFrames;
+
+impl FrameSource for HostFrames {
+    fn alloc_table(&mut self) -> Option<u64> {
+        memory::alloc_frame_zeroed()
+    }
+    fn free_table(&mut self, phys: u64) {
+        memory::free(phys, 1);
+    }
+    fn table(&mut self, phys: u64) -> &mut [u64; 512] {
+        // SAFETY: `phys` is a table frame owned by a NestedPageTable.
+        unsafe { memory::frame_mut(phys) }
+    }
+}
+
+/// One contiguous piece of guest RAM.
+#[derive(Debug, Clone, Copy)]
+pub struct RamChunk {
+    pub gpa: u64,
+    pub hpa: u64,
+    pub len: u64,
+}
+
+/// Where a vCPU starts.
+#[derive(Debug, Clone, Copy)]
+pub enum Entry {
+    /// Real mode at CS:IP = 0:ip, stack at SP.
+    RealMode { ip: u16, sp: u16 },
+}
+
+pub struct Vm {
+    pub name: String,
+    pub ram: Vec<RamChunk>,
+    pub npt: NestedPageTable,
+    /// ASID (SVM) or VPID (VMX): tags this VM's TLB entries. Never 0 (the host's).
+    pub tag: u16,
+    pub entry: Entry,
+}
+
+impl Vm {
+    /// Allocates RAM (2 MiB-aligned runs, so EPT/NPT can use 2 MiB pages), maps it from
+    /// guest-physical 0, and loads the image.
+    pub fn new(cfg: &GuestConfig, image: &[u8], format: Format, tag: u16) -> Result<Vm, String> {
+        let bytes = cfg.memory_mib as u64 * 1024 * 1024;
+        let npt = NestedPageTable::new(format, &mut HostFrames).map_err(|e| format!("{e}"))?;
+        let mut vm = Vm { name: cfg.name.clone(), ram: Vec::new(), npt, tag, entry: Entry::RealMode { ip: 0, sp: 0 } };
+        // One run if possible; otherwise 2 MiB runs (fragmented host memory still works).
+        let mut gpa = 0;
+        while gpa < bytes {
+            let left = bytes - gpa;
+            let (hpa, len) = match memory::alloc_zeroed(left / FRAME_SIZE, PAGE_2M) {
+                Some(h) => (h, left),
+                None => match memory::alloc_zeroed(PAGE_2M.min(left) / FRAME_SIZE, PAGE_2M) {
+                    Some(h) => (h, PAGE_2M.min(left)),
+                    None => {
+                        vm.destroy();
+                        return Err(format!("out of host memory for {} MiB of guest RAM", cfg.memory_mib));
+                    }
+                },
+            };
+            vm.ram.push(RamChunk { gpa, hpa, len });
+            if let Err(e) = vm.npt.map(&mut HostFrames, gpa, hpa, len) {
+                vm.destroy();
+                return Err(format!("cannot map guest RAM: {e}"));
+            }
+            gpa += len;
+        }
+        match cfg.format {
+            ImageFormat::Flat => {
+                let end = FLAT_LOAD_ADDRESS + image.len() as u64;
+                if end > bytes.min(0xa_0000) {
+                    vm.destroy();
+                    return Err(format!("flat image of {} bytes does not fit below 640 KiB", image.len()));
+                }
+                vm.write(FLAT_LOAD_ADDRESS, image);
+                vm.entry = Entry::RealMode { ip: FLAT_LOAD_ADDRESS as u16, sp: FLAT_INITIAL_SP as u16 };
+            }
+        }
+        Ok(vm)
+    }
+
+    /// Copies `data` into guest RAM at `gpa` (the caller checked the range is RAM).
+    fn write(&self, gpa: u64, data: &[u8]) {
+        for (i, b) in data.iter().enumerate() {
+            let g = gpa + i as u64;
+            if let Some(c) = self.ram.iter().find(|c| g >= c.gpa && g < c.gpa + c.len) {
+                // SAFETY: inside this VM's RAM, which it owns.
+                unsafe { *memory::phys_to_virt(c.hpa + (g - c.gpa)) = *b };
+            }
+        }
+    }
+
+    pub fn ram_bytes(&self) -> u64 {
+        self.ram.iter().map(|c| c.len).sum()
+    }
+
+    /// Frees the guest's RAM and page tables.
+    pub fn destroy(self) {
+        for c in &self.ram {
+            memory::free(c.hpa, c.len / FRAME_SIZE);
+        }
+        self.npt.destroy(&mut HostFrames);
+    }
+}
+
+/// Host CPUID for the policy.
+fn host_cpuid(leaf: u32, sub: u32) -> [u32; 4] {
+    let (a, b, c, d) = crate::cpu::cpuid(leaf, sub);
+    [a, b, c, d]
+}
+
+/// How a guest's run ended.
+pub struct GuestEnd {
+    pub reason: StopReason,
+    pub stats: ExitStats,
+    pub vcpu: u32,
+    pub rip: u64,
+}
+
+/// Runs the guest's vCPU until it stops; returns why, with its exit counts.
+pub fn run(vm: &Vm, backend: &Backend) -> GuestEnd {
+    let mut state = GuestState::new(0);
+    let mut vcpu = match backend.create_vcpu(vm) {
+        Ok(v) => v,
+        Err(e) => return GuestEnd { reason: StopReason::EntryFailed(e), stats: state.stats, vcpu: 0, rip: 0 },
+    };
+    let name = vm.name.as_str();
+    let reason = loop {
+        let exit = vcpu.run();
+        log::trace!("guest {name}: exit {exit:?} at RIP {:#x}", bastion_core::vm::Vcpu::rip(&vcpu));
+        let mut console = |line: &str| crate::println!("[{name}] {line}");
+        match handle_exit(&exit, &mut vcpu, &mut state, &host_cpuid, &mut console) {
+            Action::Resume => {}
+            Action::Stop(r) => break r,
+        }
+    };
+    if let Some(rest) = state.uart.take_partial() {
+        crate::println!("[{name}] {rest}");
+    }
+    let rip = bastion_core::vm::Vcpu::rip(&vcpu);
+    vcpu.destroy();
+    GuestEnd { reason, stats: state.stats, vcpu: state.vcpu_id, rip }
+}
