@@ -152,6 +152,19 @@ static IDT: Lazy<InterruptDescriptorTable> = Lazy::new(|| {
 
 pub fn init() {
     IDT.load();
+    mask_legacy_pic();
+}
+
+/// Masks both 8259 PICs. Firmware leaves the PIT's IRQ 0 unmasked; Bastion does not use the
+/// legacy PIC (host interrupts will come through the local APIC), and an unmasked PIC would
+/// keep raising external-interrupt VM exits while a guest runs.
+fn mask_legacy_pic() {
+    use x86_64::instructions::port::Port;
+    // SAFETY: writing the interrupt mask registers of the master and slave 8259.
+    unsafe {
+        Port::<u8>::new(0x21).write(0xff);
+        Port::<u8>::new(0xa1).write(0xff);
+    }
 }
 
 /// Mnemonic and name of an exception vector (SDM Vol. 3A Table 6-1).

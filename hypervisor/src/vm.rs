@@ -3,7 +3,7 @@
 //! `bastion_core::vm::handle_exit`.
 
 use crate::memory;
-use crate::virt::{Backend, GuestVcpu};
+use crate::virt::Backend;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;

@@ -7,8 +7,6 @@
 use crate::memory;
 
 // Control area (Table B-1).
-pub const INTERCEPT_CR: usize = 0x000;
-pub const INTERCEPT_EXCEPTIONS: usize = 0x008;
 pub const INTERCEPT_MISC1: usize = 0x00c;
 pub const INTERCEPT_MISC2: usize = 0x010;
 pub const IOPM_BASE_PA: usize = 0x040;
@@ -19,11 +17,9 @@ pub const INT_CTL: usize = 0x060;
 pub const EXITCODE: usize = 0x070;
 pub const EXITINFO1: usize = 0x078;
 pub const EXITINFO2: usize = 0x080;
-pub const EXITINTINFO: usize = 0x088;
 pub const NP_ENABLE: usize = 0x090;
 pub const EVENTINJ: usize = 0x0a8;
 pub const N_CR3: usize = 0x0b0;
-pub const VMCB_CLEAN: usize = 0x0c0;
 pub const NRIP: usize = 0x0c8;
 
 // State-save area (Table B-2), at offset 0x400.

@@ -1,31 +1,589 @@
-//! Intel VT-x backend.
+//! Intel VT-x backend: VMXON, one VMCS per vCPU with EPT, VPID and unrestricted guest, the
+//! VM-entry assembly, and the translation of VMX exit reasons into `bastion_core::vm::Exit`
+//! (Intel SDM Vol. 3C, chapters 24-31).
+
 pub mod caps;
+mod insn;
 
-use crate::vm::Vm;
+use crate::memory;
+use crate::vm::{Entry, Vm};
+use alloc::format;
 use alloc::string::String;
-use bastion_core::virt::vmx::VmxCaps;
+use bastion_core::virt::vmx::{self as vcaps, adjust_controls, VmxCaps};
+use bastion_core::vm::msr::{self, EFER_LMA, EFER_LME};
 use bastion_core::vm::{Exit, Gprs, Vcpu};
+use core::arch::{asm, global_asm};
+use insn::{vmclear, vmptrld, vmread, vmwrite, vmxon, VmFail};
+use x86::vmx::vmcs::{control, guest, host, ro};
+use x86_64::registers::model_specific::Msr;
 
-pub struct Vmx;
+const MSR_CR0_FIXED0: u32 = 0x486;
+const MSR_CR0_FIXED1: u32 = 0x487;
+const MSR_CR4_FIXED0: u32 = 0x488;
+const MSR_CR4_FIXED1: u32 = 0x489;
+
+// Control bits (SDM Vol. 3C 25.6 / 25.7 / 25.8, "VM-execution/exit/entry control fields").
+const PIN_EXTERNAL_INTERRUPT_EXITING: u32 = 1 << 0;
+const PIN_NMI_EXITING: u32 = 1 << 3;
+const PROC_HLT_EXITING: u32 = 1 << 7;
+const PROC_MWAIT_EXITING: u32 = 1 << 10;
+const PROC_USE_IO_BITMAPS: u32 = 1 << 25;
+const PROC_USE_MSR_BITMAPS: u32 = 1 << 28;
+const PROC_MONITOR_EXITING: u32 = 1 << 29;
+const PROC_SECONDARY_CONTROLS: u32 = 1 << 31;
+const PROC2_ENABLE_EPT: u32 = 1 << 1;
+const PROC2_ENABLE_RDTSCP: u32 = 1 << 3;
+const PROC2_ENABLE_VPID: u32 = 1 << 5;
+const PROC2_UNRESTRICTED_GUEST: u32 = 1 << 7;
+const PROC2_ENABLE_INVPCID: u32 = 1 << 12;
+const PROC2_ENABLE_XSAVES: u32 = 1 << 20;
+const EXIT_HOST_ADDRESS_SPACE_SIZE: u32 = 1 << 9;
+const EXIT_ACK_INTERRUPT: u32 = 1 << 15;
+const EXIT_SAVE_PAT: u32 = 1 << 18;
+const EXIT_LOAD_PAT: u32 = 1 << 19;
+const EXIT_SAVE_EFER: u32 = 1 << 20;
+const EXIT_LOAD_EFER: u32 = 1 << 21;
+const ENTRY_IA32E_MODE_GUEST: u32 = 1 << 9;
+const ENTRY_LOAD_PAT: u32 = 1 << 14;
+const ENTRY_LOAD_EFER: u32 = 1 << 15;
+
+const CR0_PE: u64 = 1 << 0;
+const CR0_PG: u64 = 1 << 31;
+
+/// VMX operation on this CPU.
+pub struct Vmx {
+    caps: VmxCaps,
+    revision: u32,
+    pin: u64,
+    proc1: u64,
+    proc2: u64,
+    exit: u64,
+    entry: u64,
+    cr0_fixed0: u64,
+    cr0_fixed1: u64,
+    cr4_fixed0: u64,
+    cr4_fixed1: u64,
+}
+
+fn rdmsr(m: u32) -> u64 {
+    crate::cpu::rdmsr_safe(m).unwrap_or(0)
+}
 
 impl Vmx {
-    pub fn enable(_caps: &VmxCaps) -> Result<Vmx, String> {
-        Err("VMX backend not written yet".into())
+    /// Enters VMX operation (SDM Vol. 3C 24.7 "Enabling and Entering VMX Operation").
+    pub fn enable(caps: &VmxCaps) -> Result<Vmx, String> {
+        if let Some(missing) = caps.missing().first() {
+            return Err(format!("VMX lacks {missing}"));
+        }
+        let basic = rdmsr(vcaps::MSR_IA32_VMX_BASIC);
+        let t = basic & (1 << 55) != 0;
+        let v = Vmx {
+            caps: caps.clone(),
+            revision: (basic & 0x7fff_ffff) as u32,
+            pin: rdmsr(if t { vcaps::MSR_IA32_VMX_TRUE_PINBASED_CTLS } else { vcaps::MSR_IA32_VMX_PINBASED_CTLS }),
+            proc1: rdmsr(if t { vcaps::MSR_IA32_VMX_TRUE_PROCBASED_CTLS } else { vcaps::MSR_IA32_VMX_PROCBASED_CTLS }),
+            proc2: rdmsr(vcaps::MSR_IA32_VMX_PROCBASED_CTLS2),
+            exit: rdmsr(if t { 0x48f } else { 0x483 }),
+            entry: rdmsr(if t { 0x490 } else { 0x484 }),
+            cr0_fixed0: rdmsr(MSR_CR0_FIXED0),
+            cr0_fixed1: rdmsr(MSR_CR0_FIXED1),
+            cr4_fixed0: rdmsr(MSR_CR4_FIXED0),
+            cr4_fixed1: rdmsr(MSR_CR4_FIXED1),
+        };
+        // IA32_FEATURE_CONTROL: if the firmware left it unlocked, enable VMX outside SMX and
+        // lock it (24.7); locked without VMX was refused by `missing()` above.
+        let fc = rdmsr(vcaps::MSR_IA32_FEATURE_CONTROL);
+        if fc & vcaps::FEATURE_CONTROL_LOCK == 0 {
+            // SAFETY: writing the documented enable and lock bits.
+            unsafe {
+                Msr::new(vcaps::MSR_IA32_FEATURE_CONTROL)
+                    .write(fc | vcaps::FEATURE_CONTROL_LOCK | vcaps::FEATURE_CONTROL_VMX_OUTSIDE_SMX)
+            };
+        }
+        let region = memory::alloc_frame_zeroed().ok_or("no memory for the VMXON region")?;
+        // SAFETY: the region is ours; CR0/CR4 are adjusted to the fixed bits VMX requires
+        // (24.8 "Restrictions on VMX Operation"), which include CR4.VMXE.
+        unsafe {
+            *(memory::phys_to_virt(region) as *mut u32) = v.revision;
+            let cr0: u64;
+            let cr4: u64;
+            asm!("mov {}, cr0", out(reg) cr0);
+            asm!("mov {}, cr4", out(reg) cr4);
+            asm!("mov cr0, {}", in(reg) (cr0 | v.cr0_fixed0) & v.cr0_fixed1);
+            asm!("mov cr4, {}", in(reg) (cr4 | v.cr4_fixed0) & v.cr4_fixed1);
+            vmxon(region).map_err(|e| format!("VMXON failed: {e:?}"))?;
+            if v.caps.invept {
+                let _ = insn::invept_all();
+            }
+            if v.caps.invvpid {
+                let _ = insn::invvpid_all();
+            }
+        }
+        Ok(v)
     }
-    pub fn create_vcpu(&self, _vm: &Vm) -> Result<VmxVcpu, String> {
-        Err("VMX backend not written yet".into())
+
+    pub fn create_vcpu(&self, vm: &Vm) -> Result<VmxVcpu, String> {
+        let vmcs = memory::alloc_frame_zeroed().ok_or("no memory for a VMCS")?;
+        // I/O bitmaps A and B (ports 0-0x7fff, 0x8000-0xffff) and the MSR bitmap: a set bit
+        // means "exit" (25.6.4, 25.6.9). Everything exits except the pass-through MSRs.
+        let io = memory::alloc_zeroed(2, 4096).ok_or("no memory for the I/O bitmaps")?;
+        let msrs = memory::alloc_zeroed(1, 4096).ok_or("no memory for the MSR bitmap")?;
+        // SAFETY: all three were just allocated for this vCPU.
+        unsafe {
+            core::ptr::write_bytes(memory::phys_to_virt(io), 0xff, 2 * 4096);
+            core::ptr::write_bytes(memory::phys_to_virt(msrs), 0xff, 4096);
+            *(memory::phys_to_virt(vmcs) as *mut u32) = self.revision;
+        }
+        for &m in msr::PASSTHROUGH {
+            msr_bitmap_allow(msrs, m, true, true);
+        }
+        for &m in msr::READ_ONLY_PASSTHROUGH {
+            msr_bitmap_allow(msrs, m, true, false);
+        }
+        let mut vcpu = VmxVcpu {
+            vmcs,
+            io,
+            msrs,
+            gprs: Gprs::default(),
+            launched: false,
+            cr0_fixed0: self.cr0_fixed0,
+            cr0_fixed1: self.cr0_fixed1,
+            cr4_fixed0: self.cr4_fixed0,
+            cr4_fixed1: self.cr4_fixed1,
+            cr0_mask: self.cr0_fixed0 & !(CR0_PE | CR0_PG),
+            cr4_mask: self.cr4_fixed0,
+        };
+        // SAFETY: the VMCS region was just initialised with the revision identifier.
+        unsafe {
+            vmclear(vmcs).map_err(|e| format!("VMCLEAR: {e}"))?;
+            vmptrld(vmcs).map_err(|e| format!("VMPTRLD: {e}"))?;
+        }
+        self.setup_vmcs(vm, &vcpu).map_err(|(field, e)| format!("VMWRITE of field {field:#x} failed: {e}"))?;
+        vcpu.launched = false;
+        Ok(vcpu)
+    }
+
+    fn setup_vmcs(&self, vm: &Vm, v: &VmxVcpu) -> Result<(), (u32, VmFail)> {
+        let w = |field: u32, value: u64| -> Result<(), (u32, VmFail)> {
+            // SAFETY: each value below follows the SDM's rules for its field.
+            unsafe { vmwrite(field, value) }.map_err(|e| (field, e))
+        };
+        let ctl = |wanted: u32, cap: u64, what: &str| -> Result<u64, (u32, VmFail)> {
+            adjust_controls(wanted, cap).map(|x| x as u64).map_err(|missing| {
+                log::error!("VMX: the CPU cannot set {what} controls {missing:#x}");
+                (0, VmFail::Invalid)
+            })
+        };
+        // Optional secondary features are enabled when allowed, so guests can use RDTSCP,
+        // INVPCID and XSAVES (without the control they raise #UD, 25.6.2).
+        let optional = (PROC2_ENABLE_RDTSCP | PROC2_ENABLE_INVPCID | PROC2_ENABLE_XSAVES) & (self.proc2 >> 32) as u32;
+        w(control::PINBASED_EXEC_CONTROLS, ctl(PIN_EXTERNAL_INTERRUPT_EXITING | PIN_NMI_EXITING, self.pin, "pin-based")?)?;
+        w(
+            control::PRIMARY_PROCBASED_EXEC_CONTROLS,
+            ctl(
+                PROC_HLT_EXITING | PROC_MWAIT_EXITING | PROC_MONITOR_EXITING | PROC_USE_IO_BITMAPS | PROC_USE_MSR_BITMAPS | PROC_SECONDARY_CONTROLS,
+                self.proc1,
+                "processor-based",
+            )?,
+        )?;
+        w(
+            control::SECONDARY_PROCBASED_EXEC_CONTROLS,
+            ctl(PROC2_ENABLE_EPT | PROC2_ENABLE_VPID | PROC2_UNRESTRICTED_GUEST | optional, self.proc2, "secondary")?,
+        )?;
+        w(
+            control::VMEXIT_CONTROLS,
+            ctl(
+                EXIT_HOST_ADDRESS_SPACE_SIZE | EXIT_ACK_INTERRUPT | EXIT_SAVE_PAT | EXIT_LOAD_PAT | EXIT_SAVE_EFER | EXIT_LOAD_EFER,
+                self.exit,
+                "VM-exit",
+            )?,
+        )?;
+        w(control::VMENTRY_CONTROLS, ctl(ENTRY_LOAD_PAT | ENTRY_LOAD_EFER, self.entry, "VM-entry")?)?;
+        w(control::EXCEPTION_BITMAP, 0)?;
+        w(control::IO_BITMAP_A_ADDR_FULL, v.io)?;
+        w(control::IO_BITMAP_B_ADDR_FULL, v.io + 4096)?;
+        w(control::MSR_BITMAPS_ADDR_FULL, v.msrs)?;
+        w(control::EPTP_FULL, vm.npt.eptp())?;
+        w(control::VPID, vm.tag as u64)?;
+        w(control::CR3_TARGET_COUNT, 0)?;
+        w(control::VMENTRY_INTERRUPTION_INFO_FIELD, 0)?;
+        // Guest/host masks: the CR0/CR4 bits VMX forces to 1 (NE, VMXE) are owned by Bastion;
+        // the guest reads its own values from the shadows and a write that changes them
+        // exits (25.6.6), where the common handler decides.
+        w(control::CR0_GUEST_HOST_MASK, v.cr0_mask)?;
+        w(control::CR4_GUEST_HOST_MASK, v.cr4_mask)?;
+
+        // Host state (25.5, 27.2.2): what a VM exit returns to.
+        let (cr0, cr3, cr4): (u64, u64, u64);
+        // SAFETY: reading control registers.
+        unsafe {
+            asm!("mov {}, cr0", out(reg) cr0);
+            asm!("mov {}, cr3", out(reg) cr3);
+            asm!("mov {}, cr4", out(reg) cr4);
+        }
+        w(host::CR0, cr0)?;
+        w(host::CR3, cr3)?;
+        w(host::CR4, cr4)?;
+        let sel = |s: u16| (s & !7) as u64; // RPL and TI must be 0 (26.2.3)
+        let (cs, ss, ds, es, fs, gs, tr): (u16, u16, u16, u16, u16, u16, u16);
+        // SAFETY: reading segment selectors.
+        unsafe {
+            asm!("mov {0:x}, cs", out(reg) cs);
+            asm!("mov {0:x}, ss", out(reg) ss);
+            asm!("mov {0:x}, ds", out(reg) ds);
+            asm!("mov {0:x}, es", out(reg) es);
+            asm!("mov {0:x}, fs", out(reg) fs);
+            asm!("mov {0:x}, gs", out(reg) gs);
+            asm!("str {0:x}", out(reg) tr);
+        }
+        w(host::CS_SELECTOR, sel(cs))?;
+        w(host::SS_SELECTOR, sel(ss))?;
+        w(host::DS_SELECTOR, sel(ds))?;
+        w(host::ES_SELECTOR, sel(es))?;
+        w(host::FS_SELECTOR, sel(fs))?;
+        w(host::GS_SELECTOR, sel(gs))?;
+        w(host::TR_SELECTOR, sel(tr))?;
+        let gdt = x86_64::instructions::tables::sgdt();
+        let idt = x86_64::instructions::tables::sidt();
+        w(host::GDTR_BASE, gdt.base.as_u64())?;
+        w(host::IDTR_BASE, idt.base.as_u64())?;
+        w(host::TR_BASE, tss_base(gdt.base.as_u64(), tr))?;
+        w(host::FS_BASE, rdmsr(msr::FS_BASE))?;
+        w(host::GS_BASE, rdmsr(msr::GS_BASE))?;
+        w(host::IA32_SYSENTER_CS, rdmsr(msr::SYSENTER_CS))?;
+        w(host::IA32_SYSENTER_ESP, rdmsr(msr::SYSENTER_ESP))?;
+        w(host::IA32_SYSENTER_EIP, rdmsr(msr::SYSENTER_EIP))?;
+        w(host::IA32_EFER_FULL, rdmsr(msr::EFER))?;
+        w(host::IA32_PAT_FULL, rdmsr(msr::IA32_PAT))?;
+        w(host::RIP, bastion_vmx_exit as *const () as u64)?;
+        // HOST_RSP is written by the entry assembly, right before VMLAUNCH/VMRESUME.
+
+        // Guest state: a PC at reset, in real mode (unrestricted guest, 27.3.1.2).
+        let Entry::RealMode { ip, sp } = vm.entry;
+        for (s, b, l, ar) in [
+            (guest::ES_SELECTOR, guest::ES_BASE, guest::ES_LIMIT, guest::ES_ACCESS_RIGHTS),
+            (guest::SS_SELECTOR, guest::SS_BASE, guest::SS_LIMIT, guest::SS_ACCESS_RIGHTS),
+            (guest::DS_SELECTOR, guest::DS_BASE, guest::DS_LIMIT, guest::DS_ACCESS_RIGHTS),
+            (guest::FS_SELECTOR, guest::FS_BASE, guest::FS_LIMIT, guest::FS_ACCESS_RIGHTS),
+            (guest::GS_SELECTOR, guest::GS_BASE, guest::GS_LIMIT, guest::GS_ACCESS_RIGHTS),
+        ] {
+            w(s, 0)?;
+            w(b, 0)?;
+            w(l, 0xffff)?;
+            w(ar, 0x93)?; // present, S, read/write data, accessed
+        }
+        w(guest::CS_SELECTOR, 0)?;
+        w(guest::CS_BASE, 0)?;
+        w(guest::CS_LIMIT, 0xffff)?;
+        w(guest::CS_ACCESS_RIGHTS, 0x9b)?; // present, S, execute/read code, accessed
+        w(guest::LDTR_SELECTOR, 0)?;
+        w(guest::LDTR_BASE, 0)?;
+        w(guest::LDTR_LIMIT, 0xffff)?;
+        w(guest::LDTR_ACCESS_RIGHTS, 1 << 16)?; // unusable
+        w(guest::TR_SELECTOR, 0)?;
+        w(guest::TR_BASE, 0)?;
+        w(guest::TR_LIMIT, 0xffff)?;
+        w(guest::TR_ACCESS_RIGHTS, 0x8b)?; // present, busy 32-bit TSS: TR must be usable
+        w(guest::GDTR_BASE, 0)?;
+        w(guest::GDTR_LIMIT, 0xffff)?;
+        w(guest::IDTR_BASE, 0)?;
+        w(guest::IDTR_LIMIT, 0xffff)?;
+        let cr0 = 0x10; // ET
+        w(guest::CR0, v.real_cr0(cr0))?;
+        w(control::CR0_READ_SHADOW, cr0)?;
+        w(guest::CR4, v.real_cr4(0))?;
+        w(control::CR4_READ_SHADOW, 0)?;
+        w(guest::CR3, 0)?;
+        w(guest::DR7, 0x400)?;
+        w(guest::RSP, sp as u64)?;
+        w(guest::RIP, ip as u64)?;
+        w(guest::RFLAGS, 2)?;
+        w(guest::IA32_EFER_FULL, 0)?;
+        w(guest::IA32_PAT_FULL, 0x0007_0406_0007_0406)?;
+        w(guest::IA32_DEBUGCTL_FULL, 0)?;
+        w(guest::IA32_SYSENTER_CS, 0)?;
+        w(guest::IA32_SYSENTER_ESP, 0)?;
+        w(guest::IA32_SYSENTER_EIP, 0)?;
+        w(guest::LINK_PTR_FULL, u64::MAX)?;
+        w(guest::INTERRUPTIBILITY_STATE, 0)?;
+        w(guest::ACTIVITY_STATE, 0)?;
+        w(guest::PENDING_DBG_EXCEPTIONS, 0)?;
+        Ok(())
+    }
+}
+
+/// The TSS base from its 16-byte GDT descriptor (SDM Vol. 3A 8.2.3).
+fn tss_base(gdt_base: u64, tr: u16) -> u64 {
+    let d = (gdt_base + (tr & !7) as u64) as *const u64;
+    // SAFETY: TR indexes a TSS descriptor in the loaded GDT.
+    let (lo, hi) = unsafe { (d.read(), d.add(1).read()) };
+    ((lo >> 16) & 0xff_ffff) | (((lo >> 56) & 0xff) << 24) | ((hi & 0xffff_ffff) << 32)
+}
+
+/// Clears the exit bits of `msr` in the 4 KiB MSR bitmap (SDM 25.6.9: read-low at 0,
+/// read-high at 1 KiB, write-low at 2 KiB, write-high at 3 KiB; low = 0-0x1fff,
+/// high = 0xc000_0000-0xc000_1fff).
+fn msr_bitmap_allow(bitmap: u64, msr: u32, read: bool, write: bool) {
+    let (base, off) = match msr {
+        0..=0x1fff => (0, msr),
+        0xc000_0000..=0xc000_1fff => (1024, msr - 0xc000_0000),
+        _ => return,
+    };
+    let p = memory::phys_to_virt(bitmap);
+    let (byte, bit) = (off as usize / 8, off % 8);
+    // SAFETY: inside the 4 KiB bitmap owned by this vCPU.
+    unsafe {
+        if read {
+            *p.add(base + byte) &= !(1 << bit);
+        }
+        if write {
+            *p.add(base + 2048 + byte) &= !(1 << bit);
+        }
     }
 }
 
 pub struct VmxVcpu {
+    vmcs: u64,
+    io: u64,
+    msrs: u64,
     gprs: Gprs,
+    launched: bool,
+    cr0_fixed0: u64,
+    cr0_fixed1: u64,
+    cr4_fixed0: u64,
+    cr4_fixed1: u64,
+    cr0_mask: u64,
+    cr4_mask: u64,
+}
+
+// bastion_vmx_run(gprs: *mut Gprs, launched: u64) -> u64
+// Returns 0 after a VM exit, 1 for VMfailInvalid, 2 for VMfailValid. The general registers
+// are not part of the VMCS (27.3, 28.5): we load the guest's before entry and save them at
+// the exit label, which is HOST_RIP; HOST_RSP is written here so the exit lands on this frame.
+global_asm!(
+    ".global bastion_vmx_run",
+    ".global bastion_vmx_exit",
+    "bastion_vmx_run:",
+    "    push rbx",
+    "    push rbp",
+    "    push r12",
+    "    push r13",
+    "    push r14",
+    "    push r15",
+    "    push rdi",
+    "    mov rdx, 0x6c14", // HOST_RSP
+    "    vmwrite rdx, rsp",
+    "    jc 3f",
+    "    jz 3f",
+    "    cmp rsi, 0",
+    "    mov rax, [rdi + 0]",
+    "    mov rbx, [rdi + 8]",
+    "    mov rcx, [rdi + 16]",
+    "    mov rdx, [rdi + 24]",
+    "    mov rsi, [rdi + 32]",
+    "    mov rbp, [rdi + 48]",
+    "    mov r8,  [rdi + 56]",
+    "    mov r9,  [rdi + 64]",
+    "    mov r10, [rdi + 72]",
+    "    mov r11, [rdi + 80]",
+    "    mov r12, [rdi + 88]",
+    "    mov r13, [rdi + 96]",
+    "    mov r14, [rdi + 104]",
+    "    mov r15, [rdi + 112]",
+    "    mov rdi, [rdi + 40]",
+    "    jne 2f",
+    "    vmlaunch",
+    "    jmp 3f",
+    "2:",
+    "    vmresume",
+    "3:",
+    // Entry failed: CF or ZF tells which (31.2).
+    "    mov eax, 1",
+    "    jc 4f",
+    "    mov eax, 2",
+    "4:",
+    "    pop rdi",
+    "    jmp 5f",
+    "bastion_vmx_exit:",
+    "    push rax",
+    "    mov rax, [rsp + 8]",
+    "    mov [rax + 8], rbx",
+    "    mov [rax + 16], rcx",
+    "    mov [rax + 24], rdx",
+    "    mov [rax + 32], rsi",
+    "    mov [rax + 40], rdi",
+    "    mov [rax + 48], rbp",
+    "    mov [rax + 56], r8",
+    "    mov [rax + 64], r9",
+    "    mov [rax + 72], r10",
+    "    mov [rax + 80], r11",
+    "    mov [rax + 88], r12",
+    "    mov [rax + 96], r13",
+    "    mov [rax + 104], r14",
+    "    mov [rax + 112], r15",
+    "    pop rbx",
+    "    mov [rax], rbx",
+    "    pop rdi",
+    "    xor eax, eax",
+    "5:",
+    "    pop r15",
+    "    pop r14",
+    "    pop r13",
+    "    pop r12",
+    "    pop rbp",
+    "    pop rbx",
+    "    ret",
+);
+
+unsafe extern "C" {
+    fn bastion_vmx_run(gprs: *mut Gprs, launched: u64) -> u64;
+    fn bastion_vmx_exit();
+}
+
+fn r(field: u32) -> u64 {
+    vmread(field).unwrap_or(0)
+}
+
+fn wr(field: u32, value: u64) {
+    // SAFETY: callers write architecturally valid values for the guest; a refused write is
+    // logged (it would surface as a failed entry with a reason).
+    if let Err(e) = unsafe { vmwrite(field, value) } {
+        log::error!("VMWRITE {field:#x} = {value:#x} failed: {e}");
+    }
 }
 
 impl VmxVcpu {
-    pub fn run(&mut self) -> Exit {
-        Exit::EntryFailed("unimplemented".into())
+    fn real_cr0(&self, guest: u64) -> u64 {
+        (guest | (self.cr0_fixed0 & !(CR0_PE | CR0_PG))) & self.cr0_fixed1
     }
-    pub fn destroy(self) {}
+
+    fn real_cr4(&self, guest: u64) -> u64 {
+        (guest | self.cr4_fixed0) & self.cr4_fixed1
+    }
+
+    pub fn run(&mut self) -> Exit {
+        // SAFETY: this VMCS belongs to this vCPU and was set up by `create_vcpu`.
+        if let Err(e) = unsafe { vmptrld(self.vmcs) } {
+            return Exit::EntryFailed(format!("VMPTRLD: {e}"));
+        }
+        // SAFETY: the VMCS is current and complete; the assembly restores the host registers.
+        let rc = unsafe { bastion_vmx_run(&mut self.gprs, self.launched as u64) };
+        match rc {
+            0 => {}
+            1 => return Exit::EntryFailed(format!("{} failed: {}", self.entry_insn(), VmFail::Invalid)),
+            _ => return Exit::EntryFailed(format!("{} failed: {}", self.entry_insn(), VmFail::Valid)),
+        }
+        self.launched = true;
+        self.sync_ia32e_mode();
+        self.decode_exit()
+    }
+
+    fn entry_insn(&self) -> &'static str {
+        if self.launched {
+            "VMRESUME"
+        } else {
+            "VMLAUNCH"
+        }
+    }
+
+    /// Keeps the "IA-32e mode guest" entry control equal to the guest's EFER.LMA, which the
+    /// guest changes by itself when it turns paging on or off with EFER.LME set (27.3.1.1
+    /// requires them to agree at the next entry).
+    fn sync_ia32e_mode(&mut self) {
+        let lma = r(guest::IA32_EFER_FULL) & EFER_LMA != 0;
+        let entry = r(control::VMENTRY_CONTROLS);
+        let want = if lma { entry | ENTRY_IA32E_MODE_GUEST as u64 } else { entry & !(ENTRY_IA32E_MODE_GUEST as u64) };
+        if want != entry {
+            wr(control::VMENTRY_CONTROLS, want);
+        }
+    }
+
+    fn decode_exit(&mut self) -> Exit {
+        let reason = r(ro::EXIT_REASON) as u32;
+        let qual = r(ro::EXIT_QUALIFICATION);
+        if reason & (1 << 31) != 0 {
+            return Exit::EntryFailed(self.explain_entry_failure(reason & 0xffff));
+        }
+        match reason & 0xffff {
+            1 => Exit::Interrupted,
+            2 => Exit::TripleFault,
+            10 => Exit::Cpuid,
+            12 => Exit::Hlt,
+            18 => Exit::Hypercall,
+            // VMCLEAR..VMXON, INVEPT, INVVPID, VMFUNC; MWAIT and MONITOR (hidden by CPUID).
+            19..=27 | 50 | 53 | 59 | 36 | 39 => Exit::VirtInstruction,
+            28 => {
+                let cr = (qual & 0xf) as u8;
+                let access = (qual >> 4) & 3;
+                let reg = ((qual >> 8) & 0xf) as usize;
+                if access == 0 && (cr == 0 || cr == 4) {
+                    Exit::CrWrite { cr, value: self.gpr(reg) }
+                } else {
+                    Exit::Unhandled { code: 28, info1: qual, info2: 0 }
+                }
+            }
+            30 => Exit::Io {
+                port: (qual >> 16) as u16,
+                size: (qual & 7) as u8 + 1,
+                write: qual & 8 == 0,
+                string: qual & 16 != 0,
+            },
+            31 => Exit::Rdmsr,
+            32 => Exit::Wrmsr,
+            48 => Exit::NestedPageFault {
+                gpa: r(ro::GUEST_PHYSICAL_ADDR_FULL),
+                write: qual & 2 != 0,
+                fetch: qual & 4 != 0,
+            },
+            n => Exit::Unhandled { code: n as u64, info1: qual, info2: r(ro::GUEST_PHYSICAL_ADDR_FULL) },
+        }
+    }
+
+    fn gpr(&self, n: usize) -> u64 {
+        let g = &self.gprs;
+        [g.rax, g.rcx, g.rdx, g.rbx, r(guest::RSP), g.rbp, g.rsi, g.rdi, g.r8, g.r9, g.r10, g.r11, g.r12, g.r13, g.r14, g.r15][n]
+    }
+
+    fn explain_entry_failure(&self, reason: u32) -> String {
+        let mut s = format!("exit reason {reason} ({})", vcaps::exit_reason_name(reason));
+        if reason == 33 {
+            let view = vcaps::GuestStateView {
+                cr0: r(guest::CR0),
+                cr4: r(guest::CR4),
+                efer: r(guest::IA32_EFER_FULL),
+                rflags: r(guest::RFLAGS),
+                ia32e_mode_guest: r(control::VMENTRY_CONTROLS) & ENTRY_IA32E_MODE_GUEST as u64 != 0,
+                unrestricted_guest: r(control::SECONDARY_PROCBASED_EXEC_CONTROLS) & PROC2_UNRESTRICTED_GUEST as u64 != 0,
+                cs_ar: r(guest::CS_ACCESS_RIGHTS) as u32,
+                ss_ar: r(guest::SS_ACCESS_RIGHTS) as u32,
+                tr_ar: r(guest::TR_ACCESS_RIGHTS) as u32,
+                ldtr_ar: r(guest::LDTR_ACCESS_RIGHTS) as u32,
+                link_pointer: r(guest::LINK_PTR_FULL),
+                activity_state: r(guest::ACTIVITY_STATE) as u32,
+                cr0_fixed0: self.cr0_fixed0,
+                cr0_fixed1: self.cr0_fixed1,
+                cr4_fixed0: self.cr4_fixed0,
+                cr4_fixed1: self.cr4_fixed1,
+            };
+            let broken = vcaps::check_guest_state(&view);
+            if broken.is_empty() {
+                s.push_str("; no known guest-state rule is broken (see SDM 27.3.1)");
+            } else {
+                s.push_str(": ");
+                s.push_str(&broken.join("; "));
+            }
+        }
+        s
+    }
+
+    pub fn destroy(self) {
+        // SAFETY: the VMCS is ours; clearing it flushes its cached state before the frame is
+        // reused (25.11.3).
+        let _ = unsafe { vmclear(self.vmcs) };
+        memory::free(self.io, 2);
+        memory::free(self.msrs, 1);
+        memory::free(self.vmcs, 1);
+    }
 }
 
 impl Vcpu for VmxVcpu {
@@ -33,22 +591,62 @@ impl Vcpu for VmxVcpu {
         &mut self.gprs
     }
     fn rip(&self) -> u64 {
-        0
+        r(guest::RIP)
     }
     fn rflags(&self) -> u64 {
-        0
+        r(guest::RFLAGS)
     }
     fn cpl(&self) -> u8 {
-        0
+        ((r(guest::SS_ACCESS_RIGHTS) >> 5) & 3) as u8
     }
     fn guest_cr4(&self) -> u64 {
-        0
+        (r(guest::CR4) & !self.cr4_mask) | (r(control::CR4_READ_SHADOW) & self.cr4_mask)
     }
     fn guest_efer(&self) -> u64 {
-        0
+        r(guest::IA32_EFER_FULL)
     }
-    fn set_guest_efer(&mut self, _value: u64) {}
-    fn set_guest_cr(&mut self, _cr: u8, _value: u64) {}
-    fn skip_instruction(&mut self) {}
-    fn inject_exception(&mut self, _vector: u8, _error_code: Option<u32>) {}
+    fn set_guest_efer(&mut self, value: u64) {
+        wr(guest::IA32_EFER_FULL, value);
+    }
+    fn set_guest_cr(&mut self, cr: u8, value: u64) {
+        match cr {
+            0 => {
+                let old = (r(guest::CR0) & !self.cr0_mask) | (r(control::CR0_READ_SHADOW) & self.cr0_mask);
+                wr(control::CR0_READ_SHADOW, value);
+                wr(guest::CR0, self.real_cr0(value));
+                // Turning paging on or off with EFER.LME set enters or leaves IA-32e mode;
+                // the CPU would set EFER.LMA itself had the write not exited (SDM Vol. 3A 10.8.5).
+                let efer = r(guest::IA32_EFER_FULL);
+                if (old ^ value) & CR0_PG != 0 && efer & EFER_LME != 0 {
+                    let efer = if value & CR0_PG != 0 { efer | EFER_LMA } else { efer & !EFER_LMA };
+                    wr(guest::IA32_EFER_FULL, efer);
+                    self.sync_ia32e_mode();
+                }
+            }
+            4 => {
+                wr(control::CR4_READ_SHADOW, value);
+                wr(guest::CR4, self.real_cr4(value));
+            }
+            _ => {}
+        }
+    }
+    fn skip_instruction(&mut self) {
+        wr(guest::RIP, r(guest::RIP) + r(ro::VMEXIT_INSTRUCTION_LEN));
+        // Executing an instruction ends blocking by STI or MOV SS (SDM Vol. 3C 27.3.1.5).
+        let intr = r(guest::INTERRUPTIBILITY_STATE);
+        if intr & 3 != 0 {
+            wr(guest::INTERRUPTIBILITY_STATE, intr & !3);
+        }
+    }
+    fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
+        // VM-entry interruption information (25.8.3): vector, type 3 (hardware exception),
+        // deliver-error-code, valid. Real mode has no error codes (27.2.1.3).
+        let protected = r(guest::CR0) & CR0_PE != 0;
+        let mut info = vector as u64 | (3 << 8) | (1 << 31);
+        if let (Some(e), true) = (error_code, protected) {
+            info |= 1 << 11;
+            wr(control::VMENTRY_EXCEPTION_ERR_CODE, e as u64);
+        }
+        wr(control::VMENTRY_INTERRUPTION_INFO_FIELD, info);
+    }
 }
