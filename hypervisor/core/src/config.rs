@@ -44,9 +44,43 @@ pub struct GuestConfig {
     /// Path of the kernel image inside the bundle (as written in the config: relative to it).
     pub kernel: String,
     pub format: ImageFormat,
+    /// Optional initial ramdisk, a path inside the bundle (formats that take one).
+    pub initrd: Option<String>,
+    /// Kernel command line (formats that take one).
+    pub cmdline: Option<String>,
     /// Guest RAM in MiB, mapped from guest-physical 0.
     pub memory_mib: u32,
+    /// Number of virtual CPUs.
+    pub vcpus: u32,
+    /// Physical CPUs the guest's vCPUs may run on; `None` = all. CPUs that do not exist are
+    /// dropped at boot with a warning (the host cannot know the CPU count).
+    pub affinity: Option<Vec<u32>>,
+    pub console: Console,
+    /// Start at boot; otherwise the monitor's `reset` starts it.
+    pub autostart: bool,
+    pub on_crash: OnCrash,
 }
+
+/// Where a guest's serial console goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Console {
+    /// A virtual 16550 multiplexed onto Bastion's console (COM1).
+    Virtual,
+    /// A physical UART handed to the guest: its ports are not intercepted.
+    Passthrough { port: u16 },
+}
+
+/// What happens when a guest crashes (triple fault, bad memory access, failed entry...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnCrash {
+    Stop,
+    Restart,
+}
+
+/// Legacy UART base ports by name.
+pub const COM_PORTS: [(&str, u16); 4] = [("com1", 0x3f8), ("com2", 0x2f8), ("com3", 0x3e8), ("com4", 0x2e8)];
+/// Most vCPUs a guest may have.
+pub const MAX_VCPUS: u32 = 64;
 
 /// How a guest image is loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,6 +228,11 @@ impl Config {
                 Ok(g) if config.guests.iter().any(|o| o.name == g.name) => {
                     config.guest_errors.push(ctx.error("name", alloc::format!("duplicate guest name `{}`", g.name)));
                 }
+                Ok(GuestConfig { console: Console::Passthrough { port }, .. })
+                    if config.guests.iter().any(|o| o.console == Console::Passthrough { port }) =>
+                {
+                    config.guest_errors.push(ctx.error("console_port", alloc::format!("port {port:#x} is already passed through to another guest")));
+                }
                 Ok(g) => config.guests.push(g),
                 Err(e) => config.guest_errors.push(e),
             }
@@ -254,8 +293,28 @@ fn get_int(t: &toml::Table, key: &str, ctx: &GuestCtx) -> Result<Option<i64>, Co
     }
 }
 
+fn get_bool(t: &toml::Table, key: &str, ctx: &GuestCtx) -> Result<Option<bool>, ConfigError> {
+    match t.get(key) {
+        None => Ok(None),
+        Some(toml::Value::Boolean(b)) => Ok(Some(*b)),
+        Some(v) => Err(ctx.error(key, alloc::format!("expected true or false, found {}", v.type_str()))),
+    }
+}
+
+/// A path inside the bundle: relative, without `..`.
+fn bundle_path(t: &toml::Table, key: &str, ctx: &GuestCtx) -> Result<Option<String>, ConfigError> {
+    let Some(p) = get_str(t, key, ctx)? else { return Ok(None) };
+    if p.is_empty() || p.starts_with('/') || p.split('/').any(|c| c == "..") {
+        return Err(ctx.error(key, alloc::format!("`{p}` must be a relative path inside the bundle, without `..`")));
+    }
+    Ok(Some(p))
+}
+
 impl GuestConfig {
-    const FIELDS: &'static [&'static str] = &["name", "kernel", "format", "memory_mib"];
+    const FIELDS: &'static [&'static str] = &[
+        "name", "kernel", "format", "initrd", "cmdline", "memory_mib", "vcpus", "affinity", "console", "console_port", "autostart",
+        "on_crash",
+    ];
 
     fn from_table(t: toml::Table, ctx: &GuestCtx) -> Result<GuestConfig, ConfigError> {
         if let Some(k) = t.keys().find(|k| !Self::FIELDS.contains(&k.as_str())) {
@@ -266,14 +325,20 @@ impl GuestConfig {
         if name.is_empty() || name.len() > 32 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
             return Err(ctx.error("name", alloc::format!("`{name}` is not a valid name (1-32 letters, digits, `-`, `_`)")));
         }
-        let kernel = get_str(&t, "kernel", ctx)?.ok_or_else(|| missing("kernel"))?;
-        if kernel.is_empty() || kernel.starts_with('/') || kernel.split('/').any(|c| c == "..") {
-            return Err(ctx.error("kernel", alloc::format!("`{kernel}` must be a relative path inside the bundle, without `..`")));
-        }
+        let kernel = bundle_path(&t, "kernel", ctx)?.ok_or_else(|| missing("kernel"))?;
         let format = match get_str(&t, "format", ctx)?.as_deref() {
             None | Some("flat") => ImageFormat::Flat,
             Some(other) => return Err(ctx.error("format", alloc::format!("unknown format `{other}`, expected `flat`"))),
         };
+        let initrd = bundle_path(&t, "initrd", ctx)?;
+        let cmdline = get_str(&t, "cmdline", ctx)?;
+        if format == ImageFormat::Flat {
+            for (key, set) in [("initrd", initrd.is_some()), ("cmdline", cmdline.is_some())] {
+                if set {
+                    return Err(ctx.error(key, alloc::format!("a `flat` image takes no {key}")));
+                }
+            }
+        }
         let memory_mib = get_int(&t, "memory_mib", ctx)?.unwrap_or(16);
         if !(MIN_GUEST_MIB as i64..=MAX_GUEST_MIB as i64).contains(&memory_mib) {
             return Err(ctx.error(
@@ -281,7 +346,73 @@ impl GuestConfig {
                 alloc::format!("{memory_mib} MiB is out of range ({MIN_GUEST_MIB}..={MAX_GUEST_MIB})"),
             ));
         }
-        Ok(GuestConfig { name, kernel, format, memory_mib: memory_mib as u32 })
+        let vcpus = get_int(&t, "vcpus", ctx)?.unwrap_or(1);
+        if !(1..=MAX_VCPUS as i64).contains(&vcpus) {
+            return Err(ctx.error("vcpus", alloc::format!("{vcpus} vCPUs is out of range (1..={MAX_VCPUS})")));
+        }
+        let affinity = match t.get("affinity") {
+            None => None,
+            Some(toml::Value::Array(a)) => {
+                let mut cpus = Vec::new();
+                for v in a {
+                    match v {
+                        toml::Value::Integer(c) if (0..64).contains(c) => cpus.push(*c as u32),
+                        toml::Value::Integer(c) => {
+                            return Err(ctx.error("affinity", alloc::format!("expected CPU numbers 0..=63, found {c}")));
+                        }
+                        other => {
+                            return Err(ctx.error("affinity", alloc::format!("expected CPU numbers 0..=63, found {}", other.type_str())));
+                        }
+                    }
+                }
+                if cpus.is_empty() {
+                    return Err(ctx.error("affinity", "an empty affinity leaves the guest nowhere to run".into()));
+                }
+                Some(cpus)
+            }
+            Some(v) => return Err(ctx.error("affinity", alloc::format!("expected an array of CPU numbers, found {}", v.type_str()))),
+        };
+        let port = get_str(&t, "console_port", ctx)?;
+        let console = match get_str(&t, "console", ctx)?.as_deref() {
+            None | Some("virtual") => {
+                if port.is_some() {
+                    return Err(ctx.error("console_port", "console_port goes with console = \"passthrough\"".into()));
+                }
+                Console::Virtual
+            }
+            Some("passthrough") => {
+                let p = port.ok_or_else(|| missing("console_port"))?;
+                let Some(&(_, base)) = COM_PORTS.iter().find(|(n, _)| n.eq_ignore_ascii_case(&p)) else {
+                    return Err(ctx.error("console_port", alloc::format!("unknown port `{p}`, expected com2, com3 or com4")));
+                };
+                if base == 0x3f8 {
+                    return Err(ctx.error("console_port", "com1 is Bastion's own console and cannot be passed through".into()));
+                }
+                Console::Passthrough { port: base }
+            }
+            Some(other) => {
+                return Err(ctx.error("console", alloc::format!("unknown console `{other}`, expected `virtual` or `passthrough`")));
+            }
+        };
+        let autostart = get_bool(&t, "autostart", ctx)?.unwrap_or(true);
+        let on_crash = match get_str(&t, "on_crash", ctx)?.as_deref() {
+            None | Some("stop") => OnCrash::Stop,
+            Some("restart") => OnCrash::Restart,
+            Some(other) => return Err(ctx.error("on_crash", alloc::format!("unknown value `{other}`, expected `stop` or `restart`"))),
+        };
+        Ok(GuestConfig {
+            name,
+            kernel,
+            format,
+            initrd,
+            cmdline,
+            memory_mib: memory_mib as u32,
+            vcpus: vcpus as u32,
+            affinity,
+            console,
+            autostart,
+            on_crash,
+        })
     }
 }
 
@@ -368,8 +499,10 @@ mod tests {
         let c = Config::parse("b.toml", TWO_GUESTS).unwrap();
         assert!(c.guest_errors.is_empty(), "{:?}", c.guest_errors);
         assert_eq!(c.guests.len(), 2);
-        assert_eq!(c.guests[0], GuestConfig { name: "a".into(), kernel: "guests/a.bin".into(), format: ImageFormat::Flat, memory_mib: 4 });
-        assert_eq!(c.guests[1].memory_mib, 16);
+        let a = &c.guests[0];
+        assert_eq!((a.name.as_str(), a.kernel.as_str(), a.format, a.memory_mib), ("a", "guests/a.bin", ImageFormat::Flat, 4));
+        let b = &c.guests[1];
+        assert_eq!((b.memory_mib, b.vcpus, b.affinity.clone(), b.console, b.autostart, b.on_crash), (16, 1, None, Console::Virtual, true, OnCrash::Stop));
     }
 
     #[test]
@@ -392,6 +525,15 @@ mod tests {
             ("[[guest]]\nname = \"a\"\nkernel = \"k\"\nformat = \"elf\"\n", 4, "guest[0].format", "unknown format"),
             ("[[guest]]\nname = \"a\"\nkernel = \"k\"\nmemory_mib = \"lots\"\n", 4, "guest[0].memory_mib", "expected an integer"),
             ("[[guest]]\nname = \"a\"\nkernel = \"k\"\nvcpu = 2\n", 4, "guest[0].vcpu", "unknown field `vcpu`"),
+            ("[[guest]]\nname = \"a\"\nkernel = \"k\"\nvcpus = 0\n", 4, "guest[0].vcpus", "out of range"),
+            ("[[guest]]\nname = \"a\"\nkernel = \"k\"\naffinity = []\n", 4, "guest[0].affinity", "empty affinity"),
+            ("[[guest]]\nname = \"a\"\nkernel = \"k\"\naffinity = [0, 99]\n", 4, "guest[0].affinity", "CPU numbers"),
+            ("[[guest]]\nname = \"a\"\nkernel = \"k\"\nconsole = \"passthrough\"\n", 1, "guest[0].console_port", "missing field"),
+            ("[[guest]]\nname = \"a\"\nkernel = \"k\"\nconsole = \"passthrough\"\nconsole_port = \"com1\"\n", 5, "guest[0].console_port", "Bastion's own console"),
+            ("[[guest]]\nname = \"a\"\nkernel = \"k\"\nconsole_port = \"com2\"\n", 4, "guest[0].console_port", "goes with"),
+            ("[[guest]]\nname = \"a\"\nkernel = \"k\"\non_crash = \"panic\"\n", 4, "guest[0].on_crash", "expected `stop` or `restart`"),
+            ("[[guest]]\nname = \"a\"\nkernel = \"k\"\nautostart = 1\n", 4, "guest[0].autostart", "true or false"),
+            ("[[guest]]\nname = \"a\"\nkernel = \"k\"\ncmdline = \"quiet\"\n", 4, "guest[0].cmdline", "takes no cmdline"),
         ];
         for (text, line, field, msg) in cases {
             let c = Config::parse("g.toml", text).unwrap();
@@ -400,6 +542,23 @@ mod tests {
             assert_eq!((e.line, e.field.as_deref()), (line, Some(field)), "{text}: {e}");
             assert!(e.message.contains(msg), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn full_guest_entry_parses() {
+        let text = "[[guest]]\nname = \"web\"\nkernel = \"w.bin\"\nvcpus = 2\naffinity = [1]\nconsole = \"passthrough\"\nconsole_port = \"COM2\"\nautostart = false\non_crash = \"restart\"\n";
+        let c = Config::parse("g.toml", text).unwrap();
+        assert!(c.guest_errors.is_empty(), "{:?}", c.guest_errors);
+        let g = &c.guests[0];
+        assert_eq!((g.vcpus, g.affinity.clone(), g.console, g.autostart, g.on_crash), (2, Some(vec![1]), Console::Passthrough { port: 0x2f8 }, false, OnCrash::Restart));
+    }
+
+    #[test]
+    fn one_port_passes_through_to_one_guest_only() {
+        let g = |n: &str| alloc::format!("[[guest]]\nname = \"{n}\"\nkernel = \"k\"\nconsole = \"passthrough\"\nconsole_port = \"com2\"\n");
+        let c = Config::parse("g.toml", &(g("a") + &g("b"))).unwrap();
+        assert_eq!(c.guests.len(), 1);
+        assert!(c.guest_errors[0].message.contains("already passed through"), "{:?}", c.guest_errors);
     }
 
     #[test]
