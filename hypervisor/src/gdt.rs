@@ -1,13 +1,13 @@
-//! Bastion's own GDT and TSS. The bootloader's GDT is gone once its memory is reused, and the
-//! TSS is what gives #DF, NMI and #MC their own known-good stacks (Interrupt Stack Table,
-//! Intel SDM Vol. 3A 6.14.5): a double fault caused by a stack overflow would otherwise
-//! fault again on the same broken stack and triple-fault the machine. VMX also requires a
-//! non-null host TR selector (SDM 26.2.3), which this TSS provides.
+//! Bastion's own GDT and TSS, one pair per CPU. The bootloader's GDT is gone once its memory is
+//! reused, and the TSS is what gives #DF, NMI and #MC their own known-good stacks (Interrupt
+//! Stack Table, Intel SDM Vol. 3A 6.14.5): a double fault caused by a stack overflow would
+//! otherwise fault again on the same broken stack and triple-fault the machine. VMX also
+//! requires a non-null host TR selector (SDM 26.2.3), which this TSS provides.
 
-use spin::Lazy;
+use alloc::boxed::Box;
 use x86_64::instructions::segmentation::{Segment, CS, DS, ES, SS};
 use x86_64::instructions::tables::load_tss;
-use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable, SegmentSelector};
+use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable};
 use x86_64::structures::tss::TaskStateSegment;
 use x86_64::VirtAddr;
 
@@ -21,43 +21,52 @@ const IST_STACK_SIZE: usize = 16 * 1024;
 #[repr(C, align(16))]
 struct Stack([u8; IST_STACK_SIZE]);
 
-static mut IST_STACKS: [Stack; 3] = [const { Stack([0; IST_STACK_SIZE]) }; 3];
+/// The boot CPU's IST stacks: static, because the boot CPU loads its GDT before the heap
+/// exists. Other CPUs get theirs from the heap.
+static mut BSP_IST_STACKS: [Stack; 3] = [const { Stack([0; IST_STACK_SIZE]) }; 3];
+static mut BSP_TSS: TaskStateSegment = TaskStateSegment::new();
+static mut BSP_GDT: GlobalDescriptorTable = GlobalDescriptorTable::new();
 
-static TSS: Lazy<TaskStateSegment> = Lazy::new(|| {
-    let mut tss = TaskStateSegment::new();
-    for (i, slot) in [IST_DOUBLE_FAULT, IST_NMI, IST_MACHINE_CHECK].into_iter().enumerate() {
-        // SAFETY: each IST stack is used by exactly one CPU's TSS (the boot CPU's, for now);
-        // only its end address is taken here.
-        let top = unsafe { (&raw mut IST_STACKS[i]).add(1) } as u64;
+fn fill_tss(tss: &mut TaskStateSegment, stack_tops: [u64; 3]) {
+    for (slot, top) in [IST_DOUBLE_FAULT, IST_NMI, IST_MACHINE_CHECK].into_iter().zip(stack_tops) {
         tss.interrupt_stack_table[slot as usize] = VirtAddr::new(top);
     }
-    tss
-});
-
-pub struct Selectors {
-    pub code: SegmentSelector,
-    pub data: SegmentSelector,
-    pub tss: SegmentSelector,
 }
 
-static GDT: Lazy<(GlobalDescriptorTable, Selectors)> = Lazy::new(|| {
-    let mut gdt = GlobalDescriptorTable::new();
+fn load(gdt: &'static mut GlobalDescriptorTable, tss: &'static TaskStateSegment) {
     let code = gdt.append(Descriptor::kernel_code_segment());
     let data = gdt.append(Descriptor::kernel_data_segment());
-    let tss = gdt.append(Descriptor::tss_segment(&TSS));
-    (gdt, Selectors { code, data, tss })
-});
-
-/// Loads the GDT and TSS on the boot CPU and reloads every segment register.
-pub fn init() {
-    GDT.0.load();
-    let s = &GDT.1;
+    let tss_sel = gdt.append(Descriptor::tss_segment(tss));
+    gdt.load();
     // SAFETY: the selectors come from the GDT just loaded.
     unsafe {
-        CS::set_reg(s.code);
-        SS::set_reg(s.data);
-        DS::set_reg(s.data);
-        ES::set_reg(s.data);
-        load_tss(s.tss);
+        CS::set_reg(code);
+        SS::set_reg(data);
+        DS::set_reg(data);
+        ES::set_reg(data);
+        load_tss(tss_sel);
     }
+}
+
+/// Loads the boot CPU's GDT and TSS and reloads every segment register. Runs once, first.
+pub fn init() {
+    // SAFETY: runs once on the boot CPU before anything else touches these statics.
+    unsafe {
+        let stacks = &raw mut BSP_IST_STACKS;
+        let tops = [0, 1, 2].map(|i| (&raw mut (*stacks)[i]).add(1) as u64);
+        let tss = &mut *(&raw mut BSP_TSS);
+        fill_tss(tss, tops);
+        load(&mut *(&raw mut BSP_GDT), &*(&raw const BSP_TSS));
+    }
+}
+
+/// Loads a fresh GDT and TSS, with their own IST stacks, on an application processor.
+pub fn init_ap() {
+    let tops = [0, 1, 2].map(|_| {
+        let stack: &'static mut Stack = Box::leak(Box::new(Stack([0; IST_STACK_SIZE])));
+        (stack as *mut Stack).wrapping_add(1) as u64
+    });
+    let tss: &'static mut TaskStateSegment = Box::leak(Box::new(TaskStateSegment::new()));
+    fill_tss(tss, tops);
+    load(Box::leak(Box::new(GlobalDescriptorTable::new())), tss);
 }

@@ -155,6 +155,11 @@ pub fn init() {
     mask_legacy_pic();
 }
 
+/// Loads the shared IDT on an application processor.
+pub fn init_ap() {
+    IDT.load();
+}
+
 /// Masks both 8259 PICs. Firmware leaves the PIT's IRQ 0 unmasked; Bastion does not use the
 /// legacy PIC (host interrupts will come through the local APIC), and an unmasked PIC would
 /// keep raising external-interrupt VM exits while a guest runs.

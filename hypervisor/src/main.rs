@@ -9,10 +9,13 @@ mod acpi_tables;
 mod cpu;
 mod gdt;
 mod interrupts;
+mod lapic;
 mod logger;
 mod memory;
 mod platform;
 mod serial;
+mod smp;
+mod time;
 mod virt;
 mod vm;
 
@@ -60,6 +63,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         Ok(m) => m,
         Err(e) => fail(format_args!("memory: {e}")),
     };
+    let have_trampoline = smp::reserve_trampoline();
 
     // The bundle first: it may change the log level and how the run ends.
     let ramdisk = match boot_info.ramdisk_addr.into_option() {
@@ -94,6 +98,23 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         }
     };
 
+    let tsc_khz = time::init();
+    let online = match lapic::init_bsp() {
+        Ok(()) => {
+            let aps: alloc::vec::Vec<u32> = cpus.as_ref().map_or(alloc::vec::Vec::new(), |t| {
+                t.cpus.iter().filter(|c| !c.is_bsp).map(|c| c.apic_id).collect()
+            });
+            if !have_trampoline && !aps.is_empty() {
+                warn!("smp: no free page below 1 MiB for the AP trampoline");
+            }
+            smp::start_aps(&aps).len() + 1
+        }
+        Err(e) => {
+            warn!("lapic: {e}; running on the boot CPU only");
+            1
+        }
+    };
+
     info!("==== Bastion {} — x86_64 hypervisor ====", env!("CARGO_PKG_VERSION"));
     info!(
         "cpu:    {} \"{}\" family {:#x} model {:#x} stepping {}",
@@ -106,9 +127,9 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     match &cpus {
         Some(t) => {
             let bsp = t.cpus.iter().find(|c| c.is_bsp).map_or(0, |c| c.apic_id);
-            info!("cpus:   {} CPUs (ACPI MADT), boot CPU APIC ID {bsp}", t.cpus.len());
+            info!("cpus:   {} CPUs (ACPI MADT), {online} online, boot CPU APIC ID {bsp}", t.cpus.len());
         }
-        None => info!("cpus:   1 CPUs (no ACPI)"),
+        None => info!("cpus:   1 CPUs (no ACPI), {online} online"),
     }
     info!(
         "memory: {} MiB usable in {} regions, {} MiB heap, {} MiB free",
@@ -126,6 +147,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     if !missing.is_empty() {
         warn!("virt:   cannot run guests on this CPU, it lacks: {}", missing.join(", "));
     }
+    info!("clock:  TSC {}.{:03} MHz (calibrated against the PIT)", tsc_khz / 1000, tsc_khz % 1000);
     info!("bundle: {} files, {} bytes", bundle.files().count(), ramdisk.len());
     info!("==== boot complete ====");
 
@@ -195,6 +217,12 @@ fn run_guests(config: &Config, bundle: &Bundle, caps: &bastion_core::virt::VirtC
         }
         vm.destroy();
     }
+}
+
+/// Where an application processor goes once it is set up (see `smp`).
+pub fn ap_main(cpu_index: usize) -> ! {
+    info!("smp: CPU {cpu_index} online (APIC ID {})", lapic::id());
+    cpu::halt_forever()
 }
 
 /// `[debug] crash`: fault on purpose so tests can see the crash report.

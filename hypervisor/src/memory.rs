@@ -128,9 +128,53 @@ pub unsafe fn frame_mut<T>(phys: u64) -> &'static mut T {
     unsafe { &mut *(phys_to_virt(phys) as *mut T) }
 }
 
+/// Allocates `frames` contiguous zeroed frames that end below `limit`.
+pub fn alloc_below(frames: u64, align: u64, limit: u64) -> Option<u64> {
+    let p = FRAMES.lock().as_mut()?.alloc_contiguous(frames, align, limit)?;
+    // SAFETY: fresh frames, mapped through the physical-memory mapping.
+    unsafe { core::ptr::write_bytes(phys_to_virt(p), 0, (frames * FRAME_SIZE) as usize) };
+    Some(p)
+}
+
 /// Allocates `frames` contiguous frames aligned to `align` bytes.
 pub fn alloc_contiguous(frames: u64, align: u64) -> Option<u64> {
     FRAMES.lock().as_mut()?.alloc_contiguous(frames, align, u64::MAX)
+}
+
+/// Next free address of the MMIO window: the top 512 GiB slot below the recursive-mapping
+/// area, which the bootloader leaves unused (it maps everything in the lower half).
+static MMIO_NEXT: AtomicU64 = AtomicU64::new(0xffff_fe00_0000_0000);
+
+struct TableFrames;
+
+// SAFETY: frames come from the frame allocator, zeroed, and are never handed out twice.
+unsafe impl x86_64::structures::paging::FrameAllocator<x86_64::structures::paging::Size4KiB> for TableFrames {
+    fn allocate_frame(&mut self) -> Option<x86_64::structures::paging::PhysFrame> {
+        alloc_frame_zeroed().map(|p| x86_64::structures::paging::PhysFrame::containing_address(x86_64::PhysAddr::new(p)))
+    }
+}
+
+/// Maps `len` bytes of device memory at `phys` uncached (PCD|PWT: strong uncacheable with the
+/// default PAT, SDM Vol. 3A 12.12.3) and returns the virtual address.
+pub fn map_mmio(phys: u64, len: u64) -> Option<u64> {
+    use x86_64::structures::paging::{Mapper, OffsetPageTable, Page, PageTable, PageTableFlags as F, PhysFrame, Size4KiB};
+    let pages = len.div_ceil(FRAME_SIZE);
+    let virt = MMIO_NEXT.fetch_add(pages * FRAME_SIZE, Ordering::Relaxed);
+    let (l4, _) = x86_64::registers::control::Cr3::read();
+    // SAFETY: the active level-4 table, reached through the physical mapping; only this
+    // function adds mappings, in a range nothing else uses.
+    let mut mapper = unsafe {
+        let table = &mut *(phys_to_virt(l4.start_address().as_u64()) as *mut PageTable);
+        OffsetPageTable::new(table, x86_64::VirtAddr::new(PHYS_OFFSET.load(Ordering::Relaxed)))
+    };
+    for i in 0..pages {
+        let page = Page::<Size4KiB>::containing_address(x86_64::VirtAddr::new(virt + i * FRAME_SIZE));
+        let frame = PhysFrame::containing_address(x86_64::PhysAddr::new(phys + i * FRAME_SIZE));
+        let flags = F::PRESENT | F::WRITABLE | F::NO_CACHE | F::WRITE_THROUGH;
+        // SAFETY: device memory mapped at a fresh address; nothing aliases it as RAM.
+        unsafe { mapper.map_to(page, frame, flags, &mut TableFrames) }.ok()?.flush();
+    }
+    Some(virt + (phys % FRAME_SIZE))
 }
 
 /// Frames free right now.

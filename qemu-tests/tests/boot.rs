@@ -62,5 +62,14 @@ fn bochs_amd_banner_shows_svm_with_npt_and_nrip() {
 #[test]
 fn qemu_smp4_lists_four_cpus_from_acpi() {
     let out = banner("qemu-smp4", Platform::QemuBios, &RunOptions { smp: 4, ..RunOptions::default() });
-    assert!(line(&out, "cpus:").contains("4 CPUs (ACPI MADT)"), "{out}");
+    assert!(line(&out, "cpus:").contains("4 CPUs (ACPI MADT), 4 online"), "{out}");
+    for cpu in 1..4 {
+        assert!(out.contains(&format!("smp: CPU {cpu} online")), "CPU {cpu} did not start:\n{out}");
+    }
+}
+
+#[test]
+fn bochs_intel_smp2_starts_the_second_cpu() {
+    let out = banner("bochs-smp2", Platform::BochsIntel, &RunOptions { smp: 2, ..RunOptions::default() });
+    assert!(line(&out, "cpus:").contains("2 CPUs (ACPI MADT), 2 online"), "{out}");
 }
