@@ -66,7 +66,7 @@ pub fn pack(files: &[(&str, &[u8])]) -> Result<Vec<u8>> {
 }
 
 /// Where `llvm-objcopy` from the `llvm-tools-preview` component lives.
-fn llvm_objcopy() -> Result<PathBuf> {
+pub fn llvm_objcopy() -> Result<PathBuf> {
     let out = Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
         .args(["--print", "sysroot"])
         .output()

@@ -12,6 +12,7 @@
 //! `xtask run` uses [`emulator_command`] too, so what tests boot is what developers boot.
 
 pub mod emulators;
+pub mod guests;
 
 use bastion_core::exit::{parse_exit_line, ExitStatus};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -137,8 +138,11 @@ pub struct Outcome {
 pub struct Emulator {
     platform: Platform,
     child: Option<Child>,
-    lines: Receiver<String>,
+    lines: Receiver<(Instant, String)>,
     transcript: Vec<String>,
+    /// When each transcript line arrived.
+    times: Vec<Instant>,
+    started: Instant,
     dir: PathBuf,
 }
 
@@ -182,7 +186,7 @@ impl Emulator {
                 if let Some(l) = log.as_mut() {
                     let _ = writeln!(l, "{line}");
                 }
-                if tx.send(line).is_err() {
+                if tx.send((Instant::now(), line)).is_err() {
                     break;
                 }
                 buf.clear();
@@ -194,12 +198,24 @@ impl Emulator {
             let _ = BufReader::new(stderr).read_to_end(&mut s);
             let _ = std::fs::write(err_path, s);
         });
-        Emulator { platform, child: Some(child), lines: rx, transcript: Vec::new(), dir: run_dir }
+        let started = Instant::now();
+        Emulator { platform, child: Some(child), lines: rx, transcript: Vec::new(), times: Vec::new(), started, dir: run_dir }
     }
 
     /// Everything printed so far.
     pub fn transcript(&self) -> String {
         self.transcript.join("\n")
+    }
+
+    /// Time from the emulator's start to the first line containing `needle`.
+    pub fn time_of(&self, needle: &str) -> Option<Duration> {
+        let i = self.transcript.iter().position(|l| l.contains(needle))?;
+        Some(self.times[i] - self.started)
+    }
+
+    fn push(&mut self, (t, line): (Instant, String)) {
+        self.times.push(t);
+        self.transcript.push(line);
     }
 
     /// Waits for a line containing `needle`; returns it. On timeout or emulator exit the error
@@ -213,8 +229,8 @@ impl Emulator {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.transcript.push(line.clone());
+                Ok((t, line)) => {
+                    self.push((t, line.clone()));
                     if line.contains(needle) {
                         return Ok(line);
                     }
@@ -255,7 +271,7 @@ impl Emulator {
         loop {
             if let Some(c) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(200)) {
-                    self.transcript.push(l);
+                    self.push(l);
                 }
                 return Some(c.code().unwrap_or(-1));
             }
@@ -263,7 +279,7 @@ impl Emulator {
                 return None;
             }
             if let Ok(l) = self.lines.recv_timeout(Duration::from_millis(50)) {
-                self.transcript.push(l);
+                self.push(l);
             }
         }
     }
@@ -348,9 +364,32 @@ pub fn boot_to_exit(name: &str, platform: Platform, config: &str, opts: &RunOpti
 
 /// Boots an existing image until the exit line.
 pub fn run_image(platform: Platform, image: &TestImage, opts: &RunOptions) -> (String, Outcome) {
+    let (emu, o) = run_image_emulator(platform, image, opts);
+    (emu.transcript(), o)
+}
+
+/// Like [`run_image`], but hands back the ended emulator (for line timestamps).
+pub fn run_image_emulator(platform: Platform, image: &TestImage, opts: &RunOptions) -> (Emulator, Outcome) {
     let mut emu = Emulator::start(platform, image, opts);
     match emu.expect_exit(platform.boot_timeout()) {
-        Ok(o) => (emu.transcript(), o),
+        Ok(o) => (emu, o),
         Err(e) => panic!("{e}"),
     }
+}
+
+/// Builds images for `config`, with extra files placed beside it (guest kernels), so that
+/// `boot` packs them as it would for a user.
+pub fn image_with_files(name: &str, config: &str, files: &[(&str, &Path)]) -> TestImage {
+    let dir = work_dir(name);
+    for (dest, src) in files {
+        let to = dir.join(dest);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::copy(src, &to).unwrap_or_else(|e| panic!("cannot copy {}: {e}", src.display()));
+    }
+    let cfg = dir.join("bastion.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let bundle = boot::bundle_bytes(&cfg).unwrap_or_else(|e| panic!("test config refused: {e:#}"));
+    image_with_bundle_in(dir, &bundle)
 }

@@ -1,0 +1,588 @@
+//! Boot code of every test guest: real mode -> 32-bit protected mode -> 64-bit long mode.
+//
+// Assembled by `global_asm!` in boot.rs (Intel syntax, LLVM's integrated assembler), which
+// defines COM1, EXIT_PORT, STACK_TOP and EXIT_FAIL before this text. No braces may appear
+// in this file: the text is a format template for `global_asm!`.
+//
+// Entry state (the guest ABI): real mode, CS:IP = 0:0x8000, DS=ES=SS=FS=GS=0, SP=0x7000,
+// IF=0, CR0=0x10, A20 enabled, no BIOS and no IVT contents.
+//
+// Steps:
+//  16-bit  record the entry state, load our own IVT (exceptions print and fail), optionally
+//          print "<guest>: real mode", load the GDT, set CR0.PE, far jump to 32-bit code.
+//  32-bit  load flat segments and the 32-bit IDT, zero .bss, optionally print
+//          "<guest>: protected mode", check CPUID for long mode, build an identity map of
+//          the first 4 GiB with 2 MiB pages, enable PAE, load CR3, set EFER.LME, set CR0.PG,
+//          far jump to 64-bit code.
+//  64-bit  load the 64-bit IDT and call Rust (`guest_rust_entry`).
+//
+// An exception in any mode prints "<guest>: FAIL unexpected exception <vector> at <address>
+// (<mode>)" and ends the test with code 1. Each mode loads its IDT with its first
+// instruction, so the only unguarded instructions are the far jumps that follow the
+// MOV CR0 setting PE and the one setting PG.
+//
+// Section use: .text.boot (code), .data.boot (GDT, IDTs, strings, entry state) and .bss.boot
+// (page tables); link.ld puts the first two at 0x8000, below 64 KiB as real mode needs, and
+// .bss.boot at 0x70000.
+
+// GDT selectors (see boot_gdt below).
+.set CODE32_SEL, 0x08
+.set DATA_SEL, 0x10
+.set CODE64_SEL, 0x18
+
+// ---------------------------------------------------------------------------------------
+// Serial and exit helpers, assembled twice: once as 16-bit code (prefix rm) and once as
+// 32-bit code (prefix pm). The same source is correct in both because it only uses 32-bit
+// registers explicitly (the assembler adds operand/address-size prefixes in .code16), keeps
+// every push matched by a pop of the same size, and never uses LOOP (whose counter, CX or
+// ECX, depends on the address size). Addresses used in 16-bit code are below 64 KiB, so
+// [esi] stays within the real-mode segment limit (SDM Vol. 3A 20.1.1).
+// In .code16, LLVM encodes CALL and RET with a 32-bit operand size (66 E8 rel32 / 66 C3):
+// they push and pop a 4-byte return address, always in pairs, which real mode accepts as
+// long as the target is within the 64 KiB code segment.
+// ---------------------------------------------------------------------------------------
+.macro SERIAL_HELPERS p
+// putc: print AL. The ABI's UART: wait for LSR.THRE (bit 5 of port COM1+5), then write
+// the byte to THR (port COM1). Preserves all registers.
+\p\()_putc:
+    push edx
+    push eax
+    mov dx, COM1 + 5
+2:
+    in al, dx
+    test al, 0x20
+    jz 2b
+    pop eax
+    mov dx, COM1
+    out dx, al
+    pop edx
+    ret
+
+// puts: print the NUL-terminated string at ESI. Preserves all registers.
+\p\()_puts:
+    push eax
+    push esi
+2:
+    mov al, byte ptr [esi]
+    test al, al
+    jz 3f
+    call \p\()_putc
+    inc esi
+    jmp 2b
+3:
+    pop esi
+    pop eax
+    ret
+
+// put_hex: print EAX as 0x... without leading zeros. Preserves all registers.
+\p\()_put_hex:
+    push eax
+    push ebx
+    push ecx
+    mov ebx, eax
+    mov al, 0x30                    // '0'
+    call \p\()_putc
+    mov al, 0x78                    // 'x'
+    call \p\()_putc
+    mov ecx, 8                      // nibbles left
+2:                                  // skip leading zero nibbles, keep at least one
+    cmp ecx, 1
+    je 3f
+    test ebx, 0xF0000000
+    jnz 3f
+    shl ebx, 4
+    dec ecx
+    jmp 2b
+3:
+    rol ebx, 4
+    mov al, bl
+    and al, 0x0F
+    add al, 0x30                    // '0'..'9'
+    cmp al, 0x39
+    jbe 4f
+    add al, 0x61 - 0x3A             // 'a'..'f'
+4:
+    call \p\()_putc
+    dec ecx
+    jnz 3b
+    pop ecx
+    pop ebx
+    pop eax
+    ret
+
+// put_dec: print EAX in decimal. Preserves all registers.
+\p\()_put_dec:
+    push eax
+    push ebx
+    push ecx
+    push edx
+    mov ebx, 10
+    xor ecx, ecx
+2:                                  // push the digits, least significant first
+    xor edx, edx
+    div ebx
+    push edx
+    inc ecx
+    test eax, eax
+    jnz 2b
+3:
+    pop eax
+    add al, 0x30
+    call \p\()_putc
+    dec ecx
+    jnz 3b
+    pop edx
+    pop ecx
+    pop ebx
+    pop eax
+    ret
+
+// exit: the ABI's test exit, a 32-bit OUT of EAX to port EXIT_PORT (0 = pass). The
+// hypervisor stops the guest there; halt forever in case it does not.
+\p\()_exit:
+    mov dx, EXIT_PORT
+    out dx, eax
+2:
+    cli
+    hlt
+    jmp 2b
+
+// fail: print "<guest>: FAIL <string at ESI>\n" and exit with EXIT_FAIL.
+\p\()_fail:
+    push esi
+    mov esi, offset GUEST_NAME
+    call \p\()_puts
+    mov esi, offset boot_str_fail
+    call \p\()_puts
+    pop esi
+    call \p\()_puts
+    mov al, 0x0A
+    call \p\()_putc
+    mov eax, EXIT_FAIL
+    jmp \p\()_exit
+
+// report_exception: EAX = vector, EBX = address of the faulting instruction, EDI = the mode
+// (a string). Prints "<guest>: FAIL unexpected exception <vector> at <address> (<mode>)" and
+// exits with EXIT_FAIL.
+\p\()_report_exception:
+    mov esi, offset GUEST_NAME
+    call \p\()_puts
+    mov esi, offset boot_str_unexpected
+    call \p\()_puts
+    call \p\()_put_dec
+    mov esi, offset boot_str_at
+    call \p\()_puts
+    mov eax, ebx
+    call \p\()_put_hex
+    mov esi, offset boot_str_open
+    call \p\()_puts
+    mov esi, edi
+    call \p\()_puts
+    mov esi, offset boot_str_close
+    call \p\()_puts
+    mov eax, EXIT_FAIL
+    jmp \p\()_exit
+.endm
+
+// Exceptions that push an error code (SDM Vol. 3A 6.15, "Exception and Interrupt Reference";
+// 29 #VC and 30 #SX are AMD's, APM Vol. 2 8.2): #DF, #TS, #NP, #SS, #GP, #PF, #AC, #CP.
+// In real mode no exception pushes one (SDM Vol. 3A 20.1.4).
+.macro PUSH_DUMMY_ERROR_CODE_UNLESS_CPU_DOES vec
+    .if !((\vec == 8) || ((\vec >= 10) && (\vec <= 14)) || (\vec == 17) || (\vec == 21) || (\vec == 29) || (\vec == 30))
+    push 0
+    .endif
+.endm
+
+// =======================================================================================
+// 16-bit real mode
+// =======================================================================================
+    .section .text.boot, "ax", @progbits
+    .code16
+    .global _start
+_start:
+    // Record the entry state before changing any of it, for the `modes` guest to check
+    // against the ABI. CS overrides keep the stores right even if DS is not 0.
+    mov word ptr cs:[boot_entry_sp], sp
+    pushf
+    pop word ptr cs:[boot_entry_flags]
+    cli
+    cld
+    mov word ptr cs:[boot_entry_cs], cs
+    mov word ptr cs:[boot_entry_ds], ds
+    mov word ptr cs:[boot_entry_es], es
+    mov word ptr cs:[boot_entry_fs], fs
+    mov word ptr cs:[boot_entry_gs], gs
+    mov word ptr cs:[boot_entry_ss], ss
+    mov eax, cr0
+    mov dword ptr cs:[boot_entry_cr0], eax
+
+    // The ABI's segments and stack, made explicit. MOV SS blocks interrupts and debug traps
+    // until after the next instruction, so SS:SP is never seen half-loaded (SDM Vol. 3A
+    // 6.8.3); IF is 0 anyway.
+    xor ax, ax
+    mov ds, ax
+    mov es, ax
+    mov fs, ax
+    mov gs, ax
+    mov ss, ax
+    mov sp, STACK_TOP
+
+    // There is no BIOS and the IVT at 0 is empty: point IDTR at our own IVT so that an
+    // exception in real mode reports itself instead of jumping to 0000:0000 (in real mode
+    // IDTR holds the IVT base and limit, SDM Vol. 3A 20.1.4).
+    lidt [boot_rm_idtr]
+
+    // CR0.PE set at entry would mean we are not in real mode at all.
+    test byte ptr [boot_entry_cr0], 1
+    jz .Lrm_is_real
+    mov esi, offset boot_str_not_real
+    jmp rm_fail
+.Lrm_is_real:
+    cmp byte ptr [GUEST_TRACE_MODES], 0
+    je .Lrm_to_pm
+    mov esi, offset GUEST_NAME
+    call rm_puts
+    mov esi, offset boot_str_real
+    call rm_puts
+
+.Lrm_to_pm:
+    // Real -> protected mode, SDM Vol. 3A 9.9.1 "Switching to Protected Mode" (AMD APM
+    // Vol. 2 14.4): interrupts off (done), LGDT, set CR0.PE, then immediately a far JMP,
+    // which loads CS from the new GDT and flushes instructions decoded in real mode.
+    // With a 16-bit operand size LGDT loads a 24-bit base; ours is below 64 KiB.
+    lgdt [boot_gdtr]
+    mov eax, cr0
+    or eax, 1                       // CR0.PE
+    mov cr0, eax
+    // jmp far 0x08:pm_entry with a 32-bit offset (66 EA ptr16:32), written out so the
+    // encoding does not depend on the assembler's far-jump syntax.
+    .byte 0x66, 0xEA
+    .long pm_entry
+    .word CODE32_SEL
+
+    SERIAL_HELPERS rm
+
+// Real-mode exception stubs: the CPU pushed FLAGS, CS, IP (no error code); each stub pushes
+// its vector.
+.macro RM_STUB vec
+rm_exc_\vec:
+    push \vec
+    jmp rm_exc_common
+.endm
+.irp v, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+    RM_STUB \v
+.endr
+
+rm_exc_common:
+    xor eax, eax
+    pop ax                          // vector
+    xor ebx, ebx
+    pop bx                          // IP
+    xor ecx, ecx
+    pop cx                          // CS
+    shl ecx, 4
+    add ebx, ecx                    // linear address CS * 16 + IP
+    mov edi, offset boot_str_real_mode
+    jmp rm_report_exception
+
+// =======================================================================================
+// 32-bit protected mode (paging off)
+// =======================================================================================
+    .code32
+pm_entry:
+    // The 32-bit IDT first, so that even a fault in the segment loads below is reported
+    // (DS still has its real-mode base 0, which is all LIDT needs here). Then, SDM Vol. 3A
+    // 9.9.1: reload the data segment registers (they still hold real-mode values) and the
+    // stack pointer.
+    lidt [boot_pm_idtr]
+    mov ax, DATA_SEL
+    mov ds, ax
+    mov es, ax
+    mov fs, ax
+    mov gs, ax
+    mov ss, ax
+    mov esp, STACK_TOP
+
+    // .bss (page tables, Rust statics) is not in the flat image and RAM contents are not
+    // specified: zero it before anything uses it.
+    mov edi, offset __bss_start
+    mov ecx, offset __bss_end
+    sub ecx, edi
+    shr ecx, 2
+    xor eax, eax
+    rep stosd
+
+    cmp byte ptr [GUEST_TRACE_MODES], 0
+    je .Lpm_check_lm
+    mov esi, offset GUEST_NAME
+    call pm_puts
+    mov esi, offset boot_str_protected
+    call pm_puts
+
+.Lpm_check_lm:
+    // Long mode must be reported by CPUID 0x8000_0001 EDX bit 29 (LM) before EFER.LME may be
+    // set (SDM Vol. 3A 9.8.5; AMD APM Vol. 2 14.6.1); otherwise the WRMSR would #GP.
+    mov eax, 0x80000000
+    cpuid
+    cmp eax, 0x80000001
+    jb .Lpm_no_lm
+    mov eax, 0x80000001
+    cpuid
+    bt edx, 29
+    jc .Lpm_paging
+.Lpm_no_lm:
+    mov esi, offset boot_str_no_lm
+    jmp pm_fail
+
+.Lpm_paging:
+    // Identity map of 0..4 GiB with 2 MiB pages: PML4[0] -> PDPT, PDPT[0..4] -> four PDs,
+    // PD entries with PS=1 (4-level paging, SDM Vol. 3A 4.5, Tables 4-15, 4-17 and 4-18).
+    // Flags: P (bit 0) | R/W (bit 1), plus PS (bit 7) in PDEs. Only 0..2 MiB is RAM; the
+    // rest is mapped so a guest can touch it on purpose (the `overrun` guest reads 1 GiB)
+    // and the hypervisor, not the guest's paging, decides what happens.
+    mov dword ptr [boot_pml4], offset boot_pdpt + 3
+    mov dword ptr [boot_pdpt + 0], offset boot_pd + 0x0000 + 3
+    mov dword ptr [boot_pdpt + 8], offset boot_pd + 0x1000 + 3
+    mov dword ptr [boot_pdpt + 16], offset boot_pd + 0x2000 + 3
+    mov dword ptr [boot_pdpt + 24], offset boot_pd + 0x3000 + 3
+    mov edi, offset boot_pd
+    xor ecx, ecx                    // PDE index 0..2047, maps ecx * 2 MiB
+.Lpm_pde:
+    mov eax, ecx
+    shl eax, 21
+    or eax, 0x83                    // P | R/W | PS
+    mov dword ptr [edi + ecx * 8], eax
+    mov eax, ecx
+    shr eax, 11                     // bits 63:32 of ecx * 2 MiB
+    mov dword ptr [edi + ecx * 8 + 4], eax
+    inc ecx
+    cmp ecx, 2048
+    jb .Lpm_pde
+
+    // Protected -> long mode, SDM Vol. 3A 9.8.5 "Initializing IA-32e Mode" (AMD APM Vol. 2
+    // 14.6 "Enabling and Activating Long Mode"): with paging off, set CR4.PAE, load CR3 with
+    // the PML4, set EFER.LME (MSR 0xC000_0080 bit 8), then set CR0.PG; the CPU sets
+    // EFER.LMA. The MOV CR0 and the code after it run identity-mapped, as the SDM requires.
+    // Then a far JMP to a code segment with L=1 leaves compatibility mode for 64-bit mode.
+    mov eax, cr4
+    or eax, 1 << 5                  // CR4.PAE
+    mov cr4, eax
+    mov eax, offset boot_pml4
+    mov cr3, eax
+    mov ecx, 0xC0000080             // IA32_EFER
+    rdmsr
+    or eax, 1 << 8                  // EFER.LME
+    wrmsr
+    mov eax, cr0
+    or eax, 0x80000001              // CR0.PG | CR0.PE
+    mov cr0, eax
+    // jmp far 0x18:lm_entry (EA ptr16:32)
+    .byte 0xEA
+    .long lm_entry
+    .word CODE64_SEL
+
+    SERIAL_HELPERS pm
+
+// 32-bit exception stubs: the CPU pushed EFLAGS, CS, EIP and maybe an error code; each
+// stub makes the frame uniform (dummy error code) and pushes its vector.
+.macro PM_STUB vec
+pm_exc_\vec:
+    PUSH_DUMMY_ERROR_CODE_UNLESS_CPU_DOES \vec
+    push \vec
+    jmp pm_exc_common
+.endm
+.irp v, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+    PM_STUB \v
+.endr
+
+pm_exc_common:
+    pop eax                         // vector
+    pop ebx                         // error code (ignored)
+    pop ebx                         // EIP
+    mov edi, offset boot_str_protected_mode
+    jmp pm_report_exception
+
+// =======================================================================================
+// 64-bit long mode
+// =======================================================================================
+    .code64
+lm_entry:
+    // A defined RSP (the upper half of a register is not preserved across the switch into
+    // 64-bit mode, SDM Vol. 1 3.4.1.1) and the 64-bit IDT before anything that could fault:
+    // the 32-bit gates still loaded are invalid in IA-32e mode (SDM Vol. 3A 6.14.1).
+    mov esp, STACK_TOP              // zero-extends into RSP; 16-byte aligned
+    lidt [rip + boot_lm_idtr]
+    // In 64-bit mode DS/ES/SS bases and limits are ignored, but they must hold usable
+    // selectors; reload them from this GDT (SDM Vol. 3A 3.4.4).
+    mov ax, DATA_SEL
+    mov ds, ax
+    mov es, ax
+    mov fs, ax
+    mov gs, ax
+    mov ss, ax
+    // Rust never returns from here (the guest ends with a test exit).
+    call guest_rust_entry
+    ud2
+
+// 64-bit exception stubs: uniform frame = vector, error code, RIP, CS, RFLAGS, RSP, SS.
+// The CPU aligned RSP to 16 before pushing its 5 (or 6) quadwords (SDM Vol. 3A 6.14.2), so
+// after the stub's 2 pushes (7 quadwords in all) and the 15 general registers below, RSP is
+// 16-byte aligned at the CALL, as the System V ABI requires.
+.macro LM_STUB vec
+lm_exc_\vec:
+    PUSH_DUMMY_ERROR_CODE_UNLESS_CPU_DOES \vec
+    push \vec
+    jmp lm_exc_common
+.endm
+.irp v, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+    LM_STUB \v
+.endr
+
+// Saves the general registers in the order of `exceptions::Frame` and calls
+// `exception_dispatch(&mut Frame)`, which either resumes an expected fault at the address
+// armed for it (by rewriting the saved RIP) or reports the exception and ends the test.
+lm_exc_common:
+    push rax
+    push rcx
+    push rdx
+    push rbx
+    push rbp
+    push rsi
+    push rdi
+    push r8
+    push r9
+    push r10
+    push r11
+    push r12
+    push r13
+    push r14
+    push r15
+    cld                             // the System V ABI expects DF = 0 at calls
+    mov rdi, rsp
+    call exception_dispatch
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop r11
+    pop r10
+    pop r9
+    pop r8
+    pop rdi
+    pop rsi
+    pop rbp
+    pop rbx
+    pop rdx
+    pop rcx
+    pop rax
+    add rsp, 16                     // vector and error code
+    iretq
+
+// =======================================================================================
+// Data: GDT, IDTs, strings, entry state
+// =======================================================================================
+    .section .data.boot, "aw", @progbits
+    .balign 8
+// Flat 4 GiB segments, base 0 (SDM Vol. 3A 3.4.5, Figure 3-8; 64-bit code segment:
+// L=1, D=0, SDM Vol. 3A 5.2.1). Types are preset "accessed" (0x9B, 0x93) so the CPU never
+// needs to write the descriptors (SDM Vol. 3A 3.4.5.1).
+boot_gdt:
+    .quad 0                         // 0x00: null
+    .quad 0x00CF9B000000FFFF        // 0x08: 32-bit code, G=1 D=1, limit 0xFFFFF
+    .quad 0x00CF93000000FFFF        // 0x10: data, G=1 B=1, limit 0xFFFFF
+    .quad 0x00AF9B000000FFFF        // 0x18: 64-bit code, G=1 L=1
+boot_gdt_end:
+
+    .balign 8
+    .word 0                         // pad, so the base below is 4-byte aligned
+boot_gdtr:
+    .word boot_gdt_end - boot_gdt - 1
+    .quad boot_gdt
+
+// Real-mode IVT: 32 far pointers, offset then segment (SDM Vol. 3A 20.1.4, Figure 20-2).
+    .balign 4
+boot_rm_ivt:
+.irp v, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+    .word rm_exc_\v, 0
+.endr
+    .balign 4
+    .word 0
+boot_rm_idtr:
+    .word 32 * 4 - 1
+    .long boot_rm_ivt
+
+// 32-bit IDT: interrupt gates (SDM Vol. 3A 6.11, Figure 6-2): offset 15:0, selector,
+// 0, P=1 DPL=0 type 0xE, offset 31:16. Offsets 31:16 are 0 because .boot ends below 64 KiB
+// (link.ld checks it, and lld rejects a `.word` relocation that does not fit).
+    .balign 8
+boot_pm_idt:
+.irp v, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+    .word pm_exc_\v, CODE32_SEL
+    .byte 0, 0x8E
+    .word 0
+.endr
+    .balign 4
+    .word 0
+boot_pm_idtr:
+    .word 32 * 8 - 1
+    .long boot_pm_idt
+
+// 64-bit IDT: 16-byte interrupt gates (SDM Vol. 3A 6.14.1, Figure 6-8): offset 15:0,
+// selector, IST=0, P=1 DPL=0 type 0xE, offset 31:16, offset 63:32, reserved. Vectors 0-31
+// only: interrupts stay disabled, so anything else would be a bug and raises #GP (beyond
+// the IDT limit), which is reported.
+    .balign 16
+boot_lm_idt:
+.irp v, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+    .word lm_exc_\v, CODE64_SEL
+    .byte 0, 0x8E
+    .word 0
+    .long 0, 0
+.endr
+    .balign 8
+    .word 0, 0, 0
+boot_lm_idtr:
+    .word 32 * 16 - 1
+    .quad boot_lm_idt
+
+// Entry state, laid out as `boot::EntryState`.
+    .balign 4
+    .global boot_entry_state
+boot_entry_state:
+boot_entry_cr0:     .long 0
+boot_entry_sp:      .word 0
+boot_entry_flags:   .word 0
+boot_entry_cs:      .word 0
+boot_entry_ds:      .word 0
+boot_entry_es:      .word 0
+boot_entry_fs:      .word 0
+boot_entry_gs:      .word 0
+boot_entry_ss:      .word 0
+
+boot_str_real:              .asciz ": real mode\n"
+boot_str_protected:         .asciz ": protected mode\n"
+boot_str_fail:              .asciz ": FAIL "
+boot_str_not_real:          .asciz "not started in real mode (CR0.PE = 1)"
+boot_str_no_lm:             .asciz "no long mode (CPUID 0x80000001 EDX bit 29 clear)"
+boot_str_unexpected:        .asciz ": FAIL unexpected exception "
+boot_str_at:                .asciz " at "
+boot_str_open:              .asciz " ("
+boot_str_close:             .asciz ")\n"
+boot_str_real_mode:         .asciz "real mode"
+boot_str_protected_mode:    .asciz "protected mode"
+
+// =======================================================================================
+// Page tables (zeroed with the rest of .bss by pm_entry; link.ld places them at 0x70000)
+// =======================================================================================
+    .section .bss.boot, "aw", @nobits
+    .balign 4096
+    .global boot_pml4
+boot_pml4:  .skip 4096
+    .global boot_pdpt
+boot_pdpt:  .skip 4096
+    .global boot_pd
+boot_pd:    .skip 4 * 4096
+
+// Back to the defaults for any assembly that follows in this module.
+    .text
+    .code64

@@ -1,0 +1,198 @@
+//! Long-mode exception handling: expected faults resume at an armed address, anything else
+//! prints `<guest>: FAIL unexpected exception <vector> at <rip>` and ends the test.
+//!
+//! The IDT and the per-vector stubs are in `boot.s`; the stubs save the registers as a
+//! [`Frame`] and call [`exception_dispatch`].
+//!
+//! Catching a fault: [`guarded!`](crate::guarded) runs one instruction after storing the
+//! address just past it in [`RESUME`]. A fault is reported with RIP at the faulting
+//! instruction (faults, SDM Vol. 3A 6.5), so resuming at the armed address skips exactly that
+//! instruction whatever its encoding length, and execution continues with the registers as
+//! they were when it faulted.
+
+use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicU64, Ordering::SeqCst};
+
+/// Saved state of an exception, lowest address first (the order `lm_exc_common` pushes).
+#[repr(C)]
+#[derive(Debug)]
+pub struct Frame {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub rbp: u64,
+    pub rbx: u64,
+    pub rdx: u64,
+    pub rcx: u64,
+    pub rax: u64,
+    pub vector: u64,
+    /// The CPU's error code, or 0 pushed by the stub for vectors without one.
+    pub error_code: u64,
+    // Pushed by the CPU (SDM Vol. 3A 6.14.2, Figure 6-9).
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+pub const DE: u8 = 0;
+pub const UD: u8 = 6;
+pub const GP: u8 = 13;
+pub const PF: u8 = 14;
+
+/// An exception caught by [`guarded!`](crate::guarded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fault {
+    pub vector: u8,
+    pub error_code: u64,
+}
+
+impl fmt::Display for Fault {
+    /// `#GP(0x0)`, `#UD`.
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(mnemonic(self.vector))?;
+        if has_error_code(self.vector) {
+            write!(f, "({:#x})", self.error_code)?;
+        }
+        Ok(())
+    }
+}
+
+/// `#UD` for 6 and so on (SDM Vol. 3A Table 6-1; 29 and 30 from AMD APM Vol. 2 Table 8-1).
+pub fn mnemonic(vector: u8) -> &'static str {
+    const NAMES: [&str; 32] = [
+        "#DE",
+        "#DB",
+        "NMI",
+        "#BP",
+        "#OF",
+        "#BR",
+        "#UD",
+        "#NM",
+        "#DF",
+        "vector 9",
+        "#TS",
+        "#NP",
+        "#SS",
+        "#GP",
+        "#PF",
+        "vector 15",
+        "#MF",
+        "#AC",
+        "#MC",
+        "#XM",
+        "#VE",
+        "#CP",
+        "vector 22",
+        "vector 23",
+        "vector 24",
+        "vector 25",
+        "vector 26",
+        "vector 27",
+        "#HV",
+        "#VC",
+        "#SX",
+        "vector 31",
+    ];
+    NAMES.get(usize::from(vector)).copied().unwrap_or("interrupt")
+}
+
+/// The vectors whose exceptions push an error code (same list as `boot.s`).
+pub fn has_error_code(vector: u8) -> bool {
+    matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30)
+}
+
+/// Where to resume after a fault of the instruction being guarded; 0 when none is. Written
+/// by [`guarded!`](crate::guarded) through `sym`.
+#[doc(hidden)]
+pub static RESUME: AtomicU64 = AtomicU64::new(0);
+const NO_FAULT: u64 = u64::MAX;
+static FAULT_VECTOR: AtomicU64 = AtomicU64::new(NO_FAULT);
+static FAULT_ERROR: AtomicU64 = AtomicU64::new(0);
+
+/// Forgets any previous fault (called before a guarded instruction).
+#[doc(hidden)]
+pub fn arm() {
+    FAULT_VECTOR.store(NO_FAULT, SeqCst);
+}
+
+/// The fault the last guarded instruction raised, if any.
+#[doc(hidden)]
+pub fn take_fault() -> Option<Fault> {
+    match FAULT_VECTOR.swap(NO_FAULT, SeqCst) {
+        NO_FAULT => None,
+        v => Some(Fault { vector: v as u8, error_code: FAULT_ERROR.load(SeqCst) }),
+    }
+}
+
+/// Runs one instruction (an `asm!` template string plus operands) and returns
+/// `Option<Fault>`: `None` if it completed, `Some` with the vector and error code if it
+/// raised an exception, in which case execution resumed right after it.
+///
+/// ```ignore
+/// let fault = unsafe { guarded!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi) };
+/// ```
+/// After a fault, outputs hold whatever the registers held at the fault.
+///
+/// Like `asm!`, it must be used inside `unsafe`: the caller vouches for the instruction. The
+/// code around it only stores the resume address (label 2, right after the instruction) in
+/// [`RESUME`] and clears it again.
+#[macro_export]
+macro_rules! guarded {
+    ($insn:literal $(, $($operands:tt)*)?) => {{
+        $crate::exceptions::arm();
+        core::arch::asm!(
+            "lea {resume_at}, [rip + 2f]",
+            "mov qword ptr [rip + {resume}], {resume_at}",
+            $insn,
+            "2:",
+            "mov qword ptr [rip + {resume}], 0",
+            resume = sym $crate::exceptions::RESUME,
+            resume_at = out(reg) _,
+            $($($operands)*)?
+        );
+        $crate::exceptions::take_fault()
+    }};
+}
+
+/// Called by `lm_exc_common` for every exception in long mode.
+#[no_mangle]
+extern "C" fn exception_dispatch(frame: &mut Frame) {
+    let resume = RESUME.swap(0, SeqCst);
+    if resume != 0 {
+        FAULT_ERROR.store(frame.error_code, SeqCst);
+        FAULT_VECTOR.store(frame.vector, SeqCst);
+        frame.rip = resume;
+        return;
+    }
+    // Unexpected: one line in the boot code's format, then the failing exit.
+    let vector = frame.vector as u8;
+    let mut out = crate::serial::Console;
+    let _ = write!(
+        out,
+        "{}: FAIL unexpected exception {} at {:#x} ({}",
+        crate::boot::name(),
+        frame.vector,
+        frame.rip,
+        mnemonic(vector)
+    );
+    if has_error_code(vector) {
+        let _ = write!(out, ", error code {:#x}", frame.error_code);
+    }
+    if vector == PF {
+        let cr2: u64;
+        // SAFETY: reading CR2 has no side effects.
+        unsafe { core::arch::asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack, preserves_flags)) };
+        let _ = write!(out, ", cr2 {cr2:#x}");
+    }
+    let _ = writeln!(out, ", long mode)");
+    crate::cpu::test_exit(1)
+}
