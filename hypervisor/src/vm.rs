@@ -29,6 +29,26 @@ impl FrameSource for HostFrames {
     }
 }
 
+/// A guest's RAM as the hypervisor reads it: through its nested page tables, so only what
+/// the guest could reach is readable.
+pub struct GuestRam(pub bastion_core::npt::NptView);
+
+impl bastion_core::vm::guest_mem::GuestPhys for GuestRam {
+    fn read(&mut self, gpa: u64, buf: &mut [u8]) -> bool {
+        if (gpa & 0xfff) as usize + buf.len() > 4096 {
+            return false;
+        }
+        match self.0.translate(&mut HostFrames, gpa) {
+            Some(hpa) => {
+                // SAFETY: `hpa` is guest RAM mapped by the VM's tables; reading it is harmless.
+                unsafe { core::ptr::copy_nonoverlapping(memory::phys_to_virt(hpa), buf.as_mut_ptr(), buf.len()) };
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 /// One contiguous piece of guest RAM.
 #[derive(Debug, Clone, Copy)]
 pub struct RamChunk {

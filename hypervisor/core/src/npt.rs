@@ -98,6 +98,32 @@ pub struct Leaf {
     pub size: u64,
 }
 
+/// Read-only translation handle of a [`NestedPageTable`].
+#[derive(Clone, Copy, Debug)]
+pub struct NptView {
+    root: u64,
+    format: Format,
+}
+
+impl NptView {
+    /// Host-physical address backing `gpa`, or `None` when unmapped.
+    pub fn translate(&self, src: &mut impl FrameSource, gpa: u64) -> Option<u64> {
+        let mut table = self.root;
+        for level in (0..=3).rev() {
+            let e = src.table(table)[index(gpa, level)];
+            if !self.format.present(e) {
+                return None;
+            }
+            if level == 0 || (level <= 2 && e & LARGE != 0) {
+                let page = PAGE_4K << (9 * level);
+                return Some((e & ADDR_MASK & !(page - 1)) + (gpa & (page - 1)));
+            }
+            table = e & ADDR_MASK;
+        }
+        None
+    }
+}
+
 /// A 4-level EPT or NPT hierarchy.
 pub struct NestedPageTable {
     root: u64,
@@ -189,21 +215,14 @@ impl NestedPageTable {
         Ok(())
     }
 
+    /// A copyable read-only handle for translations (the table itself owns its frames).
+    pub fn view(&self) -> NptView {
+        NptView { root: self.root, format: self.format }
+    }
+
     /// Host-physical address backing `gpa`, or `None` when unmapped.
     pub fn translate(&self, src: &mut impl FrameSource, gpa: u64) -> Option<u64> {
-        let mut table = self.root;
-        for level in (0..=3).rev() {
-            let e = src.table(table)[index(gpa, level)];
-            if !self.format.present(e) {
-                return None;
-            }
-            if level == 0 || (level <= 2 && e & LARGE != 0) {
-                let page = PAGE_4K << (9 * level);
-                return Some((e & ADDR_MASK & !(page - 1)) + (gpa & (page - 1)));
-            }
-            table = e & ADDR_MASK;
-        }
-        None
+        self.view().translate(src, gpa)
     }
 
     /// Calls `f` for every leaf, in guest-physical order.

@@ -10,6 +10,7 @@
 
 pub mod cpuid;
 pub mod devices;
+pub mod guest_mem;
 pub mod msr;
 
 use alloc::string::String;

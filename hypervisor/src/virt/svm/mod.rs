@@ -67,6 +67,10 @@ impl Svm {
             msrpm_allow(msrpm, m, true, false);
         }
 
+        // CR4 writes are intercepted so that setting CR4.VMXE (or another bit SVM does not
+        // offer) gets #GP from the common handler; QEMU's TCG otherwise fails VMRUN with
+        // VMEXIT_INVALID instead of raising #GP (measured, QEMU 7.2).
+        v.write(INTERCEPT_CR, INTERCEPT_CR4_WRITE);
         v.write(INTERCEPT_MISC1, INTERCEPT_INTR | INTERCEPT_NMI | INTERCEPT_CPUID | INTERCEPT_HLT | INTERCEPT_INVLPGA | INTERCEPT_IOIO | INTERCEPT_MSR | INTERCEPT_SHUTDOWN);
         // VMRUN must be intercepted or VMRUN fails (APM 15.5.1); all SVM instructions are #UD
         // for the guest.
@@ -97,7 +101,9 @@ impl Svm {
         v.set_segment(GDTR, 0, 0, 0xffff, 0);
         v.set_segment(IDTR, 0, 0, 0xffff, 0);
         v.set_segment(LDTR, 0, 0x82, 0xffff, 0);
-        v.set_segment(TR, 0, 0x83, 0xffff, 0);
+        // A busy 32-bit TSS, as on VMX: Bochs refuses to enter long mode with a 16-bit TSS in
+        // TR, and nothing is lost by describing the reset TR this way.
+        v.set_segment(TR, 0, 0x8b, 0xffff, 0);
         v.w64(CR0, 0x10); // ET
         v.w64(CR3, 0);
         v.w64(CR4, 0);
@@ -110,7 +116,16 @@ impl Svm {
         v.w64(DR6, 0xffff_0ff0);
         v.w64(DR7, 0x400);
         v.w64(G_PAT, 0x0007_0406_0007_0406);
-        Ok(SvmVcpu { vmcb: v, iopm, msrpm, host_vmcb: self.host_vmcb, gprs: Gprs::default(), nrip_save: self.caps.nrip_save, next_rip: 0 })
+        Ok(SvmVcpu {
+            vmcb: v,
+            iopm,
+            msrpm,
+            host_vmcb: self.host_vmcb,
+            gprs: Gprs::default(),
+            nrip_save: self.caps.nrip_save,
+            next_rip: 0,
+            ram: vm.npt.view(),
+        })
     }
 }
 
@@ -146,6 +161,8 @@ pub struct SvmVcpu {
     nrip_save: bool,
     /// RIP after the exiting instruction, when known for this exit.
     next_rip: u64,
+    /// The guest's RAM, to read instructions the hardware did not decode.
+    ram: bastion_core::npt::NptView,
 }
 
 // bastion_svm_run(gprs: *mut Gprs, guest_vmcb_pa: u64, host_vmcb_pa: u64)
@@ -278,13 +295,40 @@ impl SvmVcpu {
                 };
                 Exit::Io { port: (info1 >> 16) as u16, size, write: info1 & 1 == 0, string: info1 & (1 << 2) != 0 }
             }
+            EXIT_CR4_WRITE => self.decode_cr_write(info1, rip),
             EXIT_NPF => Exit::NestedPageFault { gpa: info2, write: info1 & 2 != 0, fetch: info1 & 16 != 0 },
             EXIT_SHUTDOWN => Exit::TripleFault,
             EXIT_VMRUN | EXIT_VMLOAD | EXIT_VMSAVE | EXIT_STGI | EXIT_CLGI | EXIT_SKINIT | EXIT_INVLPGA => Exit::VirtInstruction,
             EXIT_INTR | EXIT_NMI => Exit::Interrupted,
-            EXIT_INVALID => Exit::EntryFailed(self.explain_invalid()),
+            // QEMU stores -1 as a 32-bit value; the APM defines it as 64-bit -1.
+            EXIT_INVALID | 0xffff_ffff => Exit::EntryFailed(self.explain_invalid()),
             _ => Exit::Unhandled { code, info1, info2 },
         }
+    }
+
+    /// A CR write intercept: decode assists (EXITINFO1 bit 63) name the source register;
+    /// without them (QEMU), Bastion reads and decodes the MOV itself.
+    fn decode_cr_write(&mut self, info1: u64, rip: u64) -> Exit {
+        use bastion_core::vm::guest_mem::{decode_mov_to_cr, Paging};
+        let paging = Paging { cr0: self.vmcb.r64(CR0), cr3: self.vmcb.r64(CR3), cr4: self.vmcb.r64(CR4), efer: self.vmcb.r64(EFER) };
+        let cs_base: u64 = self.vmcb.read(CS + 8);
+        let linear = if paging.long_mode() { rip } else { cs_base.wrapping_add(rip) };
+        let mut ram = crate::vm::GuestRam(self.ram);
+        let decoded = paging.fetch(linear, &mut ram).and_then(|b| decode_mov_to_cr(&b, paging.long_mode()));
+        let gpr = match (info1 >> 63 != 0, decoded) {
+            (true, _) => (info1 & 0xf) as usize,
+            (false, Some((4, gpr, len))) => {
+                self.next_rip = rip + len as u64;
+                gpr
+            }
+            _ => return Exit::Unhandled { code: EXIT_CR4_WRITE, info1, info2: rip },
+        };
+        if info1 >> 63 != 0 {
+            self.next_rip = if self.nrip_save { self.vmcb.r64(NRIP) } else { decoded.map_or(rip + 3, |d| rip + d.2 as u64) };
+        }
+        let g = &self.gprs;
+        let value = [g.rax, g.rcx, g.rdx, g.rbx, self.vmcb.r64(RSP), g.rbp, g.rsi, g.rdi, g.r8, g.r9, g.r10, g.r11, g.r12, g.r13, g.r14, g.r15][gpr];
+        Exit::CrWrite { cr: 4, value }
     }
 
     /// VMRUN refused the state (EXITCODE -1). The APM lists the consistency checks (15.5.1);

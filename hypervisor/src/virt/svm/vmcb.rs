@@ -7,6 +7,7 @@
 use crate::memory;
 
 // Control area (Table B-1).
+pub const INTERCEPT_CR: usize = 0x000;
 pub const INTERCEPT_MISC1: usize = 0x00c;
 pub const INTERCEPT_MISC2: usize = 0x010;
 pub const IOPM_BASE_PA: usize = 0x040;
@@ -46,6 +47,8 @@ pub const RSP: usize = 0x5d8;
 pub const RAX: usize = 0x5f8;
 pub const G_PAT: usize = 0x668;
 
+/// CR4 writes: bit 16 + 4 of the CR intercept vector.
+pub const INTERCEPT_CR4_WRITE: u32 = 1 << 20;
 // INTERCEPT_MISC1 bits (vector 3 of Table B-1).
 pub const INTERCEPT_INTR: u32 = 1 << 0;
 pub const INTERCEPT_NMI: u32 = 1 << 1;
@@ -65,6 +68,7 @@ pub const INTERCEPT_CLGI: u32 = 1 << 5;
 pub const INTERCEPT_SKINIT: u32 = 1 << 6;
 
 // Exit codes (Appendix C).
+pub const EXIT_CR4_WRITE: u64 = 0x14;
 pub const EXIT_INTR: u64 = 0x60;
 pub const EXIT_NMI: u64 = 0x61;
 pub const EXIT_CPUID: u64 = 0x72;

@@ -159,6 +159,15 @@ impl Vmx {
             vmptrld(vmcs).map_err(|e| format!("VMPTRLD: {e}"))?;
         }
         self.setup_vmcs(vm, &vcpu).map_err(|(field, e)| format!("VMWRITE of field {field:#x} failed: {e}"))?;
+        log::debug!(
+            "VMX: guest CR0 {:#x} (shadow {:#x}, mask {:#x}), CR4 {:#x}, fixed0/1 CR0 {:#x}/{:#x}",
+            r(guest::CR0),
+            r(control::CR0_READ_SHADOW),
+            r(control::CR0_GUEST_HOST_MASK),
+            r(guest::CR4),
+            self.cr0_fixed0,
+            self.cr0_fixed1
+        );
         vcpu.launched = false;
         Ok(vcpu)
     }

@@ -1,0 +1,237 @@
+//! Reading guest memory the way the guest sees it: a walk of the guest's own page tables
+//! (32-bit, PAE and 4-level, Intel SDM Vol. 3A chapter 4 / AMD APM Vol. 2 chapter 5), and an
+//! instruction fetch on top of it.
+//!
+//! Needed when the hardware does not tell Bastion enough about an exit — e.g. which register a
+//! `MOV CR4` wrote on an SVM CPU without decode assists (QEMU's TCG) — so Bastion reads the
+//! instruction itself. Guest-physical reads go through a [`GuestPhys`], which the kernel
+//! backs with the VM's nested page tables; a miss anywhere returns `None`, never a fault.
+
+/// Guest-physical memory as the hypervisor reads it.
+pub trait GuestPhys {
+    /// Reads `buf.len()` bytes at `gpa` (within one page); `false` if it is not RAM.
+    fn read(&mut self, gpa: u64, buf: &mut [u8]) -> bool;
+
+    fn read_u64(&mut self, gpa: u64) -> Option<u64> {
+        let mut b = [0u8; 8];
+        self.read(gpa, &mut b).then(|| u64::from_le_bytes(b))
+    }
+
+    fn read_u32(&mut self, gpa: u64) -> Option<u32> {
+        let mut b = [0u8; 4];
+        self.read(gpa, &mut b).then(|| u32::from_le_bytes(b))
+    }
+}
+
+/// The guest's paging controls.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Paging {
+    pub cr0: u64,
+    pub cr3: u64,
+    pub cr4: u64,
+    pub efer: u64,
+}
+
+const PG: u64 = 1 << 31;
+const PAE: u64 = 1 << 5;
+const PSE: u64 = 1 << 4;
+const LMA: u64 = 1 << 10;
+const PRESENT: u64 = 1;
+const LARGE: u64 = 1 << 7;
+const ADDR: u64 = 0x000f_ffff_ffff_f000;
+
+impl Paging {
+    pub fn long_mode(&self) -> bool {
+        self.efer & LMA != 0
+    }
+
+    /// Guest-physical address of `linear`, or `None` if not mapped (or the tables are not RAM).
+    pub fn translate(&self, linear: u64, mem: &mut impl GuestPhys) -> Option<u64> {
+        if self.cr0 & PG == 0 {
+            return Some(if self.long_mode() { linear } else { linear & 0xffff_ffff });
+        }
+        if self.long_mode() {
+            let mut table = self.cr3 & ADDR;
+            for level in (1..=3).rev() {
+                let e = mem.read_u64(table + 8 * ((linear >> (12 + 9 * level)) & 0x1ff))?;
+                if e & PRESENT == 0 {
+                    return None;
+                }
+                // 1 GiB pages at level 2, 2 MiB pages at level 1.
+                if level <= 2 && e & LARGE != 0 {
+                    let size = 1u64 << (12 + 9 * level);
+                    return Some((e & ADDR & !(size - 1)) | (linear & (size - 1)));
+                }
+                table = e & ADDR;
+            }
+            let e = mem.read_u64(table + 8 * ((linear >> 12) & 0x1ff))?;
+            return (e & PRESENT != 0).then(|| (e & ADDR) | (linear & 0xfff));
+        }
+        let linear = linear & 0xffff_ffff;
+        if self.cr4 & PAE != 0 {
+            let pdpte = mem.read_u64((self.cr3 & 0xffff_ffe0) + 8 * (linear >> 30))?;
+            if pdpte & PRESENT == 0 {
+                return None;
+            }
+            let pde = mem.read_u64((pdpte & ADDR) + 8 * ((linear >> 21) & 0x1ff))?;
+            if pde & PRESENT == 0 {
+                return None;
+            }
+            if pde & LARGE != 0 {
+                return Some((pde & ADDR & !0x1f_ffff) | (linear & 0x1f_ffff));
+            }
+            let pte = mem.read_u64((pde & ADDR) + 8 * ((linear >> 12) & 0x1ff))?;
+            return (pte & PRESENT != 0).then(|| (pte & ADDR) | (linear & 0xfff));
+        }
+        let pde = mem.read_u32((self.cr3 & 0xffff_f000) + 4 * (linear >> 22))? as u64;
+        if pde & PRESENT == 0 {
+            return None;
+        }
+        if pde & LARGE != 0 && self.cr4 & PSE != 0 {
+            // 4 MiB page; bits 20:13 give physical address bits 39:32 (PSE-36).
+            return Some((pde & 0xffc0_0000) | ((pde >> 13 & 0xff) << 32) | (linear & 0x3f_ffff));
+        }
+        let pte = mem.read_u32((pde & 0xffff_f000) + 4 * ((linear >> 12) & 0x3ff))? as u64;
+        (pte & PRESENT != 0).then(|| (pte & 0xffff_f000) | (linear & 0xfff))
+    }
+
+    /// Reads up to 15 bytes of instruction at `linear` (an instruction may cross a page).
+    pub fn fetch(&self, linear: u64, mem: &mut impl GuestPhys) -> Option<[u8; 15]> {
+        let mut out = [0u8; 15];
+        let mut done = 0;
+        while done < out.len() {
+            let addr = linear.wrapping_add(done as u64);
+            let in_page = (4096 - (addr & 0xfff) as usize).min(out.len() - done);
+            let gpa = self.translate(addr, mem)?;
+            if !mem.read(gpa, &mut out[done..done + in_page]) {
+                // The tail may run off the end of RAM; what was read may still decode.
+                return (done > 0).then_some(out);
+            }
+            done += in_page;
+        }
+        Some(out)
+    }
+}
+
+/// Decodes `MOV CRn, reg` (0F 22 /r, SDM Vol. 2B): returns (CR number, GPR number in the
+/// hardware order RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8..R15, instruction length).
+pub fn decode_mov_to_cr(bytes: &[u8], long_mode: bool) -> Option<(u8, usize, usize)> {
+    let mut i = 0;
+    let mut rex = 0u8;
+    while i < bytes.len() {
+        match bytes[i] {
+            0x66 | 0x67 | 0xf0 | 0x2e | 0x3e | 0x26 | 0x36 | 0x64 | 0x65 => i += 1,
+            b @ 0x40..=0x4f if long_mode => {
+                rex = b;
+                i += 1;
+            }
+            _ => break,
+        }
+    }
+    if bytes.get(i..i + 2)? != [0x0f, 0x22] {
+        return None;
+    }
+    let modrm = *bytes.get(i + 2)?;
+    // The mod field is ignored: the operand is always a register (SDM MOV to CR).
+    let cr = ((modrm >> 3) & 7) | if rex & 4 != 0 { 8 } else { 0 };
+    let gpr = (modrm & 7) as usize | if rex & 1 != 0 { 8 } else { 0 };
+    Some((cr, gpr, i + 3))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// Sparse guest memory.
+    #[derive(Default)]
+    struct Mem(BTreeMap<u64, u8>);
+
+    impl Mem {
+        fn put_u64(&mut self, gpa: u64, v: u64) {
+            for (i, b) in v.to_le_bytes().iter().enumerate() {
+                self.0.insert(gpa + i as u64, *b);
+            }
+        }
+        fn put_u32(&mut self, gpa: u64, v: u32) {
+            for (i, b) in v.to_le_bytes().iter().enumerate() {
+                self.0.insert(gpa + i as u64, *b);
+            }
+        }
+        fn put(&mut self, gpa: u64, bytes: &[u8]) {
+            for (i, b) in bytes.iter().enumerate() {
+                self.0.insert(gpa + i as u64, *b);
+            }
+        }
+    }
+
+    impl GuestPhys for Mem {
+        fn read(&mut self, gpa: u64, buf: &mut [u8]) -> bool {
+            for (i, b) in buf.iter_mut().enumerate() {
+                match self.0.get(&(gpa + i as u64)) {
+                    Some(v) => *b = *v,
+                    None => return false,
+                }
+            }
+            true
+        }
+    }
+
+    #[test]
+    fn paging_off_is_identity() {
+        let p = Paging::default();
+        assert_eq!(p.translate(0x1_2345_6789, &mut Mem::default()), Some(0x2345_6789));
+    }
+
+    #[test]
+    fn four_level_walk_with_2m_and_4k_pages() {
+        let mut m = Mem::default();
+        m.put_u64(0x1000, 0x2000 | 3); // PML4[0]
+        m.put_u64(0x2000, 0x3000 | 3); // PDPT[0]
+        m.put_u64(0x3000, 0x20_0000 | 0x83); // PD[0]: 2 MiB at 2 MiB
+        m.put_u64(0x3008, 0x4000 | 3); // PD[1] -> PT
+        m.put_u64(0x4000 + 8 * 5, 0x9000 | 3); // PT[5]
+        let p = Paging { cr0: PG | 1, cr3: 0x1000, cr4: PAE, efer: LMA | (1 << 8) };
+        assert_eq!(p.translate(0x1_2345, &mut m), Some(0x20_0000 + 0x1_2345));
+        assert_eq!(p.translate(0x20_5abc, &mut m), Some(0x9abc));
+        assert_eq!(p.translate(0x20_6000, &mut m), None, "PT[6] not present");
+        assert_eq!(p.translate(0x80_0000_0000, &mut m), None, "PML4[1] not RAM");
+    }
+
+    #[test]
+    fn pae_and_32bit_walks() {
+        let mut m = Mem::default();
+        m.put_u64(0x1000, 0x2000 | 1); // PDPTE[0]
+        m.put_u64(0x2000 + 8 * 2, 0x60_0000 | 0x83); // 2 MiB page
+        let p = Paging { cr0: PG | 1, cr3: 0x1000, cr4: PAE, efer: 0 };
+        assert_eq!(p.translate(0x40_1234, &mut m), Some(0x60_1234));
+
+        let mut m = Mem::default();
+        m.put_u32(0x5000 + 4, 0x80_0000 | 0x83); // PDE[1]: 4 MiB page
+        m.put_u32(0x5000, 0x6000 | 3); // PDE[0] -> PT
+        m.put_u32(0x6000 + 4 * 8, 0x7000 | 3);
+        let p = Paging { cr0: PG | 1, cr3: 0x5000, cr4: PSE, efer: 0 };
+        assert_eq!(p.translate(0x40_0010, &mut m), Some(0x80_0010));
+        assert_eq!(p.translate(0x8123, &mut m), Some(0x7123));
+    }
+
+    #[test]
+    fn fetch_crosses_a_page_boundary() {
+        let mut m = Mem::default();
+        m.put(0xffe, &[0x0f, 0x22]);
+        m.put(0x1000, &[0xe0; 13]);
+        let p = Paging::default();
+        let b = p.fetch(0xffe, &mut m).unwrap();
+        assert_eq!(&b[..3], &[0x0f, 0x22, 0xe0]);
+    }
+
+    #[test]
+    fn mov_to_cr_decodes_with_and_without_rex() {
+        assert_eq!(decode_mov_to_cr(&[0x0f, 0x22, 0xe0], true), Some((4, 0, 3))); // mov cr4, rax
+        assert_eq!(decode_mov_to_cr(&[0x41, 0x0f, 0x22, 0xe1], true), Some((4, 9, 4))); // mov cr4, r9
+        assert_eq!(decode_mov_to_cr(&[0x0f, 0x22, 0xc3], false), Some((0, 3, 3))); // mov cr0, ebx
+        assert_eq!(decode_mov_to_cr(&[0x44, 0x0f, 0x22, 0xc0], true), Some((8, 0, 4))); // mov cr8, rax
+        assert_eq!(decode_mov_to_cr(&[0x41, 0x0f, 0x22, 0xe1], false), None, "REX is INC outside long mode");
+        assert_eq!(decode_mov_to_cr(&[0x0f, 0x20, 0xe0], true), None, "MOV from CR is not a write");
+    }
+}
