@@ -10,8 +10,11 @@ extern crate alloc;
 
 pub mod bundle;
 pub mod config;
+pub mod console;
+pub mod devices;
 pub mod exit;
 pub mod frame_alloc;
 pub mod npt;
+pub mod sched;
 pub mod vm;
 pub mod virt;
