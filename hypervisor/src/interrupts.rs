@@ -205,6 +205,20 @@ pub fn exception_name(vector: u64) -> (&'static str, &'static str) {
 
 /// Called by every entry stub.
 extern "C" fn trap(frame: &mut TrapFrame) {
+    // Host interrupts: the timer and kick IPIs only need acknowledging (their purpose, making
+    // the CPU leave a guest or an idle wait, is already served); a spurious interrupt needs no
+    // EOI (SDM Vol. 3A 11.9). Anything else is unexpected but harmless: acknowledge and log.
+    if frame.vector >= 32 {
+        let v = frame.vector as u8;
+        if v == crate::lapic::SPURIOUS_VECTOR {
+            return;
+        }
+        crate::lapic::eoi();
+        if v != crate::hv::TIMER_VECTOR && v != crate::hv::KICK_VECTOR {
+            log::warn!("unexpected interrupt, vector {v:#x}");
+        }
+        return;
+    }
     if frame.vector == 13 {
         let (site, fixup) = crate::cpu::rdmsr_fixup();
         if frame.rip == site {

@@ -104,7 +104,3 @@ pub fn timer_oneshot(vector: u8, ticks: u32) {
     write(LVT_TIMER, vector as u32);
     write(TIMER_INITIAL, ticks.max(1));
 }
-
-pub fn timer_stop() {
-    write(TIMER_INITIAL, 0);
-}

@@ -8,6 +8,7 @@ extern crate alloc;
 mod acpi_tables;
 mod cpu;
 mod gdt;
+mod hv;
 mod interrupts;
 mod lapic;
 mod logger;
@@ -86,6 +87,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
 
     let id = cpu::identify();
     let caps = virt::detect(&id);
+    AP_CAPS.call_once(|| caps.clone());
     let cpus = match rsdp.map(acpi_tables::topology) {
         Some(Ok(t)) => Some(t),
         Some(Err(e)) => {
@@ -156,8 +158,31 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     for e in &config.guest_errors {
         error!("config: {e} (guest refused; the others still run)");
     }
-    if !config.guests.is_empty() {
-        run_guests(&config, &bundle, &caps);
+    let images: alloc::vec::Vec<Option<&'static [u8]>> = config
+        .guests
+        .iter()
+        .map(|g| match bundle.file(&g.kernel) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                error!("guest {}: {e}; not started", g.name);
+                None
+            }
+        })
+        .collect();
+    match hv::init_cpu(0, &caps) {
+        Ok(()) => {
+            info!("virt: hardware virtualization enabled on CPU 0");
+            hv::calibrate_timer();
+            hv::start(&config, images, online);
+            hv::cpu_loop(0)
+        }
+        Err(e) if !config.guests.is_empty() => {
+            error!("virt: cannot enable hardware virtualization: {e}; no guest can run");
+            if config.hypervisor.exit_when_idle {
+                platform::exit(ExitStatus::Fail, "no hardware virtualization");
+            }
+        }
+        Err(_) => {}
     }
 
     if config.hypervisor.exit_when_idle {
@@ -168,61 +193,23 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     cpu::halt_forever()
 }
 
-/// Runs the configured guests one after another on this CPU (several at once, on every CPU,
-/// comes with the scheduler). A guest that fails to load or crashes is reported and the next
-/// one runs.
-fn run_guests(config: &Config, bundle: &Bundle, caps: &bastion_core::virt::VirtCaps) {
-    let backend = match virt::Backend::enable(caps) {
-        Ok(b) => b,
-        Err(e) => {
-            error!("virt: cannot enable hardware virtualization: {e}; no guest can run");
-            return;
-        }
-    };
-    info!("virt: {} enabled on CPU {}", backend.name(), cpu::current_id());
-    for (i, g) in config.guests.iter().enumerate() {
-        let image = match bundle.file(&g.kernel) {
-            Ok(d) => d,
-            Err(e) => {
-                error!("guest {}: {e}; not started", g.name);
-                continue;
-            }
-        };
-        let tag = (i as u16 % backend.max_tag().max(1)) + 1;
-        let vm = match vm::Vm::new(g, image, backend.npt_format(), tag) {
-            Ok(vm) => vm,
-            Err(e) => {
-                error!("guest {}: {e}; not started", g.name);
-                continue;
-            }
-        };
-        info!("guest {}: starting ({} MiB RAM, {} bytes image, {:?})", g.name, vm.ram_bytes() >> 20, image.len(), vm.entry);
-        let start = x86_64::instructions::interrupts::without_interrupts(|| unsafe { core::arch::x86_64::_rdtsc() });
-        let end = vm::run(&vm, &backend);
-        let cycles = unsafe { core::arch::x86_64::_rdtsc() } - start;
-        let clean = matches!(end.reason, bastion_core::vm::StopReason::TestExit(0));
-        let line = format_args!(
-            "guest {}: stopped: {} (vCPU {}, RIP {:#x}); exits {}; {} Mcycles",
-            g.name,
-            end.reason,
-            end.vcpu,
-            end.rip,
-            end.stats,
-            cycles / 1_000_000
-        );
-        if clean {
-            info!("{line}");
-        } else {
-            warn!("{line}");
-        }
-        vm.destroy();
-    }
-}
+/// What the APs need to enable virtualization themselves.
+static AP_CAPS: spin::Once<bastion_core::virt::VirtCaps> = spin::Once::new();
 
-/// Where an application processor goes once it is set up (see `smp`).
+/// Where an application processor goes once it is set up (see `smp`): it enables VMX/SVM
+/// for itself and joins the scheduler.
 pub fn ap_main(cpu_index: usize) -> ! {
     info!("smp: CPU {cpu_index} online (APIC ID {})", lapic::id());
-    cpu::halt_forever()
+    let Some(caps) = AP_CAPS.get() else { cpu::halt_forever() };
+    match hv::init_cpu(cpu_index, caps) {
+        Ok(()) => hv::cpu_loop(cpu_index),
+        Err(e) => {
+            if !matches!(caps, bastion_core::virt::VirtCaps::None(_)) {
+                warn!("virt: CPU {cpu_index} cannot enable virtualization: {e}; it stays idle");
+            }
+            cpu::halt_forever()
+        }
+    }
 }
 
 /// `[debug] crash`: fault on purpose so tests can see the crash report.

@@ -102,6 +102,23 @@ pub fn print_emergency(args: fmt::Arguments) {
     let _ = CONSOLE.lock().write_fmt(args);
 }
 
+/// A byte typed on the console, if any.
+pub fn try_read() -> Option<u8> {
+    let mut c = CONSOLE.try_lock()?;
+    c.uart.as_mut()?.try_receive_byte().ok()
+}
+
+/// Writes bytes as they are (no newline translation): echo of the monitor's line editor.
+pub fn write_raw(bytes: &[u8]) {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        let mut c = CONSOLE.lock();
+        let e9 = E9.load(Ordering::Relaxed);
+        for &b in bytes {
+            c.raw(b, e9);
+        }
+    });
+}
+
 /// Waits for the UART to finish sending.
 pub fn flush() {
     if let Some(mut c) = CONSOLE.try_lock() {

@@ -12,7 +12,7 @@
 use crate::{lapic, memory, time};
 use alloc::vec::Vec;
 use core::arch::global_asm;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 // AT&T syntax: LLVM's Intel-syntax parser rejects label differences in memory operands,
 // which this position-independent code needs everywhere.
@@ -100,7 +100,6 @@ const AP_STACK_FRAMES: u64 = 16; // 64 KiB
 
 /// The low page the trampoline runs in, reserved at boot before low memory is used up.
 static TRAMPOLINE: AtomicU64 = AtomicU64::new(0);
-static ONLINE: AtomicUsize = AtomicUsize::new(1);
 /// Set by an AP once it runs Rust code; the boot CPU waits for it.
 static STARTED: AtomicU64 = AtomicU64::new(u64::MAX);
 /// What every AP needs from the boot CPU.
@@ -115,10 +114,6 @@ pub fn reserve_trampoline() -> bool {
         }
         None => false,
     }
-}
-
-pub fn online() -> usize {
-    ONLINE.load(Ordering::Relaxed)
 }
 
 /// Starts every AP in `apic_ids` (the boot CPU excluded). Returns the APIC IDs that came up.
@@ -222,6 +217,5 @@ extern "C" fn ap_entry(cpu_index: u64) -> ! {
     crate::interrupts::init_ap();
     lapic::enable();
     STARTED.store(cpu_index, Ordering::SeqCst);
-    ONLINE.fetch_add(1, Ordering::SeqCst);
     crate::ap_main(cpu_index as usize)
 }

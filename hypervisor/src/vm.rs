@@ -3,14 +3,12 @@
 //! `bastion_core::vm::handle_exit`.
 
 use crate::memory;
-use crate::virt::Backend;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use bastion_core::config::{GuestConfig, ImageFormat, FLAT_INITIAL_SP, FLAT_LOAD_ADDRESS};
 use bastion_core::frame_alloc::FRAME_SIZE;
 use bastion_core::npt::{Format, FrameSource, NestedPageTable, PAGE_2M};
-use bastion_core::vm::{handle_exit, Action, ExitStats, GuestState, StopReason};
 
 /// Nested page tables come from the frame allocator and are reached through the physical
 /// mapping.
@@ -65,7 +63,6 @@ pub enum Entry {
 }
 
 pub struct Vm {
-    pub name: String,
     pub ram: Vec<RamChunk>,
     pub npt: NestedPageTable,
     /// ASID (SVM) or VPID (VMX): tags this VM's TLB entries. Never 0 (the host's).
@@ -79,7 +76,7 @@ impl Vm {
     pub fn new(cfg: &GuestConfig, image: &[u8], format: Format, tag: u16) -> Result<Vm, String> {
         let bytes = cfg.memory_mib as u64 * 1024 * 1024;
         let npt = NestedPageTable::new(format, &mut HostFrames).map_err(|e| format!("{e}"))?;
-        let mut vm = Vm { name: cfg.name.clone(), ram: Vec::new(), npt, tag, entry: Entry::RealMode { ip: 0, sp: 0 } };
+        let mut vm = Vm { ram: Vec::new(), npt, tag, entry: Entry::RealMode { ip: 0, sp: 0 } };
         // One run if possible; otherwise 2 MiB runs (fragmented host memory still works).
         let mut gpa = 0;
         while gpa < bytes {
@@ -139,41 +136,3 @@ impl Vm {
     }
 }
 
-/// Host CPUID for the policy.
-fn host_cpuid(leaf: u32, sub: u32) -> [u32; 4] {
-    let (a, b, c, d) = crate::cpu::cpuid(leaf, sub);
-    [a, b, c, d]
-}
-
-/// How a guest's run ended.
-pub struct GuestEnd {
-    pub reason: StopReason,
-    pub stats: ExitStats,
-    pub vcpu: u32,
-    pub rip: u64,
-}
-
-/// Runs the guest's vCPU until it stops; returns why, with its exit counts.
-pub fn run(vm: &Vm, backend: &Backend) -> GuestEnd {
-    let mut state = GuestState::new(0);
-    let mut vcpu = match backend.create_vcpu(vm) {
-        Ok(v) => v,
-        Err(e) => return GuestEnd { reason: StopReason::EntryFailed(e), stats: state.stats, vcpu: 0, rip: 0 },
-    };
-    let name = vm.name.as_str();
-    let reason = loop {
-        let exit = vcpu.run();
-        log::trace!("guest {name}: exit {exit:?} at RIP {:#x}", bastion_core::vm::Vcpu::rip(&vcpu));
-        let mut console = |line: &str| crate::println!("[{name}] {line}");
-        match handle_exit(&exit, &mut vcpu, &mut state, &host_cpuid, &mut console) {
-            Action::Resume => {}
-            Action::Stop(r) => break r,
-        }
-    };
-    if let Some(rest) = state.uart.take_partial() {
-        crate::println!("[{name}] {rest}");
-    }
-    let rip = bastion_core::vm::Vcpu::rip(&vcpu);
-    vcpu.destroy();
-    GuestEnd { reason, stats: state.stats, vcpu: state.vcpu_id, rip }
-}

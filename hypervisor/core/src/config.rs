@@ -123,6 +123,9 @@ impl Default for HypervisorConfig {
 pub struct DebugConfig {
     /// Trigger a CPU exception in the hypervisor right after boot, to exercise the crash report.
     pub crash: Crash,
+    /// End the run this many milliseconds after boot, printing each guest's share of CPU
+    /// time first (`cargo xtask bench` and tests of guests that never end).
+    pub stop_after_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]

@@ -41,13 +41,6 @@ impl Backend {
         }
     }
 
-    pub fn name(&self) -> &'static str {
-        match self {
-            Backend::Vmx(_) => "VMX",
-            Backend::Svm(_) => "SVM",
-        }
-    }
-
     /// The nested-paging format this backend's hardware walks.
     pub fn npt_format(&self) -> Format {
         match self {
@@ -88,9 +81,23 @@ macro_rules! each {
 }
 
 impl GuestVcpu {
-    /// Enters the guest and returns at its next exit.
-    pub fn run(&mut self) -> Exit {
-        each!(self, v => v.run())
+    /// Binds the vCPU to the calling CPU for a time slice.
+    pub fn begin_slice(&mut self, cpu: usize, backend: &Backend) -> Result<(), alloc::string::String> {
+        match (self, backend) {
+            (GuestVcpu::Vmx(v), Backend::Vmx(_)) => v.begin_slice(cpu),
+            (GuestVcpu::Svm(v), Backend::Svm(b)) => v.begin_slice(cpu, b.host_vmcb()),
+            _ => Err("vCPU and CPU backends differ".into()),
+        }
+    }
+
+    /// Unbinds it, so any CPU may run it next.
+    pub fn end_slice(&mut self) {
+        each!(self, v => v.end_slice())
+    }
+
+    /// Enters the guest and returns at its next exit, at the latest after `budget_ns`.
+    pub fn run(&mut self, budget_ns: u64) -> Exit {
+        each!(self, v => v.run(budget_ns))
     }
 
     /// Frees the control structure.

@@ -15,7 +15,7 @@ pub mod msr;
 
 use alloc::string::String;
 use core::fmt;
-use devices::{MiniUart, COM1, TEST_EXIT_PORT};
+use devices::{IoOutcome, PortIo};
 use msr::{MsrResult, MsrState};
 
 /// Exception vectors Bastion injects.
@@ -253,20 +253,24 @@ impl fmt::Display for StopReason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     Resume,
+    /// The vCPU executed HLT: it waits for an interrupt. With interrupts disabled nothing can
+    /// wake it (no NMI source exists), so it is done for good.
+    Halt { interrupts_enabled: bool },
+    /// Stop the whole guest.
     Stop(StopReason),
 }
 
-/// The VM-level state the handler works on.
-pub struct GuestState {
+/// Per-vCPU state the handler works on (devices are per guest: see [`PortIo`]).
+#[derive(Debug, Clone)]
+pub struct VcpuState {
     pub vcpu_id: u32,
-    pub uart: MiniUart,
     pub msrs: MsrState,
     pub stats: ExitStats,
 }
 
-impl GuestState {
+impl VcpuState {
     pub fn new(vcpu_id: u32) -> Self {
-        GuestState { vcpu_id, uart: MiniUart::default(), msrs: MsrState::new(), stats: ExitStats::default() }
+        VcpuState { vcpu_id, msrs: MsrState::new(), stats: ExitStats::default() }
     }
 }
 
@@ -283,15 +287,8 @@ fn lo32(v: u64) -> u64 {
     v & 0xffff_ffff
 }
 
-/// Handles one exit. `host_cpuid` answers CPUID on the real CPU; `console` receives each
-/// complete line the guest printed.
-pub fn handle_exit(
-    exit: &Exit,
-    cpu: &mut dyn Vcpu,
-    g: &mut GuestState,
-    host_cpuid: &dyn Fn(u32, u32) -> [u32; 4],
-    console: &mut dyn FnMut(&str),
-) -> Action {
+/// Handles one exit. `host_cpuid` answers CPUID on the real CPU; `io` is the guest's ports.
+pub fn handle_exit(exit: &Exit, cpu: &mut dyn Vcpu, g: &mut VcpuState, io: &mut dyn PortIo, host_cpuid: &dyn Fn(u32, u32) -> [u32; 4]) -> Action {
     g.stats.count(exit.kind());
     match exit {
         Exit::Cpuid => {
@@ -340,14 +337,12 @@ pub fn handle_exit(
             if *string {
                 return Action::Stop(StopReason::Unsupported(alloc::format!("string I/O (INS/OUTS) on port {port:#x}")));
             }
-            handle_io(*port, *size, *write, cpu, g, console)
+            handle_io(*port, *size, *write, cpu, io)
         }
         Exit::Hlt => {
-            // No interrupt source exists yet (virtual interrupt controllers come with the
-            // scheduler), so a halted vCPU can never wake: that is the end of this guest.
             let interrupts_enabled = cpu.rflags() & (1 << 9) != 0;
             cpu.skip_instruction();
-            Action::Stop(StopReason::Halted { interrupts_enabled })
+            Action::Halt { interrupts_enabled }
         }
         Exit::Hypercall => {
             let cpl = cpu.cpl();
@@ -394,41 +389,25 @@ pub fn handle_exit(
     }
 }
 
-fn handle_io(port: u16, size: u8, write: bool, cpu: &mut dyn Vcpu, g: &mut GuestState, console: &mut dyn FnMut(&str)) -> Action {
+fn handle_io(port: u16, size: u8, write: bool, cpu: &mut dyn Vcpu, io: &mut dyn PortIo) -> Action {
     let mask = match size {
         1 => 0xff,
         2 => 0xffff,
         _ => 0xffff_ffff,
     };
     if write {
-        let value = cpu.gprs().rax & mask;
-        if port == TEST_EXIT_PORT {
-            cpu.skip_instruction();
-            return Action::Stop(StopReason::TestExit(value as u32));
-        }
-        // A multi-byte access covers consecutive ports (SDM Vol. 1 18.3).
-        for i in 0..size as u16 {
-            let p = port.wrapping_add(i);
-            if (COM1..COM1 + 8).contains(&p) {
-                if let Some(line) = g.uart.write(p - COM1, (value >> (8 * i)) as u8) {
-                    console(&line);
-                }
-            }
-            // Any other port: nothing is there; the write goes nowhere, as on a PC.
+        let value = (cpu.gprs().rax & mask) as u32;
+        cpu.skip_instruction();
+        if let IoOutcome::TestExit(code) = io.io_write(port, size, value) {
+            return Action::Stop(StopReason::TestExit(code));
         }
     } else {
-        let mut value = 0u64;
-        for i in 0..size as u16 {
-            let p = port.wrapping_add(i);
-            // An unclaimed port floats high on a PC: reads give all ones.
-            let b = if (COM1..COM1 + 8).contains(&p) { g.uart.read(p - COM1) } else { 0xff };
-            value |= (b as u64) << (8 * i);
-        }
+        let value = io.io_read(port, size) as u64 & mask;
         let r = cpu.gprs();
         // IN to AL/AX leaves the rest of RAX alone; IN to EAX zero-extends (SDM Vol. 1 3.4.1.1).
         r.rax = if size == 4 { value } else { (r.rax & !mask) | value };
+        cpu.skip_instruction();
     }
-    cpu.skip_instruction();
     Action::Resume
 }
 

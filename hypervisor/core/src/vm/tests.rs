@@ -61,37 +61,43 @@ fn host(leaf: u32, _: u32) -> [u32; 4] {
     }
 }
 
-fn run(exit: Exit, cpu: &mut FakeCpu, g: &mut GuestState) -> (Action, Vec<String>) {
-    let mut lines = Vec::new();
-    let a = handle_exit(&exit, cpu, g, &host, &mut |l: &str| lines.push(l.into()));
-    (a, lines)
+use super::devices::GuestDevices;
+
+/// Runs one exit against a fresh-per-test guest; returns the action and the UART output.
+fn run(exit: Exit, cpu: &mut FakeCpu, g: &mut (VcpuState, GuestDevices)) -> (Action, Vec<u8>) {
+    let a = handle_exit(&exit, cpu, &mut g.0, &mut g.1, &host);
+    (a, g.1.uart.take_output())
+}
+
+fn guest() -> (VcpuState, GuestDevices) {
+    (VcpuState::new(0), GuestDevices::default())
 }
 
 #[test]
 fn cpuid_answers_from_policy_and_skips() {
-    let (mut cpu, mut g) = (FakeCpu::default(), GuestState::new(0));
+    let (mut cpu, mut g) = (FakeCpu::default(), guest());
     cpu.gprs.rax = 0x4000_0000;
     cpu.gprs.rbx = 0xdead;
     assert_eq!(run(Exit::Cpuid, &mut cpu, &mut g).0, Action::Resume);
     assert_eq!(cpu.gprs.rbx, cpuid::SIGNATURE[0] as u64);
     assert_eq!(cpu.skipped, 1);
-    assert_eq!(g.stats.get(ExitKind::Cpuid), 1);
+    assert_eq!(g.0.stats.get(ExitKind::Cpuid), 1);
 }
 
 #[test]
 fn unknown_msr_injects_gp_without_skipping() {
-    let (mut cpu, mut g) = (FakeCpu::default(), GuestState::new(0));
+    let (mut cpu, mut g) = (FakeCpu::default(), guest());
     cpu.gprs.rcx = 0x4b56_4d00;
     run(Exit::Rdmsr, &mut cpu, &mut g);
     run(Exit::Wrmsr, &mut cpu, &mut g);
     assert_eq!(cpu.injected, [(GP, Some(0)), (GP, Some(0))]);
     assert_eq!(cpu.skipped, 0, "a faulting instruction must not be skipped");
-    assert_eq!(g.stats.get(ExitKind::Msr), 2);
+    assert_eq!(g.0.stats.get(ExitKind::Msr), 2);
 }
 
 #[test]
 fn emulated_msr_reads_split_into_edx_eax() {
-    let (mut cpu, mut g) = (FakeCpu::default(), GuestState::new(0));
+    let (mut cpu, mut g) = (FakeCpu::default(), guest());
     cpu.gprs.rcx = msr::IA32_MISC_ENABLE as u64;
     cpu.gprs.rax = 0x1_2345_6789;
     cpu.gprs.rdx = 0xabcd;
@@ -105,7 +111,7 @@ fn emulated_msr_reads_split_into_edx_eax() {
 
 #[test]
 fn efer_writes_keep_lma_and_reject_svme() {
-    let (mut cpu, mut g) = (FakeCpu::default(), GuestState::new(0));
+    let (mut cpu, mut g) = (FakeCpu::default(), guest());
     cpu.efer = msr::EFER_LMA;
     cpu.gprs.rcx = msr::EFER as u64;
     cpu.gprs.rax = msr::EFER_LME | msr::EFER_SCE;
@@ -120,24 +126,24 @@ fn efer_writes_keep_lma_and_reject_svme() {
 
 #[test]
 fn uart_output_becomes_lines_and_lsr_reads_ready() {
-    let (mut cpu, mut g) = (FakeCpu::default(), GuestState::new(0));
+    let (mut cpu, mut g) = (FakeCpu::default(), guest());
     let mut all = Vec::new();
     for b in b"ok\n" {
         cpu.gprs.rax = 0xffff_ff00 | *b as u64;
-        let (a, lines) = run(Exit::Io { port: 0x3f8, size: 1, write: true, string: false }, &mut cpu, &mut g);
+        let (a, out) = run(Exit::Io { port: 0x3f8, size: 1, write: true, string: false }, &mut cpu, &mut g);
         assert_eq!(a, Action::Resume);
-        all.extend(lines);
+        all.extend(out);
     }
-    assert_eq!(all, ["ok"]);
+    assert_eq!(all, b"ok\n", "only AL is written");
     cpu.gprs.rax = 0x1234_5600;
     run(Exit::Io { port: 0x3fd, size: 1, write: false, string: false }, &mut cpu, &mut g);
     assert_eq!(cpu.gprs.rax, 0x1234_5660, "IN AL keeps the upper bits of RAX");
-    assert_eq!(g.stats.get(ExitKind::Io), 4);
+    assert_eq!(g.0.stats.get(ExitKind::Io), 4);
 }
 
 #[test]
 fn unclaimed_ports_read_all_ones_and_in_eax_zero_extends() {
-    let (mut cpu, mut g) = (FakeCpu::default(), GuestState::new(0));
+    let (mut cpu, mut g) = (FakeCpu::default(), guest());
     cpu.gprs.rax = u64::MAX;
     run(Exit::Io { port: 0x80, size: 4, write: false, string: false }, &mut cpu, &mut g);
     assert_eq!(cpu.gprs.rax, 0xffff_ffff);
@@ -148,7 +154,7 @@ fn unclaimed_ports_read_all_ones_and_in_eax_zero_extends() {
 
 #[test]
 fn test_exit_port_stops_with_the_code() {
-    let (mut cpu, mut g) = (FakeCpu::default(), GuestState::new(0));
+    let (mut cpu, mut g) = (FakeCpu::default(), guest());
     cpu.gprs.rax = 0;
     let (a, _) = run(Exit::Io { port: 0xf4, size: 4, write: true, string: false }, &mut cpu, &mut g);
     assert_eq!(a, Action::Stop(StopReason::TestExit(0)));
@@ -160,14 +166,14 @@ fn test_exit_port_stops_with_the_code() {
 
 #[test]
 fn string_io_is_refused_with_a_reason() {
-    let (mut cpu, mut g) = (FakeCpu::default(), GuestState::new(0));
+    let (mut cpu, mut g) = (FakeCpu::default(), guest());
     let (a, _) = run(Exit::Io { port: 0x3f8, size: 1, write: true, string: true }, &mut cpu, &mut g);
     assert!(matches!(a, Action::Stop(StopReason::Unsupported(ref s)) if s.contains("0x3f8")), "{a:?}");
 }
 
 #[test]
 fn hypercall_version_unknown_and_user_mode() {
-    let (mut cpu, mut g) = (FakeCpu::default(), GuestState::new(0));
+    let (mut cpu, mut g) = (FakeCpu::default(), guest());
     cpu.gprs.rax = hypercall::VERSION;
     run(Exit::Hypercall, &mut cpu, &mut g);
     assert_eq!((cpu.gprs.rax, cpu.gprs.rbx, cpu.gprs.rcx), (0, hypercall::MAGIC, 1));
@@ -182,16 +188,17 @@ fn hypercall_version_unknown_and_user_mode() {
 }
 
 #[test]
-fn hlt_stops_and_says_whether_interrupts_were_on() {
-    let (mut cpu, mut g) = (FakeCpu::default(), GuestState::new(0));
-    assert_eq!(run(Exit::Hlt, &mut cpu, &mut g).0, Action::Stop(StopReason::Halted { interrupts_enabled: false }));
+fn hlt_halts_and_says_whether_interrupts_were_on() {
+    let (mut cpu, mut g) = (FakeCpu::default(), guest());
+    assert_eq!(run(Exit::Hlt, &mut cpu, &mut g).0, Action::Halt { interrupts_enabled: false });
     cpu.rflags = 1 << 9;
-    assert_eq!(run(Exit::Hlt, &mut cpu, &mut g).0, Action::Stop(StopReason::Halted { interrupts_enabled: true }));
+    assert_eq!(run(Exit::Hlt, &mut cpu, &mut g).0, Action::Halt { interrupts_enabled: true });
+    assert_eq!(cpu.skipped, 2, "HLT completes: the vCPU resumes after it when woken");
 }
 
 #[test]
 fn virtualization_instructions_get_ud() {
-    let (mut cpu, mut g) = (FakeCpu::default(), GuestState::new(0));
+    let (mut cpu, mut g) = (FakeCpu::default(), guest());
     assert_eq!(run(Exit::VirtInstruction, &mut cpu, &mut g).0, Action::Resume);
     assert_eq!(cpu.injected, [(UD, None)]);
     assert_eq!(cpu.skipped, 0);
@@ -199,7 +206,7 @@ fn virtualization_instructions_get_ud() {
 
 #[test]
 fn cr_writes_are_checked() {
-    let (mut cpu, mut g) = (FakeCpu::default(), GuestState::new(0));
+    let (mut cpu, mut g) = (FakeCpu::default(), guest());
     run(Exit::CrWrite { cr: 0, value: 0x8000_0011 }, &mut cpu, &mut g);
     assert_eq!(cpu.cr0, 0x8000_0011);
     run(Exit::CrWrite { cr: 0, value: 0x8000_0010 }, &mut cpu, &mut g); // PG without PE
@@ -212,7 +219,7 @@ fn cr_writes_are_checked() {
 
 #[test]
 fn fatal_exits_stop_with_a_report_and_stats_count_everything() {
-    let (mut cpu, mut g) = (FakeCpu::default(), GuestState::new(0));
+    let (mut cpu, mut g) = (FakeCpu::default(), guest());
     let (a, _) = run(Exit::NestedPageFault { gpa: 0x4000_0000, write: false, fetch: false }, &mut cpu, &mut g);
     let Action::Stop(r) = a else { panic!() };
     assert_eq!(r.to_string(), "read guest-physical 0x40000000, which is neither RAM nor a device");
@@ -220,6 +227,6 @@ fn fatal_exits_stop_with_a_report_and_stats_count_everything() {
     let (a, _) = run(Exit::Unhandled { code: 99, info1: 1, info2: 2 }, &mut cpu, &mut g);
     assert_eq!(a, Action::Stop(StopReason::Unhandled { code: 99, info1: 1, info2: 2 }));
     assert_eq!(run(Exit::Interrupted, &mut cpu, &mut g).0, Action::Resume);
-    assert_eq!(g.stats.total(), 4);
-    assert_eq!(g.stats.to_string(), "total 4: npf 1, triple-fault 1, interrupt 1, unhandled 1");
+    assert_eq!(g.0.stats.total(), 4);
+    assert_eq!(g.0.stats.to_string(), "total 4: npf 1, triple-fault 1, interrupt 1, unhandled 1");
 }

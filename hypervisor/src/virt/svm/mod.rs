@@ -45,6 +45,11 @@ impl Svm {
         Ok(Svm { caps: caps.clone(), host_vmcb })
     }
 
+    /// This CPU's VMCB for VMSAVE/VMLOAD of the host's state.
+    pub fn host_vmcb(&self) -> u64 {
+        self.host_vmcb
+    }
+
     pub fn max_asid(&self) -> u16 {
         (self.caps.asids.saturating_sub(1)).min(u16::MAX as u32) as u16
     }
@@ -81,9 +86,6 @@ impl Svm {
         v.w64(IOPM_BASE_PA, iopm);
         v.w64(MSRPM_BASE_PA, msrpm);
         v.write(GUEST_ASID, vm.tag as u32);
-        // Flush this ASID's TLB entries on the first entry: the ASID may have served another
-        // VM before. QEMU has no flush-by-ASID, so flush everything (1) then.
-        v.write(TLB_CONTROL, 1u8);
         // V_INTR_MASKING: the guest's RFLAGS.IF masks only virtual interrupts; physical ones
         // stay with the host (APM 15.21.1).
         v.write(INT_CTL, 1u32 << 24);
@@ -125,6 +127,7 @@ impl Svm {
             nrip_save: self.caps.nrip_save,
             next_rip: 0,
             ram: vm.npt.view(),
+            flushed_on: 0,
         })
     }
 }
@@ -163,6 +166,8 @@ pub struct SvmVcpu {
     next_rip: u64,
     /// The guest's RAM, to read instructions the hardware did not decode.
     ram: bastion_core::npt::NptView,
+    /// CPUs whose TLB has been flushed for this vCPU's ASID since it was created.
+    flushed_on: u64,
 }
 
 // bastion_svm_run(gprs: *mut Gprs, guest_vmcb_pa: u64, host_vmcb_pa: u64)
@@ -242,7 +247,24 @@ unsafe extern "C" {
 }
 
 impl SvmVcpu {
-    pub fn run(&mut self) -> Exit {
+    /// Prepares a time slice on the calling CPU: its host VMCB for VMSAVE/VMLOAD, and a TLB
+    /// flush the first time this vCPU runs there (its ASID may have served another VM).
+    pub fn begin_slice(&mut self, cpu: usize, host_vmcb: u64) -> Result<(), String> {
+        self.host_vmcb = host_vmcb;
+        if self.flushed_on & (1 << cpu) == 0 {
+            // 1 = flush the entire TLB: QEMU has no flush-by-ASID (APM 15.16.1).
+            self.vmcb.write(TLB_CONTROL, 1u8);
+            self.flushed_on |= 1 << cpu;
+        }
+        Ok(())
+    }
+
+    pub fn end_slice(&mut self) {}
+
+    /// Runs the guest for at most `budget_ns`: the local APIC timer interrupts it (an INTR
+    /// exit, `Exit::Interrupted`).
+    pub fn run(&mut self, budget_ns: u64) -> Exit {
+        crate::hv::arm_slice_timer(budget_ns);
         self.vmcb.w64(RAX, self.gprs.rax);
         // SAFETY: the VMCB is fully initialised, SVM is enabled on this CPU (Svm::enable ran
         // on it), and the assembly restores every host register it changes.

@@ -118,3 +118,31 @@ pub unsafe fn invvpid_all() -> Result<(), VmFail> {
     };
     check(cf, zf)
 }
+
+/// INVEPT type 1: invalidate the mappings of one EPT (SDM Vol. 3C 29.4.3.1).
+///
+/// # Safety
+/// VMX operation with INVEPT supported.
+pub unsafe fn invept_single(eptp: u64) -> Result<(), VmFail> {
+    let desc = [eptp, 0u64];
+    let (cf, zf): (u8, u8);
+    // SAFETY: per the contract.
+    unsafe {
+        asm!("invept {t}, [{d}]", "setc {cf}", "setz {zf}", t = in(reg) 1u64, d = in(reg) &desc, cf = out(reg_byte) cf, zf = out(reg_byte) zf)
+    };
+    check(cf, zf)
+}
+
+/// INVVPID type 1: invalidate the mappings tagged with one VPID (29.4.3.3).
+///
+/// # Safety
+/// VMX operation with INVVPID supported; `vpid` is not 0.
+pub unsafe fn invvpid_single(vpid: u16) -> Result<(), VmFail> {
+    let desc = [vpid as u64, 0u64];
+    let (cf, zf): (u8, u8);
+    // SAFETY: per the contract.
+    unsafe {
+        asm!("invvpid {t}, [{d}]", "setc {cf}", "setz {zf}", t = in(reg) 1u64, d = in(reg) &desc, cf = out(reg_byte) cf, zf = out(reg_byte) zf)
+    };
+    check(cf, zf)
+}

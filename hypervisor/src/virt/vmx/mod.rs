@@ -25,6 +25,7 @@ const MSR_CR4_FIXED1: u32 = 0x489;
 // Control bits (SDM Vol. 3C 25.6 / 25.7 / 25.8, "VM-execution/exit/entry control fields").
 const PIN_EXTERNAL_INTERRUPT_EXITING: u32 = 1 << 0;
 const PIN_NMI_EXITING: u32 = 1 << 3;
+const PIN_PREEMPTION_TIMER: u32 = 1 << 6;
 const PROC_HLT_EXITING: u32 = 1 << 7;
 const PROC_MWAIT_EXITING: u32 = 1 << 10;
 const PROC_USE_IO_BITMAPS: u32 = 1 << 25;
@@ -38,7 +39,6 @@ const PROC2_UNRESTRICTED_GUEST: u32 = 1 << 7;
 const PROC2_ENABLE_INVPCID: u32 = 1 << 12;
 const PROC2_ENABLE_XSAVES: u32 = 1 << 20;
 const EXIT_HOST_ADDRESS_SPACE_SIZE: u32 = 1 << 9;
-const EXIT_ACK_INTERRUPT: u32 = 1 << 15;
 const EXIT_SAVE_PAT: u32 = 1 << 18;
 const EXIT_LOAD_PAT: u32 = 1 << 19;
 const EXIT_SAVE_EFER: u32 = 1 << 20;
@@ -152,6 +152,12 @@ impl Vmx {
             cr4_fixed1: self.cr4_fixed1,
             cr0_mask: self.cr0_fixed0 & !(CR0_PE | CR0_PG),
             cr4_mask: self.cr4_fixed0,
+            vpid: vm.tag,
+            eptp: vm.npt.eptp(),
+            flushed_on: 0,
+            timer_rate: self.caps.preemption_timer.then_some(self.caps.preemption_timer_rate),
+            invept: self.caps.invept,
+            invvpid: self.caps.invvpid,
         };
         // SAFETY: the VMCS region was just initialised with the revision identifier.
         unsafe {
@@ -168,6 +174,9 @@ impl Vmx {
             self.cr0_fixed0,
             self.cr0_fixed1
         );
+        // Leave it clear, so whichever CPU runs it first can load it (25.11.3).
+        // SAFETY: the VMCS is ours and current on this CPU.
+        unsafe { vmclear(vmcs) }.map_err(|e| format!("VMCLEAR: {e}"))?;
         vcpu.launched = false;
         Ok(vcpu)
     }
@@ -186,7 +195,11 @@ impl Vmx {
         // Optional secondary features are enabled when allowed, so guests can use RDTSCP,
         // INVPCID and XSAVES (without the control they raise #UD, 25.6.2).
         let optional = (PROC2_ENABLE_RDTSCP | PROC2_ENABLE_INVPCID | PROC2_ENABLE_XSAVES) & (self.proc2 >> 32) as u32;
-        w(control::PINBASED_EXEC_CONTROLS, ctl(PIN_EXTERNAL_INTERRUPT_EXITING | PIN_NMI_EXITING, self.pin, "pin-based")?)?;
+        // The VMX-preemption timer ends each time slice without a host interrupt (25.5.1);
+        // external interrupts (kicks from other CPUs) exit too and are left pending for the
+        // host IDT (no "acknowledge interrupt on exit"), as on SVM.
+        let timer = if self.caps.preemption_timer { PIN_PREEMPTION_TIMER } else { 0 };
+        w(control::PINBASED_EXEC_CONTROLS, ctl(PIN_EXTERNAL_INTERRUPT_EXITING | PIN_NMI_EXITING | timer, self.pin, "pin-based")?)?;
         w(
             control::PRIMARY_PROCBASED_EXEC_CONTROLS,
             ctl(
@@ -202,7 +215,7 @@ impl Vmx {
         w(
             control::VMEXIT_CONTROLS,
             ctl(
-                EXIT_HOST_ADDRESS_SPACE_SIZE | EXIT_ACK_INTERRUPT | EXIT_SAVE_PAT | EXIT_LOAD_PAT | EXIT_SAVE_EFER | EXIT_LOAD_EFER,
+                EXIT_HOST_ADDRESS_SPACE_SIZE | EXIT_SAVE_PAT | EXIT_LOAD_PAT | EXIT_SAVE_EFER | EXIT_LOAD_EFER,
                 self.exit,
                 "VM-exit",
             )?,
@@ -222,50 +235,7 @@ impl Vmx {
         w(control::CR0_GUEST_HOST_MASK, v.cr0_mask)?;
         w(control::CR4_GUEST_HOST_MASK, v.cr4_mask)?;
 
-        // Host state (25.5, 27.2.2): what a VM exit returns to.
-        let (cr0, cr3, cr4): (u64, u64, u64);
-        // SAFETY: reading control registers.
-        unsafe {
-            asm!("mov {}, cr0", out(reg) cr0);
-            asm!("mov {}, cr3", out(reg) cr3);
-            asm!("mov {}, cr4", out(reg) cr4);
-        }
-        w(host::CR0, cr0)?;
-        w(host::CR3, cr3)?;
-        w(host::CR4, cr4)?;
-        let sel = |s: u16| (s & !7) as u64; // RPL and TI must be 0 (26.2.3)
-        let (cs, ss, ds, es, fs, gs, tr): (u16, u16, u16, u16, u16, u16, u16);
-        // SAFETY: reading segment selectors.
-        unsafe {
-            asm!("mov {0:x}, cs", out(reg) cs);
-            asm!("mov {0:x}, ss", out(reg) ss);
-            asm!("mov {0:x}, ds", out(reg) ds);
-            asm!("mov {0:x}, es", out(reg) es);
-            asm!("mov {0:x}, fs", out(reg) fs);
-            asm!("mov {0:x}, gs", out(reg) gs);
-            asm!("str {0:x}", out(reg) tr);
-        }
-        w(host::CS_SELECTOR, sel(cs))?;
-        w(host::SS_SELECTOR, sel(ss))?;
-        w(host::DS_SELECTOR, sel(ds))?;
-        w(host::ES_SELECTOR, sel(es))?;
-        w(host::FS_SELECTOR, sel(fs))?;
-        w(host::GS_SELECTOR, sel(gs))?;
-        w(host::TR_SELECTOR, sel(tr))?;
-        let gdt = x86_64::instructions::tables::sgdt();
-        let idt = x86_64::instructions::tables::sidt();
-        w(host::GDTR_BASE, gdt.base.as_u64())?;
-        w(host::IDTR_BASE, idt.base.as_u64())?;
-        w(host::TR_BASE, tss_base(gdt.base.as_u64(), tr))?;
-        w(host::FS_BASE, rdmsr(msr::FS_BASE))?;
-        w(host::GS_BASE, rdmsr(msr::GS_BASE))?;
-        w(host::IA32_SYSENTER_CS, rdmsr(msr::SYSENTER_CS))?;
-        w(host::IA32_SYSENTER_ESP, rdmsr(msr::SYSENTER_ESP))?;
-        w(host::IA32_SYSENTER_EIP, rdmsr(msr::SYSENTER_EIP))?;
-        w(host::IA32_EFER_FULL, rdmsr(msr::EFER))?;
-        w(host::IA32_PAT_FULL, rdmsr(msr::IA32_PAT))?;
-        w(host::RIP, bastion_vmx_exit as *const () as u64)?;
-        // HOST_RSP is written by the entry assembly, right before VMLAUNCH/VMRESUME.
+        write_host_state().map_err(|e| (0, e))?;
 
         // Guest state: a PC at reset, in real mode (unrestricted guest, 27.3.1.2).
         let Entry::RealMode { ip, sp } = vm.entry;
@@ -321,6 +291,59 @@ impl Vmx {
     }
 }
 
+/// Host state (25.5, 28.5): what a VM exit returns to. Written whenever a vCPU is loaded on a
+/// CPU, because the GDT, TSS and segment bases differ from CPU to CPU.
+fn write_host_state() -> Result<(), VmFail> {
+    let w = |field: u32, value: u64| -> Result<(), VmFail> {
+        // SAFETY: the values are this CPU's own control registers, selectors and bases.
+        unsafe { vmwrite(field, value) }
+    };
+        let (cr0, cr3, cr4): (u64, u64, u64);
+        // SAFETY: reading control registers.
+        unsafe {
+            asm!("mov {}, cr0", out(reg) cr0);
+            asm!("mov {}, cr3", out(reg) cr3);
+            asm!("mov {}, cr4", out(reg) cr4);
+        }
+        w(host::CR0, cr0)?;
+        w(host::CR3, cr3)?;
+        w(host::CR4, cr4)?;
+        let sel = |s: u16| (s & !7) as u64; // RPL and TI must be 0 (26.2.3)
+        let (cs, ss, ds, es, fs, gs, tr): (u16, u16, u16, u16, u16, u16, u16);
+        // SAFETY: reading segment selectors.
+        unsafe {
+            asm!("mov {0:x}, cs", out(reg) cs);
+            asm!("mov {0:x}, ss", out(reg) ss);
+            asm!("mov {0:x}, ds", out(reg) ds);
+            asm!("mov {0:x}, es", out(reg) es);
+            asm!("mov {0:x}, fs", out(reg) fs);
+            asm!("mov {0:x}, gs", out(reg) gs);
+            asm!("str {0:x}", out(reg) tr);
+        }
+        w(host::CS_SELECTOR, sel(cs))?;
+        w(host::SS_SELECTOR, sel(ss))?;
+        w(host::DS_SELECTOR, sel(ds))?;
+        w(host::ES_SELECTOR, sel(es))?;
+        w(host::FS_SELECTOR, sel(fs))?;
+        w(host::GS_SELECTOR, sel(gs))?;
+        w(host::TR_SELECTOR, sel(tr))?;
+        let gdt = x86_64::instructions::tables::sgdt();
+        let idt = x86_64::instructions::tables::sidt();
+        w(host::GDTR_BASE, gdt.base.as_u64())?;
+        w(host::IDTR_BASE, idt.base.as_u64())?;
+        w(host::TR_BASE, tss_base(gdt.base.as_u64(), tr))?;
+        w(host::FS_BASE, rdmsr(msr::FS_BASE))?;
+        w(host::GS_BASE, rdmsr(msr::GS_BASE))?;
+        w(host::IA32_SYSENTER_CS, rdmsr(msr::SYSENTER_CS))?;
+        w(host::IA32_SYSENTER_ESP, rdmsr(msr::SYSENTER_ESP))?;
+        w(host::IA32_SYSENTER_EIP, rdmsr(msr::SYSENTER_EIP))?;
+        w(host::IA32_EFER_FULL, rdmsr(msr::EFER))?;
+        w(host::IA32_PAT_FULL, rdmsr(msr::IA32_PAT))?;
+        w(host::RIP, bastion_vmx_exit as *const () as u64)?;
+        // HOST_RSP is written by the entry assembly, right before VMLAUNCH/VMRESUME.
+    Ok(())
+}
+
 /// The TSS base from its 16-byte GDT descriptor (SDM Vol. 3A 8.2.3).
 fn tss_base(gdt_base: u64, tr: u16) -> u64 {
     let d = (gdt_base + (tr & !7) as u64) as *const u64;
@@ -363,6 +386,15 @@ pub struct VmxVcpu {
     cr4_fixed1: u64,
     cr0_mask: u64,
     cr4_mask: u64,
+    vpid: u16,
+    eptp: u64,
+    /// CPUs whose TLB has been flushed of this VPID since the vCPU was created (a VPID may
+    /// have served an earlier VM).
+    flushed_on: u64,
+    /// Preemption-timer rate (TSC >> rate), if the CPU has the timer.
+    timer_rate: Option<u8>,
+    invept: bool,
+    invvpid: bool,
 }
 
 // bastion_vmx_run(gprs: *mut Gprs, launched: u64) -> u64
@@ -470,10 +502,42 @@ impl VmxVcpu {
         (guest | self.cr4_fixed0) & self.cr4_fixed1
     }
 
-    pub fn run(&mut self) -> Exit {
-        // SAFETY: this VMCS belongs to this vCPU and was set up by `create_vcpu`.
-        if let Err(e) = unsafe { vmptrld(self.vmcs) } {
-            return Exit::EntryFailed(format!("VMPTRLD: {e}"));
+    /// Loads the VMCS on the calling CPU for a time slice.
+    pub fn begin_slice(&mut self, cpu: usize) -> Result<(), String> {
+        // SAFETY: this VMCS belongs to this vCPU and is clear (end_slice or create_vcpu).
+        unsafe { vmptrld(self.vmcs) }.map_err(|e| format!("VMPTRLD: {e}"))?;
+        write_host_state().map_err(|e| format!("host state: {e}"))?;
+        if self.flushed_on & (1 << cpu) == 0 {
+            // SAFETY: single-context invalidations of this vCPU's own tags (29.4.3.3).
+            unsafe {
+                if self.invvpid {
+                    let _ = insn::invvpid_single(self.vpid);
+                }
+                if self.invept {
+                    let _ = insn::invept_single(self.eptp);
+                }
+            }
+            self.flushed_on |= 1 << cpu;
+        }
+        Ok(())
+    }
+
+    /// Releases the VMCS so another CPU may load it next (VMCLEAR writes its cached state back).
+    pub fn end_slice(&mut self) {
+        // SAFETY: the VMCS is ours and current.
+        let _ = unsafe { vmclear(self.vmcs) };
+        self.launched = false;
+    }
+
+    /// Runs the guest for at most `budget_ns` (then a preemption-timer exit comes back as
+    /// `Exit::Interrupted`).
+    pub fn run(&mut self, budget_ns: u64) -> Exit {
+        match self.timer_rate {
+            Some(rate) => {
+                let ticks = (budget_ns as u128 * crate::time::tsc_khz() as u128 / 1_000_000) >> rate;
+                wr(guest::VMX_PREEMPTION_TIMER_VALUE, ticks.clamp(1, u32::MAX as u128) as u64);
+            }
+            None => crate::hv::arm_slice_timer(budget_ns),
         }
         // SAFETY: the VMCS is current and complete; the assembly restores the host registers.
         let rc = unsafe { bastion_vmx_run(&mut self.gprs, self.launched as u64) };
@@ -514,7 +578,7 @@ impl VmxVcpu {
             return Exit::EntryFailed(self.explain_entry_failure(reason & 0xffff));
         }
         match reason & 0xffff {
-            1 => Exit::Interrupted,
+            1 | 52 => Exit::Interrupted, // external interrupt, preemption timer
             2 => Exit::TripleFault,
             10 => Exit::Cpuid,
             12 => Exit::Hlt,

@@ -1,0 +1,777 @@
+//! The running hypervisor: guests and their vCPUs, the per-CPU scheduling loop, and the serial
+//! console with its monitor.
+//!
+//! Policy lives in `bastion_core` (scheduler, console multiplexer, exit handling, devices);
+//! this module is the glue that runs it on real CPUs:
+//! - every CPU runs [`cpu_loop`]: ask the scheduler what to run, run that vCPU until its slice
+//!   ends (VMX-preemption timer, or the local APIC timer on SVM), it halts, or its guest stops;
+//! - a guest that stops (test exit, crash, `kill`, `reset`) is marked, its vCPUs are taken off
+//!   the scheduler and their CPUs kicked with an IPI; CPU 0 then frees its memory ("reaps" it)
+//!   once no CPU holds any of its vCPUs, and restarts it when asked to;
+//! - CPU 0 polls COM1 for input and feeds the console multiplexer; guest output goes through
+//!   the multiplexer to COM1, one tagged line at a time.
+//!
+//! Locks: a vCPU's slot is held by the CPU running it for the whole slice; a guest's devices
+//! and control block are held briefly. The console lock is never held while taking another.
+
+use crate::virt::{Backend, GuestVcpu};
+use crate::vm::Vm;
+use crate::{lapic, println, serial, time};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use bastion_core::config::{Config, GuestConfig, OnCrash};
+use bastion_core::console::{format_list, format_stats, Command, Console, Event, GuestRow};
+use bastion_core::exit::ExitStatus;
+use bastion_core::sched::{Decision, Scheduler, State as SchedState, VcpuId};
+use bastion_core::virt::VirtCaps;
+use bastion_core::vm::devices::{GuestDevices, IoOutcome, PortIo};
+use bastion_core::vm::{handle_exit, Action, ExitKind, StopReason, VcpuState, Vcpu};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use spin::{Mutex, Once};
+
+/// Vector of the local APIC timer (time slices on SVM, idle wake-ups).
+pub const TIMER_VECTOR: u8 = 0xef;
+/// Vector of the "kick" IPI: makes a CPU leave its guest and look at the scheduler again.
+pub const KICK_VECTOR: u8 = 0xf0;
+/// Idle CPUs wake up this often to poll the console and reap stopped guests.
+const IDLE_TICK_NS: u64 = 10_000_000;
+/// vCPUs per guest in the scheduler's id space.
+const VCPU_STRIDE: u32 = 64;
+pub const MAX_CPUS: usize = 64;
+
+/// One CPU's hypervisor state.
+pub struct PerCpu {
+    pub index: usize,
+    pub apic_id: u32,
+    pub backend: Backend,
+}
+
+static CPUS: [Once<PerCpu>; MAX_CPUS] = [const { Once::new() }; MAX_CPUS];
+/// APIC ID -> CPU index + 1 (0 = unknown).
+static APIC_INDEX: [AtomicUsize; 256] = [const { AtomicUsize::new(0) }; 256];
+static LAPIC_TICKS_PER_MS: AtomicU64 = AtomicU64::new(0);
+static HV: Once<Hv> = Once::new();
+static CPUS_READY: AtomicUsize = AtomicUsize::new(0);
+
+/// Registers the calling CPU and enables virtualization on it.
+pub fn init_cpu(index: usize, caps: &VirtCaps) -> Result<(), String> {
+    let apic_id = lapic::id();
+    let backend = Backend::enable(caps)?;
+    CPUS[index].call_once(|| PerCpu { index, apic_id, backend });
+    APIC_INDEX[apic_id as usize & 0xff].store(index + 1, Ordering::SeqCst);
+    CPUS_READY.fetch_add(1, Ordering::SeqCst);
+    Ok(())
+}
+
+/// Index of the calling CPU (0 before `init_cpu` ran on it).
+pub fn cpu_index() -> usize {
+    APIC_INDEX[lapic::id() as usize & 0xff].load(Ordering::Relaxed).saturating_sub(1)
+}
+
+fn this_cpu() -> &'static PerCpu {
+    CPUS[cpu_index()].get().expect("CPU registered before it runs guests")
+}
+
+/// Measures the local APIC timer against the PIT (boot CPU; all CPUs share the bus clock).
+pub fn calibrate_timer() {
+    LAPIC_TICKS_PER_MS.store((lapic::timer_ticks_per(10_000) / 10).max(1) as u64, Ordering::Relaxed);
+}
+
+/// Arms this CPU's local APIC timer to interrupt after `ns`.
+pub fn arm_slice_timer(ns: u64) {
+    let ticks = (ns as u128 * LAPIC_TICKS_PER_MS.load(Ordering::Relaxed) as u128 / 1_000_000).min(u32::MAX as u128);
+    lapic::timer_oneshot(TIMER_VECTOR, ticks as u32);
+}
+
+/// Lets interrupts that arrived while a guest ran (timer, kicks) reach the host IDT, whose
+/// handlers acknowledge them. Without this they would stay pending and end every later
+/// entry at once.
+fn take_host_interrupts() {
+    // SAFETY: a one-instruction interrupt window; the handlers only acknowledge and return.
+    unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
+}
+
+/// What a guest is doing, as the monitor shows it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Status {
+    /// Not started yet (autostart off), or killed.
+    Stopped,
+    Running,
+    Paused,
+    /// All vCPUs halted with interrupts disabled.
+    Halted,
+    /// Stopped by a crash.
+    Crashed,
+    /// Ended by its own test exit.
+    Exited,
+    /// Being taken down; `then` says what follows.
+    Stopping,
+}
+
+impl Status {
+    fn name(self) -> &'static str {
+        match self {
+            Status::Stopped => "stopped",
+            Status::Running => "running",
+            Status::Paused => "paused",
+            Status::Halted => "halted",
+            Status::Crashed => "crashed",
+            Status::Exited => "exited",
+            Status::Stopping => "stopping",
+        }
+    }
+
+    fn is_final(self) -> bool {
+        matches!(self, Status::Stopped | Status::Halted | Status::Crashed | Status::Exited)
+    }
+}
+
+/// What follows a stop.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum After {
+    Nothing,
+    Restart,
+}
+
+/// Why a guest is being stopped.
+#[derive(Clone, Debug)]
+enum Cause {
+    Guest(StopReason),
+    Killed,
+    Reset,
+}
+
+struct GuestCtl {
+    vm: Option<Vm>,
+    status: Status,
+    then: After,
+    cause: Option<Cause>,
+    /// vCPU and RIP where the stop happened.
+    at: (u32, u64),
+    halted: u32,
+    boots: u32,
+    started_ns: u64,
+}
+
+struct VcpuSlot {
+    backend: Option<GuestVcpu>,
+    state: VcpuState,
+}
+
+struct Guest {
+    cfg: GuestConfig,
+    index: usize,
+    image: &'static [u8],
+    affinity: u64,
+    vcpus: Vec<Mutex<VcpuSlot>>,
+    devices: Mutex<GuestDevices>,
+    ctl: Mutex<GuestCtl>,
+    /// Set while the guest should not run (stopping, paused): CPUs check it after each exit.
+    hold: AtomicBool,
+    exits: [AtomicU64; ExitKind::COUNT],
+    /// Console bytes typed for the guest that its UART had no room for yet.
+    pending_input: Mutex<Vec<u8>>,
+}
+
+struct Hv {
+    guests: Vec<Guest>,
+    sched: Mutex<Scheduler>,
+    console: Mutex<Console>,
+    ncpus: usize,
+    exit_when_idle: bool,
+    stop_after_ns: Option<u64>,
+    next_tag: AtomicU64,
+    max_tag: u16,
+}
+
+fn hv() -> &'static Hv {
+    HV.get().expect("hypervisor initialised")
+}
+
+fn vcpu_id(guest: usize, vcpu: usize) -> VcpuId {
+    VcpuId(guest as u32 * VCPU_STRIDE + vcpu as u32)
+}
+
+/// Builds the guest table from the configuration and starts the autostart guests. Runs on
+/// CPU 0 after every CPU has called `init_cpu`.
+pub fn start(config: &Config, images: Vec<Option<&'static [u8]>>, online: usize) {
+    // Give the APs a moment to register; a CPU that could not enable virtualization is left
+    // out of every affinity mask, so nothing is ever queued where it cannot run.
+    for _ in 0..1000 {
+        if CPUS_READY.load(Ordering::SeqCst) >= online {
+            break;
+        }
+        time::pit_delay_us(1000);
+    }
+    let all_cpus = (0..MAX_CPUS).filter(|&i| CPUS[i].is_completed()).fold(0u64, |m, i| m | (1 << i));
+    let ncpus = 64 - all_cpus.leading_zeros() as usize;
+    let mut console = Console::new(4096);
+    let mut guests = Vec::new();
+    for (cfg, image) in config.guests.iter().zip(images) {
+        let Some(image) = image else { continue };
+        let affinity = match &cfg.affinity {
+            None => all_cpus,
+            Some(list) => {
+                let mask = list.iter().fold(0u64, |m, c| m | (1u64 << c)) & all_cpus;
+                let dropped: Vec<&u32> = list.iter().filter(|c| (**c as usize) >= ncpus).collect();
+                if !dropped.is_empty() {
+                    log::warn!("guest {}: affinity names CPUs that do not exist ({dropped:?}); ignored", cfg.name);
+                }
+                if mask == 0 {
+                    log::error!("guest {}: none of its affinity CPUs exist; not started", cfg.name);
+                    continue;
+                }
+                mask
+            }
+        };
+        let index = guests.len();
+        let console_index = console.add_guest(&cfg.name);
+        debug_assert_eq!(console_index, index);
+        guests.push(Guest {
+            cfg: cfg.clone(),
+            index,
+            image,
+            affinity,
+            vcpus: (0..cfg.vcpus).map(|v| Mutex::new(VcpuSlot { backend: None, state: VcpuState::new(v) })).collect(),
+            devices: Mutex::new(GuestDevices::default()),
+            ctl: Mutex::new(GuestCtl {
+                vm: None,
+                status: Status::Stopped,
+                then: After::Nothing,
+                cause: None,
+                at: (0, 0),
+                halted: 0,
+                boots: 0,
+                started_ns: 0,
+            }),
+            hold: AtomicBool::new(true),
+            exits: [const { AtomicU64::new(0) }; ExitKind::COUNT],
+            pending_input: Mutex::new(Vec::new()),
+        });
+    }
+    let max_tag = CPUS[0].get().map_or(1, |c| c.backend.max_tag());
+    HV.call_once(|| Hv {
+        guests,
+        sched: Mutex::new(Scheduler::new(ncpus.max(1), bastion_core::sched::DEFAULT_SLICE_NS)),
+        console: Mutex::new(console),
+        ncpus,
+        exit_when_idle: config.hypervisor.exit_when_idle,
+        stop_after_ns: config.debug.stop_after_ms.map(|ms| ms * 1_000_000),
+        next_tag: AtomicU64::new(0),
+        max_tag,
+    });
+    let h = hv();
+    for g in &h.guests {
+        if g.cfg.autostart {
+            boot_guest(g);
+        } else {
+            log::info!("guest {}: not started (autostart = false); `reset {}` in the monitor starts it", g.cfg.name, g.cfg.name);
+        }
+    }
+    let events = h.console.lock().announce();
+    perform(events);
+}
+
+/// A VPID/ASID for a new VM: cycles through 1..=max, so a VM that is reset gets a fresh one
+/// (and each CPU flushes a tag the first time a vCPU uses it there).
+fn next_tag(h: &Hv) -> u16 {
+    (h.next_tag.fetch_add(1, Ordering::Relaxed) % h.max_tag.max(1) as u64) as u16 + 1
+}
+
+/// Creates the guest's memory and vCPUs and hands them to the scheduler.
+fn boot_guest(g: &Guest) {
+    let h = hv();
+    let cpu = this_cpu();
+    let mut ctl = g.ctl.lock();
+    let vm = match Vm::new(&g.cfg, g.image, cpu.backend.npt_format(), next_tag(h)) {
+        Ok(vm) => vm,
+        Err(e) => {
+            log::error!("guest {}: cannot start: {e}", g.cfg.name);
+            ctl.status = Status::Crashed;
+            return;
+        }
+    };
+    for (i, slot) in g.vcpus.iter().enumerate() {
+        let mut slot = slot.lock();
+        match cpu.backend.create_vcpu(&vm) {
+            Ok(v) => slot.backend = Some(v),
+            Err(e) => {
+                log::error!("guest {}: cannot create vCPU {i}: {e}", g.cfg.name);
+                drop(slot);
+                for s in &g.vcpus {
+                    if let Some(b) = s.lock().backend.take() {
+                        b.destroy();
+                    }
+                }
+                vm.destroy();
+                ctl.status = Status::Crashed;
+                return;
+            }
+        }
+        slot.state = VcpuState::new(i as u32);
+    }
+    *g.devices.lock() = GuestDevices::default();
+    ctl.boots += 1;
+    log::info!(
+        "guest {}: starting ({} MiB RAM, {} vCPU{}, {} bytes image, {:?}{})",
+        g.cfg.name,
+        vm.ram_bytes() >> 20,
+        g.cfg.vcpus,
+        if g.cfg.vcpus == 1 { "" } else { "s" },
+        g.image.len(),
+        vm.entry,
+        if ctl.boots > 1 { format!(", boot {}", ctl.boots) } else { String::new() }
+    );
+    ctl.vm = Some(vm);
+    ctl.status = Status::Running;
+    ctl.halted = 0;
+    ctl.cause = None;
+    ctl.started_ns = time::now_ns();
+    g.hold.store(false, Ordering::SeqCst);
+    drop(ctl);
+    let now = time::now_ns();
+    let mut sched = h.sched.lock();
+    let mut kicks = Vec::new();
+    for v in 0..g.vcpus.len() {
+        let id = vcpu_id(g.index, v);
+        let _ = sched.remove(id, now);
+        match sched.add(id, g.affinity, bastion_core::sched::DEFAULT_WEIGHT, now) {
+            Ok(cpu) => kicks.push(cpu),
+            Err(e) => log::error!("guest {}: scheduler refused vCPU {v}: {e:?}", g.cfg.name),
+        }
+    }
+    drop(sched);
+    for c in kicks {
+        kick(c);
+    }
+}
+
+/// Interrupts CPU `cpu` so it leaves its guest (or its idle wait) and asks the scheduler.
+fn kick(cpu: usize) {
+    if cpu == cpu_index() {
+        return;
+    }
+    if let Some(c) = CPUS.get(cpu).and_then(|c| c.get()) {
+        lapic::send_ipi(c.apic_id, KICK_VECTOR);
+    }
+}
+
+/// Begins stopping a guest: no vCPU of it runs again; CPU 0 frees it once all are off-CPU.
+fn stop_guest(g: &Guest, cause: Cause, then: After, at: (u32, u64)) {
+    let h = hv();
+    {
+        let mut ctl = g.ctl.lock();
+        if !matches!(ctl.status, Status::Running | Status::Paused) {
+            return;
+        }
+        ctl.status = Status::Stopping;
+        ctl.then = then;
+        ctl.cause = Some(cause);
+        ctl.at = at;
+    }
+    g.hold.store(true, Ordering::SeqCst);
+    let now = time::now_ns();
+    let kicks: Vec<usize> = {
+        let mut sched = h.sched.lock();
+        (0..g.vcpus.len()).filter_map(|v| sched.stop(vcpu_id(g.index, v), now)).collect()
+    };
+    for c in kicks {
+        kick(c);
+    }
+    perform_console(|c| c.set_accepts_input(g.index, false));
+}
+
+/// Frees guests whose vCPUs have all left their CPUs; restarts those that asked for it.
+fn reap() {
+    let h = hv();
+    for g in &h.guests {
+        if g.ctl.lock().status != Status::Stopping {
+            continue;
+        }
+        // A vCPU slot still held means a CPU is finishing a slice with it: try again later.
+        let mut slots = Vec::new();
+        for s in &g.vcpus {
+            match s.try_lock() {
+                Some(s) => slots.push(s),
+                None => break,
+            }
+        }
+        if slots.len() != g.vcpus.len() {
+            continue;
+        }
+        for s in slots.iter_mut() {
+            if let Some(b) = s.backend.take() {
+                b.destroy();
+            }
+        }
+        drop(slots);
+        let mut ctl = g.ctl.lock();
+        if let Some(vm) = ctl.vm.take() {
+            vm.destroy();
+        }
+        let cause = ctl.cause.clone();
+        let (vcpu, rip) = ctl.at;
+        let ran_ms = (time::now_ns() - ctl.started_ns) / 1_000_000;
+        let exits = exit_summary(g);
+        let (status, then) = match &cause {
+            Some(Cause::Guest(StopReason::TestExit(_))) => (Status::Exited, ctl.then),
+            Some(Cause::Guest(StopReason::Halted { .. })) => (Status::Halted, ctl.then),
+            Some(Cause::Guest(_)) if g.cfg.on_crash == OnCrash::Restart => (Status::Crashed, After::Restart),
+            Some(Cause::Guest(_)) => (Status::Crashed, ctl.then),
+            Some(Cause::Killed) | None => (Status::Stopped, ctl.then),
+            Some(Cause::Reset) => (Status::Stopped, After::Restart),
+        };
+        ctl.status = status;
+        drop(ctl);
+        let rest = h.console.lock().flush_partial(g.index);
+        if let Some(line) = rest {
+            println!("{line}");
+        }
+        let what = match &cause {
+            Some(Cause::Guest(r)) => format!("{r}"),
+            Some(Cause::Killed) => "killed from the monitor".into(),
+            Some(Cause::Reset) => "reset from the monitor".into(),
+            None => "stopped".into(),
+        };
+        let line = format!("guest {}: stopped: {what} (vCPU {vcpu}, RIP {rip:#x}); exits {exits}; ran {ran_ms} ms", g.cfg.name);
+        if status == Status::Exited && matches!(cause, Some(Cause::Guest(StopReason::TestExit(0)))) {
+            log::info!("{line}");
+        } else {
+            log::warn!("{line}");
+        }
+        for e in &g.exits {
+            e.store(0, Ordering::Relaxed);
+        }
+        if then == After::Restart {
+            if status == Status::Crashed {
+                log::warn!("guest {}: restarting (on_crash = \"restart\")", g.cfg.name);
+            }
+            boot_guest(g);
+            perform_console(|c| c.set_accepts_input(g.index, true));
+        }
+    }
+}
+
+fn exit_summary(g: &Guest) -> String {
+    let mut stats = bastion_core::vm::ExitStats::default();
+    for (i, e) in g.exits.iter().enumerate() {
+        stats.counts[i] = e.load(Ordering::Relaxed);
+    }
+    format!("{stats}")
+}
+
+/// Runs `f` on the console and performs the events it returns (outside the lock).
+fn perform_console(f: impl FnOnce(&mut Console) -> Vec<Event>) {
+    let Some(h) = HV.get() else { return };
+    let events = f(&mut h.console.lock());
+    perform(events);
+}
+
+/// The guest side of port I/O: the guest's devices, with UART output sent to the console.
+struct GuestIo<'a> {
+    g: &'a Guest,
+}
+
+impl PortIo for GuestIo<'_> {
+    fn io_read(&mut self, port: u16, size: u8) -> u32 {
+        let v = self.g.devices.lock().io_read(port, size);
+        // A read may have made room in the receive FIFO: feed it what was typed meanwhile.
+        feed_pending_input(self.g);
+        v
+    }
+    fn io_write(&mut self, port: u16, size: u8, value: u32) -> IoOutcome {
+        let (outcome, out) = {
+            let mut d = self.g.devices.lock();
+            let o = d.io_write(port, size, value);
+            (o, d.uart.take_output())
+        };
+        if !out.is_empty() {
+            let lines = hv().console.lock().guest_output(self.g.index, &out);
+            for l in lines {
+                println!("{l}");
+            }
+        }
+        outcome
+    }
+}
+
+fn feed_pending_input(g: &Guest) {
+    let mut pending = g.pending_input.lock();
+    if !pending.is_empty() {
+        let n = g.devices.lock().uart.receive(&pending);
+        pending.drain(..n);
+    }
+}
+
+/// Host CPUID for the guest policy.
+fn host_cpuid(leaf: u32, sub: u32) -> [u32; 4] {
+    let (a, b, c, d) = crate::cpu::cpuid(leaf, sub);
+    [a, b, c, d]
+}
+
+/// How a slice ended.
+enum SliceEnd {
+    Preempted,
+    Halted { interrupts_enabled: bool },
+    Stop(StopReason),
+    /// The guest is being stopped or paused by someone else.
+    Held,
+}
+
+fn run_slice(cpu: &PerCpu, id: VcpuId, slice_ns: u64) {
+    let h = hv();
+    let (gi, vi) = ((id.0 / VCPU_STRIDE) as usize, (id.0 % VCPU_STRIDE) as usize);
+    let Some(g) = h.guests.get(gi) else { return };
+    let mut slot = g.vcpus[vi].lock();
+    let VcpuSlot { backend, state } = &mut *slot;
+    let Some(vcpu) = backend.as_mut() else {
+        // Torn down meanwhile.
+        drop(slot);
+        h.sched.lock().stop(id, time::now_ns());
+        return;
+    };
+    if let Err(e) = vcpu.begin_slice(cpu.index, &cpu.backend) {
+        drop(slot);
+        stop_guest(g, Cause::Guest(StopReason::EntryFailed(e)), After::Nothing, (vi as u32, 0));
+        return;
+    }
+    let deadline = time::now_ns() + slice_ns;
+    let end = loop {
+        if g.hold.load(Ordering::Relaxed) {
+            break SliceEnd::Held;
+        }
+        let now = time::now_ns();
+        if now >= deadline {
+            break SliceEnd::Preempted;
+        }
+        let exit = vcpu.run(deadline - now);
+        take_host_interrupts();
+        g.exits[exit.kind() as usize].fetch_add(1, Ordering::Relaxed);
+        let mut io = GuestIo { g };
+        match handle_exit(&exit, vcpu, state, &mut io, &host_cpuid) {
+            Action::Resume => {}
+            Action::Halt { interrupts_enabled } => break SliceEnd::Halted { interrupts_enabled },
+            Action::Stop(r) => break SliceEnd::Stop(r),
+        }
+    };
+    let rip = vcpu.rip();
+    vcpu.end_slice();
+    drop(slot);
+    let now = time::now_ns();
+    match end {
+        SliceEnd::Preempted => h.sched.lock().preempt(cpu.index, now),
+        SliceEnd::Held => {
+            let mut s = h.sched.lock();
+            if s.state(id) == Some(SchedState::Running { cpu: cpu.index }) {
+                s.preempt(cpu.index, now);
+            }
+        }
+        SliceEnd::Halted { interrupts_enabled } => {
+            // Nothing delivers interrupts to guests yet, so a halted vCPU stays blocked; with
+            // interrupts disabled it is finished, and the guest with it once all are.
+            h.sched.lock().block(id, now);
+            if !interrupts_enabled {
+                let all = {
+                    let mut ctl = g.ctl.lock();
+                    ctl.halted += 1;
+                    ctl.halted as usize == g.vcpus.len()
+                };
+                if all {
+                    stop_guest(g, Cause::Guest(StopReason::Halted { interrupts_enabled: false }), After::Nothing, (vi as u32, rip));
+                }
+            }
+        }
+        SliceEnd::Stop(r) => stop_guest(g, Cause::Guest(r), After::Nothing, (vi as u32, rip)),
+    }
+}
+
+/// Every CPU's main loop.
+pub fn cpu_loop(index: usize) -> ! {
+    // Wait until the boot CPU has built the guest table.
+    while HV.get().is_none() {
+        core::hint::spin_loop();
+    }
+    let h = hv();
+    let cpu = this_cpu();
+    loop {
+        if index == 0 {
+            poll_console();
+            reap();
+            if let Some(limit) = h.stop_after_ns {
+                if time::now_ns() >= limit {
+                    finish_timed_run();
+                }
+            }
+            if h.exit_when_idle && h.guests.iter().all(|g| g.ctl.lock().status.is_final()) {
+                log::info!("all guests have ended; exiting as configured (exit_when_idle)");
+                crate::platform::exit(ExitStatus::Pass, "");
+            }
+        }
+        let decision = h.sched.lock().pick_next(index, time::now_ns());
+        match decision {
+            Decision::Run { vcpu, slice_ns } => run_slice(cpu, vcpu, slice_ns),
+            Decision::Idle => {
+                arm_slice_timer(IDLE_TICK_NS);
+                x86_64::instructions::interrupts::enable_and_hlt();
+                x86_64::instructions::interrupts::disable();
+            }
+        }
+    }
+}
+
+/// `[debug] stop_after_ms`: report each guest's share of CPU time, then end the run.
+fn finish_timed_run() -> ! {
+    let h = hv();
+    let sched = h.sched.lock();
+    let mut shares = Vec::new();
+    for g in &h.guests {
+        let ns: u64 = (0..g.vcpus.len()).map(|v| sched.runtime_ns(vcpu_id(g.index, v))).sum();
+        shares.push(ns);
+        println!("bench: guest {} ran {} ms on {} vCPU(s)", g.cfg.name, ns / 1_000_000, g.vcpus.len());
+    }
+    let busy: u64 = (0..h.ncpus).map(|c| sched.cpu_busy_ns(c)).sum();
+    let idle: u64 = (0..h.ncpus).map(|c| sched.cpu_idle_ns(c)).sum();
+    println!(
+        "bench: fairness max/min = {:.3}; CPUs busy {} ms, idle {} ms",
+        bastion_core::sched::fairness(&shares),
+        busy / 1_000_000,
+        idle / 1_000_000
+    );
+    drop(sched);
+    crate::platform::exit(ExitStatus::Pass, "")
+}
+
+/// Reads what was typed on COM1 and hands it to the console multiplexer.
+fn poll_console() {
+    let h = hv();
+    for g in &h.guests {
+        feed_pending_input(g);
+    }
+    while let Some(b) = serial::try_read() {
+        let events = h.console.lock().input(b);
+        perform(events);
+    }
+}
+
+/// Carries out console events: output lines, input for guests, monitor commands.
+fn perform(events: Vec<Event>) {
+    for e in events {
+        match e {
+            Event::ToGuest { guest, bytes } => {
+                if let Some(g) = HV.get().and_then(|h| h.guests.get(guest)) {
+                    g.pending_input.lock().extend_from_slice(&bytes);
+                    feed_pending_input(g);
+                }
+            }
+            Event::Notice(s) => println!("{s}"),
+            Event::Replay { lines, .. } => {
+                for l in lines {
+                    println!("{l}");
+                }
+            }
+            Event::Echo(bytes) => serial::write_raw(&bytes),
+            Event::Reply(lines) => {
+                for l in lines {
+                    println!("{l}");
+                }
+            }
+            Event::Command(c) => run_command(c),
+        }
+    }
+}
+
+fn run_command(c: Command) {
+    let h = hv();
+    match c {
+        Command::List => {
+            let sched = h.sched.lock();
+            let rows: Vec<GuestRow> = h
+                .guests
+                .iter()
+                .map(|g| {
+                    let mut cpus: Vec<usize> =
+                        (0..g.vcpus.len()).filter_map(|v| sched.stats(vcpu_id(g.index, v)).map(|s| s.cpu)).collect();
+                    cpus.sort_unstable();
+                    cpus.dedup();
+                    GuestRow {
+                        name: g.cfg.name.clone(),
+                        state: g.ctl.lock().status.name(),
+                        vcpus: g.cfg.vcpus,
+                        cpus: if cpus.is_empty() { "-".into() } else { cpus.iter().map(|c| format!("{c}")).collect::<Vec<_>>().join(",") },
+                        memory_mib: g.cfg.memory_mib,
+                        exits: g.exits.iter().map(|e| e.load(Ordering::Relaxed)).sum(),
+                    }
+                })
+                .collect();
+            drop(sched);
+            for l in format_list(&rows) {
+                println!("{l}");
+            }
+        }
+        Command::Stats { guest } => {
+            let g = &h.guests[guest];
+            let counts: Vec<(&str, u64)> = ExitKind::ALL.iter().map(|k| (k.name(), g.exits[*k as usize].load(Ordering::Relaxed))).collect();
+            for l in format_stats(&g.cfg.name, &counts) {
+                println!("{l}");
+            }
+        }
+        Command::Pause { guest } => {
+            let g = &h.guests[guest];
+            let mut ctl = g.ctl.lock();
+            if ctl.status != Status::Running {
+                println!("{} is {}, not running", g.cfg.name, ctl.status.name());
+                return;
+            }
+            ctl.status = Status::Paused;
+            drop(ctl);
+            g.hold.store(true, Ordering::SeqCst);
+            let now = time::now_ns();
+            let kicks: Vec<usize> = {
+                let mut s = h.sched.lock();
+                (0..g.vcpus.len()).filter_map(|v| s.pause(vcpu_id(guest, v), now)).collect()
+            };
+            kicks.into_iter().for_each(kick);
+            println!("{} paused", g.cfg.name);
+        }
+        Command::Resume { guest } => {
+            let g = &h.guests[guest];
+            let mut ctl = g.ctl.lock();
+            if ctl.status != Status::Paused {
+                println!("{} is {}, not paused", g.cfg.name, ctl.status.name());
+                return;
+            }
+            ctl.status = Status::Running;
+            drop(ctl);
+            g.hold.store(false, Ordering::SeqCst);
+            let now = time::now_ns();
+            let kicks: Vec<usize> = {
+                let mut s = h.sched.lock();
+                (0..g.vcpus.len()).filter_map(|v| s.resume(vcpu_id(guest, v), now)).collect()
+            };
+            kicks.into_iter().for_each(kick);
+            println!("{} resumed", g.cfg.name);
+        }
+        Command::Reset { guest } => {
+            let g = &h.guests[guest];
+            let status = g.ctl.lock().status;
+            if status.is_final() {
+                println!("{}: starting", g.cfg.name);
+                boot_guest(g);
+                perform_console(|c| c.set_accepts_input(g.index, true));
+            } else {
+                println!("{}: resetting", g.cfg.name);
+                stop_guest(g, Cause::Reset, After::Restart, (0, 0));
+            }
+        }
+        Command::Kill { guest } => {
+            let g = &h.guests[guest];
+            if g.ctl.lock().status.is_final() {
+                println!("{} is not running", g.cfg.name);
+                return;
+            }
+            println!("{}: killing", g.cfg.name);
+            stop_guest(g, Cause::Killed, After::Nothing, (0, 0));
+        }
+    }
+}
