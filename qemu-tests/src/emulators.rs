@@ -57,11 +57,14 @@ pub struct RunOptions {
     pub kvm: Option<bool>,
     /// Extra QEMU arguments.
     pub qemu_args: Vec<String>,
+    /// Keep the emulator's stdin open so a test can type on the serial console
+    /// ([`crate::Emulator::send`]; QEMU only — Bochs reads COM1 input from nowhere in file mode).
+    pub interactive: bool,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { smp: 1, memory_mib: 256, kvm: Some(false), qemu_args: Vec::new() }
+        RunOptions { smp: 1, memory_mib: 256, kvm: Some(false), qemu_args: Vec::new(), interactive: false }
     }
 }
 

@@ -163,7 +163,7 @@ impl Emulator {
         std::fs::create_dir_all(&run_dir).unwrap();
         let mut cmd = emulator_command(platform, image_for(platform, image), &run_dir, opts)
             .unwrap_or_else(|e| panic!("{e}"));
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(if opts.interactive { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
         cmd.process_group(0);
         // SAFETY: prctl is async-signal-safe; it only sets this child's parent-death signal.
         unsafe {
@@ -205,6 +205,68 @@ impl Emulator {
     /// Everything printed so far.
     pub fn transcript(&self) -> String {
         self.transcript.join("\n")
+    }
+
+    /// Types `bytes` on the serial console (needs `RunOptions::interactive`). Bytes go one at a
+    /// time with a short pause, as a person types: Bastion polls COM1 between time slices.
+    pub fn send(&mut self, bytes: &[u8]) {
+        let stdin = self.child.as_mut().and_then(|c| c.stdin.as_mut()).expect("emulator started with interactive = true");
+        for b in bytes {
+            stdin.write_all(&[*b]).and_then(|_| stdin.flush()).expect("emulator stdin closed");
+            std::thread::sleep(Duration::from_millis(30));
+        }
+    }
+
+    /// Position in the transcript, for [`Emulator::expect_after`].
+    pub fn mark(&self) -> usize {
+        self.transcript.len()
+    }
+
+    /// Waits for a line containing `needle` printed after `mark`.
+    pub fn expect_after(&mut self, mark: usize, needle: &str, timeout: Duration) -> Result<String, Failure> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.transcript[mark.min(self.transcript.len())..].iter().find(|l| l.contains(needle)) {
+                return Ok(l.clone());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => self.push(l),
+                Err(RecvTimeoutError::Timeout) => {
+                    let diag = self.diagnose_and_kill();
+                    return Err(self.failure(&format!("timed out after {timeout:?} waiting for a new `{needle}`"), &diag));
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let code = self.reap();
+                    return Err(self.failure(&format!("emulator ended ({code:?}) before a new `{needle}`"), ""));
+                }
+            }
+        }
+    }
+
+    /// Lines printed so far that contain `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.transcript.iter().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Waits until `needle` has appeared `n` times in total.
+    pub fn expect_count(&mut self, needle: &str, n: usize, timeout: Duration) -> Result<(), Failure> {
+        let deadline = Instant::now() + timeout;
+        while self.count(needle) < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => self.push(l),
+                Err(RecvTimeoutError::Timeout) => {
+                    let diag = self.diagnose_and_kill();
+                    return Err(self.failure(&format!("timed out after {timeout:?}: `{needle}` seen {} of {n} times", self.count(needle)), &diag));
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let code = self.reap();
+                    return Err(self.failure(&format!("emulator ended ({code:?}); `{needle}` seen {} of {n} times", self.count(needle)), ""));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Time from the emulator's start to the first line containing `needle`.

@@ -76,8 +76,11 @@ fn cargo() -> Command {
 }
 
 fn build(args: &Args) -> Result<boot::Artifacts> {
-    let config = args.value("--config").map(PathBuf::from).unwrap_or_else(|| root().join("boot/configs/default.toml"));
     let out = args.value("--out").map(PathBuf::from).unwrap_or_else(|| root().join("target/bastion"));
+    let config = match args.value("--config") {
+        Some(c) => PathBuf::from(c),
+        None => stage_default_config(&out)?,
+    };
     // Validate before the (slower) kernel build: a config error should come first.
     boot::validate_config(&config)?;
     let kernel = qemu_tests::build_kernel().map_err(anyhow::Error::msg)?;
@@ -88,6 +91,21 @@ fn build(args: &Args) -> Result<boot::Artifacts> {
         println!("image:  {}", p.display());
     }
     Ok(a)
+}
+
+/// The built-in default config names guest images built from this repository: build them and
+/// stage the config beside them, so its relative paths resolve.
+fn stage_default_config(out: &Path) -> Result<PathBuf> {
+    let stage = out.join("default");
+    let guests_dir = stage.join("guests");
+    std::fs::create_dir_all(&guests_dir)?;
+    let built = qemu_tests::guests::build_guests().map_err(anyhow::Error::msg)?;
+    for g in qemu_tests::guests::GUESTS {
+        std::fs::copy(built.join(format!("{g}.bin")), guests_dir.join(format!("{g}.bin")))?;
+    }
+    let config = stage.join("bastion.toml");
+    std::fs::copy(root().join("boot/configs/default.toml"), &config)?;
+    Ok(config)
 }
 
 /// Installs missing emulator packages when we are root on a Debian-like system; otherwise
@@ -145,10 +163,11 @@ fn run_emulator(args: &Args) -> Result<()> {
     let run_dir = root().join("target/bastion").join(format!("run-{}", platform.name()));
     std::fs::create_dir_all(&run_dir)?;
     let opts = RunOptions {
-        smp: args.number("--smp", 1)?,
+        smp: args.number("--smp", 2)?,
         memory_mib: args.number("--memory", 512)?,
         kvm: Some(kvm && platform.is_qemu()),
         qemu_args: Vec::new(),
+        interactive: true,
     };
     let mut cmd = qemu_tests::emulator_command(platform, &image, &run_dir, &opts).map_err(anyhow::Error::msg)?;
     eprintln!(
@@ -194,10 +213,46 @@ fn test(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// Boot-time figures: wall time from emulator start to Bastion's "boot complete" line, per
-/// platform, median of N runs. All platforms are measured in one invocation, so ratios
-/// between them are meaningful even though absolute numbers depend on the machine.
+/// Benchmarks, all measured in one invocation so ratios between them are meaningful:
+/// boot time on every platform, then the CPU shares of identical busy guests.
 fn bench(args: &Args) -> Result<()> {
+    boot_times(args)?;
+    fairness(args)
+}
+
+/// CPU share of 4 identical busy guests on 2 CPUs: Bastion runs them for a fixed time
+/// (`[debug] stop_after_ms`) and prints each guest's run time from the scheduler's accounting;
+/// fairness is max/min of those shares (1.0 is perfect).
+fn fairness(args: &Args) -> Result<()> {
+    let ms = args.number("--fair-ms", 6000)?;
+    let mut cfg = format!("[hypervisor]\nexit_when_idle = true\n[debug]\nstop_after_ms = {ms}\n");
+    for i in 0..4 {
+        cfg += &format!("\n[[guest]]\nname = \"busy{i}\"\nkernel = \"guests/busy.bin\"\nmemory_mib = 4\n");
+    }
+    let busy = qemu_tests::guests::guest_image("busy");
+    let image = qemu_tests::image_with_files("bench-fair", &cfg, &[("guests/busy.bin", busy.as_path())]);
+    for platform in [Platform::QemuBios, Platform::BochsIntel] {
+        let opts = RunOptions { smp: 2, ..RunOptions::default() };
+        let mut emu = qemu_tests::Emulator::start(platform, &image, &opts);
+        emu.expect_exit(Duration::from_secs(600)).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let out = emu.transcript();
+        let ran: Vec<u64> = out
+            .lines()
+            .filter_map(|l| l.split("bench: guest ").nth(1))
+            .filter_map(|l| l.split(" ran ").nth(1)?.split(' ').next()?.parse().ok())
+            .collect();
+        let fair = out.lines().find(|l| l.contains("bench: fairness")).unwrap_or("bench: fairness not reported");
+        println!("fairness, 4 busy guests on 2 CPUs for {ms} ms, {}: ran {ran:?} ms; {}", platform.name(), fair.trim());
+        if ran.len() != 4 {
+            bail!("expected 4 guest run times from {}, got {ran:?}:\n{out}", platform.name());
+        }
+    }
+    Ok(())
+}
+
+/// Boot-time figures: wall time from emulator start to Bastion's "boot complete" line, per
+/// platform, median of N runs.
+fn boot_times(args: &Args) -> Result<()> {
     let runs = args.number("--runs", 3)?.max(1);
     ensure_packages(&Platform::ALL)?;
     let image = qemu_tests::image_with_config("bench", "[hypervisor]\nexit_when_idle = true\n");

@@ -1,0 +1,199 @@
+//! Several guests at once on 2 CPUs: progress under the scheduler, a guest spinning with
+//! interrupts off, crashes with on_crash = stop and restart, a config with a bad guest, and
+//! (QEMU, where the console takes input) input focus, echo and the monitor.
+
+use qemu_tests::guests::guest_image;
+use qemu_tests::{image_with_bundle, image_with_files, Emulator, Platform, RunOptions, TestImage};
+use std::time::Duration;
+
+const SMP2: RunOptions = RunOptions { smp: 2, memory_mib: 256, kvm: Some(false), qemu_args: Vec::new(), interactive: false };
+
+fn guest(name: &str, image: &str, extra: &str) -> String {
+    format!("\n[[guest]]\nname = \"{name}\"\nkernel = \"guests/{image}.bin\"\nmemory_mib = 4\n{extra}")
+}
+
+fn image(test: &str, config: &str, images: &[&str]) -> TestImage {
+    let paths: Vec<(String, std::path::PathBuf)> = images.iter().map(|g| (format!("guests/{g}.bin"), guest_image(g))).collect();
+    let files: Vec<(&str, &std::path::Path)> = paths.iter().map(|(d, p)| (d.as_str(), p.as_path())).collect();
+    image_with_files(test, config, &files)
+}
+
+fn timeout(p: Platform) -> Duration {
+    if p.is_qemu() {
+        Duration::from_secs(120)
+    } else {
+        Duration::from_secs(300)
+    }
+}
+
+/// 4 guests, 6 vCPUs on 2 CPUs; one guest spins with interrupts disabled on CPU 0, pinned
+/// there together with a busy guest that must still make progress.
+fn four_guests_make_progress(p: Platform) {
+    let mut cfg = String::from("[hypervisor]\nexit_when_idle = true\n");
+    cfg += &guest("wide", "busy", "vcpus = 2\n");
+    cfg += &guest("wide2", "busy", "vcpus = 2\n");
+    cfg += &guest("pinned", "busy", "affinity = [0]\n");
+    cfg += &guest("hog", "irqoff", "affinity = [0]\n");
+    let img = image(&format!("progress-{}", p.name()), &cfg, &["busy", "irqoff"]);
+    let mut emu = Emulator::start(p, &img, &SMP2);
+    let t = timeout(p);
+    emu.expect("2 CPUs (ACPI MADT), 2 online", t).unwrap_or_else(|e| panic!("{e}"));
+    emu.expect("[hog] irqoff: spinning with interrupts disabled", t).unwrap_or_else(|e| panic!("{e}"));
+    // Every busy vCPU ticks at least 3 times while the hog spins: they all run at once.
+    for (g, v) in [("wide", 0), ("wide", 1), ("wide2", 0), ("wide2", 1), ("pinned", 0)] {
+        emu.expect(&format!("[{g}] busy: vcpu {v} tick 3"), t).unwrap_or_else(|e| panic!("{e}"));
+    }
+    // The pinned guest shares CPU 0 with the hog and still moves on after the hog started.
+    let hog = emu.mark();
+    emu.expect_after(hog, "[pinned] busy: vcpu 0 tick", t).unwrap_or_else(|e| panic!("{e}"));
+    let out = emu.transcript();
+    assert!(!out.contains("BASTION CRASH") && !out.contains("PANIC"), "{out}");
+}
+
+#[test]
+fn four_guests_six_vcpus_progress_on_qemu_smp2() {
+    four_guests_make_progress(Platform::QemuBios);
+}
+
+#[test]
+fn four_guests_six_vcpus_progress_on_bochs_intel_smp2() {
+    four_guests_make_progress(Platform::BochsIntel);
+}
+
+/// A crashing guest is stopped (on_crash = stop) or restarted (restart) while others run.
+fn crashes_are_contained(p: Platform) {
+    let mut cfg = String::from("[hypervisor]\nexit_when_idle = true\n");
+    cfg += &guest("stays-down", "crash", "");
+    cfg += &guest("comes-back", "crash", "on_crash = \"restart\"\n");
+    cfg += &guest("bystander", "busy", "");
+    let img = image(&format!("crash-{}", p.name()), &cfg, &["busy", "crash"]);
+    let mut emu = Emulator::start(p, &img, &SMP2);
+    let t = timeout(p);
+    let stopped = emu.expect("guest stays-down: stopped:", t).unwrap_or_else(|e| panic!("{e}"));
+    assert!(stopped.contains("triple fault"), "{stopped}");
+    emu.expect("guest comes-back: restarting", t).unwrap_or_else(|e| panic!("{e}"));
+    emu.expect_count("[comes-back] crash: booted", 2, t).unwrap_or_else(|e| panic!("{e}"));
+    let after = emu.mark();
+    emu.expect_after(after, "[bystander] busy: vcpu 0 tick", t).unwrap_or_else(|e| panic!("{e}"));
+    let out = emu.transcript();
+    assert_eq!(emu.count("[stays-down] crash: booted"), 1, "on_crash = stop must not restart:\n{out}");
+    assert!(!out.contains("BASTION EXIT: FAIL") && !out.contains("BASTION CRASH"), "{out}");
+}
+
+#[test]
+fn crashing_guest_is_stopped_or_restarted_on_qemu_smp2() {
+    crashes_are_contained(Platform::QemuBios);
+}
+
+#[test]
+fn crashing_guest_is_stopped_or_restarted_on_bochs_intel_smp2() {
+    crashes_are_contained(Platform::BochsIntel);
+}
+
+/// A config with one bad guest (packed by hand: `boot` would refuse it) boots the others and
+/// prints the error with file, line and field.
+fn bad_guest_is_refused(p: Platform) {
+    let cfg = "[hypervisor]\nexit_when_idle = true\n\n[[guest]]\nname = \"broken\"\nkernel = \"guests/busy.bin\"\nmemory_mib = 1\n\n[[guest]]\nname = \"fine\"\nkernel = \"guests/busy.bin\"\nmemory_mib = 4\n";
+    let busy = std::fs::read(guest_image("busy")).unwrap();
+    let bundle = boot::pack(&[("bastion.toml", cfg.as_bytes()), ("guests/busy.bin", &busy)]).unwrap();
+    let img = image_with_bundle(&format!("badguest-{}", p.name()), &bundle);
+    let mut emu = Emulator::start(p, &img, &SMP2);
+    let t = timeout(p);
+    let err = emu.expect("config: bastion.toml:7:", t).unwrap_or_else(|e| panic!("{e}"));
+    assert!(err.contains("guest[0].memory_mib") && err.contains("out of range"), "{err}");
+    emu.expect("[fine] busy: vcpu 0 tick 2", t).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!emu.transcript().contains("guest broken: starting"), "{}", emu.transcript());
+}
+
+#[test]
+fn config_with_a_bad_guest_boots_the_others_on_qemu_smp2() {
+    bad_guest_is_refused(Platform::QemuBios);
+}
+
+#[test]
+fn config_with_a_bad_guest_boots_the_others_on_bochs_intel_smp2() {
+    bad_guest_is_refused(Platform::BochsIntel);
+}
+
+/// Ctrl-A three times moves the input focus; typed bytes reach only the focused guest; the
+/// monitor lists, pauses, resumes, resets and kills. (QEMU: its serial console takes input.)
+#[test]
+fn console_focus_echo_and_monitor_on_qemu_smp2() {
+    let mut cfg = String::from("[hypervisor]\nexit_when_idle = true\n");
+    cfg += &guest("left", "echo", "");
+    cfg += &guest("right", "echo", "");
+    let img = image("console", &cfg, &["echo"]);
+    let opts = RunOptions { interactive: true, ..SMP2 };
+    let mut emu = Emulator::start(Platform::QemuBios, &img, &opts);
+    let t = Duration::from_secs(60);
+    let ok = |r: Result<String, qemu_tests::Failure>| r.unwrap_or_else(|e| panic!("{e}"));
+    ok(emu.expect("[left] echo: ready", t));
+    ok(emu.expect("[right] echo: ready", t));
+    ok(emu.expect("input focus: left", t));
+
+    // Typed input goes to the focused guest only.
+    let m = emu.mark();
+    emu.send(b"a");
+    ok(emu.expect_after(m, "[left] echo: got a", t));
+    // Two Ctrl-As and a letter are not a switch: all three bytes reach the guest.
+    let m = emu.mark();
+    emu.send(b"\x01\x01z");
+    ok(emu.expect_after(m, "[left] echo: got z", t));
+    assert_eq!(emu.count("[left] echo: got \\x01"), 2, "{}", emu.transcript());
+
+    let m = emu.mark();
+    emu.send(b"\x01\x01\x01");
+    ok(emu.expect_after(m, "input focus: right", t));
+    emu.send(b"b");
+    ok(emu.expect_after(m, "[right] echo: got b", t));
+    assert_eq!(emu.count("echo: got b"), 1, "only the focused guest may see input:\n{}", emu.transcript());
+    assert_eq!(emu.count("[right] echo: got a"), 0, "{}", emu.transcript());
+
+    // To the monitor.
+    let m = emu.mark();
+    emu.send(b"\x01\x01\x01");
+    ok(emu.expect_after(m, "input focus: monitor", t));
+    emu.send(b"list\r");
+    let header = ok(emu.expect_after(m, "NAME", t));
+    assert!(header.contains("STATE") && header.contains("VCPUS") && header.contains("MEMORY") && header.contains("EXITS"), "{header}");
+    let row = ok(emu.expect_after(m, "left ", t));
+    assert!(row.contains("running"), "{row}");
+
+    // Pause left: input typed for it waits until it is resumed.
+    let m = emu.mark();
+    emu.send(b"pause left\r");
+    ok(emu.expect_after(m, "left paused", t));
+    emu.send(b"list\r");
+    let row = ok(emu.expect_after(m, "paused", t));
+    assert!(row.contains("left"), "{row}");
+    let m = emu.mark();
+    emu.send(b"\x01\x01\x01"); // monitor -> left
+    ok(emu.expect_after(m, "input focus: left", t));
+    emu.send(b"p");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(emu.count("[left] echo: got p"), 0, "a paused guest must not run:\n{}", emu.transcript());
+    emu.send(b"\x01\x01\x01\x01\x01\x01"); // -> right -> monitor
+    let m = emu.mark();
+    emu.send(b"resume left\r");
+    ok(emu.expect_after(m, "left resumed", t));
+    ok(emu.expect_after(m, "[left] echo: got p", t));
+
+    // Stats, reset and kill.
+    let m = emu.mark();
+    emu.send(b"stats right\r");
+    ok(emu.expect_after(m, "io", t));
+    let m = emu.mark();
+    emu.send(b"reset right\r");
+    ok(emu.expect_after(m, "guest right: stopped: reset from the monitor", t));
+    ok(emu.expect_after(m, "[right] echo: ready", t));
+    let m = emu.mark();
+    emu.send(b"kill left\r");
+    ok(emu.expect_after(m, "guest left: stopped: killed from the monitor", t));
+    emu.send(b"list\r");
+    let row = ok(emu.expect_after(m, "left ", t));
+    assert!(row.contains("stopped"), "{row}");
+    // The last guest ends by itself; with nothing left, Bastion exits.
+    emu.send(b"kill right\r");
+    let outcome = emu.expect_exit(t).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(outcome.status, bastion_core::exit::ExitStatus::Pass);
+}
