@@ -16,9 +16,12 @@ pub const COM1: u16 = 0x3f8;
 
 struct Console {
     uart: Option<Uart16550<PioBackend>>,
+    /// The last byte sent ended a line. Raw echo (the monitor's prompt and typed text) leaves
+    /// a line open; the next whole line printed starts on a fresh line instead of gluing on.
+    at_line_start: bool,
 }
 
-static CONSOLE: Mutex<Console> = Mutex::new(Console { uart: None });
+static CONSOLE: Mutex<Console> = Mutex::new(Console { uart: None, at_line_start: true });
 static E9: AtomicBool = AtomicBool::new(false);
 
 /// Brings up COM1 (115200 8N1, FIFOs on) and detects the Bochs 0xE9 port.
@@ -49,6 +52,7 @@ impl Console {
     }
 
     fn raw(&mut self, b: u8, e9: bool) {
+        self.at_line_start = b == b'\n';
         if let Some(u) = self.uart.as_mut() {
             u.send_bytes_exact(&[b]);
         }
@@ -79,10 +83,14 @@ impl Write for Console {
     }
 }
 
-/// Prints formatted text on the console.
+/// Prints formatted text on the console, starting on a fresh line.
 pub fn print(args: fmt::Arguments) {
     x86_64::instructions::interrupts::without_interrupts(|| {
-        let _ = CONSOLE.lock().write_fmt(args);
+        let mut c = CONSOLE.lock();
+        if !c.at_line_start {
+            c.put(b"\n");
+        }
+        let _ = c.write_fmt(args);
     });
 }
 
