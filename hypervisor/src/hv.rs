@@ -681,6 +681,30 @@ fn perform(events: Vec<Event>) {
     }
 }
 
+/// The monitor's pause and resume: the scheduler keeps paused vCPUs off every CPU.
+fn set_paused(g: &Guest, pause: bool) {
+    let h = hv();
+    let (from, to) = if pause { (Status::Running, Status::Paused) } else { (Status::Paused, Status::Running) };
+    {
+        let mut ctl = g.ctl.lock();
+        if ctl.status != from {
+            println!("{} is {}, not {}", g.cfg.name, ctl.status.name(), from.name());
+            return;
+        }
+        ctl.status = to;
+    }
+    g.hold.store(pause, Ordering::SeqCst);
+    let now = time::now_ns();
+    let kicks: Vec<usize> = {
+        let mut s = h.sched.lock();
+        (0..g.vcpus.len())
+            .filter_map(|v| if pause { s.pause(vcpu_id(g.index, v), now) } else { s.resume(vcpu_id(g.index, v), now) })
+            .collect()
+    };
+    kicks.into_iter().for_each(kick);
+    println!("{} {}", g.cfg.name, if pause { "paused" } else { "resumed" });
+}
+
 fn run_command(c: Command) {
     let h = hv();
     match c {
@@ -716,42 +740,8 @@ fn run_command(c: Command) {
                 println!("{l}");
             }
         }
-        Command::Pause { guest } => {
-            let g = &h.guests[guest];
-            let mut ctl = g.ctl.lock();
-            if ctl.status != Status::Running {
-                println!("{} is {}, not running", g.cfg.name, ctl.status.name());
-                return;
-            }
-            ctl.status = Status::Paused;
-            drop(ctl);
-            g.hold.store(true, Ordering::SeqCst);
-            let now = time::now_ns();
-            let kicks: Vec<usize> = {
-                let mut s = h.sched.lock();
-                (0..g.vcpus.len()).filter_map(|v| s.pause(vcpu_id(guest, v), now)).collect()
-            };
-            kicks.into_iter().for_each(kick);
-            println!("{} paused", g.cfg.name);
-        }
-        Command::Resume { guest } => {
-            let g = &h.guests[guest];
-            let mut ctl = g.ctl.lock();
-            if ctl.status != Status::Paused {
-                println!("{} is {}, not paused", g.cfg.name, ctl.status.name());
-                return;
-            }
-            ctl.status = Status::Running;
-            drop(ctl);
-            g.hold.store(false, Ordering::SeqCst);
-            let now = time::now_ns();
-            let kicks: Vec<usize> = {
-                let mut s = h.sched.lock();
-                (0..g.vcpus.len()).filter_map(|v| s.resume(vcpu_id(guest, v), now)).collect()
-            };
-            kicks.into_iter().for_each(kick);
-            println!("{} resumed", g.cfg.name);
-        }
+        Command::Pause { guest } => set_paused(&h.guests[guest], true),
+        Command::Resume { guest } => set_paused(&h.guests[guest], false),
         Command::Reset { guest } => {
             let g = &h.guests[guest];
             let status = g.ctl.lock().status;

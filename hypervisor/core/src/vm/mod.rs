@@ -56,6 +56,17 @@ pub struct Gprs {
     pub r15: u64,
 }
 
+impl Gprs {
+    /// A register by its number in instruction encodings (SDM Vol. 2A 2.1.5: RAX, RCX, RDX,
+    /// RBX, RSP, RBP, RSI, RDI, R8..R15). RSP lives in the VMCS/VMCB, so the caller passes it.
+    pub fn by_encoding(&self, n: usize, rsp: u64) -> u64 {
+        [
+            self.rax, self.rcx, self.rdx, self.rbx, rsp, self.rbp, self.rsi, self.rdi, self.r8, self.r9, self.r10, self.r11,
+            self.r12, self.r13, self.r14, self.r15,
+        ][n & 15]
+    }
+}
+
 /// Why the guest stopped running, in backend-neutral terms.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Exit {

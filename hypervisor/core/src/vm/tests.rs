@@ -230,3 +230,10 @@ fn fatal_exits_stop_with_a_report_and_stats_count_everything() {
     assert_eq!(g.0.stats.total(), 4);
     assert_eq!(g.0.stats.to_string(), "total 4: npf 1, triple-fault 1, interrupt 1, unhandled 1");
 }
+
+#[test]
+fn registers_by_encoding_follow_the_sdm_order() {
+    let g = Gprs { rax: 1, rcx: 2, rdx: 3, rbx: 4, rbp: 6, rsi: 7, rdi: 8, r8: 9, r15: 16, ..Gprs::default() };
+    let got: Vec<u64> = [0, 1, 2, 3, 4, 5, 6, 7, 8, 15].iter().map(|&n| g.by_encoding(n, 5)).collect();
+    assert_eq!(got, [1, 2, 3, 4, 5, 6, 7, 8, 9, 16]);
+}

@@ -348,9 +348,7 @@ impl SvmVcpu {
         if info1 >> 63 != 0 {
             self.next_rip = if self.nrip_save { self.vmcb.r64(NRIP) } else { decoded.map_or(rip + 3, |d| rip + d.2 as u64) };
         }
-        let g = &self.gprs;
-        let value = [g.rax, g.rcx, g.rdx, g.rbx, self.vmcb.r64(RSP), g.rbp, g.rsi, g.rdi, g.r8, g.r9, g.r10, g.r11, g.r12, g.r13, g.r14, g.r15][gpr];
-        Exit::CrWrite { cr: 4, value }
+        Exit::CrWrite { cr: 4, value: self.gprs.by_encoding(gpr, self.vmcb.r64(RSP)) }
     }
 
     /// VMRUN refused the state (EXITCODE -1). The APM lists the consistency checks (15.5.1);

@@ -613,8 +613,7 @@ impl VmxVcpu {
     }
 
     fn gpr(&self, n: usize) -> u64 {
-        let g = &self.gprs;
-        [g.rax, g.rcx, g.rdx, g.rbx, r(guest::RSP), g.rbp, g.rsi, g.rdi, g.r8, g.r9, g.r10, g.r11, g.r12, g.r13, g.r14, g.r15][n]
+        self.gprs.by_encoding(n, r(guest::RSP))
     }
 
     fn explain_entry_failure(&self, reason: u32) -> String {
