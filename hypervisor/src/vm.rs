@@ -68,6 +68,9 @@ pub struct Vm {
     /// ASID (SVM) or VPID (VMX): tags this VM's TLB entries. Never 0 (the host's).
     pub tag: u16,
     pub entry: Entry,
+    /// A physical UART handed to this guest (`console = "passthrough"`): its 8 ports are not
+    /// intercepted.
+    pub passthrough_port: Option<u16>,
 }
 
 impl Vm {
@@ -76,7 +79,11 @@ impl Vm {
     pub fn new(cfg: &GuestConfig, image: &[u8], format: Format, tag: u16) -> Result<Vm, String> {
         let bytes = cfg.memory_mib as u64 * 1024 * 1024;
         let npt = NestedPageTable::new(format, &mut HostFrames).map_err(|e| format!("{e}"))?;
-        let mut vm = Vm { ram: Vec::new(), npt, tag, entry: Entry::RealMode { ip: 0, sp: 0 } };
+        let passthrough_port = match cfg.console {
+            bastion_core::config::Console::Passthrough { port } => Some(port),
+            bastion_core::config::Console::Virtual => None,
+        };
+        let mut vm = Vm { ram: Vec::new(), npt, tag, entry: Entry::RealMode { ip: 0, sp: 0 }, passthrough_port };
         // One run if possible; otherwise 2 MiB runs (fragmented host memory still works).
         let mut gpa = 0;
         while gpa < bytes {
@@ -120,6 +127,15 @@ impl Vm {
                 // SAFETY: inside this VM's RAM, which it owns.
                 unsafe { *memory::phys_to_virt(c.hpa + (g - c.gpa)) = *b };
             }
+        }
+    }
+
+    /// Applies the guest's port pass-through to an I/O bitmap of `pages` pages at `phys`.
+    pub fn allow_ports(&self, phys: u64, pages: usize) {
+        if let Some(port) = self.passthrough_port {
+            // SAFETY: the bitmap pages belong to the vCPU being created.
+            let bm = unsafe { core::slice::from_raw_parts_mut(memory::phys_to_virt(phys), pages * 4096) };
+            bastion_core::vm::devices::io_bitmap_allow(bm, port, 8);
         }
     }
 

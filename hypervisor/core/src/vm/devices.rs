@@ -11,6 +11,17 @@ pub const COM1: u16 = 0x3f8;
 /// QEMU's `isa-debug-exit`, so a test guest behaves alike under Bastion and bare QEMU.
 pub const TEST_EXIT_PORT: u16 = 0xf4;
 
+/// Lets the guest reach `count` ports from `base` directly in an I/O permission bitmap: one
+/// bit per port, set = intercept. VMX's bitmaps A and B (SDM Vol. 3C 25.6.4) placed back to
+/// back, and SVM's IOPM (APM Vol. 2 15.10.1), both have exactly this layout.
+pub fn io_bitmap_allow(bitmap: &mut [u8], base: u16, count: u16) {
+    for port in base..base.saturating_add(count) {
+        if let Some(b) = bitmap.get_mut(port as usize / 8) {
+            *b &= !(1 << (port % 8));
+        }
+    }
+}
+
 /// What a port write asks of the run loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IoOutcome {
@@ -82,6 +93,16 @@ mod tests {
         // A word read straddling COM1's last register and the next port.
         let v = d.io_read(COM1 + 7, 2);
         assert_eq!(v >> 8, 0xff);
+    }
+
+    #[test]
+    fn passthrough_clears_exactly_the_uart_ports() {
+        let mut bm = vec![0xffu8; 8192];
+        io_bitmap_allow(&mut bm, 0x2f8, 8);
+        for port in 0..=0xffffu32 {
+            let intercepted = bm[port as usize / 8] & (1 << (port % 8)) != 0;
+            assert_eq!(intercepted, !(0x2f8..0x300).contains(&port), "port {port:#x}");
+        }
     }
 
     #[test]

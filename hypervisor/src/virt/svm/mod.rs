@@ -65,6 +65,7 @@ impl Svm {
             core::ptr::write_bytes(memory::phys_to_virt(iopm), 0xff, 3 * 4096);
             core::ptr::write_bytes(memory::phys_to_virt(msrpm), 0xff, 2 * 4096);
         }
+        vm.allow_ports(iopm, 3);
         for &m in msr::PASSTHROUGH {
             msrpm_allow(msrpm, m, true, true);
         }

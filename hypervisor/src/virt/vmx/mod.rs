@@ -134,6 +134,7 @@ impl Vmx {
             core::ptr::write_bytes(memory::phys_to_virt(msrs), 0xff, 4096);
             *(memory::phys_to_virt(vmcs) as *mut u32) = self.revision;
         }
+        vm.allow_ports(io, 2);
         for &m in msr::PASSTHROUGH {
             msr_bitmap_allow(msrs, m, true, true);
         }
