@@ -262,6 +262,7 @@ pub fn start(config: &Config, images: Vec<Option<&'static [u8]>>, online: usize)
         max_tag,
     });
     let h = hv();
+    log::info!("memory: {} KiB free before any guest starts", crate::memory::free_frames() * 4);
     for g in &h.guests {
         if g.cfg.autostart {
             boot_guest(g);
@@ -434,7 +435,11 @@ fn reap() {
             Some(Cause::Reset) => "reset from the monitor".into(),
             None => "stopped".into(),
         };
-        let line = format!("guest {}: stopped: {what} (vCPU {vcpu}, RIP {rip:#x}); exits {exits}; ran {ran_ms} ms", g.cfg.name);
+        let line = format!(
+            "guest {}: stopped: {what} (vCPU {vcpu}, RIP {rip:#x}); exits {exits}; ran {ran_ms} ms; memory freed, {} KiB free",
+            g.cfg.name,
+            crate::memory::free_frames() * 4
+        );
         if status == Status::Exited && matches!(cause, Some(Cause::Guest(StopReason::TestExit(0)))) {
             log::info!("{line}");
         } else {

@@ -192,8 +192,14 @@ fn console_focus_echo_and_monitor_on_qemu_smp2() {
     emu.send(b"list\r");
     let row = ok(emu.expect_after(m, "left ", t));
     assert!(row.contains("stopped"), "{row}");
-    // The last guest ends by itself; with nothing left, Bastion exits.
+    // With the last guest killed nothing is left and Bastion exits; every frame the guests
+    // used (RAM, page tables, VMCBs, bitmaps) is back.
     emu.send(b"kill right\r");
     let outcome = emu.expect_exit(t).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(outcome.status, bastion_core::exit::ExitStatus::Pass);
+    let out = emu.transcript();
+    let kib = |l: &str| l.split(" KiB free").next().and_then(|x| x.rsplit(' ').next()).and_then(|n| n.parse::<u64>().ok());
+    let before = out.lines().find(|l| l.contains("KiB free before any guest starts")).and_then(kib).unwrap_or_else(|| panic!("{out}"));
+    let after = out.lines().filter(|l| l.contains("stopped:") && l.contains("KiB free")).last().and_then(kib).unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(after, before, "memory leaked by stopped guests:\n{out}");
 }
