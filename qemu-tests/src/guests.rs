@@ -12,7 +12,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 /// Every test guest, by binary name.
-pub const GUESTS: [&str; 5] = ["modes", "checks", "overrun", "vmx-ud", "halt"];
+pub const GUESTS: [&str; 9] = ["modes", "checks", "overrun", "vmx-ud", "halt", "busy", "irqoff", "echo", "crash"];
 
 /// Where the guest image is loaded (and where its first byte, the real-mode entry, runs).
 pub const LOAD_ADDRESS: u64 = 0x8000;

@@ -5,18 +5,25 @@
 
 use bastion_core::exit::ExitStatus;
 use qemu_tests::guests::{guest_image, GUESTS};
+
+/// The guests of this test: the first five, which all end by themselves (the others run
+/// forever and are exercised by `multi.rs`).
+const ISSUE3_GUESTS: &[&str] = {
+    let (first, _) = GUESTS.split_at(5);
+    first
+};
 use qemu_tests::{image_with_files, run_image_emulator, Platform, RunOptions};
 
 fn config() -> String {
     let mut c = String::from("[hypervisor]\nexit_when_idle = true\n");
-    for g in GUESTS {
+    for g in ISSUE3_GUESTS {
         c.push_str(&format!("\n[[guest]]\nname = \"{g}\"\nkernel = \"guests/{g}.bin\"\nmemory_mib = 4\n"));
     }
     c
 }
 
 fn run_all(platform: Platform) {
-    let paths: Vec<(String, std::path::PathBuf)> = GUESTS.iter().map(|g| (format!("guests/{g}.bin"), guest_image(g))).collect();
+    let paths: Vec<(String, std::path::PathBuf)> = ISSUE3_GUESTS.iter().map(|g| (format!("guests/{g}.bin"), guest_image(g))).collect();
     let files: Vec<(&str, &std::path::Path)> = paths.iter().map(|(d, p)| (d.as_str(), p.as_path())).collect();
     let image = image_with_files(&format!("guests-{}", platform.name()), &config(), &files);
     let (emu, outcome) = run_image_emulator(platform, &image, &RunOptions::default());
@@ -68,7 +75,7 @@ fn run_all(platform: Platform) {
     assert!(s.contains("halted with interrupts disabled") && s.contains("hlt 1"), "{s}");
 
     // Figures for the notes: wall time of each guest, from its start line to its stop line.
-    for g in GUESTS {
+    for g in ISSUE3_GUESTS {
         let (a, b) = (emu.time_of(&format!("guest {g}: starting")), emu.time_of(&format!("guest {g}: stopped")));
         if let (Some(a), Some(b)) = (a, b) {
             eprintln!("[{}] guest {g}: {:.0} ms; {}", platform.name(), (b - a).as_secs_f64() * 1000.0, stopped(g).split("; ").nth(1).unwrap_or(""));

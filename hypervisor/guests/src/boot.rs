@@ -1,13 +1,42 @@
 //! Boot: the real -> protected -> long mode bring-up (`boot.s`), the memory layout it sets
-//! up, the entry state it records, and the hand-over to the guest's `main`.
+//! up, the entry state it records, the multi-vCPU start, and the hand-over to the guest's
+//! `main`.
+//!
+//! # Several vCPUs
+//!
+//! Every vCPU of a guest starts at the same entry in the same state; each learns its index
+//! from CPUID ([`vcpu_id`]) and nothing tells it how many vCPUs there are. The boot code
+//! (`boot.s`, whose header has the details) gives vCPU `i` its own boot stack below
+//! [`boot_stack_top`]`(i)` before its first PUSH, lets vCPU 0 alone zero `.bss` and build
+//! the page tables while the others wait on a flag, then brings every vCPU to long mode and
+//! calls `main` on it, on a larger stack of its own below [`stack_top`]`(i)`
+//! ([`guest!`](crate::guest) says which vCPUs run `main`).
+//! Console lines are whole lines whichever vCPUs print ([`crate::serial`]). A vCPU that is
+//! done but must not end the guest parks ([`crate::cpu::park`]); the test exit ends the
+//! guest, all vCPUs included.
 
 use core::ffi::CStr;
 
 /// Guest-physical address the hypervisor loads the flat image at, and where `_start` is.
 pub const LOAD_ADDRESS: u64 = 0x8000;
-/// Stack top in every mode: the SP the ABI starts the guest with (the stack grows down into
-/// 0..0x7000, which holds nothing else).
+/// The SP the ABI starts every vCPU with, and the top of vCPU 0's boot stack.
 pub const STACK_TOP: u64 = 0x7000;
+/// Size of each vCPU's boot stack, used by the real- and protected-mode code only (a few
+/// dozen bytes): vCPU `i`'s is `boot_stack_top(i) - BOOT_STACK_SIZE .. boot_stack_top(i)`,
+/// all of them in 0x3000..0x7000. It has to be below 64 KiB (real mode, SS = 0), where
+/// there is no room for stacks Rust code could use safely.
+pub const BOOT_STACK_SIZE: u64 = 0x400;
+/// Long-mode stacks, one per vCPU, for the Rust code (`main`, formatting, exception
+/// reports): vCPU `i`'s is `stack_top(i) - STACK_SIZE .. stack_top(i)`, in the RAM at
+/// 1 MiB..1.25 MiB, which the ABI's (at least) 2 MiB always include. Measured on QEMU: the
+/// `checks` guest goes 1.5 KiB deep and `busy` 0.7 KiB, so the 1 KiB boot stacks would not
+/// do; an overflow would silently corrupt the next vCPU's stack.
+pub const STACKS: u64 = 0x10_0000;
+/// Size of each long-mode stack.
+pub const STACK_SIZE: u64 = 0x4000;
+/// vCPUs the boot code has stacks for (boot stacks down to 0x3000). A vCPU with a larger
+/// index prints `<guest>: FAIL vCPU 0x.. has no stack ...` and parks in real mode.
+pub const MAX_VCPUS: u32 = 16;
 /// The identity map set up by the boot code (link.ld fixes these addresses): PML4 here,
 /// PDPT at +0x1000, four page directories at +0x2000..+0x6000, 2 MiB pages covering 0..4 GiB.
 pub const PML4: u64 = 0x7_0000;
@@ -22,14 +51,34 @@ core::arch::global_asm!(
     ".set EXIT_PORT, {exit_port}",
     ".set EXIT_FAIL, {exit_fail}",
     ".set STACK_TOP, {stack_top}",
+    ".set BOOT_STACK_SIZE, {boot_stack_size}",
+    ".set STACKS, {stacks}",
+    ".set STACK_SIZE, {stack_size}",
+    ".set MAX_VCPUS, {max_vcpus}",
+    ".set ENTRY_STATE_SIZE, {entry_state_size}",
     include_str!("boot.s"),
     com1 = const crate::serial::COM1,
     exit_port = const crate::cpu::EXIT_PORT,
     exit_fail = const EXIT_FAIL,
     stack_top = const STACK_TOP,
+    boot_stack_size = const BOOT_STACK_SIZE,
+    stacks = const STACKS,
+    stack_size = const STACK_SIZE,
+    max_vcpus = const MAX_VCPUS,
+    entry_state_size = const core::mem::size_of::<EntryState>(),
 );
 
-/// The state the vCPU started in, recorded by the first instructions of `_start` (real mode).
+// The boot stacks fit in 0x3000..0x7000 (link.ld) and the long-mode stacks in the ABI's
+// 2 MiB; every stack top is 16-byte aligned (System V); the real-mode code computes the
+// boot stack top with a 16-bit IMUL by -BOOT_STACK_SIZE; EntryState is laid out as boot.s
+// writes it.
+const _: () = assert!(boot_stack_top(MAX_VCPUS - 1) - BOOT_STACK_SIZE >= 0x3000);
+const _: () = assert!(STACK_TOP.is_multiple_of(16) && BOOT_STACK_SIZE.is_multiple_of(16) && BOOT_STACK_SIZE <= 0x7FFF);
+const _: () = assert!(STACKS >= 0x10_0000 && stack_top(MAX_VCPUS - 1) <= 2 << 20);
+const _: () = assert!(STACKS.is_multiple_of(16) && STACK_SIZE.is_multiple_of(16));
+const _: () = assert!(core::mem::size_of::<EntryState>() == 20);
+
+/// The state a vCPU started in, recorded by the first instructions of `_start` (real mode).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct EntryState {
@@ -47,17 +96,44 @@ pub struct EntryState {
 }
 
 extern "C" {
-    static boot_entry_state: EntryState;
+    /// One per vCPU (index = vCPU index), each written once by that vCPU's boot code.
+    static boot_entry_states: [EntryState; MAX_VCPUS as usize];
     /// NUL-terminated guest name, defined by [`guest!`](crate::guest) in the binary.
     static GUEST_NAME: u8;
     /// The binary's `main`, wrapped by [`guest!`](crate::guest); returns the exit code.
-    fn guest_main() -> u32;
+    fn guest_main(vcpu: u32) -> u32;
 }
 
-/// The entry state recorded in real mode.
+/// This vCPU's index, 0..n-1: CPUID leaf 1, EBX bits 31:24, the initial APIC ID (SDM
+/// Vol. 2A CPUID), which the hypervisor sets to the vCPU index. Under a hypervisor each call
+/// is a VM exit; `main` also receives the index as its argument.
+pub fn vcpu_id() -> u32 {
+    crate::cpu::cpuid(1, 0).ebx >> 24
+}
+
+/// The entry state this vCPU started in, recorded in real mode.
 pub fn entry_state() -> EntryState {
-    // SAFETY: written once by the boot code before any Rust code runs, never again.
-    unsafe { core::ptr::read_volatile(&raw const boot_entry_state) }
+    entry_state_of(vcpu_id())
+}
+
+/// The entry state vCPU `vcpu` started in; all zeros if that vCPU has not started (yet).
+/// Panics if `vcpu >= MAX_VCPUS`.
+pub fn entry_state_of(vcpu: u32) -> EntryState {
+    assert!(vcpu < MAX_VCPUS, "vCPU {vcpu}: the boot code only runs vCPUs 0..{MAX_VCPUS}");
+    // SAFETY: each slot is written only by its own vCPU's boot code before that vCPU runs
+    // any Rust code, never afterwards; a volatile read of plain integers is harmless even
+    // while another vCPU is still writing its own slot.
+    unsafe { core::ptr::read_volatile((&raw const boot_entry_states).cast::<EntryState>().add(vcpu as usize)) }
+}
+
+/// Top of vCPU `vcpu`'s boot stack (real and protected mode).
+pub const fn boot_stack_top(vcpu: u32) -> u64 {
+    STACK_TOP - vcpu as u64 * BOOT_STACK_SIZE
+}
+
+/// Top of vCPU `vcpu`'s long-mode stack (the RSP its `main` starts just below).
+pub const fn stack_top(vcpu: u32) -> u64 {
+    STACKS + (vcpu as u64 + 1) * STACK_SIZE
 }
 
 /// This guest's name, as given to [`guest!`](crate::guest); every line it prints starts
@@ -68,13 +144,42 @@ pub fn name() -> &'static str {
     name.to_str().unwrap_or("guest")
 }
 
-/// Called by the 64-bit boot code on the boot stack: runs the guest's `main` and ends the
-/// test with the code it returns.
+/// Called by the 64-bit boot code of every vCPU on its own stack, with its index: runs the
+/// guest's `main` and ends the test with the code it returns.
 #[no_mangle]
-extern "C" fn guest_rust_entry() -> ! {
+extern "C" fn guest_rust_entry(vcpu: u32) -> ! {
     // SAFETY: `guest!` defines guest_main with this signature.
-    let code = unsafe { guest_main() };
+    let code = unsafe { guest_main(vcpu) };
     crate::cpu::test_exit(code)
+}
+
+/// A guest's `main`: `fn() -> u32` (a single-vCPU guest: it runs on vCPU 0, and any other
+/// vCPU parks at once) or `fn(vcpu: u32) -> u32` (runs on every vCPU, with its index).
+/// Either returns the test exit code, which ends the whole guest whichever vCPU returns it.
+/// `Args` only tells the two impls apart.
+pub trait Main<Args> {
+    fn run(self, vcpu: u32) -> u32;
+}
+
+impl<F: FnOnce() -> u32> Main<()> for F {
+    fn run(self, vcpu: u32) -> u32 {
+        if vcpu != 0 {
+            crate::cpu::park();
+        }
+        self()
+    }
+}
+
+impl<F: FnOnce(u32) -> u32> Main<(u32,)> for F {
+    fn run(self, vcpu: u32) -> u32 {
+        self(vcpu)
+    }
+}
+
+/// Runs `main` on vCPU `vcpu` (for [`guest!`]).
+#[doc(hidden)]
+pub fn run_main<Args, M: Main<Args>>(main: M, vcpu: u32) -> u32 {
+    main.run(vcpu)
 }
 
 /// `s` followed by a NUL byte, as an array of `N = s.len() + 1` bytes (for [`guest!`]).
@@ -95,10 +200,15 @@ pub const fn nul_terminated<const N: usize>(s: &str) -> [u8; N] {
 /// Declares the guest: its name (the prefix of every line it prints), its `main` (returns
 /// the test exit code: 0 pass, anything else fail), and optionally `trace_modes = true` to
 /// have the boot code print `<name>: real mode` and `<name>: protected mode` as it passes
-/// through them.
+/// through them (vCPU 0 only).
+///
+/// `main` is either `fn() -> u32`, run on vCPU 0 only (any other vCPU parks, so a
+/// single-vCPU guest stays one whatever it is given), or `fn(vcpu: u32) -> u32`, run on
+/// every vCPU with its index ([`Main`](crate::boot::Main)).
 ///
 /// ```ignore
-/// test_guests::guest!(name = "checks", main = main);
+/// test_guests::guest!(name = "checks", main = main);      // fn main() -> u32
+/// test_guests::guest!(name = "busy", main = main);        // fn main(vcpu: u32) -> u32
 /// ```
 #[macro_export]
 macro_rules! guest {
@@ -115,8 +225,8 @@ macro_rules! guest {
         pub static GUEST_TRACE_MODES: u8 = $crate::guest!(@trace $($trace)?);
 
         #[no_mangle]
-        pub extern "C" fn guest_main() -> u32 {
-            $main()
+        pub extern "C" fn guest_main(vcpu: u32) -> u32 {
+            $crate::boot::run_main($main, vcpu)
         }
     };
     (@trace true) => { 1 };

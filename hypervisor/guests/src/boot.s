@@ -1,29 +1,64 @@
 //! Boot code of every test guest: real mode -> 32-bit protected mode -> 64-bit long mode.
 //
 // Assembled by `global_asm!` in boot.rs (Intel syntax, LLVM's integrated assembler), which
-// defines COM1, EXIT_PORT, STACK_TOP and EXIT_FAIL before this text. No braces may appear
-// in this file: the text is a format template for `global_asm!`.
+// defines COM1, EXIT_PORT, STACK_TOP, BOOT_STACK_SIZE, STACKS, STACK_SIZE, MAX_VCPUS,
+// ENTRY_STATE_SIZE and EXIT_FAIL before this text. No braces may appear in this file: the
+// text is a format template for `global_asm!`.
 //
 // Entry state (the guest ABI): real mode, CS:IP = 0:0x8000, DS=ES=SS=FS=GS=0, SP=0x7000,
-// IF=0, CR0=0x10, A20 enabled, no BIOS and no IVT contents.
+// IF=0, CR0=0x10, A20 enabled, no BIOS and no IVT contents. A guest may have several vCPUs:
+// every one of them starts here in that same state, at about the same time, and learns its
+// index from CPUID leaf 1, EBX bits 31:24 (the initial APIC ID, which the hypervisor sets
+// to the vCPU index 0..n-1). Nothing tells a vCPU how many there are, and nothing here needs
+// to know: vCPU 0 does the one-time work and the others wait for it.
+//
+// Multi-vCPU protocol (boot.rs documents it for Rust; the addresses are in link.ld):
+//  - Stacks. Every vCPU starts with SP = 0x7000, so the ABI's stack cannot be shared: before
+//    its first PUSH or CALL each vCPU reads its index and moves to its own boot stack,
+//    top = STACK_TOP - index * BOOT_STACK_SIZE (vCPU 0: 0x7000, vCPU 1: 0x6C00, ...,
+//    vCPU 15: 0x3400; 1 KiB each), used by the 16- and 32-bit code. The 64-bit code moves
+//    to the vCPU's long-mode stack, top = STACKS + (index + 1) * STACK_SIZE (vCPU 0:
+//    0x104000, vCPU 1: 0x108000, ...; 16 KiB each), on which Rust runs: 1 KiB is too little
+//    for Rust's formatting (boot.rs). An index >= MAX_VCPUS has no stack: that vCPU prints a
+//    FAIL line with stack-free code and parks (CLI; HLT).
+//  - The index stays in EBP through all three modes (nothing else in the boot code uses
+//    EBP) and becomes the argument of `guest_rust_entry`.
+//  - One-time work is vCPU 0's: zeroing .bss and building the page tables (and printing the
+//    trace lines). It then sets `boot_tables_ready`; the other vCPUs spin (PAUSE) on that
+//    flag in 32-bit code before they load CR3. Each vCPU then enables PAE, loads CR3, sets
+//    EFER.LME and CR0.PG itself (control registers and MSRs are per CPU) using the shared
+//    GDT, IDTs and page tables, which are read-only from then on.
+//  - Everything the vCPUs share before .bss is zeroed lives in .data.boot, which is part of
+//    the image and so has defined contents at every (re)start: the ready flag, the serial
+//    lock and the per-vCPU entry states. .bss must not hold any of them: its contents are
+//    undefined until vCPU 0 zeroes it, which may happen while another vCPU is already
+//    polling. (The protocol relies on the ABI reloading the image on every start.)
+//  - Console lines from several vCPUs must not interleave: every line (here and in Rust,
+//    serial.rs) is printed holding `boot_serial_lock`, 0 when free, else the owner's
+//    index + 1. A vCPU that already holds it (a fault while printing) prints anyway, so the
+//    report of that fault cannot deadlock.
 //
 // Steps:
-//  16-bit  record the entry state, load our own IVT (exceptions print and fail), optionally
-//          print "<guest>: real mode", load the GDT, set CR0.PE, far jump to 32-bit code.
-//  32-bit  load flat segments and the 32-bit IDT, zero .bss, optionally print
-//          "<guest>: protected mode", check CPUID for long mode, build an identity map of
-//          the first 4 GiB with 2 MiB pages, enable PAE, load CR3, set EFER.LME, set CR0.PG,
+//  16-bit  read the vCPU index (CPUID) and switch to this vCPU's boot stack, record the entry
+//          state (per vCPU), load our own IVT (exceptions print and fail), optionally print
+//          "<guest>: real mode" (vCPU 0), load the GDT, set CR0.PE, far jump to 32-bit code.
+//  32-bit  load flat segments and the 32-bit IDT; vCPU 0: zero .bss, optionally print
+//          "<guest>: protected mode"; all: check CPUID for long mode; vCPU 0: build an
+//          identity map of the first 4 GiB with 2 MiB pages and set the ready flag; the
+//          others: wait for the flag; all: enable PAE, load CR3, set EFER.LME, set CR0.PG,
 //          far jump to 64-bit code.
-//  64-bit  load the 64-bit IDT and call Rust (`guest_rust_entry`).
+//  64-bit  switch to this vCPU's long-mode stack, load the 64-bit IDT and call Rust
+//          (`guest_rust_entry(vcpu index)`).
 //
 // An exception in any mode prints "<guest>: FAIL unexpected exception <vector> at <address>
 // (<mode>)" and ends the test with code 1. Each mode loads its IDT with its first
-// instruction, so the only unguarded instructions are the far jumps that follow the
-// MOV CR0 setting PE and the one setting PG.
+// instruction (after the stack switch, in real mode), so the only unguarded instructions
+// are the few register moves and CPUID before it, and the far jumps that follow the MOV CR0
+// setting PE and the one setting PG.
 //
-// Section use: .text.boot (code), .data.boot (GDT, IDTs, strings, entry state) and .bss.boot
-// (page tables); link.ld puts the first two at 0x8000, below 64 KiB as real mode needs, and
-// .bss.boot at 0x70000.
+// Section use: .text.boot (code), .data.boot (GDT, IDTs, strings, entry states, the ready
+// flag, the serial lock) and .bss.boot (page tables); link.ld puts the first two at 0x8000,
+// below 64 KiB as real mode needs, and .bss.boot at 0x70000.
 
 // GDT selectors (see boot_gdt below).
 .set CODE32_SEL, 0x08
@@ -137,6 +172,46 @@
     pop eax
     ret
 
+// lock_line: take the console line lock `boot_serial_lock` (spinning with PAUSE while
+// another vCPU holds it), before the first byte of a line. The owner value is this vCPU's
+// index + 1, read again with CPUID so that it is right wherever this is called from (EBP
+// may not hold the index yet). LOCK CMPXCHG makes test-and-set one atomic step (SDM Vol. 2A
+// CMPXCHG; Vol. 3A "Locked Atomic Operations"). If this vCPU already holds the lock (a fault
+// while printing a line), go ahead: the report that follows ends the test anyway.
+// Preserves all registers.
+\p\()_lock_line:
+    push eax
+    push ebx
+    push ecx
+    push edx
+    mov eax, 1
+    cpuid
+    shr ebx, 24
+    inc ebx                         // owner value: index + 1
+2:
+    xor eax, eax
+    lock cmpxchg dword ptr [boot_serial_lock], ebx
+    je 3f                           // it was free, now ours
+    cmp eax, ebx
+    je 3f                           // already ours
+    pause                           // SDM Vol. 2B PAUSE: the spin-wait hint
+    jmp 2b
+3:
+    pop edx
+    pop ecx
+    pop ebx
+    pop eax
+    ret
+
+// unlock_line: release the line lock after the line's "\n". A plain store releases: x86
+// does not reorder a store with older loads or stores (SDM Vol. 3A "Memory Ordering in P6
+// and More Recent Processor Families"), and an OUT completes before the next instruction
+// starts (SDM Vol. 1 "Ordering I/O"), so the line is out before another vCPU can take the
+// lock. Preserves all registers.
+\p\()_unlock_line:
+    mov dword ptr [boot_serial_lock], 0
+    ret
+
 // exit: the ABI's test exit, a 32-bit OUT of EAX to port EXIT_PORT (0 = pass). The
 // hypervisor stops the guest there; halt forever in case it does not.
 \p\()_exit:
@@ -149,6 +224,7 @@
 
 // fail: print "<guest>: FAIL <string at ESI>\n" and exit with EXIT_FAIL.
 \p\()_fail:
+    call \p\()_lock_line              // never released: the exit ends the guest
     push esi
     mov esi, offset GUEST_NAME
     call \p\()_puts
@@ -165,6 +241,7 @@
 // (a string). Prints "<guest>: FAIL unexpected exception <vector> at <address> (<mode>)" and
 // exits with EXIT_FAIL.
 \p\()_report_exception:
+    call \p\()_lock_line              // never released: the exit ends the guest
     mov esi, offset GUEST_NAME
     call \p\()_puts
     mov esi, offset boot_str_unexpected
@@ -193,6 +270,38 @@
     .endif
 .endm
 
+// Stack-free printing for real mode (for `rm_no_stack_for_vcpu`): the byte in AH, or the
+// NUL-terminated string at DS:SI, or the hex digit for the value 0..15 in AH. They change
+// AX, DX and SI, and nothing in memory.
+.macro RM_NO_STACK_PUTC
+    mov dx, COM1 + 5
+10:
+    in al, dx
+    test al, 0x20                   // LSR.THRE
+    jz 10b
+    mov al, ah
+    mov dx, COM1
+    out dx, al
+.endm
+.macro RM_NO_STACK_PUTS
+11:
+    mov ah, byte ptr [si]
+    test ah, ah
+    jz 12f
+    RM_NO_STACK_PUTC
+    inc si
+    jmp 11b
+12:
+.endm
+.macro RM_NO_STACK_PUT_NIBBLE
+    add ah, 0x30                    // '0'..'9'
+    cmp ah, 0x39
+    jbe 13f
+    add ah, 0x61 - 0x3A             // 'a'..'f'
+13:
+    RM_NO_STACK_PUTC
+.endm
+
 // =======================================================================================
 // 16-bit real mode
 // =======================================================================================
@@ -200,32 +309,56 @@
     .code16
     .global _start
 _start:
-    // Record the entry state before changing any of it, for the `modes` guest to check
-    // against the ABI. CS overrides keep the stores right even if DS is not 0.
-    mov word ptr cs:[boot_entry_sp], sp
+    // No PUSH or CALL (and so no CALL-using helper) before SS:SP are this vCPU's own: every
+    // vCPU starts with SP = 0x7000, and vCPU 0 may already have return addresses there.
+    // Interrupts are disabled (the ABI's IF = 0), so nothing else touches the stack either.
+    // What the entry state needs is kept in registers CPUID leaves alone: the entry SP in BP
+    // and the entry SS in SI (the other segment registers, CR0 and FLAGS do not change
+    // until they are recorded; CPUID changes no flag, SDM Vol. 2A CPUID).
+    mov bp, sp
+    mov si, ss
+    // CPUID leaf 1: EBX bits 31:24 are the initial APIC ID (SDM Vol. 2A CPUID, Table 3-8),
+    // which the hypervisor sets to the vCPU index.
+    mov eax, 1
+    cpuid
+    shr ebx, 24
+    cmp ebx, MAX_VCPUS
+    jae rm_no_stack_for_vcpu
+    // Stack top = STACK_TOP - index * BOOT_STACK_SIZE, computed before SS changes: MOV SS
+    // blocks interrupts and debug traps until after the next instruction, so the MOV SP
+    // right after it completes the pair (SDM Vol. 3A 6.8.3); IF is 0 anyway.
+    imul cx, bx, -BOOT_STACK_SIZE
+    add cx, STACK_TOP
+    xor ax, ax
+    mov ss, ax
+    mov sp, cx
     pushf
-    pop word ptr cs:[boot_entry_flags]
+    pop cx                          // FLAGS at entry (IF included: no CLI yet)
     cli
     cld
-    mov word ptr cs:[boot_entry_cs], cs
-    mov word ptr cs:[boot_entry_ds], ds
-    mov word ptr cs:[boot_entry_es], es
-    mov word ptr cs:[boot_entry_fs], fs
-    mov word ptr cs:[boot_entry_gs], gs
-    mov word ptr cs:[boot_entry_ss], ss
-    mov eax, cr0
-    mov dword ptr cs:[boot_entry_cr0], eax
 
-    // The ABI's segments and stack, made explicit. MOV SS blocks interrupts and debug traps
-    // until after the next instruction, so SS:SP is never seen half-loaded (SDM Vol. 3A
-    // 6.8.3); IF is 0 anyway.
+    // Record the entry state in this vCPU's `boot_entry_states` slot, for the `modes` guest
+    // to check against the ABI. CS overrides keep the stores right even if DS is not 0.
+    imul di, bx, ENTRY_STATE_SIZE
+    mov word ptr cs:[di + boot_entry_states + 4], bp       // SP
+    mov word ptr cs:[di + boot_entry_states + 6], cx       // FLAGS
+    mov word ptr cs:[di + boot_entry_states + 8], cs
+    mov word ptr cs:[di + boot_entry_states + 10], ds
+    mov word ptr cs:[di + boot_entry_states + 12], es
+    mov word ptr cs:[di + boot_entry_states + 14], fs
+    mov word ptr cs:[di + boot_entry_states + 16], gs
+    mov word ptr cs:[di + boot_entry_states + 18], si      // SS
+    mov eax, cr0
+    mov dword ptr cs:[di + boot_entry_states + 0], eax     // CR0
+    // The vCPU index, in EBP from here to the call into Rust.
+    mov ebp, ebx
+
+    // The ABI's segments, made explicit (SS is done).
     xor ax, ax
     mov ds, ax
     mov es, ax
     mov fs, ax
     mov gs, ax
-    mov ss, ax
-    mov sp, STACK_TOP
 
     // There is no BIOS and the IVT at 0 is empty: point IDTR at our own IVT so that an
     // exception in real mode reports itself instead of jumping to 0000:0000 (in real mode
@@ -233,17 +366,23 @@ _start:
     lidt [boot_rm_idtr]
 
     // CR0.PE set at entry would mean we are not in real mode at all.
-    test byte ptr [boot_entry_cr0], 1
+    mov eax, cr0
+    test al, 1                      // CR0.PE
     jz .Lrm_is_real
     mov esi, offset boot_str_not_real
     jmp rm_fail
 .Lrm_is_real:
+    // The trace lines are vCPU 0's: one "real mode" line per guest, not per vCPU.
+    test ebp, ebp
+    jnz .Lrm_to_pm
     cmp byte ptr [GUEST_TRACE_MODES], 0
     je .Lrm_to_pm
+    call rm_lock_line
     mov esi, offset GUEST_NAME
     call rm_puts
     mov esi, offset boot_str_real
     call rm_puts
+    call rm_unlock_line
 
 .Lrm_to_pm:
     // Real -> protected mode, SDM Vol. 3A 9.9.1 "Switching to Protected Mode" (AMD APM
@@ -261,6 +400,46 @@ _start:
     .word CODE32_SEL
 
     SERIAL_HELPERS rm
+
+// A vCPU whose index is MAX_VCPUS or more has no stack of its own (the next one down would
+// reach below 0x3000 and, for large indexes, the IVT area and wrap around 0). It cannot
+// CALL, so it prints its FAIL line with the stack-free macros below, holding the line
+// lock, then parks (CLI; HLT: finished, for the hypervisor). The guest goes on without it.
+// EBX = the index; the entry state is not recorded.
+rm_no_stack_for_vcpu:
+    cli
+    cld
+    xor ax, ax
+    mov ds, ax
+    lea ecx, [ebx + 1]              // owner value: index + 1
+2:
+    xor eax, eax
+    lock cmpxchg dword ptr [boot_serial_lock], ecx
+    je 3f
+    pause
+    jmp 2b
+3:
+    mov si, offset GUEST_NAME
+    RM_NO_STACK_PUTS
+    mov si, offset boot_str_no_stack
+    RM_NO_STACK_PUTS
+    mov ah, 0x30                    // '0'
+    RM_NO_STACK_PUTC
+    mov ah, 0x78                    // 'x'
+    RM_NO_STACK_PUTC
+    mov ah, bl
+    shr ah, 4
+    RM_NO_STACK_PUT_NIBBLE
+    mov ah, bl
+    and ah, 0x0F
+    RM_NO_STACK_PUT_NIBBLE
+    mov si, offset boot_str_no_stack_end
+    RM_NO_STACK_PUTS
+    mov dword ptr [boot_serial_lock], 0
+4:
+    cli
+    hlt
+    jmp 4b
 
 // Real-mode exception stubs: the CPU pushed FLAGS, CS, IP (no error code); each stub pushes
 // its vector.
@@ -293,7 +472,7 @@ pm_entry:
     // The 32-bit IDT first, so that even a fault in the segment loads below is reported
     // (DS still has its real-mode base 0, which is all LIDT needs here). Then, SDM Vol. 3A
     // 9.9.1: reload the data segment registers (they still hold real-mode values) and the
-    // stack pointer.
+    // stack pointer (this vCPU's boot stack, from the index in EBP).
     lidt [boot_pm_idtr]
     mov ax, DATA_SEL
     mov ds, ax
@@ -301,7 +480,12 @@ pm_entry:
     mov fs, ax
     mov gs, ax
     mov ss, ax
-    mov esp, STACK_TOP
+    imul esp, ebp, -BOOT_STACK_SIZE
+    add esp, STACK_TOP
+
+    // Only vCPU 0 zeroes .bss and prints the trace line.
+    test ebp, ebp
+    jnz .Lpm_check_lm
 
     // .bss (page tables, Rust statics) is not in the flat image and RAM contents are not
     // specified: zero it before anything uses it.
@@ -314,14 +498,17 @@ pm_entry:
 
     cmp byte ptr [GUEST_TRACE_MODES], 0
     je .Lpm_check_lm
+    call pm_lock_line
     mov esi, offset GUEST_NAME
     call pm_puts
     mov esi, offset boot_str_protected
     call pm_puts
+    call pm_unlock_line
 
 .Lpm_check_lm:
     // Long mode must be reported by CPUID 0x8000_0001 EDX bit 29 (LM) before EFER.LME may be
-    // set (SDM Vol. 3A 9.8.5; AMD APM Vol. 2 14.6.1); otherwise the WRMSR would #GP.
+    // set (SDM Vol. 3A 9.8.5; AMD APM Vol. 2 14.6.1); otherwise the WRMSR would #GP. Every
+    // vCPU checks for itself: it is about to set its own EFER.
     mov eax, 0x80000000
     cpuid
     cmp eax, 0x80000001
@@ -335,6 +522,8 @@ pm_entry:
     jmp pm_fail
 
 .Lpm_paging:
+    test ebp, ebp
+    jnz .Lpm_wait_for_tables
     // Identity map of 0..4 GiB with 2 MiB pages: PML4[0] -> PDPT, PDPT[0..4] -> four PDs,
     // PD entries with PS=1 (4-level paging, SDM Vol. 3A 4.5, Tables 4-15, 4-17 and 4-18).
     // Flags: P (bit 0) | R/W (bit 1), plus PS (bit 7) in PDEs. Only 0..2 MiB is RAM; the
@@ -359,6 +548,26 @@ pm_entry:
     cmp ecx, 2048
     jb .Lpm_pde
 
+    // Release the other vCPUs: .bss is zeroed and the tables are complete. XCHG with memory
+    // is locked (SDM Vol. 3A "Locked Atomic Operations") and so a full barrier: every store
+    // above, the REP STOSD ones included (fast-string stores may be out of order among
+    // themselves, never with a later store: SDM Vol. 3A "Memory-Ordering Model for String
+    // Operations on Write-Back (WB) Memory"), is visible before the flag is.
+    mov eax, 1
+    xchg dword ptr [boot_tables_ready], eax
+    jmp .Lpm_enable_long_mode
+
+.Lpm_wait_for_tables:
+    // The other vCPUs: wait, with PAUSE in the loop (SDM Vol. 2B PAUSE; it also keeps a
+    // hypervisor's pause-loop exiting informed), until vCPU 0 has set the flag. Loads are
+    // not reordered with older loads, and MOV CR3 below is serializing (SDM Vol. 3A
+    // "Serializing Instructions"), so the page-table walks come after the flag was seen.
+    cmp dword ptr [boot_tables_ready], 0
+    jne .Lpm_enable_long_mode
+    pause
+    jmp .Lpm_wait_for_tables
+
+.Lpm_enable_long_mode:
     // Protected -> long mode, SDM Vol. 3A 9.8.5 "Initializing IA-32e Mode" (AMD APM Vol. 2
     // 14.6 "Enabling and Activating Long Mode"): with paging off, set CR4.PAE, load CR3 with
     // the PML4, set EFER.LME (MSR 0xC000_0080 bit 8), then set CR0.PG; the CPU sets
@@ -410,7 +619,12 @@ lm_entry:
     // A defined RSP (the upper half of a register is not preserved across the switch into
     // 64-bit mode, SDM Vol. 1 3.4.1.1) and the 64-bit IDT before anything that could fault:
     // the 32-bit gates still loaded are invalid in IA-32e mode (SDM Vol. 3A 6.14.1).
-    mov esp, STACK_TOP              // zero-extends into RSP; 16-byte aligned
+    // This vCPU's long-mode stack, top = STACKS + (index + 1) * STACK_SIZE: 32-bit
+    // operations zero-extend into RSP, and EBP (the index) is read as 32 bits only. Every
+    // stack top is 16-byte aligned.
+    lea esp, [ebp + 1]
+    imul esp, esp, STACK_SIZE
+    add esp, STACKS
     lidt [rip + boot_lm_idtr]
     // In 64-bit mode DS/ES/SS bases and limits are ignored, but they must hold usable
     // selectors; reload them from this GDT (SDM Vol. 3A 3.4.4).
@@ -420,7 +634,9 @@ lm_entry:
     mov fs, ax
     mov gs, ax
     mov ss, ax
-    // Rust never returns from here (the guest ends with a test exit).
+    // guest_rust_entry(vcpu: u32) (System V: first argument in EDI). Rust never returns
+    // from here (the guest ends with a test exit, or the vCPU parks).
+    mov edi, ebp
     call guest_rust_entry
     ud2
 
@@ -545,19 +761,26 @@ boot_lm_idtr:
     .word 32 * 16 - 1
     .quad boot_lm_idt
 
-// Entry state, laid out as `boot::EntryState`.
+// Entry states, one `boot::EntryState` (ENTRY_STATE_SIZE bytes: CR0, SP, FLAGS, CS, DS,
+// ES, FS, GS, SS) per vCPU, indexed by the vCPU index; each vCPU writes only its own.
     .balign 4
-    .global boot_entry_state
-boot_entry_state:
-boot_entry_cr0:     .long 0
-boot_entry_sp:      .word 0
-boot_entry_flags:   .word 0
-boot_entry_cs:      .word 0
-boot_entry_ds:      .word 0
-boot_entry_es:      .word 0
-boot_entry_fs:      .word 0
-boot_entry_gs:      .word 0
-boot_entry_ss:      .word 0
+    .global boot_entry_states
+boot_entry_states:
+    .skip MAX_VCPUS * ENTRY_STATE_SIZE
+
+// Set to 1 by vCPU 0 once .bss is zeroed and the page tables are built; the other vCPUs
+// wait for it before loading CR3. 0 in the image, so 0 at every start.
+    .balign 4
+    .global boot_tables_ready
+boot_tables_ready:
+    .long 0
+
+// The console line lock: 0 = free, else the index + 1 of the vCPU printing a line. Taken
+// around every line, by the boot code (lock_line) and by Rust (serial.rs).
+    .balign 4
+    .global boot_serial_lock
+boot_serial_lock:
+    .long 0
 
 boot_str_real:              .asciz ": real mode\n"
 boot_str_protected:         .asciz ": protected mode\n"
@@ -570,6 +793,8 @@ boot_str_open:              .asciz " ("
 boot_str_close:             .asciz ")\n"
 boot_str_real_mode:         .asciz "real mode"
 boot_str_protected_mode:    .asciz "protected mode"
+boot_str_no_stack:          .asciz ": FAIL vCPU "
+boot_str_no_stack_end:      .asciz " has no stack (the boot code has stacks for 16 vCPUs); it parks\n"
 
 // =======================================================================================
 // Page tables (zeroed with the rest of .bss by pm_entry; link.ld places them at 0x70000)

@@ -30,13 +30,39 @@ pub fn outb(port: u16, value: u8) {
 }
 
 /// Ends the test: 32-bit OUT of `code` to [`EXIT_PORT`]. The hypervisor stops the guest
-/// there; if it did not, halt with interrupts off for good.
+/// there, all its vCPUs; if it did not, park.
 pub fn test_exit(code: u32) -> ! {
     // SAFETY: port output; the guest ends here.
     unsafe { asm!("out dx, eax", in("dx") EXIT_PORT, in("eax") code, options(nomem, nostack, preserves_flags)) };
+    park()
+}
+
+/// Parks this vCPU for good: CLI; HLT. With IF = 0 only NMI, SMI, INIT or a debug or
+/// machine-check event would end the HLT (SDM Vol. 2A HLT); the hypervisor treats a vCPU
+/// halted with interrupts disabled as finished, and the guest as halted once all its vCPUs
+/// are. For a vCPU that is done but must not end the guest (the test exit would end all
+/// of them).
+pub fn park() -> ! {
     loop {
-        // SAFETY: halting with interrupts disabled.
+        // SAFETY: halting with interrupts disabled has no memory effects.
         unsafe { asm!("cli", "hlt", options(nomem, nostack)) };
+    }
+}
+
+/// RDTSC: the time-stamp counter (SDM Vol. 2B RDTSC). Under Bastion it counts at the host
+/// TSC's rate, which in an emulator is the emulator's rate, not wall time.
+pub fn rdtsc() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: reads a counter; CR4.TSD does not matter at CPL 0.
+    unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) };
+    u64::from(hi) << 32 | u64::from(lo)
+}
+
+/// Spins (with PAUSE) until the TSC has advanced by at least `cycles` since this call.
+pub fn wait_tsc(cycles: u64) {
+    let start = rdtsc();
+    while rdtsc().wrapping_sub(start) < cycles {
+        core::hint::spin_loop();
     }
 }
 
@@ -177,15 +203,16 @@ impl Regs {
 macro_rules! call_with_regs {
     ($insn:literal, $regs:expr) => {{
         let regs: *mut Regs = $regs;
-        crate::exceptions::arm();
+        let slot = crate::exceptions::arm();
         // SAFETY: the asm saves RBX and RBP itself, declares every other register clobbered,
-        // and only touches `*regs` and the stack.
+        // and only touches `*regs`, this vCPU's resume slot and the stack.
         unsafe {
             asm!(
                 "lea rax, [rip + 2f]",
-                "mov qword ptr [rip + {resume}], rax",
+                "mov qword ptr [rsi], rax",     // RSI: the resume slot
                 "push rbp",
                 "push rbx",
+                "push rsi",
                 "push rdi",
                 "mov rax, [rdi + 0]",
                 "mov rbx, [rdi + 8]",
@@ -223,17 +250,18 @@ macro_rules! call_with_regs {
                 "pop rax",
                 "mov [rdi + 40], rax",
                 "pop rdi",
+                "pop rsi",
+                "mov qword ptr [rsi], 0",
                 "pop rbx",
                 "pop rbp",
-                "mov qword ptr [rip + {resume}], 0",
-                resume = sym crate::exceptions::RESUME,
                 inout("rdi") regs => _,
-                out("rax") _, out("rcx") _, out("rdx") _, out("rsi") _,
+                inout("rsi") slot.resume() => _,
+                out("rax") _, out("rcx") _, out("rdx") _,
                 out("r8") _, out("r9") _, out("r10") _, out("r11") _,
                 out("r12") _, out("r13") _, out("r14") _, out("r15") _,
             )
         };
-        crate::exceptions::take_fault()
+        crate::exceptions::take_fault(slot)
     }};
 }
 

@@ -5,10 +5,13 @@
 //! [`Frame`] and call [`exception_dispatch`].
 //!
 //! Catching a fault: [`guarded!`](crate::guarded) runs one instruction after storing the
-//! address just past it in [`RESUME`]. A fault is reported with RIP at the faulting
+//! address just past it in this vCPU's resume slot. A fault is reported with RIP at the faulting
 //! instruction (faults, SDM Vol. 3A 6.5), so resuming at the armed address skips exactly that
 //! instruction whatever its encoding length, and execution continues with the registers as
 //! they were when it faulted.
+//!
+//! The resume address and the caught fault are kept per vCPU (indexed by
+//! [`vcpu_id`](crate::boot::vcpu_id)), so vCPUs can guard instructions at the same time.
 
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicU64, Ordering::SeqCst};
@@ -110,26 +113,45 @@ pub fn has_error_code(vector: u8) -> bool {
     matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30)
 }
 
-/// Where to resume after a fault of the instruction being guarded; 0 when none is. Written
-/// by [`guarded!`](crate::guarded) through `sym`.
-#[doc(hidden)]
-pub static RESUME: AtomicU64 = AtomicU64::new(0);
 const NO_FAULT: u64 = u64::MAX;
-static FAULT_VECTOR: AtomicU64 = AtomicU64::new(NO_FAULT);
-static FAULT_ERROR: AtomicU64 = AtomicU64::new(0);
+const VCPUS: usize = crate::boot::MAX_VCPUS as usize;
+#[allow(clippy::declare_interior_mutable_const)] // only to initialise the arrays below
+const ZERO: AtomicU64 = AtomicU64::new(0);
+#[allow(clippy::declare_interior_mutable_const)]
+const NONE: AtomicU64 = AtomicU64::new(NO_FAULT);
+/// Per vCPU: where to resume after a fault of the instruction being guarded; 0 when none
+/// is. Written by [`guarded!`](crate::guarded) through a pointer from [`arm`].
+static RESUME: [AtomicU64; VCPUS] = [ZERO; VCPUS];
+static FAULT_VECTOR: [AtomicU64; VCPUS] = [NONE; VCPUS];
+static FAULT_ERROR: [AtomicU64; VCPUS] = [ZERO; VCPUS];
 
-/// Forgets any previous fault (called before a guarded instruction).
+/// The slot of the running vCPU in the arrays above.
 #[doc(hidden)]
-pub fn arm() {
-    FAULT_VECTOR.store(NO_FAULT, SeqCst);
+#[derive(Debug, Clone, Copy)]
+pub struct Slot(usize);
+
+impl Slot {
+    /// Where [`guarded!`](crate::guarded) stores the resume address (and 0 after).
+    pub fn resume(self) -> *const AtomicU64 {
+        &RESUME[self.0]
+    }
 }
 
-/// The fault the last guarded instruction raised, if any.
+/// Forgets any previous fault of this vCPU (called before a guarded instruction) and returns
+/// its slot.
 #[doc(hidden)]
-pub fn take_fault() -> Option<Fault> {
-    match FAULT_VECTOR.swap(NO_FAULT, SeqCst) {
+pub fn arm() -> Slot {
+    let slot = Slot(crate::boot::vcpu_id() as usize);
+    FAULT_VECTOR[slot.0].store(NO_FAULT, SeqCst);
+    slot
+}
+
+/// The fault the last guarded instruction of this vCPU raised, if any.
+#[doc(hidden)]
+pub fn take_fault(slot: Slot) -> Option<Fault> {
+    match FAULT_VECTOR[slot.0].swap(NO_FAULT, SeqCst) {
         NO_FAULT => None,
-        v => Some(Fault { vector: v as u8, error_code: FAULT_ERROR.load(SeqCst) }),
+        v => Some(Fault { vector: v as u8, error_code: FAULT_ERROR[slot.0].load(SeqCst) }),
     }
 }
 
@@ -144,37 +166,42 @@ pub fn take_fault() -> Option<Fault> {
 ///
 /// Like `asm!`, it must be used inside `unsafe`: the caller vouches for the instruction. The
 /// code around it only stores the resume address (label 2, right after the instruction) in
-/// [`RESUME`] and clears it again.
+/// this vCPU's resume slot and clears it again. The slot's address is an input operand, so
+/// it is in a register the instruction's own operands do not use, and a faulting
+/// instruction changes no register.
 #[macro_export]
 macro_rules! guarded {
     ($insn:literal $(, $($operands:tt)*)?) => {{
-        $crate::exceptions::arm();
+        let slot = $crate::exceptions::arm();
         core::arch::asm!(
             "lea {resume_at}, [rip + 2f]",
-            "mov qword ptr [rip + {resume}], {resume_at}",
+            "mov qword ptr [{resume}], {resume_at}",
             $insn,
             "2:",
-            "mov qword ptr [rip + {resume}], 0",
-            resume = sym $crate::exceptions::RESUME,
+            "mov qword ptr [{resume}], 0",
+            resume = in(reg) slot.resume(),
             resume_at = out(reg) _,
             $($($operands)*)?
         );
-        $crate::exceptions::take_fault()
+        $crate::exceptions::take_fault(slot)
     }};
 }
 
 /// Called by `lm_exc_common` for every exception in long mode.
 #[no_mangle]
 extern "C" fn exception_dispatch(frame: &mut Frame) {
-    let resume = RESUME.swap(0, SeqCst);
+    let vcpu = crate::boot::vcpu_id() as usize;
+    let resume = RESUME[vcpu].swap(0, SeqCst);
     if resume != 0 {
-        FAULT_ERROR.store(frame.error_code, SeqCst);
-        FAULT_VECTOR.store(frame.vector, SeqCst);
+        FAULT_ERROR[vcpu].store(frame.error_code, SeqCst);
+        FAULT_VECTOR[vcpu].store(frame.vector, SeqCst);
         frame.rip = resume;
         return;
     }
-    // Unexpected: one line in the boot code's format, then the failing exit.
+    // Unexpected: one line in the boot code's format, then the failing exit. The line lock
+    // lets it through if this vCPU faulted while printing.
     let vector = frame.vector as u8;
+    let _line = crate::serial::LineLock::take();
     let mut out = crate::serial::Console;
     let _ = write!(
         out,

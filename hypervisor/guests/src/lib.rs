@@ -7,6 +7,12 @@
 //! [`guest!`]; `main` returns the test exit code. Everything a guest prints is one line
 //! starting with its name ([`say!`]).
 //!
+//! A guest may run several vCPUs, which all start at the same entry: the boot code gives
+//! each its own stack and lets vCPU 0 do the one-time setup ([`boot`] has the protocol);
+//! `main` then runs on vCPU 0 only (`fn() -> u32`) or on every vCPU (`fn(vcpu: u32) -> u32`);
+//! lines from different vCPUs never interleave; a vCPU that is done without ending the guest
+//! parks ([`cpu::park`]), while the test exit ends the whole guest.
+//!
 //! Layout and build: `link.ld` (memory map) and `build.rs` (linker flags).
 //! Only for x86_64-unknown-none:
 //! `cargo build -p test-guests --target x86_64-unknown-none --release`.
