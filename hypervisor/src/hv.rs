@@ -670,9 +670,12 @@ fn perform(events: Vec<Event>) {
                 }
             }
             Event::Notice(s) => println!("{s}"),
-            Event::Replay { lines, .. } => {
+            Event::Replay { guest, lines } => {
+                // Marked as history, so nobody (person or test) mistakes it for new output.
+                let name = HV.get().and_then(|h| h.guests.get(guest)).map_or("?", |g| g.cfg.name.as_str());
+                let live = format!("[{name}] ");
                 for l in lines {
-                    println!("{l}");
+                    println!("[{name} history] {}", l.strip_prefix(&live).unwrap_or(&l));
                 }
             }
             Event::Echo(bytes) => serial::write_raw(&bytes),

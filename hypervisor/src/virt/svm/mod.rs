@@ -176,7 +176,8 @@ pub struct SvmVcpu {
 // VMRUN switches only part of the state (APM 15.5.1): the general registers other than RAX
 // are ours to switch, and FS/GS/TR/LDTR/KernelGSBase/STAR/LSTAR/CSTAR/SFMASK/SYSENTER_* are
 // switched with VMSAVE/VMLOAD around it. GIF is cleared around the switch so no host
-// interrupt lands between VMLOAD and VMRUN with half-guest state (15.17).
+// interrupt lands between VMLOAD and VMRUN with half-guest state (15.17); host RFLAGS.IF is
+// set for VMRUN so physical interrupts end the guest (see below).
 global_asm!(
     ".global bastion_svm_run",
     "bastion_svm_run:",
@@ -190,6 +191,10 @@ global_asm!(
     "    push rdx",           // [rsp+8]: host VMCB
     "    push rsi",           // [rsp]: guest VMCB
     "    clgi",
+    // RFLAGS.IF as saved by VMRUN decides whether physical interrupts reach the host while
+    // the guest runs (V_INTR_MASKING, APM 15.21.1): it must be 1, or a guest that never exits
+    // could never be preempted by the timer. GIF=0 keeps them off until VMRUN.
+    "    sti",
     "    mov rax, rdx",
     "    vmsave rax",
     "    mov rax, rsi",
@@ -232,6 +237,8 @@ global_asm!(
     "    vmsave rax",
     "    pop rax",            // host VMCB
     "    vmload rax",
+    // Interrupts that ended the guest stay pending until the run loop opens a window.
+    "    cli",
     "    stgi",
     "    pop rdi",
     "    pop r15",
