@@ -191,7 +191,7 @@ fn run_emulator(args: &Args) -> Result<()> {
 
 fn test(args: &Args) -> Result<()> {
     let host = cargo()
-        .args(["test", "--workspace", "--exclude", "hypervisor", "--lib", "--bins"])
+        .args(["test", "--workspace", "--exclude", "hypervisor", "--exclude", "test-guests", "--lib", "--bins"])
         .status()
         .context("cannot run cargo test")?;
     if !host.success() {
