@@ -137,4 +137,13 @@ impl Vcpu for GuestVcpu {
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
         each!(self, v => v.inject_exception(vector, error_code))
     }
+    fn interrupt_window_open(&self) -> bool {
+        each!(self, v => v.interrupt_window_open())
+    }
+    fn inject_interrupt(&mut self, vector: u8) {
+        each!(self, v => v.inject_interrupt(vector))
+    }
+    fn request_interrupt_window(&mut self, on: bool) {
+        each!(self, v => v.request_interrupt_window(on))
+    }
 }

@@ -88,6 +88,8 @@ pub enum Exit {
     VirtInstruction,
     /// An external interrupt, NMI window or timer: nothing for the guest, just resume.
     Interrupted,
+    /// The guest can take an interrupt now (requested with `request_interrupt_window`).
+    InterruptWindow,
     /// The hardware refused to enter the guest; the text says why.
     EntryFailed(String),
     /// Anything else, with the backend's own exit code and qualification for the report.
@@ -159,7 +161,7 @@ impl Exit {
             Exit::NestedPageFault { .. } => ExitKind::NestedPageFault,
             Exit::TripleFault => ExitKind::TripleFault,
             Exit::VirtInstruction => ExitKind::VirtInstruction,
-            Exit::Interrupted => ExitKind::Interrupted,
+            Exit::Interrupted | Exit::InterruptWindow => ExitKind::Interrupted,
             Exit::EntryFailed(_) => ExitKind::EntryFailed,
             Exit::Unhandled { .. } => ExitKind::Unhandled,
         }
@@ -219,6 +221,14 @@ pub trait Vcpu {
     fn skip_instruction(&mut self);
     /// Makes the next entry deliver an exception (the faulting instruction is not skipped).
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>);
+    /// True when an external interrupt can be delivered at the next entry: RFLAGS.IF set, no
+    /// STI/MOV SS interrupt shadow, no event already queued (SDM Vol. 3A 7.6 / 6.8.3).
+    fn interrupt_window_open(&self) -> bool;
+    /// Delivers external interrupt `vector` at the next entry.
+    fn inject_interrupt(&mut self, vector: u8);
+    /// Asks for an `Exit::InterruptWindow` as soon as the guest can take an interrupt (or stops
+    /// asking).
+    fn request_interrupt_window(&mut self, on: bool);
 }
 
 /// Why a guest was stopped.
@@ -389,6 +399,11 @@ pub fn handle_exit(exit: &Exit, cpu: &mut dyn Vcpu, g: &mut VcpuState, io: &mut 
             Action::Resume
         }
         Exit::Interrupted => Action::Resume,
+        Exit::InterruptWindow => {
+            // The run loop delivers the pending interrupt before the next entry.
+            cpu.request_interrupt_window(false);
+            Action::Resume
+        }
         Exit::NestedPageFault { gpa, write, fetch } => {
             Action::Stop(StopReason::BadAccess { gpa: *gpa, write: *write, fetch: *fetch })
         }

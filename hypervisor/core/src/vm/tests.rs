@@ -14,6 +14,9 @@ struct FakeCpu {
     efer: u64,
     skipped: u32,
     injected: Vec<(u8, Option<u32>)>,
+    window_open: bool,
+    window_requested: bool,
+    interrupts: Vec<u8>,
 }
 
 impl Vcpu for FakeCpu {
@@ -50,6 +53,15 @@ impl Vcpu for FakeCpu {
     }
     fn inject_exception(&mut self, v: u8, e: Option<u32>) {
         self.injected.push((v, e));
+    }
+    fn interrupt_window_open(&self) -> bool {
+        self.window_open
+    }
+    fn inject_interrupt(&mut self, vector: u8) {
+        self.interrupts.push(vector);
+    }
+    fn request_interrupt_window(&mut self, on: bool) {
+        self.window_requested = on;
     }
 }
 
@@ -236,4 +248,13 @@ fn registers_by_encoding_follow_the_sdm_order() {
     let g = Gprs { rax: 1, rcx: 2, rdx: 3, rbx: 4, rbp: 6, rsi: 7, rdi: 8, r8: 9, r15: 16, ..Gprs::default() };
     let got: Vec<u64> = [0, 1, 2, 3, 4, 5, 6, 7, 8, 15].iter().map(|&n| g.by_encoding(n, 5)).collect();
     assert_eq!(got, [1, 2, 3, 4, 5, 6, 7, 8, 9, 16]);
+}
+
+#[test]
+fn interrupt_window_exit_stops_asking_and_resumes() {
+    let (mut cpu, mut g) = (FakeCpu::default(), guest());
+    cpu.window_requested = true;
+    assert_eq!(run(Exit::InterruptWindow, &mut cpu, &mut g).0, Action::Resume);
+    assert!(!cpu.window_requested);
+    assert_eq!(g.0.stats.get(ExitKind::Interrupted), 1);
 }

@@ -330,6 +330,7 @@ impl SvmVcpu {
             EXIT_SHUTDOWN => Exit::TripleFault,
             EXIT_VMRUN | EXIT_VMLOAD | EXIT_VMSAVE | EXIT_STGI | EXIT_CLGI | EXIT_SKINIT | EXIT_INVLPGA => Exit::VirtInstruction,
             EXIT_INTR | EXIT_NMI => Exit::Interrupted,
+            EXIT_VINTR => Exit::InterruptWindow,
             // QEMU stores -1 as a 32-bit value; the APM defines it as 64-bit -1.
             EXIT_INVALID | 0xffff_ffff => Exit::EntryFailed(self.explain_invalid()),
             _ => Exit::Unhandled { code, info1, info2 },
@@ -436,5 +437,25 @@ impl Vcpu for SvmVcpu {
             ev |= (1 << 11) | ((e as u64) << 32);
         }
         self.vmcb.w64(EVENTINJ, ev);
+    }
+    fn interrupt_window_open(&self) -> bool {
+        self.vmcb.r64(RFLAGS) & (1 << 9) != 0 && self.vmcb.r64(INT_STATE) & 1 == 0 && self.vmcb.r64(EVENTINJ) >> 31 & 1 == 0
+    }
+    fn inject_interrupt(&mut self, vector: u8) {
+        // EVENTINJ type 0: external interrupt (APM 15.20).
+        self.vmcb.w64(EVENTINJ, vector as u64 | (1 << 31));
+    }
+    fn request_interrupt_window(&mut self, on: bool) {
+        // A virtual interrupt (V_IRQ, INT_CTL bit 8) with VINTR intercepted exits as soon as the
+        // guest could take it (APM 15.21.4); its vector is never delivered.
+        let ctl: u32 = self.vmcb.read(INT_CTL);
+        let misc: u32 = self.vmcb.read(INTERCEPT_MISC1);
+        if on {
+            self.vmcb.write(INT_CTL, ctl | (1 << 8) | (0xf << 16));
+            self.vmcb.write(INTERCEPT_MISC1, misc | INTERCEPT_VINTR);
+        } else {
+            self.vmcb.write(INT_CTL, ctl & !(1 << 8));
+            self.vmcb.write(INTERCEPT_MISC1, misc & !INTERCEPT_VINTR);
+        }
     }
 }

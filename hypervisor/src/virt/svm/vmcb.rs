@@ -15,6 +15,8 @@ pub const MSRPM_BASE_PA: usize = 0x048;
 pub const GUEST_ASID: usize = 0x058;
 pub const TLB_CONTROL: usize = 0x05c;
 pub const INT_CTL: usize = 0x060;
+/// Interrupt shadow (bit 0): the guest is in an STI/MOV SS shadow.
+pub const INT_STATE: usize = 0x068;
 pub const EXITCODE: usize = 0x070;
 pub const EXITINFO1: usize = 0x078;
 pub const EXITINFO2: usize = 0x080;
@@ -52,6 +54,7 @@ pub const INTERCEPT_CR4_WRITE: u32 = 1 << 20;
 // INTERCEPT_MISC1 bits (vector 3 of Table B-1).
 pub const INTERCEPT_INTR: u32 = 1 << 0;
 pub const INTERCEPT_NMI: u32 = 1 << 1;
+pub const INTERCEPT_VINTR: u32 = 1 << 4;
 pub const INTERCEPT_CPUID: u32 = 1 << 18;
 pub const INTERCEPT_HLT: u32 = 1 << 24;
 pub const INTERCEPT_INVLPGA: u32 = 1 << 26;
@@ -71,6 +74,7 @@ pub const INTERCEPT_SKINIT: u32 = 1 << 6;
 pub const EXIT_CR4_WRITE: u64 = 0x14;
 pub const EXIT_INTR: u64 = 0x60;
 pub const EXIT_NMI: u64 = 0x61;
+pub const EXIT_VINTR: u64 = 0x64;
 pub const EXIT_CPUID: u64 = 0x72;
 pub const EXIT_HLT: u64 = 0x78;
 pub const EXIT_INVLPGA: u64 = 0x7a;

@@ -26,6 +26,7 @@ const MSR_CR4_FIXED1: u32 = 0x489;
 const PIN_EXTERNAL_INTERRUPT_EXITING: u32 = 1 << 0;
 const PIN_NMI_EXITING: u32 = 1 << 3;
 const PIN_PREEMPTION_TIMER: u32 = 1 << 6;
+const PROC_INTERRUPT_WINDOW_EXITING: u32 = 1 << 2;
 const PROC_HLT_EXITING: u32 = 1 << 7;
 const PROC_MWAIT_EXITING: u32 = 1 << 10;
 const PROC_USE_IO_BITMAPS: u32 = 1 << 25;
@@ -580,6 +581,7 @@ impl VmxVcpu {
         }
         match reason & 0xffff {
             1 | 52 => Exit::Interrupted, // external interrupt, preemption timer
+            7 => Exit::InterruptWindow,
             2 => Exit::TripleFault,
             10 => Exit::Cpuid,
             12 => Exit::Hlt,
@@ -721,5 +723,23 @@ impl Vcpu for VmxVcpu {
             wr(control::VMENTRY_EXCEPTION_ERR_CODE, e as u64);
         }
         wr(control::VMENTRY_INTERRUPTION_INFO_FIELD, info);
+    }
+    fn interrupt_window_open(&self) -> bool {
+        r(guest::RFLAGS) & (1 << 9) != 0
+            && r(guest::INTERRUPTIBILITY_STATE) & 3 == 0
+            && r(control::VMENTRY_INTERRUPTION_INFO_FIELD) >> 31 & 1 == 0
+    }
+    fn inject_interrupt(&mut self, vector: u8) {
+        // Type 0: external interrupt (25.8.3).
+        wr(control::VMENTRY_INTERRUPTION_INFO_FIELD, vector as u64 | (1 << 31));
+    }
+    fn request_interrupt_window(&mut self, on: bool) {
+        // Interrupt-window exiting (25.6.2): an exit as soon as RFLAGS.IF = 1 and nothing blocks.
+        let c = r(control::PRIMARY_PROCBASED_EXEC_CONTROLS);
+        let bit = PROC_INTERRUPT_WINDOW_EXITING as u64;
+        let want = if on { c | bit } else { c & !bit };
+        if want != c {
+            wr(control::PRIMARY_PROCBASED_EXEC_CONTROLS, want);
+        }
     }
 }
