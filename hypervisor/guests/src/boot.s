@@ -657,6 +657,10 @@ lm_exc_\vec:
 // Saves the general registers in the order of `exceptions::Frame` and calls
 // `exception_dispatch(&mut Frame)`, which either resumes an expected fault at the address
 // armed for it (by rewriting the saved RIP) or reports the exception and ends the test.
+// Global: the interrupt stubs of interrupts.rs (vectors 0x20..0x2F, for a guest that takes
+// PIC interrupts) push the same two words and enter here too, so an interrupt handler
+// preserves every general register of the code it interrupted.
+    .global lm_exc_common
 lm_exc_common:
     push rax
     push rcx
@@ -746,8 +750,10 @@ boot_pm_idtr:
 // 64-bit IDT: 16-byte interrupt gates (SDM Vol. 3A 6.14.1, Figure 6-8): offset 15:0,
 // selector, IST=0, P=1 DPL=0 type 0xE, offset 31:16, offset 63:32, reserved. Vectors 0-31
 // only: interrupts stay disabled, so anything else would be a bug and raises #GP (beyond
-// the IDT limit), which is reported.
+// the IDT limit), which is reported. Global: a guest that enables interrupts loads a larger
+// IDT that starts with a copy of these 32 gates (interrupts.rs).
     .balign 16
+    .global boot_lm_idt
 boot_lm_idt:
 .irp v, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
     .word lm_exc_\v, CODE64_SEL

@@ -2,7 +2,9 @@
 //! prints `<guest>: FAIL unexpected exception <vector> at <rip>` and ends the test.
 //!
 //! The IDT and the per-vector stubs are in `boot.s`; the stubs save the registers as a
-//! [`Frame`] and call [`exception_dispatch`].
+//! [`Frame`] and call [`exception_dispatch`]. A guest that takes interrupts loads a larger
+//! IDT ([`crate::interrupts`]) whose IRQ vectors enter through the same path; those vectors
+//! (>= 32) go to its handler.
 //!
 //! Catching a fault: [`guarded!`](crate::guarded) runs one instruction after storing the
 //! address just past it in this vCPU's resume slot. A fault is reported with RIP at the faulting
@@ -16,7 +18,8 @@
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicU64, Ordering::SeqCst};
 
-/// Saved state of an exception, lowest address first (the order `lm_exc_common` pushes).
+/// Saved state of an exception or interrupt, lowest address first (the order
+/// `lm_exc_common` pushes).
 #[repr(C)]
 #[derive(Debug)]
 pub struct Frame {
@@ -36,7 +39,8 @@ pub struct Frame {
     pub rcx: u64,
     pub rax: u64,
     pub vector: u64,
-    /// The CPU's error code, or 0 pushed by the stub for vectors without one.
+    /// The CPU's error code, or 0 pushed by the stub for vectors without one (interrupts
+    /// included).
     pub error_code: u64,
     // Pushed by the CPU (SDM Vol. 3A 6.14.2, Figure 6-9).
     pub rip: u64,
@@ -187,11 +191,16 @@ macro_rules! guarded {
     }};
 }
 
-/// Called by `lm_exc_common` for every exception in long mode.
+/// Called by `lm_exc_common` for every exception, and every interrupt, in long mode.
 #[no_mangle]
 extern "C" fn exception_dispatch(frame: &mut Frame) {
+    // Interrupts first: one that arrives while an instruction is guarded must reach its
+    // handler and leave the resume slot alone. Without a handler it is reported below.
+    if frame.vector >= 32 && crate::interrupts::dispatch(frame.vector as u8) {
+        return;
+    }
     let vcpu = crate::boot::vcpu_id() as usize;
-    let resume = RESUME[vcpu].swap(0, SeqCst);
+    let resume = if frame.vector < 32 { RESUME[vcpu].swap(0, SeqCst) } else { 0 };
     if resume != 0 {
         FAULT_ERROR[vcpu].store(frame.error_code, SeqCst);
         FAULT_VECTOR[vcpu].store(frame.vector, SeqCst);

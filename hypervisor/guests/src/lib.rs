@@ -13,6 +13,9 @@
 //! lines from different vCPUs never interleave; a vCPU that is done without ending the guest
 //! parks ([`cpu::park`]), while the test exit ends the whole guest.
 //!
+//! Interrupts stay disabled unless a guest asks for them: [`interrupts`] loads an IDT with
+//! the PIC's vectors and runs the guest's handler for them, [`pic`] programs the 8259As.
+//!
 //! Layout and build: `link.ld` (memory map) and `build.rs` (linker flags).
 //! Only for x86_64-unknown-none:
 //! `cargo build -p test-guests --target x86_64-unknown-none --release`.
@@ -25,6 +28,8 @@ pub mod boot;
 pub mod checks;
 pub mod cpu;
 pub mod exceptions;
+pub mod interrupts;
+pub mod pic;
 pub mod serial;
 
 pub use checks::Checks;

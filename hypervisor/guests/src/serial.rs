@@ -9,8 +9,22 @@ use crate::cpu::{inb, outb};
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicU32, Ordering};
 
-/// I/O base of the UART (COM1); the boot code uses the same value.
+/// I/O base of the UART (COM1); the boot code uses the same value. With LCR.DLAB = 0,
+/// reading it reads the receive buffer (RBR) and writing it writes the transmit holding
+/// register (THR).
 pub const COM1: u16 = 0x3F8;
+/// The other registers (PC16550D datasheet, Table II "Register Summary"); the three below
+/// LSR are for a guest that takes the UART's interrupt (`irqecho`), the others use only
+/// RBR, THR and LSR as the ABI leaves them. Interrupt enable register (DLAB = 0).
+pub const IER: u16 = COM1 + 1;
+/// Interrupt identification register (read).
+pub const IIR: u16 = COM1 + 2;
+/// FIFO control register (write; same port as IIR).
+pub const FCR: u16 = COM1 + 2;
+/// Line control register (bit 7: DLAB, which turns ports +0 and +1 into the divisor latch).
+pub const LCR: u16 = COM1 + 3;
+/// Modem control register.
+pub const MCR: u16 = COM1 + 4;
 /// Line status register.
 pub const LSR: u16 = COM1 + 5;
 /// LSR bit 0, data ready: the receive buffer (read at [`COM1`]) holds a byte.
