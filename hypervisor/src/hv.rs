@@ -172,6 +172,8 @@ struct Guest {
     exits: [AtomicU64; ExitKind::COUNT],
     /// Console bytes typed for the guest that its UART had no room for yet.
     pending_input: Mutex<Vec<u8>>,
+    /// vCPU 0 executed HLT with interrupts enabled and sleeps until its PIC has an interrupt.
+    waiting: AtomicBool,
 }
 
 struct Hv {
@@ -248,6 +250,7 @@ pub fn start(config: &Config, images: Vec<Option<&'static [u8]>>, online: usize)
             hold: AtomicBool::new(true),
             exits: [const { AtomicU64::new(0) }; ExitKind::COUNT],
             pending_input: Mutex::new(Vec::new()),
+            waiting: AtomicBool::new(false),
         });
     }
     let max_tag = CPUS[0].get().map_or(1, |c| c.backend.max_tag());
@@ -504,8 +507,21 @@ impl PortIo for GuestIo<'_> {
 fn feed_pending_input(g: &Guest) {
     let mut pending = g.pending_input.lock();
     if !pending.is_empty() {
-        let n = g.devices.lock().uart.receive(&pending);
+        let mut d = g.devices.lock();
+        let n = d.receive_input(&pending);
         pending.drain(..n);
+        wake_if_interrupted(g, &d);
+    }
+}
+
+/// Wakes vCPU 0 if it sleeps in HLT and its PIC now has an interrupt. Called with the devices
+/// locked, as is the check before it blocks, so no wake-up is lost in between.
+fn wake_if_interrupted(g: &Guest, d: &GuestDevices) {
+    if d.pic.has_interrupt() && g.waiting.swap(false, Ordering::SeqCst) {
+        let kick_cpu = hv().sched.lock().wake(vcpu_id(g.index, 0), time::now_ns());
+        if let Some(c) = kick_cpu {
+            kick(c);
+        }
     }
 }
 
@@ -550,12 +566,19 @@ fn run_slice(cpu: &PerCpu, id: VcpuId, slice_ns: u64) {
         if now >= deadline {
             break SliceEnd::Preempted;
         }
+        if vi == 0 {
+            // The PIC's output is wired to vCPU 0, as the 8259's INTR pin is to the boot
+            // processor on a PC.
+            bastion_core::vm::deliver_interrupt(vcpu, &mut g.devices.lock().pic);
+        }
         let exit = vcpu.run(deadline - now);
         take_host_interrupts();
         g.exits[exit.kind() as usize].fetch_add(1, Ordering::Relaxed);
         let mut io = GuestIo { g };
         match handle_exit(&exit, vcpu, state, &mut io, &host_cpuid) {
             Action::Resume => {}
+            // Halted with an interrupt already pending: deliver it instead of sleeping.
+            Action::Halt { interrupts_enabled: true } if vi == 0 && g.devices.lock().pic.has_interrupt() => {}
             Action::Halt { interrupts_enabled } => break SliceEnd::Halted { interrupts_enabled },
             Action::Stop(r) => break SliceEnd::Stop(r),
         }
@@ -573,9 +596,20 @@ fn run_slice(cpu: &PerCpu, id: VcpuId, slice_ns: u64) {
             }
         }
         SliceEnd::Halted { interrupts_enabled } => {
-            // Nothing delivers interrupts to guests yet, so a halted vCPU stays blocked; with
-            // interrupts disabled it is finished, and the guest with it once all are.
-            h.sched.lock().block(id, now);
+            // A halted vCPU leaves the scheduler until an interrupt wakes it (only vCPU 0 has
+            // an interrupt source, the PIC); with interrupts disabled it is finished, and the
+            // guest with it once all are.
+            if interrupts_enabled && vi == 0 {
+                let d = g.devices.lock();
+                if d.pic.has_interrupt() {
+                    h.sched.lock().preempt(cpu.index, now);
+                } else {
+                    g.waiting.store(true, Ordering::SeqCst);
+                    h.sched.lock().block(id, now);
+                }
+            } else {
+                h.sched.lock().block(id, now);
+            }
             if !interrupts_enabled {
                 let all = {
                     let mut ctl = g.ctl.lock();

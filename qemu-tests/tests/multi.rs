@@ -203,3 +203,39 @@ fn console_focus_echo_and_monitor_on_qemu_smp2() {
     let after = out.lines().filter(|l| l.contains("stopped:") && l.contains("KiB free")).last().and_then(kib).unwrap_or_else(|| panic!("{out}"));
     assert_eq!(after, before, "memory leaked by stopped guests:\n{out}");
 }
+
+/// The guest UART's receive interrupt reaches a guest through the virtual PIC and wakes its
+/// vCPU from HLT; while it waits, the halted vCPU costs no CPU time. (QEMU: input.)
+#[test]
+fn interrupt_driven_guest_sleeps_until_typed_input_on_qemu_smp2() {
+    let mut cfg = String::from("[hypervisor]\nexit_when_idle = true\n[debug]\nstop_after_ms = 6000\n");
+    cfg += &guest("sleeper", "irqecho", "");
+    cfg += &guest("worker", "busy", "");
+    let img = image("irqecho", &cfg, &["irqecho", "busy"]);
+    let opts = RunOptions { interactive: true, ..SMP2 };
+    let mut emu = Emulator::start(Platform::QemuBios, &img, &opts);
+    let t = Duration::from_secs(60);
+    let ok = |r: Result<String, qemu_tests::Failure>| r.unwrap_or_else(|e| panic!("{e}"));
+    ok(emu.expect("[sleeper] irqecho: ready (interrupt-driven)", t));
+    std::thread::sleep(Duration::from_secs(2));
+    let m = emu.mark();
+    emu.send(b"hi");
+    ok(emu.expect_after(m, "[sleeper] irqecho: got h", t));
+    ok(emu.expect_after(m, "[sleeper] irqecho: got i", t));
+    emu.send(b"q");
+    let bye = ok(emu.expect_after(m, "[sleeper] irqecho: bye after", t));
+    let stop = ok(emu.expect("guest sleeper: stopped:", t));
+    assert!(stop.contains("test exit: PASS"), "{stop}\n{bye}");
+    // The run ends at stop_after_ms with each guest's CPU time from the scheduler.
+    let outcome = emu.expect_exit(Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(outcome.status, bastion_core::exit::ExitStatus::Pass);
+    let out = emu.transcript();
+    let ran = |g: &str| -> u64 {
+        out.lines()
+            .find_map(|l| l.split(&format!("bench: guest {g} ran ")).nth(1))
+            .and_then(|r| r.split(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no run time for {g}:\n{out}"))
+    };
+    let (sleeper, worker) = (ran("sleeper"), ran("worker"));
+    assert!(sleeper * 5 < worker, "a vCPU waiting in HLT must not use CPU time: sleeper {sleeper} ms, worker {worker} ms");
+}

@@ -1,2 +1,3 @@
 //! Device models: pure state machines fed by the exit handler, unit-tested on the host.
+pub mod pic8259;
 pub mod uart16550;

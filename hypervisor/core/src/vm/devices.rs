@@ -3,6 +3,7 @@
 //! the [`PortIo`] trait, so the kernel can wrap them in its own locking and console plumbing,
 //! and tests can use them directly.
 
+use crate::devices::pic8259::Pic;
 use crate::devices::uart16550::Uart16550;
 
 /// COM1 base port.
@@ -37,10 +38,50 @@ pub trait PortIo {
     fn io_write(&mut self, port: u16, size: u8, value: u32) -> IoOutcome;
 }
 
+/// The UART's interrupt line on the PC: IRQ 4 of the master PIC.
+pub const UART_IRQ: u8 = 4;
+/// The PICs' command and data ports.
+pub const PIC_PORTS: [u16; 4] = [0x20, 0x21, 0xa0, 0xa1];
+
 /// The devices one guest owns.
 #[derive(Debug, Clone, Default)]
 pub struct GuestDevices {
     pub uart: Uart16550,
+    pub pic: Pic,
+}
+
+impl GuestDevices {
+    /// Copies device interrupt lines to the PIC inputs; called after anything that may change
+    /// a line (a register access, host input).
+    fn update_irqs(&mut self) {
+        let line = self.uart.interrupt_line();
+        self.pic.set_irq(UART_IRQ, line);
+    }
+
+    /// Host input for the guest's console; returns how many bytes the UART took.
+    pub fn receive_input(&mut self, bytes: &[u8]) -> usize {
+        let n = self.uart.receive(bytes);
+        self.update_irqs();
+        n
+    }
+
+    fn read_byte(&mut self, p: u16) -> u8 {
+        match p {
+            COM1..=0x3ff => self.uart.read((p - COM1) as u8),
+            _ if PIC_PORTS.contains(&p) => self.pic.read(p),
+            // An unclaimed port floats high on a PC: reads give all ones.
+            _ => 0xff,
+        }
+    }
+
+    fn write_byte(&mut self, p: u16, v: u8) {
+        match p {
+            COM1..=0x3ff => self.uart.write((p - COM1) as u8, v),
+            _ if PIC_PORTS.contains(&p) => self.pic.write(p, v),
+            // Any other port: nothing is there; the write goes nowhere, as on a PC.
+            _ => {}
+        }
+    }
 }
 
 impl PortIo for GuestDevices {
@@ -48,11 +89,9 @@ impl PortIo for GuestDevices {
         let mut value = 0u32;
         // A multi-byte access covers consecutive ports (SDM Vol. 1 19.3).
         for i in 0..size as u16 {
-            let p = port.wrapping_add(i);
-            // An unclaimed port floats high on a PC: reads give all ones.
-            let b = if (COM1..COM1 + 8).contains(&p) { self.uart.read((p - COM1) as u8) } else { 0xff };
-            value |= (b as u32) << (8 * i);
+            value |= (self.read_byte(port.wrapping_add(i)) as u32) << (8 * i);
         }
+        self.update_irqs();
         value
     }
 
@@ -61,12 +100,9 @@ impl PortIo for GuestDevices {
             return IoOutcome::TestExit(value);
         }
         for i in 0..size as u16 {
-            let p = port.wrapping_add(i);
-            if (COM1..COM1 + 8).contains(&p) {
-                self.uart.write((p - COM1) as u8, (value >> (8 * i)) as u8);
-            }
-            // Any other port: nothing is there; the write goes nowhere, as on a PC.
+            self.write_byte(port.wrapping_add(i), (value >> (8 * i)) as u8);
         }
+        self.update_irqs();
         IoOutcome::Done
     }
 }
@@ -103,6 +139,28 @@ mod tests {
             let intercepted = bm[port as usize / 8] & (1 << (port % 8)) != 0;
             assert_eq!(intercepted, !(0x2f8..0x300).contains(&port), "port {port:#x}");
         }
+    }
+
+    #[test]
+    fn uart_receive_interrupt_reaches_the_pic_as_irq4() {
+        let mut d = GuestDevices::default();
+        // Linux's init_8259A: vector base 0x20 on the master, cascade, 8086 mode; unmask IRQ 4.
+        for (p, v) in [(0x20, 0x11), (0x21, 0x20), (0x21, 0x04), (0x21, 0x01), (0xa0, 0x11), (0xa1, 0x28), (0xa1, 0x02), (0xa1, 0x01)] {
+            d.io_write(p, 1, v);
+        }
+        d.io_write(0x21, 1, 0xef);
+        // UART: receive interrupts on, OUT2 gates the line to the PIC.
+        d.io_write(COM1 + 1, 1, 0x01);
+        d.io_write(COM1 + 4, 1, 0x0b);
+        assert!(!d.pic.has_interrupt());
+        assert_eq!(d.receive_input(b"x"), 1);
+        assert!(d.pic.has_interrupt());
+        assert_eq!(d.pic.acknowledge(), Some(0x24));
+        assert_eq!(d.io_read(COM1, 1), b'x' as u32);
+        d.io_write(0x20, 1, 0x20); // EOI
+        assert!(!d.pic.has_interrupt(), "the line dropped when the byte was read");
+        d.receive_input(b"y");
+        assert_eq!(d.pic.acknowledge(), Some(0x24), "the next byte interrupts again");
     }
 
     #[test]

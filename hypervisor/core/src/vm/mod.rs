@@ -295,6 +295,29 @@ impl VcpuState {
     }
 }
 
+/// Delivers the PIC's pending interrupt if the vCPU can take it now, or asks for an exit as
+/// soon as it can (interrupt window). Call before every entry of the vCPU the PIC's output is
+/// wired to (vCPU 0: on a PC the 8259 INTR pin reaches the boot processor). Returns whether an
+/// interrupt was injected.
+pub fn deliver_interrupt(cpu: &mut dyn Vcpu, pic: &mut crate::devices::pic8259::Pic) -> bool {
+    if !pic.has_interrupt() {
+        cpu.request_interrupt_window(false);
+        return false;
+    }
+    if !cpu.interrupt_window_open() {
+        cpu.request_interrupt_window(true);
+        return false;
+    }
+    cpu.request_interrupt_window(false);
+    match pic.acknowledge() {
+        Some(vector) => {
+            cpu.inject_interrupt(vector);
+            true
+        }
+        None => false,
+    }
+}
+
 /// CR0 bits (SDM Vol. 3A 2.5).
 const CR0_PE: u64 = 1 << 0;
 const CR0_NW: u64 = 1 << 29;

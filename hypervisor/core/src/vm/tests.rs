@@ -258,3 +258,27 @@ fn interrupt_window_exit_stops_asking_and_resumes() {
     assert!(!cpu.window_requested);
     assert_eq!(g.0.stats.get(ExitKind::Interrupted), 1);
 }
+
+#[test]
+fn pending_pic_interrupt_is_injected_only_through_an_open_window() {
+    use crate::devices::pic8259::Pic;
+    let mut pic = Pic::new();
+    let mut cpu = FakeCpu::default();
+    assert!(!deliver_interrupt(&mut cpu, &mut pic), "nothing pending");
+    assert!(!cpu.window_requested);
+    for (p, v) in [(0x20, 0x11), (0x21, 0x20), (0x21, 0x04), (0x21, 0x01), (0x21, 0xef)] {
+        pic.write(p, v);
+    }
+    pic.set_irq(4, true);
+    // Interrupts off in the guest: ask for a window, inject nothing.
+    assert!(!deliver_interrupt(&mut cpu, &mut pic));
+    assert!(cpu.window_requested && cpu.interrupts.is_empty());
+    // Window open: the vector goes in and the request is withdrawn.
+    cpu.window_open = true;
+    assert!(deliver_interrupt(&mut cpu, &mut pic));
+    assert_eq!(cpu.interrupts, [0x24]);
+    assert!(!cpu.window_requested);
+    // In service until EOI: nothing more to deliver.
+    assert!(!deliver_interrupt(&mut cpu, &mut pic));
+    assert_eq!(cpu.interrupts.len(), 1);
+}
