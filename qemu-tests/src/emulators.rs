@@ -57,10 +57,15 @@ pub struct RunOptions {
     pub kvm: Option<bool>,
     /// Extra QEMU arguments.
     pub qemu_args: Vec<String>,
-    /// Keep the emulator's stdin open so a test can type on the serial console
-    /// ([`crate::Emulator::send`]; QEMU only — Bochs reads COM1 input from nowhere in file mode).
+    /// Let a test type on the serial console ([`crate::Emulator::send`]): QEMU reads COM1
+    /// input from its stdin; Bochs serves COM1 on a local TCP socket the harness connects to
+    /// (its output still streams through port 0xE9).
     pub interactive: bool,
 }
+
+/// The local port Bochs serves COM1 on for interactive runs, written into the run directory
+/// so the harness can find it.
+pub const BOCHS_COM1_PORT_FILE: &str = "com1.port";
 
 impl Default for RunOptions {
     fn default() -> Self {
@@ -182,6 +187,14 @@ fn bochs_command(platform: Platform, image: &Path, run_dir: &Path, opts: &RunOpt
     data.resize((cylinders * CYLINDER_BYTES) as usize, 0);
     std::fs::write(&disk, data).map_err(|e| format!("cannot write {}: {e}", disk.display()))?;
     let _ = std::fs::remove_file(run_dir.join("disk.img.lock"));
+    // Interactive: COM1 becomes a TCP server on a free loopback port (found by binding port 0).
+    let com1 = if opts.interactive {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
+        std::fs::write(run_dir.join(BOCHS_COM1_PORT_FILE), port.to_string()).map_err(|e| e.to_string())?;
+        format!("mode=socket-server, dev=127.0.0.1:{port}")
+    } else {
+        format!("mode=file, dev={}", run_dir.join("com1.txt").display())
+    };
     let rc = format!(
         "megs: {megs}\n\
          cpu: model={model}, count={smp}, ips=200000000, reset_on_triple_fault=0, ignore_bad_msrs=0\n\
@@ -191,7 +204,7 @@ fn bochs_command(platform: Platform, image: &Path, run_dir: &Path, opts: &RunOpt
          display_library: sdl2\n\
          ata0-master: type=disk, path={disk}, mode=flat, cylinders={cylinders}, heads=16, spt=63\n\
          boot: disk\n\
-         com1: enabled=1, mode=file, dev={com1}\n\
+         com1: enabled=1, {com1}\n\
          port_e9_hack: enabled=1\n\
          clock: sync=none\n\
          panic: action=fatal\n\
@@ -202,7 +215,6 @@ fn bochs_command(platform: Platform, image: &Path, run_dir: &Path, opts: &RunOpt
         model = platform.bochs_cpu_model(),
         smp = opts.smp,
         disk = disk.display(),
-        com1 = run_dir.join("com1.txt").display(),
         log = run_dir.join("bochs.log").display(),
     );
     let rc_path = run_dir.join("bochsrc");

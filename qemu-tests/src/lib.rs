@@ -144,6 +144,8 @@ pub struct Emulator {
     times: Vec<Instant>,
     started: Instant,
     dir: PathBuf,
+    /// Bochs's COM1 socket, for typing (interactive runs).
+    com1: Option<std::net::TcpStream>,
 }
 
 /// A harness failure: what was expected, and everything seen so far.
@@ -199,7 +201,8 @@ impl Emulator {
             let _ = std::fs::write(err_path, s);
         });
         let started = Instant::now();
-        Emulator { platform, child: Some(child), lines: rx, transcript: Vec::new(), times: Vec::new(), started, dir: run_dir }
+        let com1 = if opts.interactive && !platform.is_qemu() { Some(connect_bochs_com1(&run_dir)) } else { None };
+        Emulator { platform, child: Some(child), lines: rx, transcript: Vec::new(), times: Vec::new(), started, dir: run_dir, com1 }
     }
 
     /// Everything printed so far.
@@ -210,10 +213,16 @@ impl Emulator {
     /// Types `bytes` on the serial console (needs `RunOptions::interactive`). Bytes go one at a
     /// time with a short pause, as a person types: Bastion polls COM1 between time slices.
     pub fn send(&mut self, bytes: &[u8]) {
-        let stdin = self.child.as_mut().and_then(|c| c.stdin.as_mut()).expect("emulator started with interactive = true");
         for b in bytes {
-            stdin.write_all(&[*b]).and_then(|_| stdin.flush()).expect("emulator stdin closed");
-            std::thread::sleep(Duration::from_millis(30));
+            let r = match self.com1.as_mut() {
+                Some(sock) => sock.write_all(&[*b]).and_then(|_| sock.flush()),
+                None => {
+                    let stdin = self.child.as_mut().and_then(|c| c.stdin.as_mut()).expect("emulator started with interactive = true");
+                    stdin.write_all(&[*b]).and_then(|_| stdin.flush())
+                }
+            };
+            r.expect("emulator console input closed");
+            std::thread::sleep(Duration::from_millis(if self.platform.is_qemu() { 30 } else { 150 }));
         }
     }
 
@@ -407,6 +416,34 @@ impl Drop for Emulator {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Connects to Bochs's COM1 server (it starts listening a moment after launch) and drains
+/// what Bochs sends there into `com1.log` (the same text arrives on port 0xE9).
+fn connect_bochs_com1(run_dir: &Path) -> std::net::TcpStream {
+    let port: u16 = std::fs::read_to_string(run_dir.join(emulators::BOCHS_COM1_PORT_FILE))
+        .ok()
+        .and_then(|p| p.trim().parse().ok())
+        .expect("Bochs COM1 port file");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let sock = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!("cannot connect to Bochs COM1 on port {port}: {e}"),
+        }
+    };
+    let mut reader = sock.try_clone().expect("clone COM1 socket");
+    let log = run_dir.join("com1.log");
+    std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let _ = reader.read_to_end(&mut all);
+        let _ = std::fs::write(log, all);
+    });
+    sock
 }
 
 fn image_for(platform: Platform, image: &TestImage) -> &Path {

@@ -1,6 +1,6 @@
-//! Several guests at once on 2 CPUs: progress under the scheduler, a guest spinning with
-//! interrupts off, crashes with on_crash = stop and restart, a config with a bad guest, and
-//! (QEMU, where the console takes input) input focus, echo and the monitor.
+//! Several guests at once on 2 CPUs, on QEMU (SVM) and Bochs (VMX): progress under the
+//! scheduler, a guest spinning with interrupts off, crashes with on_crash = stop and restart,
+//! a config with a bad guest, input focus, echo and the monitor, and interrupt-driven input.
 
 use qemu_tests::guests::guest_image;
 use qemu_tests::{image_with_bundle, image_with_files, Emulator, Platform, RunOptions, TestImage};
@@ -116,16 +116,15 @@ fn config_with_a_bad_guest_boots_the_others_on_bochs_intel_smp2() {
 }
 
 /// Ctrl-A three times moves the input focus; typed bytes reach only the focused guest; the
-/// monitor lists, pauses, resumes, resets and kills. (QEMU: its serial console takes input.)
-#[test]
-fn console_focus_echo_and_monitor_on_qemu_smp2() {
+/// monitor lists, pauses, resumes, resets and kills.
+fn console_focus_echo_and_monitor(p: Platform) {
     let mut cfg = String::from("[hypervisor]\nexit_when_idle = true\n");
     cfg += &guest("left", "echo", "");
     cfg += &guest("right", "echo", "");
-    let img = image("console", &cfg, &["echo"]);
+    let img = image(&format!("console-{}", p.name()), &cfg, &["echo"]);
     let opts = RunOptions { interactive: true, ..SMP2 };
-    let mut emu = Emulator::start(Platform::QemuBios, &img, &opts);
-    let t = Duration::from_secs(60);
+    let mut emu = Emulator::start(p, &img, &opts);
+    let t = timeout(p);
     let ok = |r: Result<String, qemu_tests::Failure>| r.unwrap_or_else(|e| panic!("{e}"));
     ok(emu.expect("[left] echo: ready", t));
     ok(emu.expect("[right] echo: ready", t));
@@ -204,17 +203,26 @@ fn console_focus_echo_and_monitor_on_qemu_smp2() {
     assert_eq!(after, before, "memory leaked by stopped guests:\n{out}");
 }
 
-/// The guest UART's receive interrupt reaches a guest through the virtual PIC and wakes its
-/// vCPU from HLT; while it waits, the halted vCPU costs no CPU time. (QEMU: input.)
 #[test]
-fn interrupt_driven_guest_sleeps_until_typed_input_on_qemu_smp2() {
+fn console_focus_echo_and_monitor_on_qemu_smp2() {
+    console_focus_echo_and_monitor(Platform::QemuBios);
+}
+
+#[test]
+fn console_focus_echo_and_monitor_on_bochs_intel_smp2() {
+    console_focus_echo_and_monitor(Platform::BochsIntel);
+}
+
+/// The guest UART's receive interrupt reaches a guest through the virtual PIC and wakes its
+/// vCPU from HLT; while it waits, the halted vCPU costs no CPU time.
+fn interrupt_driven_guest_sleeps_until_typed_input(p: Platform) {
     let mut cfg = String::from("[hypervisor]\nexit_when_idle = true\n[debug]\nstop_after_ms = 6000\n");
     cfg += &guest("sleeper", "irqecho", "");
     cfg += &guest("worker", "busy", "");
-    let img = image("irqecho", &cfg, &["irqecho", "busy"]);
+    let img = image(&format!("irqecho-{}", p.name()), &cfg, &["irqecho", "busy"]);
     let opts = RunOptions { interactive: true, ..SMP2 };
-    let mut emu = Emulator::start(Platform::QemuBios, &img, &opts);
-    let t = Duration::from_secs(60);
+    let mut emu = Emulator::start(p, &img, &opts);
+    let t = timeout(p);
     let ok = |r: Result<String, qemu_tests::Failure>| r.unwrap_or_else(|e| panic!("{e}"));
     ok(emu.expect("[sleeper] irqecho: ready (interrupt-driven)", t));
     std::thread::sleep(Duration::from_secs(2));
@@ -227,7 +235,7 @@ fn interrupt_driven_guest_sleeps_until_typed_input_on_qemu_smp2() {
     let stop = ok(emu.expect("guest sleeper: stopped:", t));
     assert!(stop.contains("test exit: PASS"), "{stop}\n{bye}");
     // The run ends at stop_after_ms with each guest's CPU time from the scheduler.
-    let outcome = emu.expect_exit(Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e}"));
+    let outcome = emu.expect_exit(timeout(p)).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(outcome.status, bastion_core::exit::ExitStatus::Pass);
     let out = emu.transcript();
     let ran = |g: &str| -> u64 {
@@ -238,4 +246,14 @@ fn interrupt_driven_guest_sleeps_until_typed_input_on_qemu_smp2() {
     };
     let (sleeper, worker) = (ran("sleeper"), ran("worker"));
     assert!(sleeper * 5 < worker, "a vCPU waiting in HLT must not use CPU time: sleeper {sleeper} ms, worker {worker} ms");
+}
+
+#[test]
+fn interrupt_driven_guest_sleeps_until_typed_input_on_qemu_smp2() {
+    interrupt_driven_guest_sleeps_until_typed_input(Platform::QemuBios);
+}
+
+#[test]
+fn interrupt_driven_guest_sleeps_until_typed_input_on_bochs_intel_smp2() {
+    interrupt_driven_guest_sleeps_until_typed_input(Platform::BochsIntel);
 }
