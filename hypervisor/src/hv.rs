@@ -34,6 +34,8 @@ use spin::{Mutex, Once};
 pub const TIMER_VECTOR: u8 = 0xef;
 /// Vector of the "kick" IPI: makes a CPU leave its guest and look at the scheduler again.
 pub const KICK_VECTOR: u8 = 0xf0;
+/// Vector that stops a CPU for good (the run is ending).
+pub const HALT_VECTOR: u8 = 0xf1;
 /// Idle CPUs wake up this often to poll the console and reap stopped guests.
 const IDLE_TICK_NS: u64 = 10_000_000;
 /// vCPUs per guest in the scheduler's id space.
@@ -318,7 +320,7 @@ fn boot_guest(g: &Guest) {
     *g.devices.lock() = GuestDevices::default();
     ctl.boots += 1;
     log::info!(
-        "guest {}: starting ({} MiB RAM, {} vCPU{}, {} bytes image, {:?}{})",
+        "guest {}: starting ({} MiB RAM, {} vCPU{}, {} bytes image, {}{})",
         g.cfg.name,
         vm.ram_bytes() >> 20,
         g.cfg.vcpus,

@@ -52,6 +52,11 @@ pub fn enable() {
     write(SVR, 0x100 | SPURIOUS_VECTOR as u32);
 }
 
+/// Whether `init_bsp` mapped the APIC (early failures happen before it).
+pub fn ready() -> bool {
+    BASE.load(Ordering::Relaxed) != 0
+}
+
 pub fn id() -> u32 {
     read(ID) >> 24
 }
@@ -103,4 +108,10 @@ pub fn timer_oneshot(vector: u8, ticks: u32) {
     write(TIMER_DIVIDE, 0x3);
     write(LVT_TIMER, vector as u32);
     write(TIMER_INITIAL, ticks.max(1));
+}
+
+/// A fixed interrupt to every other CPU (destination shorthand "all excluding self",
+/// SDM Vol. 3A 11.6.1).
+pub fn send_ipi_all_others(vector: u8) {
+    send_icr(0, 0x000c_4000 | vector as u32);
 }

@@ -62,6 +62,14 @@ pub enum Entry {
     RealMode { ip: u16, sp: u16 },
 }
 
+impl core::fmt::Display for Entry {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Entry::RealMode { ip, sp } => write!(f, "real mode at 0000:{ip:04x}, SP {sp:#x}"),
+        }
+    }
+}
+
 pub struct Vm {
     pub ram: Vec<RamChunk>,
     pub npt: NestedPageTable,

@@ -63,6 +63,9 @@ pub struct RunOptions {
     pub interactive: bool,
 }
 
+/// QEMU's monitor socket in the run directory.
+pub const QEMU_MONITOR_SOCKET: &str = "qemu-monitor.sock";
+
 /// The local port Bochs serves COM1 on for interactive runs, written into the run directory
 /// so the harness can find it.
 pub const BOCHS_COM1_PORT_FILE: &str = "com1.port";
@@ -171,7 +174,10 @@ fn qemu_command(platform: Platform, image: &Path, run_dir: &Path, opts: &RunOpti
     }
     c.arg("-drive").arg(format!("format=raw,file={}", image.display()));
     c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
-    c.args(["-serial", "stdio", "-display", "none", "-monitor", "none", "-no-reboot"]);
+    c.args(["-serial", "stdio", "-display", "none", "-no-reboot"]);
+    // The QEMU monitor on a socket in the run directory: on a hang the harness asks it where
+    // the CPUs are (`info registers`).
+    c.arg("-monitor").arg(format!("unix:{},server,nowait", run_dir.join(QEMU_MONITOR_SOCKET).display()));
     c.args(&opts.qemu_args);
     Ok(c)
 }

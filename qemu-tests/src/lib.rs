@@ -363,6 +363,9 @@ impl Emulator {
     /// CS:RIP), give it a moment, then kill. Returns what it printed meanwhile.
     fn diagnose_and_kill(&mut self) -> String {
         let mut diag = String::new();
+        if self.platform.is_qemu() {
+            diag.push_str(&qemu_registers(&self.dir.join(emulators::QEMU_MONITOR_SOCKET)));
+        }
         if let Some(child) = self.child.as_ref() {
             let pid = child.id() as i32;
             // SAFETY: signalling our own child.
@@ -416,6 +419,25 @@ impl Drop for Emulator {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Asks QEMU's monitor for every CPU's registers (`info registers -a`), for hang reports.
+fn qemu_registers(sock: &Path) -> String {
+    use std::os::unix::net::UnixStream;
+    let Ok(mut s) = UnixStream::connect(sock) else {
+        return format!("(no QEMU monitor at {})\n", sock.display());
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(1500)));
+    let _ = s.write_all(b"info registers -a\n");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    format!("--- QEMU info registers:\n{}\n", String::from_utf8_lossy(&out))
 }
 
 /// Connects to Bochs's COM1 server (it starts listening a moment after launch) and drains
