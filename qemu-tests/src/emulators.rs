@@ -61,6 +61,8 @@ pub struct RunOptions {
     /// input from its stdin; Bochs serves COM1 on a local TCP socket the harness connects to
     /// (its output still streams through port 0xE9).
     pub interactive: bool,
+    /// Attach a second UART (COM2, 0x2F8) whose output goes to this file.
+    pub com2_file: Option<std::path::PathBuf>,
 }
 
 /// QEMU's monitor socket in the run directory.
@@ -72,7 +74,7 @@ pub const BOCHS_COM1_PORT_FILE: &str = "com1.port";
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { smp: 1, memory_mib: 256, kvm: Some(false), qemu_args: Vec::new(), interactive: false }
+        RunOptions { smp: 1, memory_mib: 256, kvm: Some(false), qemu_args: Vec::new(), interactive: false, com2_file: None }
     }
 }
 
@@ -178,6 +180,9 @@ fn qemu_command(platform: Platform, image: &Path, run_dir: &Path, opts: &RunOpti
     // The QEMU monitor on a socket in the run directory: on a hang the harness asks it where
     // the CPUs are (`info registers`).
     c.arg("-monitor").arg(format!("unix:{},server,nowait", run_dir.join(QEMU_MONITOR_SOCKET).display()));
+    if let Some(f) = &opts.com2_file {
+        c.arg("-serial").arg(format!("file:{}", f.display()));
+    }
     c.args(&opts.qemu_args);
     Ok(c)
 }
@@ -201,6 +206,10 @@ fn bochs_command(platform: Platform, image: &Path, run_dir: &Path, opts: &RunOpt
     } else {
         format!("mode=file, dev={}", run_dir.join("com1.txt").display())
     };
+    let com2 = match &opts.com2_file {
+        Some(f) => format!("com2: enabled=1, mode=file, dev={}\n", f.display()),
+        None => String::new(),
+    };
     let rc = format!(
         "megs: {megs}\n\
          cpu: model={model}, count={smp}, ips=200000000, reset_on_triple_fault=0, ignore_bad_msrs=0\n\
@@ -211,6 +220,7 @@ fn bochs_command(platform: Platform, image: &Path, run_dir: &Path, opts: &RunOpt
          ata0-master: type=disk, path={disk}, mode=flat, cylinders={cylinders}, heads=16, spt=63\n\
          boot: disk\n\
          com1: enabled=1, {com1}\n\
+         {com2}\
          port_e9_hack: enabled=1\n\
          clock: sync=none\n\
          panic: action=fatal\n\

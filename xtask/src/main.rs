@@ -168,6 +168,7 @@ fn run_emulator(args: &Args) -> Result<()> {
         kvm: Some(kvm && platform.is_qemu()),
         qemu_args: Vec::new(),
         interactive: true,
+        com2_file: None,
     };
     let mut cmd = qemu_tests::emulator_command(platform, &image, &run_dir, &opts).map_err(anyhow::Error::msg)?;
     eprintln!(
