@@ -273,6 +273,8 @@ pub fn start(config: &Config, images: Vec<Option<&'static [u8]>>, online: usize)
             boot_guest(g);
         } else {
             log::info!("guest {}: not started (autostart = false); `reset {}` in the monitor starts it", g.cfg.name, g.cfg.name);
+            // Not running: no input focus until it starts.
+            let _ = h.console.lock().set_accepts_input(g.index, false);
         }
     }
     let events = h.console.lock().announce();

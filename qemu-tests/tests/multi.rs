@@ -290,3 +290,29 @@ fn passthrough_uart_belongs_to_one_guest_on_qemu_smp2() {
 fn passthrough_uart_belongs_to_one_guest_on_bochs_intel_smp2() {
     passthrough_uart(Platform::BochsIntel);
 }
+
+/// The built-in default config (`cargo xtask run`) boots, its two echo guests answer, and the
+/// counter starts from the monitor.
+#[test]
+fn default_config_demo_works_on_qemu_smp2() {
+    let cfg = std::fs::read_to_string(qemu_tests::workspace_root().join("boot/configs/default.toml")).unwrap();
+    let img = image("default-config", &cfg, &["echo", "irqecho", "busy"]);
+    let opts = RunOptions { interactive: true, ..SMP2 };
+    let mut emu = Emulator::start(Platform::QemuBios, &img, &opts);
+    let t = Duration::from_secs(60);
+    let ok = |r: Result<String, qemu_tests::Failure>| r.unwrap_or_else(|e| panic!("{e}"));
+    ok(emu.expect("[echo] echo: ready", t));
+    ok(emu.expect("[irqecho] irqecho: ready", t));
+    ok(emu.expect("guest counter: not started (autostart = false)", t));
+    let m = emu.mark();
+    emu.send(b"x");
+    ok(emu.expect_after(m, "[echo] echo: got x", t));
+    emu.send(b"\x01\x01\x01y");
+    ok(emu.expect_after(m, "[irqecho] irqecho: got y", t));
+    // A guest that is not running takes no input: the next stop is the monitor.
+    emu.send(b"\x01\x01\x01");
+    ok(emu.expect_after(m, "input focus: monitor", t));
+    emu.send(b"reset counter\r");
+    ok(emu.expect_after(m, "[counter] busy: vcpu 1 tick 1", t));
+    ok(emu.expect_after(m, "[counter] busy: vcpu 0 tick 1", t));
+}
