@@ -442,7 +442,7 @@ fn qemu_registers(sock: &Path) -> String {
 
 /// Connects to Bochs's COM1 server (it starts listening a moment after launch) and drains
 /// what Bochs sends there into `com1.log` (the same text arrives on port 0xE9).
-fn connect_bochs_com1(run_dir: &Path) -> std::net::TcpStream {
+pub fn connect_bochs_com1(run_dir: &Path) -> std::net::TcpStream {
     let port: u16 = std::fs::read_to_string(run_dir.join(emulators::BOCHS_COM1_PORT_FILE))
         .ok()
         .and_then(|p| p.trim().parse().ok())

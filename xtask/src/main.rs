@@ -177,7 +177,45 @@ fn run_emulator(args: &Args) -> Result<()> {
         platform.name(),
         if opts.kvm == Some(true) { " with KVM" } else { "" }
     );
-    let status = cmd.status().context("cannot start the emulator")?;
+    let status = if platform.is_qemu() {
+        cmd.status().context("cannot start the emulator")?
+    } else {
+        // Bochs serves COM1 on a loopback socket: carry this terminal's keystrokes there.
+        // Its output arrives on stdout through port 0xE9.
+        // Bochs's stderr is mostly sound-library noise; keep it in the run directory.
+        cmd.stderr(std::fs::File::create(run_dir.join("bochs-stderr.log"))?);
+        let mut child = cmd.spawn().context("cannot start Bochs")?;
+        let mut sock = qemu_tests::connect_bochs_com1(&run_dir);
+        let raw = RawTerminal::enter();
+        let quit = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let quit_in = quit.clone();
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let mut b = [0u8; 1];
+            while std::io::stdin().read(&mut b).map(|n| n == 1).unwrap_or(false) {
+                // In raw mode Ctrl-C arrives as a byte: it ends the run, as it does for QEMU.
+                if b[0] == 3 {
+                    quit_in.store(true, std::sync::atomic::Ordering::SeqCst);
+                    break;
+                }
+                if sock.write_all(&b).is_err() {
+                    break;
+                }
+            }
+        });
+        let status = loop {
+            if let Some(s) = child.try_wait().context("waiting for Bochs")? {
+                break s;
+            }
+            if quit.load(std::sync::atomic::Ordering::SeqCst) {
+                let _ = child.kill();
+                break child.wait().context("waiting for Bochs")?;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        drop(raw);
+        status
+    };
     // QEMU reports Bastion's own exit through isa-debug-exit; Bochs always exits 1 and the
     // result is the BASTION EXIT line on the console.
     match status.code().and_then(bastion_core::exit::ExitStatus::from_qemu_process_status) {
@@ -187,6 +225,37 @@ fn run_emulator(args: &Args) -> Result<()> {
             bail!("QEMU ended with {status}")
         }
         None => Ok(()),
+    }
+}
+
+/// Puts the terminal in raw mode (no line buffering, no echo, Ctrl-A passes through) while it
+/// lives, so keystrokes reach the guest console as they are typed.
+struct RawTerminal(Option<libc::termios>);
+
+impl RawTerminal {
+    fn enter() -> RawTerminal {
+        // SAFETY: termios calls on stdin; a non-terminal stdin makes tcgetattr fail and we
+        // leave it alone.
+        unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut t) != 0 {
+                return RawTerminal(None);
+            }
+            let saved = t;
+            libc::cfmakeraw(&mut t);
+            t.c_oflag |= libc::OPOST | libc::ONLCR; // keep output line endings readable
+            libc::tcsetattr(0, libc::TCSANOW, &t);
+            RawTerminal(Some(saved))
+        }
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        if let Some(t) = self.0 {
+            // SAFETY: restoring the settings read in `enter`.
+            unsafe { libc::tcsetattr(0, libc::TCSANOW, &t) };
+        }
     }
 }
 
