@@ -328,6 +328,7 @@ fn boot_guest(g: &Guest) {
             }
         }
         slot.state = VcpuState::new(i as u32);
+        slot.state.tsc_khz = time::tsc_khz().min(u32::MAX as u64) as u32;
     }
     *g.devices.lock() = GuestDevices::default();
     ctl.boots += 1;

@@ -9,8 +9,11 @@
 
 /// Leaf 0x4000_0000's EBX, ECX, EDX: the 12 bytes "Bastion\0\0\0\0\0".
 pub const SIGNATURE: [u32; 3] = [u32::from_le_bytes(*b"Bast"), u32::from_le_bytes(*b"ion\0"), 0];
+/// The timing leaf: EAX = TSC frequency in kHz (the convention VMware and KVM use), so a guest
+/// can time itself without calibrating against a PIT it may not have.
+pub const TSC_LEAF: u32 = 0x4000_0010;
 /// Highest hypervisor leaf.
-pub const MAX_HV_LEAF: u32 = 0x4000_0001;
+pub const MAX_HV_LEAF: u32 = TSC_LEAF;
 
 mod bit {
     // Leaf 1 ECX.
@@ -50,12 +53,20 @@ mod bit {
 
 /// The guest's view of CPUID `leaf`/`sub`. `host` answers for the real CPU; `vcpu_id` becomes
 /// the APIC ID; `guest_cr4_osxsave` is the guest's CR4.OSXSAVE (leaf 1 ECX bit 27 mirrors it,
-/// SDM Vol. 2A CPUID).
-pub fn guest_cpuid(leaf: u32, sub: u32, vcpu_id: u32, guest_cr4_osxsave: bool, host: impl Fn(u32, u32) -> [u32; 4]) -> [u32; 4] {
+/// SDM Vol. 2A CPUID); `tsc_khz` is reported in [`TSC_LEAF`].
+pub fn guest_cpuid(
+    leaf: u32,
+    sub: u32,
+    vcpu_id: u32,
+    guest_cr4_osxsave: bool,
+    tsc_khz: u32,
+    host: impl Fn(u32, u32) -> [u32; 4],
+) -> [u32; 4] {
     let max_basic = host(0, 0)[0];
     let max_ext = host(0x8000_0000, 0)[0];
     match leaf {
         0x4000_0000 => [MAX_HV_LEAF, SIGNATURE[0], SIGNATURE[1], SIGNATURE[2]],
+        TSC_LEAF => [tsc_khz, 0, 0, 0],
         0x4000_0001..=0x4fff_ffff => [0; 4],
         0x8000_0000.. if leaf > max_ext => [0; 4],
         0..0x4000_0000 if leaf > max_basic => [0; 4],
@@ -108,39 +119,41 @@ mod tests {
 
     #[test]
     fn leaf1_says_hypervisor_and_hides_vmx_apic_and_unvirtualized_features() {
-        let [_, ebx, ecx, edx] = guest_cpuid(1, 0, 3, false, host);
+        let [_, ebx, ecx, edx] = guest_cpuid(1, 0, 3, false, 2_000_000, host);
         assert_ne!(ecx & bit::HYPERVISOR, 0);
         assert_eq!(ecx & (bit::VMX | bit::SMX | bit::MONITOR | bit::X2APIC | bit::TSC_DEADLINE), 0);
         assert_eq!(edx & (bit::APIC | bit::MTRR | bit::MCE | bit::MCA), 0);
         assert_eq!(ebx >> 24, 3, "APIC ID is the vCPU id");
         assert_eq!(ecx & bit::OSXSAVE, 0, "OSXSAVE follows the guest's CR4, which is clear");
-        assert_ne!(guest_cpuid(1, 0, 0, true, host)[2] & bit::OSXSAVE, 0);
+        assert_ne!(guest_cpuid(1, 0, 0, true, 2_000_000, host)[2] & bit::OSXSAVE, 0);
     }
 
     #[test]
     fn hypervisor_leaves_carry_the_signature() {
-        let r = guest_cpuid(0x4000_0000, 0, 0, false, host);
+        let r = guest_cpuid(0x4000_0000, 0, 0, false, 2_000_000, host);
         assert!(r[0] >= 0x4000_0001);
         let mut sig = Vec::new();
         for w in &r[1..] {
             sig.extend_from_slice(&w.to_le_bytes());
         }
         assert_eq!(&sig, b"Bastion\0\0\0\0\0");
-        assert_eq!(guest_cpuid(0x4000_0001, 0, 0, false, host), [0; 4]);
+        assert_eq!(guest_cpuid(0x4000_0001, 0, 0, false, 2_000_000, host), [0; 4]);
+        assert!(r[0] >= TSC_LEAF);
+        assert_eq!(guest_cpuid(TSC_LEAF, 0, 0, false, 1_234_567, host), [1_234_567, 0, 0, 0]);
     }
 
     #[test]
     fn svm_is_hidden_on_amd_leaves() {
-        assert_eq!(guest_cpuid(0x8000_0001, 0, 0, false, host)[2] & bit::SVM, 0);
-        assert_eq!(guest_cpuid(0x8000_000a, 0, 0, false, host), [0; 4]);
+        assert_eq!(guest_cpuid(0x8000_0001, 0, 0, false, 2_000_000, host)[2] & bit::SVM, 0);
+        assert_eq!(guest_cpuid(0x8000_000a, 0, 0, false, 2_000_000, host), [0; 4]);
     }
 
     #[test]
     fn leaves_beyond_the_host_maximum_are_zero_and_others_pass_through() {
-        assert_eq!(guest_cpuid(0x14, 0, 0, false, host), [0; 4]);
-        assert_eq!(guest_cpuid(0x8000_0010, 0, 0, false, host), [0; 4]);
-        assert_eq!(guest_cpuid(0xd, 1, 0, false, host), [u32::MAX; 4]);
-        assert_eq!(guest_cpuid(0, 0, 0, false, host), host(0, 0));
-        assert_eq!(guest_cpuid(0xb, 0, 0, false, host), [0; 4]);
+        assert_eq!(guest_cpuid(0x14, 0, 0, false, 2_000_000, host), [0; 4]);
+        assert_eq!(guest_cpuid(0x8000_0010, 0, 0, false, 2_000_000, host), [0; 4]);
+        assert_eq!(guest_cpuid(0xd, 1, 0, false, 2_000_000, host), [u32::MAX; 4]);
+        assert_eq!(guest_cpuid(0, 0, 0, false, 2_000_000, host), host(0, 0));
+        assert_eq!(guest_cpuid(0xb, 0, 0, false, 2_000_000, host), [0; 4]);
     }
 }

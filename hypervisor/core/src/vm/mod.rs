@@ -287,11 +287,13 @@ pub struct VcpuState {
     pub vcpu_id: u32,
     pub msrs: MsrState,
     pub stats: ExitStats,
+    /// The TSC rate the guest sees, for CPUID's timing leaf (0 = unknown).
+    pub tsc_khz: u32,
 }
 
 impl VcpuState {
     pub fn new(vcpu_id: u32) -> Self {
-        VcpuState { vcpu_id, msrs: MsrState::new(), stats: ExitStats::default() }
+        VcpuState { vcpu_id, msrs: MsrState::new(), stats: ExitStats::default(), tsc_khz: 0 }
     }
 }
 
@@ -339,7 +341,7 @@ pub fn handle_exit(exit: &Exit, cpu: &mut dyn Vcpu, g: &mut VcpuState, io: &mut 
             let r = cpu.gprs();
             let (leaf, sub) = (r.rax as u32, r.rcx as u32);
             let osxsave = cpu.guest_cr4() & (1 << 18) != 0;
-            let [a, b, c, d] = cpuid::guest_cpuid(leaf, sub, g.vcpu_id, osxsave, host_cpuid);
+            let [a, b, c, d] = cpuid::guest_cpuid(leaf, sub, g.vcpu_id, osxsave, g.tsc_khz, host_cpuid);
             let r = cpu.gprs();
             (r.rax, r.rbx, r.rcx, r.rdx) = (a as u64, b as u64, c as u64, d as u64);
             cpu.skip_instruction();
