@@ -233,21 +233,29 @@ impl Emulator {
 
     /// Waits for a line containing `needle` printed after `mark`.
     pub fn expect_after(&mut self, mark: usize, needle: &str, timeout: Duration) -> Result<String, Failure> {
+        self.wait_for(timeout, &format!("a new `{needle}`"), |e| {
+            e.transcript[mark.min(e.transcript.len())..].iter().find(|l| l.contains(needle)).cloned()
+        })
+    }
+
+    /// Receives console lines until `found` sees what it waits for in the transcript. On a
+    /// timeout or an ended emulator the error carries the transcript and diagnostics; `what`
+    /// names what was awaited.
+    fn wait_for<T>(&mut self, timeout: Duration, what: &str, found: impl Fn(&Self) -> Option<T>) -> Result<T, Failure> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(l) = self.transcript[mark.min(self.transcript.len())..].iter().find(|l| l.contains(needle)) {
-                return Ok(l.clone());
+            if let Some(v) = found(self) {
+                return Ok(v);
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
+            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(l) => self.push(l),
                 Err(RecvTimeoutError::Timeout) => {
                     let diag = self.diagnose_and_kill();
-                    return Err(self.failure(&format!("timed out after {timeout:?} waiting for a new `{needle}`"), &diag));
+                    return Err(self.failure(&format!("timed out after {timeout:?} waiting for {what}"), &diag));
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     let code = self.reap();
-                    return Err(self.failure(&format!("emulator ended ({code:?}) before a new `{needle}`"), ""));
+                    return Err(self.failure(&format!("emulator ended ({code:?}) before {what}"), ""));
                 }
             }
         }
@@ -260,22 +268,7 @@ impl Emulator {
 
     /// Waits until `needle` has appeared `n` times in total.
     pub fn expect_count(&mut self, needle: &str, n: usize, timeout: Duration) -> Result<(), Failure> {
-        let deadline = Instant::now() + timeout;
-        while self.count(needle) < n {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => self.push(l),
-                Err(RecvTimeoutError::Timeout) => {
-                    let diag = self.diagnose_and_kill();
-                    return Err(self.failure(&format!("timed out after {timeout:?}: `{needle}` seen {} of {n} times", self.count(needle)), &diag));
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    let code = self.reap();
-                    return Err(self.failure(&format!("emulator ended ({code:?}); `{needle}` seen {} of {n} times", self.count(needle)), ""));
-                }
-            }
-        }
-        Ok(())
+        self.wait_for(timeout, &format!("`{needle}` {n} times"), |e| (e.count(needle) >= n).then_some(()))
     }
 
     /// Time from the emulator's start to the first line containing `needle`.
@@ -292,30 +285,8 @@ impl Emulator {
     /// Waits for a line containing `needle`; returns it. On timeout or emulator exit the error
     /// carries the transcript and diagnostics.
     pub fn expect(&mut self, needle: &str, timeout: Duration) -> Result<String, Failure> {
-        let deadline = Instant::now() + timeout;
         // Lines already seen count too: expectations may be checked out of order.
-        if let Some(l) = self.transcript.iter().find(|l| l.contains(needle)) {
-            return Ok(l.clone());
-        }
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok((t, line)) => {
-                    self.push((t, line.clone()));
-                    if line.contains(needle) {
-                        return Ok(line);
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    let diag = self.diagnose_and_kill();
-                    return Err(self.failure(&format!("timed out after {timeout:?} waiting for `{needle}`"), &diag));
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    let code = self.reap();
-                    return Err(self.failure(&format!("emulator ended ({code:?}) before printing `{needle}`"), ""));
-                }
-            }
-        }
+        self.wait_for(timeout, &format!("`{needle}`"), |e| e.transcript.iter().find(|l| l.contains(needle)).cloned())
     }
 
     /// Waits for the `BASTION EXIT:` line and for the emulator to end; checks that QEMU's
