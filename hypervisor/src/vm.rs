@@ -129,11 +129,13 @@ impl Vm {
 
     /// Copies `data` into guest RAM at `gpa` (the caller checked the range is RAM).
     fn write(&self, gpa: u64, data: &[u8]) {
-        for (i, b) in data.iter().enumerate() {
-            let g = gpa + i as u64;
-            if let Some(c) = self.ram.iter().find(|c| g >= c.gpa && g < c.gpa + c.len) {
-                // SAFETY: inside this VM's RAM, which it owns.
-                unsafe { *memory::phys_to_virt(c.hpa + (g - c.gpa)) = *b };
+        let end = gpa + data.len() as u64;
+        for c in &self.ram {
+            let (from, to) = (gpa.max(c.gpa), end.min(c.gpa + c.len));
+            if from < to {
+                let src = &data[(from - gpa) as usize..(to - gpa) as usize];
+                // SAFETY: [from, to) lies inside this chunk of the VM's own RAM.
+                unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), memory::phys_to_virt(c.hpa + (from - c.gpa)), src.len()) };
             }
         }
     }
