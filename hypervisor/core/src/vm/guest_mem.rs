@@ -12,6 +12,9 @@ pub trait GuestPhys {
     /// Reads `buf.len()` bytes at `gpa` (within one page); `false` if it is not RAM.
     fn read(&mut self, gpa: u64, buf: &mut [u8]) -> bool;
 
+    /// Writes `buf` at `gpa` (within one page); `false` if it is not RAM.
+    fn write(&mut self, gpa: u64, buf: &[u8]) -> bool;
+
     fn read_u64(&mut self, gpa: u64) -> Option<u64> {
         let mut b = [0u8; 8];
         self.read(gpa, &mut b).then(|| u64::from_le_bytes(b))
@@ -46,7 +49,7 @@ impl Paging {
     }
 
     /// Guest-physical address of `linear`, or `None` if not mapped (or the tables are not RAM).
-    pub fn translate(&self, linear: u64, mem: &mut impl GuestPhys) -> Option<u64> {
+    pub fn translate(&self, linear: u64, mem: &mut (impl GuestPhys + ?Sized)) -> Option<u64> {
         if self.cr0 & PG == 0 {
             return Some(if self.long_mode() { linear } else { linear & 0xffff_ffff });
         }
@@ -96,7 +99,7 @@ impl Paging {
     }
 
     /// Reads up to 15 bytes of instruction at `linear` (an instruction may cross a page).
-    pub fn fetch(&self, linear: u64, mem: &mut impl GuestPhys) -> Option<[u8; 15]> {
+    pub fn fetch(&self, linear: u64, mem: &mut (impl GuestPhys + ?Sized)) -> Option<[u8; 15]> {
         let mut out = [0u8; 15];
         let mut done = 0;
         while done < out.len() {
@@ -113,14 +116,31 @@ impl Paging {
     }
 }
 
-/// Decodes `MOV CRn, reg` (0F 22 /r, SDM Vol. 2B): returns (CR number, GPR number in the
-/// hardware order RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8..R15, instruction length).
-pub fn decode_mov_to_cr(bytes: &[u8], long_mode: bool) -> Option<(u8, usize, usize)> {
+/// An instruction that writes a control register, as decoded from its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrWriteInsn {
+    /// `MOV CRn, reg` (0F 22 /r): CR number, GPR number in the hardware order (RAX, RCX, RDX,
+    /// RBX, RSP, RBP, RSI, RDI, R8..R15).
+    Mov { cr: u8, gpr: usize },
+    /// `CLTS` (0F 06): clears CR0.TS.
+    Clts,
+    /// `LMSW reg` (0F 01 /6 with a register operand): loads CR0[3:0] (PE can be set, not
+    /// cleared).
+    Lmsw { gpr: usize },
+}
+
+/// Decodes an instruction that writes a control register (SDM Vol. 2B "MOV—Move to/from
+/// Control Registers", Vol. 2A "CLTS", Vol. 2A "LMSW"): the form and its length.
+pub fn decode_cr_write(bytes: &[u8], long_mode: bool) -> Option<(CrWriteInsn, usize)> {
     let mut i = 0;
     let mut rex = 0u8;
     while i < bytes.len() {
         match bytes[i] {
-            0x66 | 0x67 | 0xf0 | 0x2e | 0x3e | 0x26 | 0x36 | 0x64 | 0x65 => i += 1,
+            0x66 | 0x67 | 0xf0 | 0x2e | 0x3e | 0x26 | 0x36 | 0x64 | 0x65 => {
+                rex = 0;
+                i += 1;
+            }
+            // REX counts only right before the opcode (SDM Vol. 2A 2.2.1).
             b @ 0x40..=0x4f if long_mode => {
                 rex = b;
                 i += 1;
@@ -128,14 +148,35 @@ pub fn decode_mov_to_cr(bytes: &[u8], long_mode: bool) -> Option<(u8, usize, usi
             _ => break,
         }
     }
-    if bytes.get(i..i + 2)? != [0x0f, 0x22] {
-        return None;
+    let op = bytes.get(i..i + 2)?;
+    match op {
+        [0x0f, 0x06] => Some((CrWriteInsn::Clts, i + 2)),
+        [0x0f, 0x22] => {
+            let modrm = *bytes.get(i + 2)?;
+            // The mod field is ignored: the operand is always a register (SDM MOV to CR).
+            let cr = ((modrm >> 3) & 7) | if rex & 4 != 0 { 8 } else { 0 };
+            let gpr = (modrm & 7) as usize | if rex & 1 != 0 { 8 } else { 0 };
+            Some((CrWriteInsn::Mov { cr, gpr }, i + 3))
+        }
+        [0x0f, 0x01] => {
+            let modrm = *bytes.get(i + 2)?;
+            // LMSW is /6; only the register form is decoded (a memory operand would need a
+            // full address computation, and no OS uses LMSW at all in long mode).
+            (modrm >> 6 == 3 && (modrm >> 3) & 7 == 6)
+                .then(|| (CrWriteInsn::Lmsw { gpr: (modrm & 7) as usize | if rex & 1 != 0 { 8 } else { 0 } }, i + 3))
+        }
+        _ => None,
     }
-    let modrm = *bytes.get(i + 2)?;
-    // The mod field is ignored: the operand is always a register (SDM MOV to CR).
-    let cr = ((modrm >> 3) & 7) | if rex & 4 != 0 { 8 } else { 0 };
-    let gpr = (modrm & 7) as usize | if rex & 1 != 0 { 8 } else { 0 };
-    Some((cr, gpr, i + 3))
+}
+
+/// The CR0 value that CLTS or `LMSW value` produces from `cr0` (SDM Vol. 2A CLTS, LMSW: LMSW
+/// loads bits 3:0 and cannot clear PE).
+pub fn cr0_after(insn: CrWriteInsn, cr0: u64, value: u64) -> u64 {
+    match insn {
+        CrWriteInsn::Clts => cr0 & !(1 << 3),
+        CrWriteInsn::Lmsw { .. } => (cr0 & !0xe) | (value & 0xf),
+        CrWriteInsn::Mov { .. } => value,
+    }
 }
 
 #[cfg(test)]
@@ -173,6 +214,10 @@ mod tests {
                     None => return false,
                 }
             }
+            true
+        }
+        fn write(&mut self, gpa: u64, buf: &[u8]) -> bool {
+            self.put(gpa, buf);
             true
         }
     }
@@ -227,11 +272,30 @@ mod tests {
 
     #[test]
     fn mov_to_cr_decodes_with_and_without_rex() {
-        assert_eq!(decode_mov_to_cr(&[0x0f, 0x22, 0xe0], true), Some((4, 0, 3))); // mov cr4, rax
-        assert_eq!(decode_mov_to_cr(&[0x41, 0x0f, 0x22, 0xe1], true), Some((4, 9, 4))); // mov cr4, r9
-        assert_eq!(decode_mov_to_cr(&[0x0f, 0x22, 0xc3], false), Some((0, 3, 3))); // mov cr0, ebx
-        assert_eq!(decode_mov_to_cr(&[0x44, 0x0f, 0x22, 0xc0], true), Some((8, 0, 4))); // mov cr8, rax
-        assert_eq!(decode_mov_to_cr(&[0x41, 0x0f, 0x22, 0xe1], false), None, "REX is INC outside long mode");
-        assert_eq!(decode_mov_to_cr(&[0x0f, 0x20, 0xe0], true), None, "MOV from CR is not a write");
+        use CrWriteInsn::*;
+        assert_eq!(decode_cr_write(&[0x0f, 0x22, 0xe0], true), Some((Mov { cr: 4, gpr: 0 }, 3))); // mov cr4, rax
+        assert_eq!(decode_cr_write(&[0x41, 0x0f, 0x22, 0xe1], true), Some((Mov { cr: 4, gpr: 9 }, 4))); // mov cr4, r9
+        assert_eq!(decode_cr_write(&[0x0f, 0x22, 0xc3], false), Some((Mov { cr: 0, gpr: 3 }, 3))); // mov cr0, ebx
+        assert_eq!(decode_cr_write(&[0x44, 0x0f, 0x22, 0xc0], true), Some((Mov { cr: 8, gpr: 0 }, 4))); // mov cr8, rax
+        assert_eq!(decode_cr_write(&[0x41, 0x0f, 0x22, 0xe1], false), None, "REX is INC outside long mode");
+        assert_eq!(decode_cr_write(&[0x0f, 0x20, 0xe0], true), None, "MOV from CR is not a write");
+        // A REX followed by another prefix is ignored (SDM Vol. 2A 2.2.1).
+        assert_eq!(decode_cr_write(&[0x41, 0x66, 0x0f, 0x22, 0xe1], true), Some((Mov { cr: 4, gpr: 1 }, 5)));
+    }
+
+    #[test]
+    fn clts_and_lmsw_decode_and_compute_cr0() {
+        use CrWriteInsn::*;
+        assert_eq!(decode_cr_write(&[0x0f, 0x06], true), Some((Clts, 2)));
+        assert_eq!(decode_cr_write(&[0x0f, 0x01, 0xf0], false), Some((Lmsw { gpr: 0 }, 3))); // lmsw ax
+        assert_eq!(decode_cr_write(&[0x41, 0x0f, 0x01, 0xf3], true), Some((Lmsw { gpr: 11 }, 4))); // lmsw r11w
+        assert_eq!(decode_cr_write(&[0x0f, 0x01, 0x30], false), None, "lmsw [eax]: memory form not decoded");
+        assert_eq!(decode_cr_write(&[0x0f, 0x01, 0xf8], true), None, "0F 01 /7 is not LMSW");
+        // CLTS clears TS (bit 3) only.
+        assert_eq!(cr0_after(Clts, 0x8000_003b, 0), 0x8000_0033);
+        // LMSW loads MP, EM, TS and can set PE...
+        assert_eq!(cr0_after(Lmsw { gpr: 0 }, 0x10, 0xffff_000f), 0x1f);
+        // ...but not clear it.
+        assert_eq!(cr0_after(Lmsw { gpr: 0 }, 0x11, 0), 0x11);
     }
 }

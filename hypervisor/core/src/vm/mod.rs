@@ -12,11 +12,15 @@ pub mod cpuid;
 pub mod devices;
 pub mod guest_mem;
 pub mod msr;
+pub mod regs;
+pub mod string_io;
 
 use alloc::string::String;
 use core::fmt;
 use devices::{IoOutcome, PortIo};
+use guest_mem::GuestPhys;
 use msr::{MsrResult, MsrState};
+use regs::{Cr0, Cr4, Efer, Fault, GuestFeatures, ModeView, Rflags};
 
 /// Exception vectors Bastion injects.
 pub const UD: u8 = 6;
@@ -29,6 +33,9 @@ pub mod hypercall {
     /// "BSTN" in little-endian byte order.
     pub const MAGIC: u64 = 0x4e54_5342;
     pub const ABI_VERSION: u64 = 1;
+    /// Gives up the rest of the vCPU's time slice (like KVM's `KVM_HC_SCHED_YIELD` and Xen's
+    /// `SCHEDOP_yield`); returns RAX = 0.
+    pub const YIELD: u64 = 1;
     /// RAX for an unknown function.
     pub const UNKNOWN: u64 = u64::MAX;
     /// RAX when the caller is not in ring 0.
@@ -67,19 +74,62 @@ impl Gprs {
     }
 }
 
+/// Segment registers, numbered as the VMX instruction-information field (SDM Vol. 3C Table
+/// 28-8) and SVM's IOIO EXITINFO1.SEG (APM Vol. 2 15.10.2) both number them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seg {
+    Es = 0,
+    Cs = 1,
+    Ss = 2,
+    Ds = 3,
+    Fs = 4,
+    Gs = 5,
+}
+
+impl Seg {
+    pub fn from_index(n: u64) -> Option<Seg> {
+        Some(match n {
+            0 => Seg::Es,
+            1 => Seg::Cs,
+            2 => Seg::Ss,
+            3 => Seg::Ds,
+            4 => Seg::Fs,
+            5 => Seg::Gs,
+            _ => return None,
+        })
+    }
+}
+
+/// The string form of IN/OUT (INS/OUTS), with what the handler needs to emulate it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StringIo {
+    /// REP prefix: RCX counts the iterations.
+    pub rep: bool,
+    /// Address size in bytes (2, 4 or 8): which part of RSI/RDI/RCX is used.
+    pub addr_size: u8,
+    /// The memory operand's segment: ES for INS (fixed), DS or an override for OUTS.
+    pub seg: Seg,
+}
+
 /// Why the guest stopped running, in backend-neutral terms.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Exit {
     Cpuid,
     Rdmsr,
     Wrmsr,
-    /// Port I/O. For a write, the value is in RAX; for a read, the handler puts it there.
-    Io { port: u16, size: u8, write: bool, string: bool },
+    /// Port I/O. For a write, the value is in RAX (or guest memory for OUTS); for a read, the
+    /// handler puts it there.
+    Io { port: u16, size: u8, write: bool, string: Option<StringIo> },
     Hlt,
     /// VMCALL or VMMCALL.
     Hypercall,
-    /// A write to CR0 or CR4 the backend intercepts (VMX's guest/host masks).
+    /// A write to CR0 or CR4 that the backend intercepts (VMX's guest/host masks, SVM's CR
+    /// write intercepts); `value` is the full new value (CLTS and LMSW already folded in).
     CrWrite { cr: u8, value: u64 },
+    /// XSETBV: ECX selects the XCR, EDX:EAX is the value.
+    Xsetbv,
+    /// INVD: performed as WBINVD, since discarding dirty lines could lose host memory.
+    Invd,
     /// An access to guest-physical memory with no RAM or device behind it (EPT violation,
     /// NPT fault).
     NestedPageFault { gpa: u64, write: bool, fetch: bool },
@@ -88,12 +138,34 @@ pub enum Exit {
     VirtInstruction,
     /// An external interrupt, NMI window or timer: nothing for the guest, just resume.
     Interrupted,
+    /// A host NMI arrived while the guest ran. It belongs to the host; the guest resumes.
+    HostNmi,
     /// The guest can take an interrupt now (requested with `request_interrupt_window`).
     InterruptWindow,
     /// The hardware refused to enter the guest; the text says why.
     EntryFailed(String),
     /// Anything else, with the backend's own exit code and qualification for the report.
     Unhandled { code: u64, info1: u64, info2: u64 },
+}
+
+/// An exit as decoded by a backend: what happened, and where the guest continues if the
+/// exiting instruction completes (`None` for exits that are not instructions, or whose
+/// length the hardware did not give).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmExit {
+    pub exit: Exit,
+    pub next_rip: Option<u64>,
+}
+
+impl VmExit {
+    /// An exit that is not an instruction (interrupts, faults, failed entries).
+    pub fn event(exit: Exit) -> VmExit {
+        VmExit { exit, next_rip: None }
+    }
+    /// An instruction exit; the guest continues at `next_rip` once it is emulated.
+    pub fn insn(exit: Exit, next_rip: u64) -> VmExit {
+        VmExit { exit, next_rip: Some(next_rip) }
+    }
 }
 
 /// Exit classes counted per guest.
@@ -106,16 +178,19 @@ pub enum ExitKind {
     Hlt,
     Hypercall,
     Cr,
+    Xsetbv,
+    Invd,
     NestedPageFault,
     TripleFault,
     VirtInstruction,
     Interrupted,
+    HostNmi,
     EntryFailed,
     Unhandled,
 }
 
 impl ExitKind {
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 15;
     pub const ALL: [ExitKind; Self::COUNT] = [
         ExitKind::Cpuid,
         ExitKind::Msr,
@@ -123,10 +198,13 @@ impl ExitKind {
         ExitKind::Hlt,
         ExitKind::Hypercall,
         ExitKind::Cr,
+        ExitKind::Xsetbv,
+        ExitKind::Invd,
         ExitKind::NestedPageFault,
         ExitKind::TripleFault,
         ExitKind::VirtInstruction,
         ExitKind::Interrupted,
+        ExitKind::HostNmi,
         ExitKind::EntryFailed,
         ExitKind::Unhandled,
     ];
@@ -139,10 +217,13 @@ impl ExitKind {
             ExitKind::Hlt => "hlt",
             ExitKind::Hypercall => "hypercall",
             ExitKind::Cr => "cr",
+            ExitKind::Xsetbv => "xsetbv",
+            ExitKind::Invd => "invd",
             ExitKind::NestedPageFault => "npf",
             ExitKind::TripleFault => "triple-fault",
             ExitKind::VirtInstruction => "vmx/svm-insn",
             ExitKind::Interrupted => "interrupt",
+            ExitKind::HostNmi => "host-nmi",
             ExitKind::EntryFailed => "entry-failed",
             ExitKind::Unhandled => "unhandled",
         }
@@ -158,10 +239,13 @@ impl Exit {
             Exit::Hlt => ExitKind::Hlt,
             Exit::Hypercall => ExitKind::Hypercall,
             Exit::CrWrite { .. } => ExitKind::Cr,
+            Exit::Xsetbv => ExitKind::Xsetbv,
+            Exit::Invd => ExitKind::Invd,
             Exit::NestedPageFault { .. } => ExitKind::NestedPageFault,
             Exit::TripleFault => ExitKind::TripleFault,
             Exit::VirtInstruction => ExitKind::VirtInstruction,
             Exit::Interrupted | Exit::InterruptWindow => ExitKind::Interrupted,
+            Exit::HostNmi => ExitKind::HostNmi,
             Exit::EntryFailed(_) => ExitKind::EntryFailed,
             Exit::Unhandled { .. } => ExitKind::Unhandled,
         }
@@ -203,23 +287,36 @@ impl fmt::Display for ExitStats {
 }
 
 /// What a backend offers the exit handler: the guest's registers and the few operations
-/// whose encoding differs between VMX and SVM.
+/// whose encoding differs between VMX and SVM. Every decision (which value is legal, which
+/// exception with which error code) is the handler's; a backend only reads and writes.
 pub trait Vcpu {
     fn gprs(&mut self) -> &mut Gprs;
+    fn rsp(&self) -> u64;
     fn rip(&self) -> u64;
     fn rflags(&self) -> u64;
     /// Current privilege level (SS.DPL).
     fn cpl(&self) -> u8;
-    /// CR4 as the guest sees it.
-    fn guest_cr4(&self) -> u64;
-    /// EFER as the guest sees it (without Bastion's own bits).
-    fn guest_efer(&self) -> u64;
+    /// CR0, CR3, CR4 and EFER as the guest sees them (without Bastion's own bits), and CS.L.
+    fn mode(&self) -> ModeView;
+    /// Loads EFER as the handler decided it (LMA included).
     fn set_guest_efer(&mut self, value: u64);
     /// Applies a guest write to CR0 or CR4 that the handler has validated.
     fn set_guest_cr(&mut self, cr: u8, value: u64);
-    /// Moves RIP past the instruction that exited.
-    fn skip_instruction(&mut self);
-    /// Makes the next entry deliver an exception (the faulting instruction is not skipped).
+    /// The base address of a segment register.
+    fn segment_base(&self, seg: Seg) -> u64;
+    /// Sets the guest's CR2 (the faulting address of a #PF the handler injects).
+    fn set_cr2(&mut self, value: u64);
+    /// The value added to the host TSC for the guest's RDTSC/RDTSCP/RDMSR(TSC).
+    fn tsc_offset(&self) -> u64;
+    fn set_tsc_offset(&mut self, offset: u64);
+    /// Loads a validated XCR0.
+    fn set_xcr0(&mut self, value: u64);
+    /// The exiting instruction is done: continue at `next_rip`. Executing an instruction ends
+    /// blocking by STI or MOV SS (SDM Vol. 3C 27.3.1.5; APM Vol. 2 15.21.5), so the backend
+    /// clears its interrupt shadow too.
+    fn complete(&mut self, next_rip: u64);
+    /// Makes the next entry deliver exception `vector`, pushing `error_code` if given. The
+    /// handler has already decided whether one is pushed ([`regs::exception_error_code`]).
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>);
     /// True when an external interrupt can be delivered at the next entry: RFLAGS.IF set, no
     /// STI/MOV SS interrupt shadow, no event already queued (SDM Vol. 3A 7.6 / 6.8.3).
@@ -231,12 +328,23 @@ pub trait Vcpu {
     fn request_interrupt_window(&mut self, on: bool);
 }
 
+/// What the handler needs of the host CPU. The kernel answers with real instructions; tests
+/// with a fake.
+pub trait Host {
+    /// CPUID on the real CPU.
+    fn cpuid(&self, leaf: u32, sub: u32) -> [u32; 4];
+    /// The host's TSC now.
+    fn rdtsc(&self) -> u64;
+    /// Writes back and invalidates the caches (what a guest's INVD gets instead).
+    fn wbinvd(&self);
+}
+
 /// Why a guest was stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StopReason {
     /// The guest wrote to the test-exit port.
     TestExit(u32),
-    /// HLT with nothing that could ever wake the vCPU.
+    /// Every vCPU halted with nothing that could ever wake it.
     Halted { interrupts_enabled: bool },
     TripleFault,
     /// Access to guest-physical memory that is neither RAM nor a device.
@@ -274,6 +382,8 @@ impl fmt::Display for StopReason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     Resume,
+    /// The guest gave up the rest of its time slice (the yield hypercall).
+    Yield,
     /// The vCPU executed HLT: it waits for an interrupt. With interrupts disabled nothing can
     /// wake it (no NMI source exists), so it is done for good.
     Halt { interrupts_enabled: bool },
@@ -289,11 +399,14 @@ pub struct VcpuState {
     pub stats: ExitStats,
     /// The TSC rate the guest sees, for CPUID's timing leaf (0 = unknown).
     pub tsc_khz: u32,
+    /// What the guest's CPUID offers, for the register rules.
+    pub features: GuestFeatures,
 }
 
 impl VcpuState {
-    pub fn new(vcpu_id: u32) -> Self {
-        VcpuState { vcpu_id, msrs: MsrState::new(), stats: ExitStats::default(), tsc_khz: 0 }
+    pub fn new(vcpu_id: u32, tsc_khz: u32, host: &dyn Host) -> Self {
+        let features = GuestFeatures::from_cpuid(|leaf, sub| cpuid::guest_cpuid(leaf, sub, vcpu_id, true, tsc_khz, |l, s| host.cpuid(l, s)));
+        VcpuState { vcpu_id, msrs: MsrState::new(), stats: ExitStats::default(), tsc_khz, features }
     }
 }
 
@@ -320,110 +433,180 @@ pub fn deliver_interrupt(cpu: &mut dyn Vcpu, pic: &mut crate::devices::pic8259::
     }
 }
 
-/// CR0 bits (SDM Vol. 3A 2.5).
-const CR0_PE: u64 = 1 << 0;
-const CR0_NW: u64 = 1 << 29;
-const CR0_CD: u64 = 1 << 30;
-const CR0_PG: u64 = 1 << 31;
-/// CR4.VMXE and CR4.SMXE: hidden features, so setting them faults.
-const CR4_VMXE: u64 = 1 << 13;
-const CR4_SMXE: u64 = 1 << 14;
+/// Injects exception `vector` with the error code the architecture gives it in the vCPU's
+/// current mode: the one place either backend's exceptions are decided.
+pub fn inject_exception(cpu: &mut dyn Vcpu, vector: u8, error_code: Option<u32>) {
+    let protected = cpu.mode().cr0 & Cr0::PE.bits() != 0;
+    cpu.inject_exception(vector, regs::exception_error_code(vector, error_code, protected));
+}
+
+fn fault(cpu: &mut dyn Vcpu, f: Fault) {
+    match f {
+        Fault::Gp => inject_exception(cpu, GP, Some(0)),
+        Fault::Ud => inject_exception(cpu, UD, None),
+    }
+}
 
 fn lo32(v: u64) -> u64 {
     v & 0xffff_ffff
 }
 
-/// Handles one exit. `host_cpuid` answers CPUID on the real CPU; `io` is the guest's ports.
-pub fn handle_exit(exit: &Exit, cpu: &mut dyn Vcpu, g: &mut VcpuState, io: &mut dyn PortIo, host_cpuid: &dyn Fn(u32, u32) -> [u32; 4]) -> Action {
-    g.stats.count(exit.kind());
-    match exit {
+/// What an exit handler reaches besides the vCPU: the guest's ports and RAM, and the host.
+pub struct Env<'a> {
+    pub io: &'a mut dyn PortIo,
+    pub mem: &'a mut dyn GuestPhys,
+    pub host: &'a dyn Host,
+}
+
+/// The instruction completed: continue after it, or stop the guest if the backend could not
+/// say where "after" is (never expected: every instruction exit carries its next RIP).
+fn complete(cpu: &mut dyn Vcpu, e: &VmExit) -> Action {
+    match e.next_rip {
+        Some(rip) => {
+            cpu.complete(rip);
+            Action::Resume
+        }
+        None => Action::Stop(StopReason::Unsupported(alloc::format!("{:?} exit without an instruction length", e.exit.kind()))),
+    }
+}
+
+/// Handles one exit.
+pub fn handle_exit(e: &VmExit, cpu: &mut dyn Vcpu, g: &mut VcpuState, env: &mut Env) -> Action {
+    g.stats.count(e.exit.kind());
+    match &e.exit {
         Exit::Cpuid => {
             let r = cpu.gprs();
             let (leaf, sub) = (r.rax as u32, r.rcx as u32);
-            let osxsave = cpu.guest_cr4() & (1 << 18) != 0;
-            let [a, b, c, d] = cpuid::guest_cpuid(leaf, sub, g.vcpu_id, osxsave, g.tsc_khz, host_cpuid);
+            let osxsave = cpu.mode().cr4 & Cr4::OSXSAVE.bits() != 0;
+            let [a, b, c, d] = cpuid::guest_cpuid(leaf, sub, g.vcpu_id, osxsave, g.tsc_khz, |l, s| env.host.cpuid(l, s));
             let r = cpu.gprs();
             (r.rax, r.rbx, r.rcx, r.rdx) = (a as u64, b as u64, c as u64, d as u64);
-            cpu.skip_instruction();
-            Action::Resume
+            complete(cpu, e)
         }
         Exit::Rdmsr => {
             let msr = cpu.gprs().rcx as u32;
             let value = match g.msrs.read(msr) {
                 MsrResult::Value(v) => Some(v),
-                MsrResult::Efer => Some(cpu.guest_efer()),
+                MsrResult::Efer => Some(cpu.mode().efer),
+                MsrResult::Tsc => Some(env.host.rdtsc().wrapping_add(cpu.tsc_offset())),
                 MsrResult::Done | MsrResult::Fault => None,
             };
             match value {
                 Some(v) => {
                     let r = cpu.gprs();
                     (r.rax, r.rdx) = (lo32(v), v >> 32);
-                    cpu.skip_instruction();
+                    complete(cpu, e)
                 }
-                None => cpu.inject_exception(GP, Some(0)),
+                None => {
+                    fault(cpu, Fault::Gp);
+                    Action::Resume
+                }
             }
-            Action::Resume
         }
         Exit::Wrmsr => {
             let r = cpu.gprs();
             let (msr, value) = (r.rcx as u32, (r.rdx << 32) | lo32(r.rax));
-            match g.msrs.write(msr, value) {
-                MsrResult::Done | MsrResult::Value(_) => cpu.skip_instruction(),
-                MsrResult::Efer => {
-                    // LMA is the CPU's: keep the current value, whatever was written.
-                    let lma = cpu.guest_efer() & msr::EFER_LMA;
-                    cpu.set_guest_efer((value & msr::EFER_GUEST_WRITABLE) | lma);
-                    cpu.skip_instruction();
+            let outcome = match g.msrs.write(msr, value) {
+                MsrResult::Done | MsrResult::Value(_) => Ok(()),
+                MsrResult::Efer => regs::check_efer_write(&cpu.mode(), value, &g.features).map(|v| cpu.set_guest_efer(v)),
+                // Writing the TSC sets the guest's offset so that it now reads `value` (SDM
+                // Vol. 3A 18.17; the host TSC keeps running for everyone else).
+                MsrResult::Tsc => {
+                    cpu.set_tsc_offset(value.wrapping_sub(env.host.rdtsc()));
+                    Ok(())
                 }
-                MsrResult::Fault => cpu.inject_exception(GP, Some(0)),
+                MsrResult::Fault => Err(Fault::Gp),
+            };
+            match outcome {
+                Ok(()) => complete(cpu, e),
+                Err(f) => {
+                    fault(cpu, f);
+                    Action::Resume
+                }
             }
-            Action::Resume
         }
-        Exit::Io { port, size, write, string } => {
-            if *string {
-                return Action::Stop(StopReason::Unsupported(alloc::format!("string I/O (INS/OUTS) on port {port:#x}")));
-            }
-            handle_io(*port, *size, *write, cpu, io)
-        }
+        Exit::Io { port, size, write, string: Some(s) } => string_io::handle(*port, *size, *write, s, e.next_rip, cpu, env),
+        Exit::Io { port, size, write, string: None } => handle_io(*port, *size, *write, cpu, env.io, e),
         Exit::Hlt => {
-            let interrupts_enabled = cpu.rflags() & (1 << 9) != 0;
-            cpu.skip_instruction();
-            Action::Halt { interrupts_enabled }
+            let interrupts_enabled = cpu.rflags() & Rflags::IF.bits() != 0;
+            match complete(cpu, e) {
+                Action::Resume => Action::Halt { interrupts_enabled },
+                stop => stop,
+            }
         }
         Exit::Hypercall => {
             let cpl = cpu.cpl();
             let r = cpu.gprs();
+            let mut action = Action::Resume;
             if cpl != 0 {
                 r.rax = hypercall::NOT_PERMITTED;
             } else {
                 match r.rax {
                     hypercall::VERSION => (r.rax, r.rbx, r.rcx) = (0, hypercall::MAGIC, hypercall::ABI_VERSION),
+                    hypercall::YIELD => {
+                        r.rax = 0;
+                        action = Action::Yield;
+                    }
                     _ => r.rax = hypercall::UNKNOWN,
                 }
             }
-            cpu.skip_instruction();
-            Action::Resume
+            match complete(cpu, e) {
+                Action::Resume => action,
+                stop => stop,
+            }
         }
         Exit::CrWrite { cr, value } => {
-            let ok = match cr {
-                // Bits 63:32 are reserved; PG needs PE; NW needs CD (SDM Vol. 3A 2.5, MOV CR).
-                0 => value >> 32 == 0 && !(value & CR0_PG != 0 && value & CR0_PE == 0) && !(value & CR0_NW != 0 && value & CR0_CD == 0),
-                4 => value & (CR4_VMXE | CR4_SMXE) == 0 && value >> 32 == 0,
-                _ => false,
+            let m = cpu.mode();
+            let outcome = match cr {
+                0 => regs::check_cr0_write(&m, *value).map(|(v, lma)| {
+                    cpu.set_guest_cr(0, v);
+                    let efer = if lma { m.efer | Efer::LMA.bits() } else { m.efer & !Efer::LMA.bits() };
+                    if efer != m.efer {
+                        cpu.set_guest_efer(efer);
+                    }
+                }),
+                4 => regs::check_cr4_write(&m, *value, &g.features).map(|v| cpu.set_guest_cr(4, v)),
+                _ => Err(Fault::Gp),
             };
-            if ok {
-                cpu.set_guest_cr(*cr, *value);
-                cpu.skip_instruction();
-            } else {
-                cpu.inject_exception(GP, Some(0));
+            match outcome {
+                Ok(()) => complete(cpu, e),
+                Err(f) => {
+                    fault(cpu, f);
+                    Action::Resume
+                }
             }
-            Action::Resume
+        }
+        Exit::Xsetbv => {
+            let m = cpu.mode();
+            let cpl = cpu.cpl();
+            let r = cpu.gprs();
+            let (ecx, value) = (r.rcx as u32, (r.rdx << 32) | lo32(r.rax));
+            match regs::check_xsetbv(cpl, m.cr4, ecx, value, &g.features) {
+                Ok(x) => {
+                    cpu.set_xcr0(x.bits());
+                    complete(cpu, e)
+                }
+                Err(f) => {
+                    fault(cpu, f);
+                    Action::Resume
+                }
+            }
+        }
+        Exit::Invd => {
+            // INVD would discard dirty cache lines, the host's included; WBINVD gives the guest
+            // everything INVD promises (SDM Vol. 2A INVD: "data ... may be lost") safely.
+            if cpu.cpl() != 0 {
+                fault(cpu, Fault::Gp);
+                return Action::Resume;
+            }
+            env.host.wbinvd();
+            complete(cpu, e)
         }
         Exit::VirtInstruction => {
-            cpu.inject_exception(UD, None);
+            fault(cpu, Fault::Ud);
             Action::Resume
         }
-        Exit::Interrupted => Action::Resume,
+        Exit::Interrupted | Exit::HostNmi => Action::Resume,
         Exit::InterruptWindow => {
             // The run loop delivers the pending interrupt before the next entry.
             cpu.request_interrupt_window(false);
@@ -440,26 +623,31 @@ pub fn handle_exit(exit: &Exit, cpu: &mut dyn Vcpu, g: &mut VcpuState, io: &mut 
     }
 }
 
-fn handle_io(port: u16, size: u8, write: bool, cpu: &mut dyn Vcpu, io: &mut dyn PortIo) -> Action {
-    let mask = match size {
+/// The mask of an I/O access of `size` bytes.
+fn io_mask(size: u8) -> u64 {
+    match size {
         1 => 0xff,
         2 => 0xffff,
         _ => 0xffff_ffff,
-    };
+    }
+}
+
+fn handle_io(port: u16, size: u8, write: bool, cpu: &mut dyn Vcpu, io: &mut dyn PortIo, e: &VmExit) -> Action {
+    let mask = io_mask(size);
     if write {
         let value = (cpu.gprs().rax & mask) as u32;
-        cpu.skip_instruction();
+        let done = complete(cpu, e);
         if let IoOutcome::TestExit(code) = io.io_write(port, size, value) {
             return Action::Stop(StopReason::TestExit(code));
         }
+        done
     } else {
         let value = io.io_read(port, size) as u64 & mask;
         let r = cpu.gprs();
         // IN to AL/AX leaves the rest of RAX alone; IN to EAX zero-extends (SDM Vol. 1 3.4.1.1).
         r.rax = if size == 4 { value } else { (r.rax & !mask) | value };
-        cpu.skip_instruction();
+        complete(cpu, e)
     }
-    Action::Resume
 }
 
 #[cfg(test)]

@@ -1,10 +1,14 @@
 //! Which MSRs a guest may touch, and what the emulated ones answer.
 //!
 //! Three classes:
-//! - **passed through** (not intercepted; the hardware switches them or the guest owns them
-//!   on this CPU): the segment bases, SYSCALL/SYSENTER targets, PAT, TSC_AUX, and TSC reads;
-//! - **emulated** (intercepted, answered here): EFER on SVM (VMRUN needs EFER.SVME set in the
-//!   guest state, APM 15.5.1, so the guest's own view is kept beside it), and a few
+//! - **passed through** (not intercepted): the segment bases, SYSCALL/SYSENTER targets, PAT,
+//!   TSC_AUX, and TSC reads. The hardware switches some of them at every entry and exit (VMCS
+//!   guest/host fields, VMLOAD/VMSAVE); the kernel's per-vCPU context switches the rest (STAR,
+//!   LSTAR, CSTAR, SFMASK and KERNEL_GS_BASE on VMX, TSC_AUX on both) whenever a different
+//!   vCPU gets the CPU, so a guest only ever reads its own values;
+//! - **emulated** (intercepted, answered here): EFER (checked by `regs::check_efer_write`;
+//!   on SVM VMRUN needs EFER.SVME set in the guest state, APM 15.5.1, so the guest's own view
+//!   is kept beside it), TSC writes (they move the vCPU's TSC offset), and a few
 //!   identification MSRs that guests read at boot;
 //! - **everything else**: #GP, as a CPU without that MSR would answer.
 
@@ -41,10 +45,6 @@ pub const PASSTHROUGH: &[u32] = &[
 /// MSRs the guest reads directly but whose writes are intercepted.
 pub const READ_ONLY_PASSTHROUGH: &[u32] = &[IA32_TSC];
 
-/// EFER bits a guest may set (SDM Vol. 3A 2.2.1; APM Vol. 2 3.1.7). LMA is read-only (the
-/// CPU sets it), SVME is Bastion's.
-pub const EFER_GUEST_WRITABLE: u64 = EFER_SCE | EFER_LME | EFER_NXE;
-
 /// Per-vCPU state of emulated MSRs.
 #[derive(Debug, Clone, Default)]
 pub struct MsrState {
@@ -58,8 +58,10 @@ pub enum MsrResult {
     Done,
     /// Bastion's answer is #GP.
     Fault,
-    /// EFER: the common handler asks the backend (`Vcpu::efer`/`set_efer`).
+    /// EFER: the common handler checks the value and asks the backend.
     Efer,
+    /// IA32_TSC: the common handler reads or moves the vCPU's TSC offset.
+    Tsc,
 }
 
 impl MsrState {
@@ -71,6 +73,7 @@ impl MsrState {
     pub fn read(&self, msr: u32) -> MsrResult {
         match msr {
             EFER => MsrResult::Efer,
+            IA32_TSC => MsrResult::Tsc,
             // Locked, VMX off: what a guest of a hypervisor without nested VMX should see.
             IA32_FEATURE_CONTROL => MsrResult::Value(1),
             IA32_BIOS_SIGN_ID => MsrResult::Value(0),
@@ -83,13 +86,9 @@ impl MsrState {
 
     pub fn write(&mut self, msr: u32, value: u64) -> MsrResult {
         match msr {
-            EFER => {
-                if value & !(EFER_GUEST_WRITABLE | EFER_LMA) != 0 {
-                    MsrResult::Fault
-                } else {
-                    MsrResult::Efer
-                }
-            }
+            // Checked against the vCPU's mode and CPUID by `regs::check_efer_write`.
+            EFER => MsrResult::Efer,
+            IA32_TSC => MsrResult::Tsc,
             // The microcode-update trigger: accepted and ignored.
             IA32_BIOS_SIGN_ID => MsrResult::Done,
             IA32_MISC_ENABLE => {
@@ -122,12 +121,13 @@ mod tests {
     }
 
     #[test]
-    fn efer_reserved_and_svme_bits_fault() {
+    fn efer_and_tsc_go_to_the_common_handler() {
         let mut s = MsrState::new();
         assert_eq!(s.write(EFER, EFER_LME | EFER_SCE | EFER_NXE), MsrResult::Efer);
-        assert_eq!(s.write(EFER, EFER_SVME), MsrResult::Fault);
-        assert_eq!(s.write(EFER, 1 << 20), MsrResult::Fault);
         assert_eq!(s.read(EFER), MsrResult::Efer);
+        // IA32_TSC (0x10) is writable on every CPU (SDM Vol. 3A 18.17): never #GP.
+        assert_eq!(s.write(0x10, 1234), MsrResult::Tsc);
+        assert_eq!(s.read(0x10), MsrResult::Tsc);
     }
 
     #[test]
