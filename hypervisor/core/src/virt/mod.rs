@@ -4,7 +4,9 @@
 //! it is unit-tested on the host with values recorded from real CPUs and emulators.
 
 pub mod svm;
+pub mod svm_exit;
 pub mod vmx;
+pub mod vmx_exit;
 
 /// What the CPU offers, as far as Bastion cares.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -268,52 +268,7 @@ pub fn instruction_error(n: u32) -> &'static str {
 
 /// Name of a basic exit reason (SDM Vol. 3C Appendix C), for reports.
 pub fn exit_reason_name(reason: u32) -> &'static str {
-    match reason {
-        0 => "exception or NMI",
-        1 => "external interrupt",
-        2 => "triple fault",
-        3 => "INIT signal",
-        4 => "SIPI",
-        7 => "interrupt window",
-        8 => "NMI window",
-        9 => "task switch",
-        10 => "CPUID",
-        11 => "GETSEC",
-        12 => "HLT",
-        13 => "INVD",
-        14 => "INVLPG",
-        15 => "RDPMC",
-        16 => "RDTSC",
-        18 => "VMCALL",
-        19..=27 => "VMX instruction",
-        28 => "control-register access",
-        29 => "MOV DR",
-        30 => "I/O instruction",
-        31 => "RDMSR",
-        32 => "WRMSR",
-        33 => "VM-entry failure: invalid guest state",
-        34 => "VM-entry failure: MSR loading",
-        36 => "MWAIT",
-        37 => "monitor trap flag",
-        39 => "MONITOR",
-        40 => "PAUSE",
-        41 => "VM-entry failure: machine-check event",
-        48 => "EPT violation",
-        49 => "EPT misconfiguration",
-        50 => "INVEPT",
-        51 => "RDTSCP",
-        52 => "VMX-preemption timer expired",
-        53 => "INVVPID",
-        54 => "WBINVD",
-        55 => "XSETBV",
-        57 => "RDRAND",
-        58 => "INVPCID",
-        59 => "VMFUNC",
-        61 => "RDSEED",
-        63 => "XSAVES",
-        64 => "XRSTORS",
-        _ => "other",
-    }
+    super::vmx_exit::reason_name(reason)
 }
 
 /// The guest state the entry checks look at, as read back from the VMCS.
