@@ -97,6 +97,60 @@ pub const FLAT_INITIAL_SP: u64 = 0x7000;
 /// Smallest and largest guest RAM.
 pub const MIN_GUEST_MIB: u32 = 2;
 pub const MAX_GUEST_MIB: u32 = 64 * 1024;
+/// A flat image must end by here: 640 KiB, the end of conventional memory below the legacy
+/// VGA and ROM area (the hypervisor loads nothing above it for a real-mode guest).
+pub const FLAT_IMAGE_END: u64 = 0xa_0000;
+
+/// Why an image of some size cannot be loaded into a guest (see [`image_fits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFitError {
+    /// Zero bytes: nothing to run.
+    Empty,
+    /// The image would end at `end`, past the guest's RAM (`ram` bytes from guest-physical 0).
+    PastRam { len: u64, end: u64, ram: u64, max_len: u64 },
+    /// A flat image would end at `end`, past [`FLAT_IMAGE_END`].
+    PastConventionalMemory { len: u64, end: u64, max_len: u64 },
+}
+
+impl fmt::Display for ImageFitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            ImageFitError::Empty => write!(f, "the image is empty"),
+            ImageFitError::PastRam { len, end, ram, max_len } => write!(
+                f,
+                "a flat image of {len} bytes loaded at {FLAT_LOAD_ADDRESS:#x} ends at {end:#x}, past the guest's {} MiB of RAM ({ram:#x}); at most {max_len} bytes fit",
+                ram >> 20
+            ),
+            ImageFitError::PastConventionalMemory { len, end, max_len } => write!(
+                f,
+                "a flat image of {len} bytes loaded at {FLAT_LOAD_ADDRESS:#x} ends at {end:#x}, past the end of conventional memory at {FLAT_IMAGE_END:#x} (640 KiB); at most {max_len} bytes fit"
+            ),
+        }
+    }
+}
+
+/// Whether an image of `len` bytes fits a guest with this format and RAM: the rule `boot`
+/// applies before packing and the hypervisor applies when it loads the image. A `flat` image
+/// is loaded at [`FLAT_LOAD_ADDRESS`] and must end within the guest's `memory_mib` MiB of RAM
+/// and by [`FLAT_IMAGE_END`]; an empty image is refused.
+pub fn image_fits(format: ImageFormat, memory_mib: u32, len: u64) -> Result<(), ImageFitError> {
+    if len == 0 {
+        return Err(ImageFitError::Empty);
+    }
+    match format {
+        ImageFormat::Flat => {
+            let ram = u64::from(memory_mib) << 20;
+            let end = FLAT_LOAD_ADDRESS.saturating_add(len);
+            if end > ram {
+                return Err(ImageFitError::PastRam { len, end, ram, max_len: ram.saturating_sub(FLAT_LOAD_ADDRESS) });
+            }
+            if end > FLAT_IMAGE_END {
+                return Err(ImageFitError::PastConventionalMemory { len, end, max_len: FLAT_IMAGE_END - FLAT_LOAD_ADDRESS });
+            }
+            Ok(())
+        }
+    }
+}
 
 /// `[hypervisor]`: how Bastion itself behaves.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -244,6 +298,24 @@ impl Config {
     }
 }
 
+impl Config {
+    /// An error about `key` of the guest named `guest` in `text` (the file this config was
+    /// parsed from), located like the parser's own guest errors: at the key's line when it is
+    /// present, with the field `guest[INDEX].key`. For checks made after parsing, such as the
+    /// host tool's look at each guest's kernel file.
+    pub fn guest_error(file: &str, text: &str, guest: &str, key: &str, message: String) -> ConfigError {
+        let entry = toml::from_str::<RawConfig>(text).ok().and_then(|raw| {
+            raw.guest.iter().enumerate().find_map(|(i, t)| {
+                (t.get_ref().get("name").and_then(|n| n.as_str()) == Some(guest)).then(|| (i, t.span()))
+            })
+        });
+        match entry {
+            Some((index, span)) => GuestCtx { file, text, span, index }.error(key, message),
+            None => ConfigError { file: file.to_string(), line: 0, column: 0, field: None, message },
+        }
+    }
+}
+
 /// Locates errors inside one `[[guest]]` table.
 struct GuestCtx<'a> {
     file: &'a str,
@@ -314,6 +386,11 @@ fn bundle_path(t: &toml::Table, key: &str, ctx: &GuestCtx) -> Result<Option<Stri
 }
 
 impl GuestConfig {
+    /// [`image_fits`] for this guest's format and RAM.
+    pub fn image_fits(&self, len: u64) -> Result<(), ImageFitError> {
+        image_fits(self.format, self.memory_mib, len)
+    }
+
     const FIELDS: &'static [&'static str] = &[
         "name", "kernel", "format", "initrd", "cmdline", "memory_mib", "vcpus", "affinity", "console", "console_port", "autostart",
         "on_crash",
@@ -572,6 +649,44 @@ mod tests {
         assert_eq!(c.guests[0].kernel, "k");
         assert_eq!(c.guest_errors[0].line, 5);
         assert!(c.guest_errors[0].message.contains("duplicate"));
+    }
+
+    #[test]
+    fn flat_images_must_be_non_empty_and_end_within_ram_and_640_kib() {
+        let flat = |mib, len| image_fits(ImageFormat::Flat, mib, len);
+        assert_eq!(flat(2, 0), Err(ImageFitError::Empty));
+        assert_eq!(flat(2, 1), Ok(()));
+        // 0x8000..0xa0000 is the most a flat image may use.
+        assert_eq!(flat(2, FLAT_IMAGE_END - FLAT_LOAD_ADDRESS), Ok(()));
+        assert_eq!(
+            flat(2, FLAT_IMAGE_END - FLAT_LOAD_ADDRESS + 1),
+            Err(ImageFitError::PastConventionalMemory { len: 0x9_8001, end: 0xa_0001, max_len: 0x9_8000 })
+        );
+        // Past the guest's RAM: checked first, it is what a user changes.
+        let e = flat(2, 3 << 20).unwrap_err();
+        assert_eq!(e, ImageFitError::PastRam { len: 3 << 20, end: (3 << 20) + 0x8000, ram: 2 << 20, max_len: (2 << 20) - 0x8000 });
+        let s = e.to_string();
+        assert!(s.contains("past the guest's 2 MiB of RAM") && s.contains("at most 2064384 bytes fit"), "{s}");
+        // A guest smaller than the schema allows still gets a sensible answer.
+        assert!(matches!(flat(0, 1), Err(ImageFitError::PastRam { ram: 0, max_len: 0, .. })));
+        assert!(matches!(flat(MAX_GUEST_MIB, u64::MAX), Err(ImageFitError::PastRam { end: u64::MAX, .. })));
+        let g = Config::parse("g.toml", "[[guest]]\nname = \"a\"\nkernel = \"k\"\nmemory_mib = 4\n").unwrap();
+        assert_eq!(g.guests[0].image_fits(512), Ok(()));
+        assert_eq!(g.guests[0].image_fits(0), Err(ImageFitError::Empty));
+    }
+
+    #[test]
+    fn errors_found_after_parsing_are_located_at_the_guest_key() {
+        let text = "[hypervisor]\n\n[[guest]]\nname = \"a\"\nkernel = \"a.bin\"\n\n[[guest]]\nname = \"b\"\n# its image\nkernel = \"b.bin\"\n";
+        let e = Config::guest_error("b.toml", text, "b", "kernel", "guest `b`: too big".into());
+        assert_eq!((e.line, e.column, e.field.as_deref()), (10, 1, Some("guest[1].kernel")));
+        assert_eq!(e.to_string(), "b.toml:10:1: guest[1].kernel: guest `b`: too big");
+        // A key the table does not have: the guest's header.
+        let e = Config::guest_error("b.toml", text, "a", "initrd", "x".into());
+        assert_eq!((e.line, e.field.as_deref()), (3, Some("guest[0].initrd")));
+        // No such guest: the file and the message only.
+        let e = Config::guest_error("b.toml", text, "zz", "kernel", "x".into());
+        assert_eq!(e.to_string(), "b.toml: x");
     }
 
     #[test]
