@@ -9,42 +9,75 @@
 
 use anyhow::{bail, Context, Result};
 use bastion_core::bundle::{Bundle, CONFIG_FILE};
-use bastion_core::config::Config;
+use bastion_core::config::{Config, ImageFitError};
 use bootloader::{BootConfig, DiskImageBuilder};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Reads and validates a configuration file. The error names the file, line and field; on the
-/// host every guest must be valid (the hypervisor would skip an invalid one, but a tool should
-/// not ship it).
+/// Reads and validates a configuration file and every guest's kernel file: it must exist, not
+/// be empty, and fit its guest ([`bastion_core::config::image_fits`]). Errors name the file,
+/// line and field, and for a kernel the guest (`bastion.toml:9:1: guest[1].kernel: guest
+/// `web`: ...`). On the host every guest must be valid (the hypervisor would skip an invalid
+/// one, but a tool should not ship it).
 pub fn validate_config(path: &Path) -> Result<Config> {
+    Ok(load(path)?.config)
+}
+
+/// A validated configuration with its text and the guest kernels it names.
+struct Loaded {
+    config: Config,
+    text: String,
+    /// (path in the bundle, contents), each image once.
+    kernels: Vec<(String, Vec<u8>)>,
+}
+
+fn load(path: &Path) -> Result<Loaded> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
-    let config = Config::parse(&path.display().to_string(), &text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let file = path.display().to_string();
+    let config = Config::parse(&file, &text).map_err(|e| anyhow::anyhow!("{e}"))?;
     if !config.guest_errors.is_empty() {
         let all: Vec<String> = config.guest_errors.iter().map(|e| e.to_string()).collect();
         bail!("{}", all.join("\n"));
     }
-    Ok(config)
+    // Guest kernels are read relative to the config file's folder.
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut kernels: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut errors = Vec::new();
+    for g in &config.guests {
+        let kernel = base.join(&g.kernel);
+        // Two guests may share one image; it is read (and packed) once, and checked for each.
+        let data = match kernels.iter().find(|(n, _)| *n == g.kernel) {
+            Some((_, d)) => Ok(d.len()),
+            None => std::fs::read(&kernel).map(|d| {
+                let len = d.len();
+                kernels.push((g.kernel.clone(), d));
+                len
+            }),
+        };
+        let problem = match data {
+            Err(e) => format!("cannot read kernel {}: {e}", kernel.display()),
+            Ok(len) => match g.image_fits(len as u64) {
+                Ok(()) => continue,
+                Err(ImageFitError::Empty) => format!("kernel {} is empty", kernel.display()),
+                Err(e) => format!("kernel {} does not fit the guest: {e}", kernel.display()),
+            },
+        };
+        errors.push(Config::guest_error(&file, &text, &g.name, "kernel", format!("guest `{}`: {problem}", g.name)).to_string());
+    }
+    if !errors.is_empty() {
+        bail!("{}", errors.join("\n"));
+    }
+    Ok(Loaded { config, text, kernels })
 }
 
 /// Builds the bundle for the configuration at `config_path` and returns its bytes: the config
 /// as `bastion.toml`, and every guest kernel at the path the config gives (read relative to
-/// the config file's folder). The configuration is validated first; an invalid one is refused.
+/// the config file's folder). The configuration and the kernels are validated first
+/// ([`validate_config`]); an invalid one is refused.
 pub fn bundle_bytes(config_path: &Path) -> Result<Vec<u8>> {
-    let config = validate_config(config_path)?;
-    let text = std::fs::read(config_path).with_context(|| format!("cannot read config {}", config_path.display()))?;
-    let base = config_path.parent().unwrap_or(Path::new("."));
-    let mut files: Vec<(String, Vec<u8>)> = vec![(CONFIG_FILE.to_string(), text)];
-    for g in &config.guests {
-        if files.iter().any(|(n, _)| *n == g.kernel) {
-            continue; // two guests may share one image
-        }
-        let path = base.join(&g.kernel);
-        let data = std::fs::read(&path)
-            .with_context(|| format!("{}: guest `{}`: cannot read kernel {}", config_path.display(), g.name, path.display()))?;
-        files.push((g.kernel.clone(), data));
-    }
-    let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, d)| (n.as_str(), d.as_slice())).collect();
+    let loaded = load(config_path)?;
+    let mut refs: Vec<(&str, &[u8])> = vec![(CONFIG_FILE, loaded.text.as_bytes())];
+    refs.extend(loaded.kernels.iter().map(|(n, d)| (n.as_str(), d.as_slice())));
     let bytes = pack(&refs)?;
     // Read it back with the kernel's reader: what we ship must be what the kernel accepts.
     Bundle::parse(&bytes).map_err(|e| anyhow::anyhow!("internal error: packed bundle does not parse: {e}"))?;
@@ -131,8 +164,8 @@ pub fn create_images(kernel: &Path, bundle: &Path, req: &ImageRequest) -> Result
     Ok(())
 }
 
-/// Everything at once: validate the config, pack the bundle, strip the kernel, make images.
-/// Files are written into `out_dir`: `bundle.tar`, `bastion.elf`, and the requested images
+/// What [`build_all`] and [`build_from_bundle`] wrote into their output folder:
+/// `bundle.tar`, `bastion.elf` (the stripped kernel), and the requested images
 /// (`bastion-bios.img`, `bastion-uefi.img`, `pxe/`).
 pub struct Artifacts {
     pub bundle: PathBuf,
@@ -142,10 +175,24 @@ pub struct Artifacts {
     pub pxe: Option<PathBuf>,
 }
 
+/// Everything at once: validate the config and its guest kernels, pack the bundle, strip the
+/// kernel, make images, all in `out_dir` (see [`Artifacts`]).
 pub fn build_all(kernel: &Path, config: &Path, out_dir: &Path, bios: bool, uefi: bool, pxe: bool) -> Result<Artifacts> {
     std::fs::create_dir_all(out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
     let bundle = out_dir.join("bundle.tar");
     std::fs::write(&bundle, bundle_bytes(config)?).with_context(|| format!("cannot write {}", bundle.display()))?;
+    build_from_bundle(kernel, &bundle, out_dir, bios, uefi, pxe)
+}
+
+/// Like [`build_all`] around an existing bundle file, taken as it is (tests use it for
+/// corrupt bundles). The bundle is copied to `out_dir/bundle.tar` unless it is that file.
+pub fn build_from_bundle(kernel: &Path, bundle: &Path, out_dir: &Path, bios: bool, uefi: bool, pxe: bool) -> Result<Artifacts> {
+    std::fs::create_dir_all(out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let out_bundle = out_dir.join("bundle.tar");
+    let same = |a: &Path, b: &Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y);
+    if !same(bundle, &out_bundle) {
+        std::fs::copy(bundle, &out_bundle).with_context(|| format!("cannot copy bundle {}", bundle.display()))?;
+    }
     let stripped = out_dir.join("bastion.elf");
     strip_kernel(kernel, &stripped)?;
     let req = ImageRequest {
@@ -153,8 +200,8 @@ pub fn build_all(kernel: &Path, config: &Path, out_dir: &Path, bios: bool, uefi:
         uefi: uefi.then(|| out_dir.join("bastion-uefi.img")),
         pxe: pxe.then(|| out_dir.join("pxe")),
     };
-    create_images(&stripped, &bundle, &req)?;
-    Ok(Artifacts { bundle, kernel: stripped, bios: req.bios, uefi: req.uefi, pxe: req.pxe })
+    create_images(&stripped, &out_bundle, &req)?;
+    Ok(Artifacts { bundle: out_bundle, kernel: stripped, bios: req.bios, uefi: req.uefi, pxe: req.pxe })
 }
 
 #[cfg(test)]
@@ -204,6 +251,69 @@ mod tests {
         std::fs::write(&cfg, "[[guest]]\nname = \"a\"\n").unwrap();
         let e = format!("{:#}", bundle_bytes(&cfg).unwrap_err());
         assert!(e.contains("b.toml:1:1: guest[0].kernel: missing field `kernel`"), "{e}");
+    }
+
+    /// A config with one guest `web` (4 MiB of RAM) whose kernel is `kernel`, written with
+    /// `data` unless it is `None`; returns the folder and the config path.
+    fn web_guest(data: Option<&[u8]>) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("bastion.toml");
+        std::fs::write(&cfg, "[hypervisor]\n\n[[guest]]\nname = \"ok\"\nkernel = \"ok.bin\"\n\n[[guest]]\nname = \"web\"\nmemory_mib = 4\nkernel = \"guests/web.bin\"\n").unwrap();
+        std::fs::write(dir.path().join("ok.bin"), [0xf4u8]).unwrap();
+        if let Some(data) = data {
+            std::fs::create_dir(dir.path().join("guests")).unwrap();
+            std::fs::write(dir.path().join("guests/web.bin"), data).unwrap();
+        }
+        (dir, cfg)
+    }
+
+    /// The error for a bad kernel, from `validate_config` and `bundle_bytes` alike: located at
+    /// the guest's `kernel` line, naming the guest and its index.
+    fn kernel_error(data: Option<&[u8]>) -> String {
+        let (_dir, cfg) = web_guest(data);
+        let e = format!("{:#}", validate_config(&cfg).unwrap_err());
+        assert_eq!(e, format!("{:#}", bundle_bytes(&cfg).unwrap_err()));
+        assert!(e.starts_with(&format!("{}:10:1: guest[1].kernel: guest `web`: ", cfg.display())), "{e}");
+        assert!(!e.contains("guest `ok`"), "{e}");
+        e
+    }
+
+    #[test]
+    fn missing_guest_kernel_names_the_guest() {
+        let e = kernel_error(None);
+        assert!(e.contains("cannot read kernel") && e.contains("guests/web.bin"), "{e}");
+    }
+
+    #[test]
+    fn empty_guest_kernel_names_the_guest() {
+        let e = kernel_error(Some(&[]));
+        assert!(e.ends_with("guests/web.bin is empty"), "{e}");
+    }
+
+    #[test]
+    fn guest_kernel_too_large_for_its_guest_names_the_guest() {
+        // 4 MiB of RAM, and a flat image loaded at 0x8000 of 4 MiB.
+        let e = kernel_error(Some(&vec![0x90u8; 4 << 20]));
+        assert!(e.contains("does not fit the guest") && e.contains("past the guest's 4 MiB of RAM"), "{e}");
+        // Within RAM but past 640 KiB, where the hypervisor stops loading a flat image.
+        let e = kernel_error(Some(&vec![0x90u8; 0x9_8001]));
+        assert!(e.contains("past the end of conventional memory") && e.contains("at most 622592 bytes fit"), "{e}");
+        // The most that fits.
+        let (_dir, cfg) = web_guest(Some(&vec![0x90u8; 0x9_8000]));
+        validate_config(&cfg).unwrap();
+    }
+
+    #[test]
+    fn every_bad_kernel_is_reported_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("b.toml");
+        std::fs::write(dir.path().join("e.bin"), []).unwrap();
+        std::fs::write(&cfg, "[[guest]]\nname = \"a\"\nkernel = \"x.bin\"\n[[guest]]\nname = \"b\"\nkernel = \"e.bin\"\n").unwrap();
+        let e = format!("{:#}", validate_config(&cfg).unwrap_err());
+        let lines: Vec<&str> = e.lines().collect();
+        assert_eq!(lines.len(), 2, "{e}");
+        assert!(lines[0].contains("b.toml:3:1: guest[0].kernel: guest `a`: cannot read kernel"), "{e}");
+        assert!(lines[1].contains("b.toml:6:1: guest[1].kernel: guest `b`: kernel") && lines[1].ends_with("is empty"), "{e}");
     }
 
     #[test]

@@ -5,33 +5,62 @@ use std::path::PathBuf;
 
 const USAGE: &str = "\
 usage:
-  boot validate CONFIG                       check a bastion.toml; errors name file, line, field
+  boot validate CONFIG                       check a bastion.toml and its guest kernels;
+                                             errors name file, line, field and guest
   boot bundle --config CONFIG --out FILE     validate and pack the boot bundle (ustar)
-  boot image --kernel ELF --config CONFIG --out DIR [--bios] [--uefi] [--pxe]
-                                             bundle + stripped kernel + images (default: --bios --uefi)
+  boot image --kernel ELF (--config CONFIG | --bundle FILE) --out DIR [--bios] [--uefi] [--pxe]
+                                             bundle + stripped kernel + images (default: --bios --uefi);
+                                             --bundle takes a packed bundle as it is
 ";
 
 fn main() {
-    if let Err(e) = run() {
+    if let Err(e) = run(std::env::args().skip(1).collect()) {
         eprintln!("boot: error: {e:#}");
         std::process::exit(1);
     }
 }
 
-fn run() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+fn run(args: Vec<String>) -> Result<()> {
     let Some(cmd) = args.first() else {
         print!("{USAGE}");
         return Ok(());
     };
-    let opt = |name: &str| -> Option<PathBuf> {
-        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(PathBuf::from)
+    // Options of each command: those that take a value, then flags.
+    let (valued, flags): (&[&str], &[&str]) = match cmd.as_str() {
+        "validate" => (&[], &[]),
+        "bundle" => (&["--config", "--out"], &[]),
+        "image" => (&["--kernel", "--config", "--bundle", "--out"], &["--bios", "--uefi", "--pxe"]),
+        "help" | "--help" | "-h" => {
+            print!("{USAGE}");
+            return Ok(());
+        }
+        other => bail!("unknown command `{other}`\n{USAGE}"),
     };
-    let flag = |name: &str| args.iter().any(|a| a == name);
+    let mut values: Vec<(&str, PathBuf)> = Vec::new();
+    let mut set: Vec<&str> = Vec::new();
+    let mut positional: Vec<PathBuf> = Vec::new();
+    let mut rest = args[1..].iter();
+    while let Some(a) = rest.next() {
+        if let Some(&name) = valued.iter().find(|&&v| v == a) {
+            let v = rest.next().with_context(|| format!("{name} needs a value\n{USAGE}"))?;
+            values.push((name, PathBuf::from(v)));
+        } else if let Some(&name) = flags.iter().find(|&&f| f == a) {
+            set.push(name);
+        } else if a.starts_with('-') {
+            bail!("`{cmd}` has no option `{a}`\n{USAGE}");
+        } else {
+            positional.push(PathBuf::from(a));
+        }
+    }
+    let opt = |name: &str| values.iter().rev().find(|(n, _)| *n == name).map(|(_, v)| v.clone());
+    let flag = |name: &str| set.contains(&name);
+    if cmd != "validate" && !positional.is_empty() {
+        bail!("`{cmd}` takes no argument `{}`\n{USAGE}", positional[0].display());
+    }
     match cmd.as_str() {
         "validate" => {
-            let path = args.get(1).map(PathBuf::from).context("validate needs a CONFIG path")?;
-            boot::validate_config(&path)?;
+            let [path] = positional.as_slice() else { bail!("validate needs one CONFIG path\n{USAGE}") };
+            boot::validate_config(path)?;
             println!("{}: OK", path.display());
         }
         "bundle" => {
@@ -41,21 +70,63 @@ fn run() -> Result<()> {
             std::fs::write(&out, bytes).with_context(|| format!("cannot write {}", out.display()))?;
             println!("{}", out.display());
         }
-        "image" => {
+        _ => {
             let kernel = opt("--kernel").context("image needs --kernel ELF")?;
-            let config = opt("--config").context("image needs --config CONFIG")?;
             let out = opt("--out").context("image needs --out DIR")?;
             let (mut bios, mut uefi, pxe) = (flag("--bios"), flag("--uefi"), flag("--pxe"));
             if !bios && !uefi && !pxe {
                 (bios, uefi) = (true, true);
             }
-            let a = boot::build_all(&kernel, &config, &out, bios, uefi, pxe)?;
+            let a = match (opt("--config"), opt("--bundle")) {
+                (Some(config), None) => boot::build_all(&kernel, &config, &out, bios, uefi, pxe)?,
+                (None, Some(bundle)) => boot::build_from_bundle(&kernel, &bundle, &out, bios, uefi, pxe)?,
+                _ => bail!("image needs one of --config CONFIG and --bundle FILE"),
+            };
             for p in [a.bios, a.uefi, a.pxe].into_iter().flatten() {
                 println!("{}", p.display());
             }
         }
-        "help" | "--help" | "-h" => print!("{USAGE}"),
-        other => bail!("unknown command `{other}`\n{USAGE}"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_with(args: &[&str]) -> Result<()> {
+        run(args.iter().map(|a| a.to_string()).collect())
+    }
+
+    #[test]
+    fn validate_checks_guest_kernels() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("bastion.toml");
+        std::fs::write(&cfg, "[[guest]]\nname = \"web\"\nkernel = \"web.bin\"\n").unwrap();
+        let e = format!("{:#}", run_with(&["validate", cfg.to_str().unwrap()]).unwrap_err());
+        assert!(e.contains("bastion.toml:3:1: guest[0].kernel: guest `web`: cannot read kernel"), "{e}");
+        std::fs::write(dir.path().join("web.bin"), [0xf4u8]).unwrap();
+        run_with(&["validate", cfg.to_str().unwrap()]).unwrap();
+    }
+
+    #[test]
+    fn bundle_packs_and_bad_usage_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("bastion.toml");
+        std::fs::write(&cfg, "[hypervisor]\n").unwrap();
+        let out = dir.path().join("b.tar");
+        run_with(&["bundle", "--config", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()]).unwrap();
+        assert!(std::fs::metadata(&out).unwrap().len() > 0);
+        for (args, msg) in [
+            (&["bundle", "--config"][..], "--config needs a value"),
+            (&["bundle", "--config", "x", "--ouf", "y"], "`bundle` has no option `--ouf`"),
+            (&["validate"], "validate needs one CONFIG path"),
+            (&["image", "--kernel", "k", "--out", "o"], "one of --config CONFIG and --bundle FILE"),
+            (&["image", "--kernel", "k", "--out", "o", "--config", "c", "--bundle", "b"], "one of --config"),
+            (&["bundel"], "unknown command `bundel`"),
+        ] {
+            let e = format!("{:#}", run_with(args).unwrap_err());
+            assert!(e.contains(msg), "{args:?}: {e}");
+        }
+    }
 }
