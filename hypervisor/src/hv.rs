@@ -26,7 +26,7 @@ use bastion_core::exit::ExitStatus;
 use bastion_core::sched::{Decision, Scheduler, State as SchedState, VcpuId};
 use bastion_core::virt::VirtCaps;
 use bastion_core::vm::devices::{GuestDevices, IoOutcome, PortIo};
-use bastion_core::vm::{handle_exit, Action, ExitKind, StopReason, VcpuState, Vcpu};
+use bastion_core::vm::{handle_exit, Action, Env, Exit, ExitKind, Host, StopReason, VcpuState, Vcpu};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use spin::{Mutex, Once};
 
@@ -59,6 +59,10 @@ static CPUS_READY: AtomicUsize = AtomicUsize::new(0);
 /// Registers the calling CPU and enables virtualization on it.
 pub fn init_cpu(index: usize, caps: &VirtCaps) -> Result<(), String> {
     let apic_id = lapic::id();
+    crate::virt::context::init_cpu();
+    if index == 0 {
+        log::info!("virt: guest extended state switched with {}", crate::virt::context::describe());
+    }
     let backend = Backend::enable(caps)?;
     CPUS[index].call_once(|| PerCpu { index, apic_id, backend });
     APIC_INDEX[apic_id as usize & 0xff].store(index + 1, Ordering::SeqCst);
@@ -151,7 +155,10 @@ struct GuestCtl {
     cause: Option<Cause>,
     /// vCPU and RIP where the stop happened.
     at: (u32, u64),
+    /// vCPUs that halted for good (nothing can wake them), and whether any of them had
+    /// interrupts enabled (with no interrupt routed to it).
     halted: u32,
+    halted_with_if: bool,
     boots: u32,
     started_ns: u64,
 }
@@ -174,8 +181,9 @@ struct Guest {
     exits: [AtomicU64; ExitKind::COUNT],
     /// Console bytes typed for the guest that its UART had no room for yet.
     pending_input: Mutex<Vec<u8>>,
-    /// vCPU 0 executed HLT with interrupts enabled and sleeps until its PIC has an interrupt.
-    waiting: AtomicBool,
+    /// Per vCPU: it executed HLT with interrupts enabled and sleeps until an interrupt for it
+    /// is pending (or its deadline comes).
+    waiting: Vec<AtomicBool>,
 }
 
 struct Hv {
@@ -241,7 +249,7 @@ pub fn start(config: &Config, images: Vec<Option<&'static [u8]>>, online: usize)
             index,
             image,
             affinity,
-            vcpus: (0..cfg.vcpus).map(|v| Mutex::new(VcpuSlot { backend: None, state: VcpuState::new(v) })).collect(),
+            vcpus: (0..cfg.vcpus).map(|v| Mutex::new(VcpuSlot { backend: None, state: VcpuState::new(v, 0, &HostCpu) })).collect(),
             devices: Mutex::new(GuestDevices::default()),
             ctl: Mutex::new(GuestCtl {
                 vm: None,
@@ -250,13 +258,14 @@ pub fn start(config: &Config, images: Vec<Option<&'static [u8]>>, online: usize)
                 cause: None,
                 at: (0, 0),
                 halted: 0,
+                halted_with_if: false,
                 boots: 0,
                 started_ns: 0,
             }),
             hold: AtomicBool::new(true),
             exits: [const { AtomicU64::new(0) }; ExitKind::COUNT],
             pending_input: Mutex::new(Vec::new()),
-            waiting: AtomicBool::new(false),
+            waiting: (0..cfg.vcpus).map(|_| AtomicBool::new(false)).collect(),
         });
     }
     let max_tag = CPUS[0].get().map_or(1, |c| c.backend.max_tag());
@@ -327,8 +336,7 @@ fn boot_guest(g: &Guest) {
                 return;
             }
         }
-        slot.state = VcpuState::new(i as u32);
-        slot.state.tsc_khz = time::tsc_khz().min(u32::MAX as u64) as u32;
+        slot.state = VcpuState::new(i as u32, time::tsc_khz().min(u32::MAX as u64) as u32, &HostCpu);
     }
     *g.devices.lock() = GuestDevices::default();
     ctl.boots += 1;
@@ -345,6 +353,7 @@ fn boot_guest(g: &Guest) {
     ctl.vm = Some(vm);
     ctl.status = Status::Running;
     ctl.halted = 0;
+    ctl.halted_with_if = false;
     ctl.cause = None;
     ctl.started_ns = time::now_ns();
     g.hold.store(false, Ordering::SeqCst);
@@ -498,7 +507,14 @@ struct GuestIo<'a> {
 
 impl PortIo for GuestIo<'_> {
     fn io_read(&mut self, port: u16, size: u8) -> u32 {
-        let v = self.g.devices.lock().io_read(port, size);
+        let v = {
+            let mut d = self.g.devices.lock();
+            let v = d.io_read(port, size);
+            // A device access by any vCPU can raise an interrupt for another (SDM: the PIC's
+            // INTR reaches vCPU 0 whoever touched the device): wake its target.
+            wake_if_interrupted(self.g, &d);
+            v
+        };
         // A read may have made room in the receive FIFO: feed it what was typed meanwhile.
         feed_pending_input(self.g);
         v
@@ -507,6 +523,7 @@ impl PortIo for GuestIo<'_> {
         let (outcome, out) = {
             let mut d = self.g.devices.lock();
             let o = d.io_write(port, size, value);
+            wake_if_interrupted(self.g, &d);
             (o, d.uart.take_output())
         };
         if !out.is_empty() {
@@ -529,26 +546,54 @@ fn feed_pending_input(g: &Guest) {
     }
 }
 
-/// Wakes vCPU 0 if it sleeps in HLT and its PIC now has an interrupt. Called with the devices
-/// locked, as is the check before it blocks, so no wake-up is lost in between.
+/// Whether vCPU `vcpu` of a guest has an interrupt to take: the PIC's output is wired to
+/// vCPU 0, as the 8259's INTR pin is to the boot processor on a PC; no other source exists
+/// yet (a virtual local APIC per vCPU will route to the others).
+fn interrupt_pending(d: &GuestDevices, vcpu: usize) -> bool {
+    vcpu == 0 && d.pic.has_interrupt()
+}
+
+/// Whether any interrupt source can ever reach vCPU `vcpu`.
+fn has_interrupt_source(vcpu: usize) -> bool {
+    vcpu == 0
+}
+
+/// Wakes every vCPU of the guest that sleeps in HLT and now has an interrupt. Called with the
+/// devices locked, as is the check before a vCPU blocks, so no wake-up is lost in between.
 fn wake_if_interrupted(g: &Guest, d: &GuestDevices) {
-    if d.pic.has_interrupt() && g.waiting.swap(false, Ordering::SeqCst) {
-        let kick_cpu = hv().sched.lock().wake(vcpu_id(g.index, 0), time::now_ns());
-        if let Some(c) = kick_cpu {
-            kick(c);
+    for (v, waiting) in g.waiting.iter().enumerate() {
+        if interrupt_pending(d, v) && waiting.swap(false, Ordering::SeqCst) {
+            let kick_cpu = hv().sched.lock().wake(vcpu_id(g.index, v), time::now_ns());
+            if let Some(c) = kick_cpu {
+                kick(c);
+            }
         }
     }
 }
 
-/// Host CPUID for the guest policy.
-fn host_cpuid(leaf: u32, sub: u32) -> [u32; 4] {
-    let (a, b, c, d) = crate::cpu::cpuid(leaf, sub);
-    [a, b, c, d]
+/// The host CPU as the exit handler sees it.
+struct HostCpu;
+
+impl Host for HostCpu {
+    fn cpuid(&self, leaf: u32, sub: u32) -> [u32; 4] {
+        let (a, b, c, d) = crate::cpu::cpuid(leaf, sub);
+        [a, b, c, d]
+    }
+    fn rdtsc(&self) -> u64 {
+        // SAFETY: RDTSC has no side effects.
+        unsafe { core::arch::x86_64::_rdtsc() }
+    }
+    fn wbinvd(&self) {
+        // SAFETY: writing back and invalidating caches is always safe, only slow.
+        unsafe { core::arch::asm!("wbinvd", options(nostack)) };
+    }
 }
 
 /// How a slice ended.
 enum SliceEnd {
     Preempted,
+    /// The guest gave up the rest of its slice.
+    Yielded,
     Halted { interrupts_enabled: bool },
     Stop(StopReason),
     /// The guest is being stopped or paused by someone else.
@@ -567,11 +612,13 @@ fn run_slice(cpu: &PerCpu, id: VcpuId, slice_ns: u64) {
         h.sched.lock().stop(id, time::now_ns());
         return;
     };
+    let t0 = time::rdtsc();
     if let Err(e) = vcpu.begin_slice(cpu.index, &cpu.backend) {
         drop(slot);
         stop_guest(g, Cause::Guest(StopReason::EntryFailed(e)), After::Nothing, (vi as u32, 0));
         return;
     }
+    let mut switch_cycles = time::rdtsc() - t0;
     let deadline = time::now_ns() + slice_ns;
     let end = loop {
         if g.hold.load(Ordering::Relaxed) {
@@ -586,24 +633,35 @@ fn run_slice(cpu: &PerCpu, id: VcpuId, slice_ns: u64) {
             // processor on a PC.
             bastion_core::vm::deliver_interrupt(vcpu, &mut g.devices.lock().pic);
         }
-        let exit = vcpu.run(deadline - now);
+        let exit = vcpu.run(deadline - now, arm_slice_timer);
         take_host_interrupts();
-        g.exits[exit.kind() as usize].fetch_add(1, Ordering::Relaxed);
+        g.exits[exit.exit.kind() as usize].fetch_add(1, Ordering::Relaxed);
+        if exit.exit == Exit::HostNmi {
+            crate::interrupts::count_nmi();
+        }
         let mut io = GuestIo { g };
-        match handle_exit(&exit, vcpu, state, &mut io, &host_cpuid) {
+        let mut ram = crate::vm::GuestRam(vcpu.ram_view());
+        let mut env = Env { io: &mut io, mem: &mut ram, host: &HostCpu };
+        match handle_exit(&exit, vcpu, state, &mut env) {
             Action::Resume => {}
+            Action::Yield => break SliceEnd::Yielded,
             // Halted with an interrupt already pending: deliver it instead of sleeping.
-            Action::Halt { interrupts_enabled: true } if vi == 0 && g.devices.lock().pic.has_interrupt() => {}
+            Action::Halt { interrupts_enabled: true } if interrupt_pending(&g.devices.lock(), vi) => {}
             Action::Halt { interrupts_enabled } => break SliceEnd::Halted { interrupts_enabled },
             Action::Stop(r) => break SliceEnd::Stop(r),
         }
     };
     let rip = vcpu.rip();
+    let t1 = time::rdtsc();
     vcpu.end_slice();
+    switch_cycles += time::rdtsc() - t1;
+    crate::virt::context::SWITCH_CYCLES.fetch_add(switch_cycles, Ordering::Relaxed);
+    crate::virt::context::SWITCHES.fetch_add(1, Ordering::Relaxed);
     drop(slot);
     let now = time::now_ns();
     match end {
         SliceEnd::Preempted => h.sched.lock().preempt(cpu.index, now),
+        SliceEnd::Yielded => h.sched.lock().yield_now(cpu.index, now),
         SliceEnd::Held => {
             let mut s = h.sched.lock();
             if s.state(id) == Some(SchedState::Running { cpu: cpu.index }) {
@@ -611,28 +669,30 @@ fn run_slice(cpu: &PerCpu, id: VcpuId, slice_ns: u64) {
             }
         }
         SliceEnd::Halted { interrupts_enabled } => {
-            // A halted vCPU leaves the scheduler until an interrupt wakes it (only vCPU 0 has
-            // an interrupt source, the PIC); with interrupts disabled it is finished, and the
-            // guest with it once all are.
-            if interrupts_enabled && vi == 0 {
+            // A halted vCPU leaves the scheduler until an interrupt for it wakes it (checked
+            // under the devices lock, the same lock interrupt sources take to wake it). A vCPU
+            // that no interrupt can ever reach — interrupts disabled, or no source routed to
+            // it — is finished, and the guest with it once all its vCPUs are.
+            let wakeable = interrupts_enabled && has_interrupt_source(vi);
+            if wakeable {
                 let d = g.devices.lock();
-                if d.pic.has_interrupt() {
+                if interrupt_pending(&d, vi) {
                     h.sched.lock().preempt(cpu.index, now);
                 } else {
-                    g.waiting.store(true, Ordering::SeqCst);
+                    g.waiting[vi].store(true, Ordering::SeqCst);
                     h.sched.lock().block(id, now);
                 }
             } else {
                 h.sched.lock().block(id, now);
-            }
-            if !interrupts_enabled {
                 let all = {
                     let mut ctl = g.ctl.lock();
                     ctl.halted += 1;
+                    ctl.halted_with_if |= interrupts_enabled;
                     ctl.halted as usize == g.vcpus.len()
                 };
                 if all {
-                    stop_guest(g, Cause::Guest(StopReason::Halted { interrupts_enabled: false }), After::Nothing, (vi as u32, rip));
+                    let interrupts_enabled = g.ctl.lock().halted_with_if;
+                    stop_guest(g, Cause::Guest(StopReason::Halted { interrupts_enabled }), After::Nothing, (vi as u32, rip));
                 }
             }
         }
@@ -648,10 +708,16 @@ pub fn cpu_loop(index: usize) -> ! {
     }
     let h = hv();
     let cpu = this_cpu();
+    let mut nmis_reported = 0;
     loop {
         if index == 0 {
             poll_console();
             reap();
+            let nmis = crate::interrupts::nmi_count();
+            if nmis != nmis_reported {
+                log::warn!("host: {} NMI(s) received ({nmis} in all); handled by Bastion, guests continue", nmis - nmis_reported);
+                nmis_reported = nmis;
+            }
             if let Some(limit) = h.stop_after_ns {
                 if time::now_ns() >= limit {
                     finish_timed_run();

@@ -203,8 +203,27 @@ pub fn exception_name(vector: u64) -> (&'static str, &'static str) {
     }
 }
 
+/// Host NMIs taken so far. An NMI is the host's (a watchdog, a platform error signal, a
+/// debugger, QEMU's `nmi` monitor command): it never belongs to a guest. It must not end the
+/// run either, so it is only counted here (no lock: an NMI can arrive while any lock is held)
+/// and CPU 0 reports it from its loop.
+static NMIS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Counts an NMI, taken through the IDT or as a VM exit (VMX's NMI exiting consumes it).
+pub fn count_nmi() {
+    NMIS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn nmi_count() -> u64 {
+    NMIS.load(core::sync::atomic::Ordering::Relaxed)
+}
+
 /// Called by every entry stub.
 extern "C" fn trap(frame: &mut TrapFrame) {
+    if frame.vector == 2 {
+        count_nmi();
+        return;
+    }
     // Host interrupts: the timer and kick IPIs only need acknowledging (their purpose, making
     // the CPU leave a guest or an idle wait, is already served); a spurious interrupt needs no
     // EOI (SDM Vol. 3A 11.9). Anything else is unexpected but harmless: acknowledge and log.

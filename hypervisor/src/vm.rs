@@ -45,6 +45,20 @@ impl bastion_core::vm::guest_mem::GuestPhys for GuestRam {
             None => false,
         }
     }
+
+    fn write(&mut self, gpa: u64, buf: &[u8]) -> bool {
+        if (gpa & 0xfff) as usize + buf.len() > 4096 {
+            return false;
+        }
+        match self.0.translate(&mut HostFrames, gpa) {
+            Some(hpa) => {
+                // SAFETY: `hpa` is guest RAM mapped by the VM's tables: the guest's own memory.
+                unsafe { core::ptr::copy_nonoverlapping(buf.as_ptr(), memory::phys_to_virt(hpa), buf.len()) };
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 /// One contiguous piece of guest RAM.

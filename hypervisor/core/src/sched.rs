@@ -162,6 +162,8 @@ struct Vcpu {
     halted: bool,
     /// When its current run started (meaningful while Running).
     started: u64,
+    /// While blocked: when a guest timer wakes it even without an interrupt.
+    wake_at: Option<u64>,
     runtime_ns: u64,
     scheduled: u64,
 }
@@ -185,6 +187,8 @@ pub struct Scheduler {
     slice_ns: u64,
     cpus: Vec<Cpu>,
     vcpus: BTreeMap<VcpuId, Vcpu>,
+    /// Blocked vCPUs with a deadline, ordered by it.
+    timers: BTreeSet<(u64, VcpuId)>,
 }
 
 /// Virtual time gained by running `ran_ns` at `weight`.
@@ -224,6 +228,7 @@ impl Scheduler {
             slice_ns: slice_ns.max(MIN_SLICE_NS),
             cpus: (0..ncpus).map(|_| Cpu::default()).collect(),
             vcpus: BTreeMap::new(),
+            timers: BTreeSet::new(),
         }
     }
 
@@ -277,6 +282,7 @@ impl Scheduler {
                 vruntime: 0,
                 halted: false,
                 started: 0,
+                wake_at: None,
                 runtime_ns: 0,
                 scheduled: 0,
             },
@@ -324,6 +330,21 @@ impl Scheduler {
         self.enqueue(id, cpu);
     }
 
+    /// The running vCPU on `cpu` gives up the rest of its slice (a yield hypercall): it is
+    /// charged and queued behind every vCPU waiting on `cpu`, so one of them runs next even if
+    /// the yielder has used less CPU time (as Linux's `sched_yield` skips the yielder).
+    pub fn yield_now(&mut self, cpu: usize, now: u64) {
+        let Some(id) = self.cpus.get(cpu).and_then(|c| c.current) else {
+            return;
+        };
+        self.stop_running(id, now, State::Runnable);
+        if let Some(&(last, _)) = self.cpus[cpu].queue.last() {
+            let v = self.vcpus.get_mut(&id).expect("running vCPU is known");
+            v.vruntime = v.vruntime.max(last.saturating_add(1));
+        }
+        self.enqueue(id, cpu);
+    }
+
     /// The vCPU halted (HLT): charge what it ran and take it off the CPU and the queues until
     /// [`Scheduler::wake`]. Ignored unless it is running or runnable.
     pub fn block(&mut self, vcpu: VcpuId, now: u64) {
@@ -337,10 +358,50 @@ impl Scheduler {
         }
     }
 
+    /// Like [`Scheduler::block`], and the vCPU also wakes by itself at `deadline` (a guest
+    /// timer that will fire then): [`Scheduler::expire`] wakes it, [`Scheduler::next_deadline`]
+    /// tells an idle CPU when to look. A wake before the deadline cancels it.
+    pub fn block_until(&mut self, vcpu: VcpuId, deadline: u64, now: u64) {
+        self.block(vcpu, now);
+        if self.vcpus.get(&vcpu).map(|v| v.state) == Some(State::Blocked) {
+            self.cancel_timer(vcpu);
+            if let Some(v) = self.vcpus.get_mut(&vcpu) {
+                v.wake_at = Some(deadline);
+            }
+            self.timers.insert((deadline, vcpu));
+        }
+    }
+
+    fn cancel_timer(&mut self, vcpu: VcpuId) {
+        if let Some(d) = self.vcpus.get_mut(&vcpu).and_then(|v| v.wake_at.take()) {
+            self.timers.remove(&(d, vcpu));
+        }
+    }
+
+    /// Wakes every vCPU whose deadline has come; returns the CPUs to kick.
+    pub fn expire(&mut self, now: u64) -> Vec<usize> {
+        let mut kicks = Vec::new();
+        while let Some(&(d, id)) = self.timers.first() {
+            if d > now {
+                break;
+            }
+            if let Some(cpu) = self.wake(id, now) {
+                kicks.push(cpu);
+            }
+        }
+        kicks
+    }
+
+    /// The earliest deadline of a blocked vCPU.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.timers.first().map(|(d, _)| *d)
+    }
+
     /// An interrupt is pending for a blocked vCPU: queue it on the least loaded allowed CPU
     /// (preferring its last one). Returns the CPU to kick, if any (see the module doc). A wake
     /// of a paused, halted vCPU only cancels the halt; other wakes are ignored.
     pub fn wake(&mut self, vcpu: VcpuId, now: u64) -> Option<usize> {
+        self.cancel_timer(vcpu);
         let v = self.vcpus.get_mut(&vcpu)?;
         match v.state {
             State::Blocked => self.make_runnable(vcpu, now),
@@ -394,6 +455,7 @@ impl Scheduler {
     /// Stops the vCPU for good (its statistics stay readable). Returns its CPU if it was
     /// running there: kick it to force a VM exit.
     pub fn stop(&mut self, vcpu: VcpuId, now: u64) -> Option<usize> {
+        self.cancel_timer(vcpu);
         match self.vcpus.get(&vcpu)?.state {
             State::Running { cpu } => {
                 self.stop_running(vcpu, now, State::Stopped);
@@ -922,6 +984,91 @@ mod tests {
         sim.run_ms(200);
         assert!(sim.s.runtime_ns(pinned) > before);
         assert_eq!(sim.ran_on[&pinned], 0b0100);
+    }
+
+    #[test]
+    fn a_yielding_vcpu_lets_the_others_on_its_cpu_run_first() {
+        let mut sim = Sim::new(1, 10);
+        for i in 0..3 {
+            sim.add(i, 1, DEFAULT_WEIGHT);
+        }
+        // Each yields right after being picked: all three take turns, none runs twice in a row.
+        let mut order = Vec::new();
+        for _ in 0..9 {
+            let Decision::Run { vcpu, .. } = sim.s.pick_next(0, sim.now) else { panic!("idle") };
+            order.push(vcpu.0);
+            sim.now += 1000;
+            sim.s.yield_now(0, sim.now);
+        }
+        for w in order.windows(3) {
+            let mut w = w.to_vec();
+            w.sort_unstable();
+            assert_eq!(w, [0, 1, 2], "{order:?}");
+        }
+        // Alone on its CPU, a yielder simply runs again.
+        let mut solo = Sim::new(1, 10);
+        solo.add(5, 1, DEFAULT_WEIGHT);
+        solo.s.pick_next(0, 0);
+        solo.s.yield_now(0, 10);
+        assert!(matches!(solo.s.pick_next(0, 10), Decision::Run { vcpu: VcpuId(5), .. }));
+    }
+
+    #[test]
+    fn a_deadline_wakes_a_blocked_vcpu_at_that_time_and_not_before() {
+        let mut sim = Sim::new(1, 10);
+        let (a, b) = (VcpuId(0), VcpuId(1));
+        sim.add(0, 1, DEFAULT_WEIGHT);
+        sim.add(1, 1, DEFAULT_WEIGHT);
+        sim.run_ms(20);
+        let deadline = sim.now + 50 * MS;
+        sim.s.block_until(b, deadline, sim.now);
+        assert_eq!(sim.s.next_deadline(), Some(deadline));
+        // Before the deadline nothing wakes.
+        assert!(sim.s.expire(deadline - 1).is_empty());
+        assert_eq!(sim.s.state(b), Some(State::Blocked));
+        sim.run_ms(50);
+        // At the deadline it is runnable again, and no timer is left.
+        sim.s.expire(deadline);
+        assert_eq!(sim.s.state(b), Some(State::Runnable));
+        assert_eq!(sim.s.next_deadline(), None);
+        assert_eq!(sim.s.state(a), Some(State::Running { cpu: 0 }));
+    }
+
+    #[test]
+    fn an_interrupt_before_the_deadline_cancels_it() {
+        let mut sim = Sim::new(2, 10);
+        let b = VcpuId(1);
+        sim.add(0, 0b11, DEFAULT_WEIGHT);
+        sim.add(1, 0b11, DEFAULT_WEIGHT);
+        sim.run_ms(5);
+        sim.s.block_until(b, sim.now + 100 * MS, sim.now);
+        sim.s.wake(b, sim.now);
+        assert_eq!(sim.s.next_deadline(), None, "woken early: the timer is gone");
+        sim.run_ms(5);
+        // Blocking again without a deadline waits for an interrupt only.
+        sim.s.block(b, sim.now);
+        assert!(sim.s.expire(u64::MAX).is_empty());
+        assert_eq!(sim.s.state(b), Some(State::Blocked));
+    }
+
+    #[test]
+    fn deadlines_expire_in_order_and_stopped_vcpus_drop_theirs() {
+        let mut sim = Sim::new(2, 10);
+        for i in 0..3 {
+            sim.add(i, 0b11, DEFAULT_WEIGHT);
+        }
+        sim.run_ms(5);
+        let t = sim.now;
+        sim.s.block_until(VcpuId(0), t + 30 * MS, t);
+        sim.s.block_until(VcpuId(1), t + 10 * MS, t);
+        sim.s.block_until(VcpuId(2), t + 20 * MS, t);
+        assert_eq!(sim.s.next_deadline(), Some(t + 10 * MS));
+        sim.s.stop(VcpuId(2), t);
+        sim.s.expire(t + 25 * MS);
+        assert_eq!(sim.s.state(VcpuId(1)), Some(State::Runnable));
+        assert_eq!(sim.s.state(VcpuId(2)), Some(State::Stopped), "a stopped vCPU is never woken by its old deadline");
+        assert_eq!(sim.s.state(VcpuId(0)), Some(State::Blocked));
+        assert_eq!(sim.s.next_deadline(), Some(t + 30 * MS));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! `bastion_core::vm::Vcpu`; everything else dispatches through [`Backend`] and
 //! [`GuestVcpu`] (static dispatch: an enum, not a trait object, so the hot path inlines).
 
+pub mod context;
 pub mod svm;
 pub mod vmx;
 
@@ -12,7 +13,9 @@ use crate::cpu::Identity;
 use crate::vm::Vm;
 use bastion_core::npt::Format;
 use bastion_core::virt::VirtCaps;
-use bastion_core::vm::{Exit, Gprs, Vcpu};
+use bastion_core::vm::guest_mem::Paging;
+use bastion_core::vm::regs::ModeView;
+use bastion_core::vm::{Gprs, Seg, Vcpu, VmExit};
 
 /// Probes the extension this CPU has.
 pub fn detect(id: &Identity) -> VirtCaps {
@@ -95,9 +98,27 @@ impl GuestVcpu {
         each!(self, v => v.end_slice())
     }
 
-    /// Enters the guest and returns at its next exit, at the latest after `budget_ns`.
-    pub fn run(&mut self, budget_ns: u64) -> Exit {
-        each!(self, v => v.run(budget_ns))
+    /// Enters the guest and returns at its next exit, at the latest after `budget_ns`: the
+    /// VMX-preemption timer ends the slice where the CPU has one, else `arm_host_timer`
+    /// (the local APIC timer, whose interrupt exits the guest).
+    pub fn run(&mut self, budget_ns: u64, arm_host_timer: impl FnOnce(u64)) -> VmExit {
+        match self {
+            GuestVcpu::Vmx(v) => {
+                if !v.has_preemption_timer() {
+                    arm_host_timer(budget_ns);
+                }
+                v.run(budget_ns)
+            }
+            GuestVcpu::Svm(v) => {
+                arm_host_timer(budget_ns);
+                v.run()
+            }
+        }
+    }
+
+    /// The guest's RAM, as its nested page tables map it.
+    pub fn ram_view(&self) -> bastion_core::npt::NptView {
+        each!(self, v => v.ram)
     }
 
     /// Frees the control structure.
@@ -110,6 +131,9 @@ impl Vcpu for GuestVcpu {
     fn gprs(&mut self) -> &mut Gprs {
         each!(self, v => v.gprs())
     }
+    fn rsp(&self) -> u64 {
+        each!(self, v => v.rsp())
+    }
     fn rip(&self) -> u64 {
         each!(self, v => v.rip())
     }
@@ -119,11 +143,8 @@ impl Vcpu for GuestVcpu {
     fn cpl(&self) -> u8 {
         each!(self, v => v.cpl())
     }
-    fn guest_cr4(&self) -> u64 {
-        each!(self, v => v.guest_cr4())
-    }
-    fn guest_efer(&self) -> u64 {
-        each!(self, v => v.guest_efer())
+    fn mode(&self) -> ModeView {
+        each!(self, v => v.mode())
     }
     fn set_guest_efer(&mut self, value: u64) {
         each!(self, v => v.set_guest_efer(value))
@@ -131,8 +152,23 @@ impl Vcpu for GuestVcpu {
     fn set_guest_cr(&mut self, cr: u8, value: u64) {
         each!(self, v => v.set_guest_cr(cr, value))
     }
-    fn skip_instruction(&mut self) {
-        each!(self, v => v.skip_instruction())
+    fn segment_base(&self, seg: Seg) -> u64 {
+        each!(self, v => v.segment_base(seg))
+    }
+    fn set_cr2(&mut self, value: u64) {
+        each!(self, v => v.set_cr2(value))
+    }
+    fn tsc_offset(&self) -> u64 {
+        each!(self, v => v.tsc_offset())
+    }
+    fn set_tsc_offset(&mut self, offset: u64) {
+        each!(self, v => v.set_tsc_offset(offset))
+    }
+    fn set_xcr0(&mut self, value: u64) {
+        each!(self, v => v.set_xcr0(value))
+    }
+    fn complete(&mut self, next_rip: u64) {
+        each!(self, v => v.complete(next_rip))
     }
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
         each!(self, v => v.inject_exception(vector, error_code))
@@ -146,4 +182,12 @@ impl Vcpu for GuestVcpu {
     fn request_interrupt_window(&mut self, on: bool) {
         each!(self, v => v.request_interrupt_window(on))
     }
+}
+
+/// Reads up to 15 bytes of the guest's instruction at CS:RIP through its own page tables, for
+/// the exits the hardware does not fully decode. `None` if it is not in RAM.
+pub fn fetch_insn(ram: bastion_core::npt::NptView, mode: &ModeView, cs_base: u64, rip: u64) -> Option<[u8; 15]> {
+    let paging = Paging { cr0: mode.cr0, cr3: mode.cr3, cr4: mode.cr4, efer: mode.efer };
+    let linear = if paging.long_mode() { rip } else { cs_base.wrapping_add(rip) };
+    paging.fetch(linear, &mut crate::vm::GuestRam(ram))
 }

@@ -4,13 +4,16 @@
 pub mod caps;
 pub mod vmcb;
 
+use super::context::{GuestContext, HwSwitched};
 use crate::memory;
 use crate::vm::{Entry, Vm};
 use alloc::format;
 use alloc::string::String;
 use bastion_core::virt::svm::{SvmCaps, VM_CR_SVMDIS};
-use bastion_core::vm::msr::{self, EFER_SVME};
-use bastion_core::vm::{Exit, Gprs, Vcpu};
+use bastion_core::virt::svm_exit::{self, SvmExitInfo};
+use bastion_core::vm::msr::{self, EFER_LMA, EFER_SVME};
+use bastion_core::vm::regs::ModeView;
+use bastion_core::vm::{Exit, Gprs, Seg, Vcpu, VmExit};
 use core::arch::global_asm;
 use vmcb::*;
 
@@ -73,16 +76,41 @@ impl Svm {
             msrpm_allow(msrpm, m, true, false);
         }
 
-        // CR4 writes are intercepted so that setting CR4.VMXE (or another bit SVM does not
-        // offer) gets #GP from the common handler; QEMU's TCG otherwise fails VMRUN with
-        // VMEXIT_INVALID instead of raising #GP (measured, QEMU 7.2).
-        v.write(INTERCEPT_CR, INTERCEPT_CR4_WRITE);
-        v.write(INTERCEPT_MISC1, INTERCEPT_INTR | INTERCEPT_NMI | INTERCEPT_CPUID | INTERCEPT_HLT | INTERCEPT_INVLPGA | INTERCEPT_IOIO | INTERCEPT_MSR | INTERCEPT_SHUTDOWN);
-        // VMRUN must be intercepted or VMRUN fails (APM 15.5.1); all SVM instructions are #UD
-        // for the guest.
+        // CR0 and CR4 writes are intercepted so that every value is checked by the common
+        // handler against the guest's CPUID and mode (#GP for VMXE, reserved bits, NW
+        // without CD…): QEMU's TCG does not make these checks itself and would otherwise fail
+        // the next VMRUN with VMEXIT_INVALID (measured, QEMU 7.2). CR3 stays with the
+        // hardware: real CPUs and Bochs check it, and Linux writes it at every context switch.
+        v.write(INTERCEPT_CR, INTERCEPT_CR0_WRITE | INTERCEPT_CR4_WRITE);
+        // INVD is intercepted and performed as WBINVD (it would discard dirty lines of host
+        // memory); NMIs and interrupts belong to the host.
+        v.write(
+            INTERCEPT_MISC1,
+            INTERCEPT_INTR
+                | INTERCEPT_NMI
+                | INTERCEPT_CPUID
+                | INTERCEPT_INVD
+                | INTERCEPT_HLT
+                | INTERCEPT_INVLPGA
+                | INTERCEPT_IOIO
+                | INTERCEPT_MSR
+                | INTERCEPT_SHUTDOWN,
+        );
+        // VMRUN must be intercepted or VMRUN fails (APM 15.5.1); all SVM instructions, and
+        // MONITOR/MWAIT (hidden by CPUID), are #UD for the guest; XSETBV is checked by the
+        // common handler as on VMX, where it always exits.
         v.write(
             INTERCEPT_MISC2,
-            INTERCEPT_VMRUN | INTERCEPT_VMMCALL | INTERCEPT_VMLOAD | INTERCEPT_VMSAVE | INTERCEPT_STGI | INTERCEPT_CLGI | INTERCEPT_SKINIT,
+            INTERCEPT_VMRUN
+                | INTERCEPT_VMMCALL
+                | INTERCEPT_VMLOAD
+                | INTERCEPT_VMSAVE
+                | INTERCEPT_STGI
+                | INTERCEPT_CLGI
+                | INTERCEPT_SKINIT
+                | INTERCEPT_MONITOR
+                | INTERCEPT_MWAIT
+                | INTERCEPT_XSETBV,
         );
         v.w64(IOPM_BASE_PA, iopm);
         v.w64(MSRPM_BASE_PA, msrpm);
@@ -119,14 +147,15 @@ impl Svm {
         v.w64(DR6, 0xffff_0ff0);
         v.w64(DR7, 0x400);
         v.w64(G_PAT, 0x0007_0406_0007_0406);
+        let ctx = GuestContext::new(HwSwitched { cr2_dr6: true, syscall_msrs: true })?;
         Ok(SvmVcpu {
+            ctx,
             vmcb: v,
             iopm,
             msrpm,
             host_vmcb: self.host_vmcb,
             gprs: Gprs::default(),
             nrip_save: self.caps.nrip_save,
-            next_rip: 0,
             ram: vm.npt.view(),
             flushed_on: 0,
         })
@@ -157,16 +186,16 @@ fn msrpm_allow(msrpm: u64, msr: u32, read: bool, write: bool) {
 }
 
 pub struct SvmVcpu {
+    /// What SVM does not switch (XSAVE state, DR0-3, TSC_AUX).
+    ctx: GuestContext,
     vmcb: Vmcb,
     iopm: u64,
     msrpm: u64,
     host_vmcb: u64,
     gprs: Gprs,
     nrip_save: bool,
-    /// RIP after the exiting instruction, when known for this exit.
-    next_rip: u64,
     /// The guest's RAM, to read instructions the hardware did not decode.
-    ram: bastion_core::npt::NptView,
+    pub(super) ram: bastion_core::npt::NptView,
     /// CPUs whose TLB has been flushed for this vCPU's ASID since it was created.
     flushed_on: u64,
 }
@@ -255,8 +284,9 @@ unsafe extern "C" {
 }
 
 impl SvmVcpu {
-    /// Prepares a time slice on the calling CPU: its host VMCB for VMSAVE/VMLOAD, and a TLB
-    /// flush the first time this vCPU runs there (its ASID may have served another VM).
+    /// Prepares a time slice on the calling CPU: its host VMCB for VMSAVE/VMLOAD, a TLB flush
+    /// the first time this vCPU runs there (its ASID may have served another VM), and the
+    /// vCPU's context.
     pub fn begin_slice(&mut self, cpu: usize, host_vmcb: u64) -> Result<(), String> {
         self.host_vmcb = host_vmcb;
         if self.flushed_on & (1 << cpu) == 0 {
@@ -264,15 +294,17 @@ impl SvmVcpu {
             self.vmcb.write(TLB_CONTROL, 1u8);
             self.flushed_on |= 1 << cpu;
         }
+        self.ctx.load();
         Ok(())
     }
 
-    pub fn end_slice(&mut self) {}
+    pub fn end_slice(&mut self) {
+        self.ctx.save();
+    }
 
-    /// Runs the guest for at most `budget_ns`: the local APIC timer interrupts it (an INTR
-    /// exit, `Exit::Interrupted`).
-    pub fn run(&mut self, budget_ns: u64) -> Exit {
-        crate::hv::arm_slice_timer(budget_ns);
+    /// Runs the guest until its next exit; the caller's local APIC timer ends the slice (an
+    /// INTR exit, `Exit::Interrupted`).
+    pub fn run(&mut self) -> VmExit {
         self.vmcb.w64(RAX, self.gprs.rax);
         // SAFETY: the VMCB is fully initialised, SVM is enabled on this CPU (Svm::enable ran
         // on it), and the assembly restores every host register it changes.
@@ -281,83 +313,32 @@ impl SvmVcpu {
         // Later entries keep this ASID's translations.
         self.vmcb.write(TLB_CONTROL, 0u8);
         self.vmcb.w64(EVENTINJ, 0);
-        self.decode_exit()
-    }
-
-    fn decode_exit(&mut self) -> Exit {
-        let code = self.vmcb.r64(EXITCODE);
-        let info1 = self.vmcb.r64(EXITINFO1);
-        let info2 = self.vmcb.r64(EXITINFO2);
-        let rip = self.vmcb.r64(RIP);
-        // Without nRIP save (QEMU), the length of each intercepted instruction is fixed by its
-        // encoding, except for IN/OUT whose next RIP the CPU gives in EXITINFO2 (APM 15.10.2).
-        let len = |n: u64| if self.nrip_save { self.vmcb.r64(NRIP) } else { rip + n };
-        self.next_rip = 0;
-        match code {
-            EXIT_CPUID => {
-                self.next_rip = len(2);
-                Exit::Cpuid
-            }
-            EXIT_MSR => {
-                self.next_rip = len(2);
-                if info1 == 1 {
-                    Exit::Wrmsr
-                } else {
-                    Exit::Rdmsr
-                }
-            }
-            EXIT_HLT => {
-                self.next_rip = len(1);
-                Exit::Hlt
-            }
-            EXIT_VMMCALL => {
-                self.next_rip = len(3);
-                Exit::Hypercall
-            }
-            EXIT_IOIO => {
-                self.next_rip = info2;
-                let size = if info1 & (1 << 4) != 0 {
-                    1
-                } else if info1 & (1 << 5) != 0 {
-                    2
-                } else {
-                    4
-                };
-                Exit::Io { port: (info1 >> 16) as u16, size, write: info1 & 1 == 0, string: info1 & (1 << 2) != 0 }
-            }
-            EXIT_CR4_WRITE => self.decode_cr_write(info1, rip),
-            EXIT_NPF => Exit::NestedPageFault { gpa: info2, write: info1 & 2 != 0, fetch: info1 & 16 != 0 },
-            EXIT_SHUTDOWN => Exit::TripleFault,
-            EXIT_VMRUN | EXIT_VMLOAD | EXIT_VMSAVE | EXIT_STGI | EXIT_CLGI | EXIT_SKINIT | EXIT_INVLPGA => Exit::VirtInstruction,
-            EXIT_INTR | EXIT_NMI => Exit::Interrupted,
-            EXIT_VINTR => Exit::InterruptWindow,
-            // QEMU stores -1 as a 32-bit value; the APM defines it as 64-bit -1.
-            EXIT_INVALID | 0xffff_ffff => Exit::EntryFailed(self.explain_invalid()),
-            _ => Exit::Unhandled { code, info1, info2 },
+        let exit = self.decode_exit();
+        if let Exit::EntryFailed(ref why) = exit.exit {
+            return VmExit::event(Exit::EntryFailed(alloc::format!("{why}; {}", self.explain_invalid())));
         }
+        exit
     }
 
-    /// A CR write intercept: decode assists (EXITINFO1 bit 63) name the source register;
-    /// without them (QEMU), Bastion reads and decodes the MOV itself.
-    fn decode_cr_write(&mut self, info1: u64, rip: u64) -> Exit {
-        use bastion_core::vm::guest_mem::{decode_mov_to_cr, Paging};
-        let paging = Paging { cr0: self.vmcb.r64(CR0), cr3: self.vmcb.r64(CR3), cr4: self.vmcb.r64(CR4), efer: self.vmcb.r64(EFER) };
-        let cs_base: u64 = self.vmcb.read(CS + 8);
-        let linear = if paging.long_mode() { rip } else { cs_base.wrapping_add(rip) };
-        let mut ram = crate::vm::GuestRam(self.ram);
-        let decoded = paging.fetch(linear, &mut ram).and_then(|b| decode_mov_to_cr(&b, paging.long_mode()));
-        let gpr = match (info1 >> 63 != 0, decoded) {
-            (true, _) => (info1 & 0xf) as usize,
-            (false, Some((4, gpr, len))) => {
-                self.next_rip = rip + len as u64;
-                gpr
-            }
-            _ => return Exit::Unhandled { code: EXIT_CR4_WRITE, info1, info2: rip },
+    /// Reads the exit fields and lets bastion-core decode them.
+    fn decode_exit(&mut self) -> VmExit {
+        let attrib: u16 = self.vmcb.read(CS + 2);
+        let mode = self.mode();
+        let info = SvmExitInfo {
+            code: self.vmcb.r64(EXITCODE),
+            info1: self.vmcb.r64(EXITINFO1),
+            info2: self.vmcb.r64(EXITINFO2),
+            rip: self.vmcb.r64(RIP),
+            nrip: self.nrip_save.then(|| self.vmcb.r64(NRIP)),
+            guest_cr0: mode.cr0,
+            long_mode: mode.efer & EFER_LMA != 0 && attrib & (1 << 9) != 0,
+            cs_db: attrib & (1 << 10) != 0,
         };
-        if info1 >> 63 != 0 {
-            self.next_rip = if self.nrip_save { self.vmcb.r64(NRIP) } else { decoded.map_or(rip + 3, |d| rip + d.2 as u64) };
-        }
-        Exit::CrWrite { cr: 4, value: self.gprs.by_encoding(gpr, self.vmcb.r64(RSP)) }
+        let rsp = self.vmcb.r64(RSP);
+        let gprs = self.gprs;
+        let cs_base: u64 = self.vmcb.read(CS + 8);
+        let ram = self.ram;
+        svm_exit::decode(&info, &|n| gprs.by_encoding(n, rsp), &mut || super::fetch_insn(ram, &mode, cs_base, info.rip))
     }
 
     /// VMRUN refused the state (EXITCODE -1). The APM lists the consistency checks (15.5.1);
@@ -366,7 +347,16 @@ impl SvmVcpu {
         let efer = self.vmcb.r64(EFER);
         let cr0 = self.vmcb.r64(CR0);
         let cr4 = self.vmcb.r64(CR4);
-        let mut why = String::from("VMEXIT_INVALID: the VMCB state failed VMRUN's consistency checks (APM 15.5.1)");
+        let cr3 = self.vmcb.r64(CR3);
+        let mut why = String::from("the VMCB state failed VMRUN's consistency checks (APM 15.5.1)");
+        // Guest-made values VMRUN refuses that a real CPU would have refused at the MOV
+        // itself (QEMU's TCG does not check them): name them.
+        if efer & EFER_LMA != 0 && cr3 >> 52 != 0 {
+            why.push_str("; CR3[63:52] not zero (the guest loaded a reserved CR3, which this CPU did not refuse)");
+        }
+        if cr4 & !0x01ff_ffff != 0 || cr4 & (1 << 15) != 0 {
+            why.push_str("; CR4 reserved bits set");
+        }
         if efer & EFER_SVME == 0 {
             why.push_str("; EFER.SVME is clear");
         }
@@ -389,6 +379,7 @@ impl SvmVcpu {
     }
 
     pub fn destroy(self) {
+        self.ctx.free();
         memory::free(self.iopm, 3);
         memory::free(self.msrpm, 2);
         self.vmcb.free();
@@ -399,6 +390,9 @@ impl Vcpu for SvmVcpu {
     fn gprs(&mut self) -> &mut Gprs {
         &mut self.gprs
     }
+    fn rsp(&self) -> u64 {
+        self.vmcb.r64(RSP)
+    }
     fn rip(&self) -> u64 {
         self.vmcb.r64(RIP)
     }
@@ -408,26 +402,57 @@ impl Vcpu for SvmVcpu {
     fn cpl(&self) -> u8 {
         self.vmcb.read(CPL)
     }
-    fn guest_cr4(&self) -> u64 {
-        self.vmcb.r64(CR4)
-    }
-    fn guest_efer(&self) -> u64 {
-        self.vmcb.r64(EFER) & !EFER_SVME
+    fn mode(&self) -> ModeView {
+        let attrib: u16 = self.vmcb.read(CS + 2);
+        ModeView {
+            cr0: self.vmcb.r64(CR0),
+            cr3: self.vmcb.r64(CR3),
+            cr4: self.vmcb.r64(CR4),
+            // The guest sees EFER without Bastion's SVME (EFER accesses are intercepted).
+            efer: self.vmcb.r64(EFER) & !EFER_SVME,
+            // The VMCB's packed attributes: L is bit 9 (descriptor bit 53, APM 15.5.1).
+            cs_l: attrib & (1 << 9) != 0,
+        }
     }
     fn set_guest_efer(&mut self, value: u64) {
         self.vmcb.w64(EFER, value | EFER_SVME);
     }
     fn set_guest_cr(&mut self, cr: u8, value: u64) {
-        // SVM intercepts no CR writes today; kept for completeness of the interface.
         match cr {
             0 => self.vmcb.w64(CR0, value),
             4 => self.vmcb.w64(CR4, value),
             _ => {}
         }
     }
-    fn skip_instruction(&mut self) {
-        if self.next_rip != 0 {
-            self.vmcb.w64(RIP, self.next_rip);
+    fn segment_base(&self, seg: Seg) -> u64 {
+        let off = match seg {
+            Seg::Es => ES,
+            Seg::Cs => CS,
+            Seg::Ss => SS,
+            Seg::Ds => DS,
+            Seg::Fs => FS,
+            Seg::Gs => GS,
+        };
+        self.vmcb.read(off + 8)
+    }
+    fn set_cr2(&mut self, value: u64) {
+        self.vmcb.w64(CR2, value);
+    }
+    fn tsc_offset(&self) -> u64 {
+        self.vmcb.r64(TSC_OFFSET)
+    }
+    fn set_tsc_offset(&mut self, offset: u64) {
+        self.vmcb.w64(TSC_OFFSET, offset);
+    }
+    fn set_xcr0(&mut self, value: u64) {
+        self.ctx.set_xcr0(value);
+    }
+    fn complete(&mut self, next_rip: u64) {
+        self.vmcb.w64(RIP, next_rip);
+        // The instruction executed: the STI/MOV SS shadow is over (APM 15.21.5).
+        let st = self.vmcb.r64(INT_STATE);
+        if st & 1 != 0 {
+            self.vmcb.w64(INT_STATE, st & !1);
         }
     }
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {

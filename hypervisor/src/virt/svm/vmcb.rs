@@ -12,6 +12,7 @@ pub const INTERCEPT_MISC1: usize = 0x00c;
 pub const INTERCEPT_MISC2: usize = 0x010;
 pub const IOPM_BASE_PA: usize = 0x040;
 pub const MSRPM_BASE_PA: usize = 0x048;
+pub const TSC_OFFSET: usize = 0x050;
 pub const GUEST_ASID: usize = 0x058;
 pub const TLB_CONTROL: usize = 0x05c;
 pub const INT_CTL: usize = 0x060;
@@ -47,15 +48,18 @@ pub const RFLAGS: usize = 0x570;
 pub const RIP: usize = 0x578;
 pub const RSP: usize = 0x5d8;
 pub const RAX: usize = 0x5f8;
+pub const CR2: usize = 0x640;
 pub const G_PAT: usize = 0x668;
 
-/// CR4 writes: bit 16 + 4 of the CR intercept vector.
+/// CR0 and CR4 writes: bits 16 + n of the CR intercept vector.
+pub const INTERCEPT_CR0_WRITE: u32 = 1 << 16;
 pub const INTERCEPT_CR4_WRITE: u32 = 1 << 20;
 // INTERCEPT_MISC1 bits (vector 3 of Table B-1).
 pub const INTERCEPT_INTR: u32 = 1 << 0;
 pub const INTERCEPT_NMI: u32 = 1 << 1;
 pub const INTERCEPT_VINTR: u32 = 1 << 4;
 pub const INTERCEPT_CPUID: u32 = 1 << 18;
+pub const INTERCEPT_INVD: u32 = 1 << 22;
 pub const INTERCEPT_HLT: u32 = 1 << 24;
 pub const INTERCEPT_INVLPGA: u32 = 1 << 26;
 pub const INTERCEPT_IOIO: u32 = 1 << 27;
@@ -69,27 +73,9 @@ pub const INTERCEPT_VMSAVE: u32 = 1 << 3;
 pub const INTERCEPT_STGI: u32 = 1 << 4;
 pub const INTERCEPT_CLGI: u32 = 1 << 5;
 pub const INTERCEPT_SKINIT: u32 = 1 << 6;
-
-// Exit codes (Appendix C).
-pub const EXIT_CR4_WRITE: u64 = 0x14;
-pub const EXIT_INTR: u64 = 0x60;
-pub const EXIT_NMI: u64 = 0x61;
-pub const EXIT_VINTR: u64 = 0x64;
-pub const EXIT_CPUID: u64 = 0x72;
-pub const EXIT_HLT: u64 = 0x78;
-pub const EXIT_INVLPGA: u64 = 0x7a;
-pub const EXIT_IOIO: u64 = 0x7b;
-pub const EXIT_MSR: u64 = 0x7c;
-pub const EXIT_SHUTDOWN: u64 = 0x7f;
-pub const EXIT_VMRUN: u64 = 0x80;
-pub const EXIT_VMMCALL: u64 = 0x81;
-pub const EXIT_VMLOAD: u64 = 0x82;
-pub const EXIT_VMSAVE: u64 = 0x83;
-pub const EXIT_STGI: u64 = 0x84;
-pub const EXIT_CLGI: u64 = 0x85;
-pub const EXIT_SKINIT: u64 = 0x86;
-pub const EXIT_NPF: u64 = 0x400;
-pub const EXIT_INVALID: u64 = u64::MAX;
+pub const INTERCEPT_MONITOR: u32 = 1 << 10;
+pub const INTERCEPT_MWAIT: u32 = 1 << 11;
+pub const INTERCEPT_XSETBV: u32 = 1 << 13;
 
 /// A VMCB page, owned by physical address.
 pub struct Vmcb {

@@ -5,13 +5,16 @@
 pub mod caps;
 mod insn;
 
+use super::context::{GuestContext, HwSwitched};
 use crate::memory;
 use crate::vm::{Entry, Vm};
 use alloc::format;
 use alloc::string::String;
 use bastion_core::virt::vmx::{self as vcaps, adjust_controls, VmxCaps};
-use bastion_core::vm::msr::{self, EFER_LMA, EFER_LME};
-use bastion_core::vm::{Exit, Gprs, Vcpu};
+use bastion_core::virt::vmx_exit::{self, VmxExitInfo, ENTRY_FAILURE};
+use bastion_core::vm::msr::{self, EFER_LMA};
+use bastion_core::vm::regs::{Cr4, GuestFeatures, ModeView};
+use bastion_core::vm::{Exit, Gprs, Seg, Vcpu, VmExit};
 use core::arch::{asm, global_asm};
 use insn::{vmclear, vmptrld, vmread, vmwrite, vmxon, VmFail};
 use x86::vmx::vmcs::{control, guest, host, ro};
@@ -27,6 +30,8 @@ const PIN_EXTERNAL_INTERRUPT_EXITING: u32 = 1 << 0;
 const PIN_NMI_EXITING: u32 = 1 << 3;
 const PIN_PREEMPTION_TIMER: u32 = 1 << 6;
 const PROC_INTERRUPT_WINDOW_EXITING: u32 = 1 << 2;
+const PROC_USE_TSC_OFFSETTING: u32 = 1 << 3;
+const PROC_USE_TPR_SHADOW: u32 = 1 << 21;
 const PROC_HLT_EXITING: u32 = 1 << 7;
 const PROC_MWAIT_EXITING: u32 = 1 << 10;
 const PROC_USE_IO_BITMAPS: u32 = 1 << 25;
@@ -142,10 +147,26 @@ impl Vmx {
         for &m in msr::READ_ONLY_PASSTHROUGH {
             msr_bitmap_allow(msrs, m, true, false);
         }
+        // The virtual-APIC page holds the guest's TPR (offset 0x80) for MOV CR8 (SDM Vol. 3C
+        // 30.1.1); zeroed = TPR 0, as at reset.
+        let vapic = memory::alloc_frame_zeroed().ok_or("no memory for the virtual-APIC page")?;
+        let ctx = GuestContext::new(HwSwitched { cr2_dr6: false, syscall_msrs: false })?;
+        // CR4 bits the hardware would accept but the guest's CPUID does not offer (VMXE, MCE…)
+        // are owned by Bastion too, so a write that sets one exits and the common handler
+        // answers #GP; the others the CPU checks itself.
+        let guest = GuestFeatures::from_cpuid(|l, s| {
+            bastion_core::vm::cpuid::guest_cpuid(l, s, 0, true, 0, |l, s| {
+                let (a, b, c, d) = crate::cpu::cpuid(l, s);
+                [a, b, c, d]
+            })
+        });
+        let cr4_mask = self.cr4_fixed0 | (self.cr4_fixed1 & !guest.cr4.bits()) | Cr4::VMXE.bits();
         let mut vcpu = VmxVcpu {
             vmcs,
             io,
             msrs,
+            vapic,
+            ctx,
             gprs: Gprs::default(),
             launched: false,
             cr0_fixed0: self.cr0_fixed0,
@@ -153,7 +174,9 @@ impl Vmx {
             cr4_fixed0: self.cr4_fixed0,
             cr4_fixed1: self.cr4_fixed1,
             cr0_mask: self.cr0_fixed0 & !(CR0_PE | CR0_PG),
-            cr4_mask: self.cr4_fixed0,
+            cr4_mask,
+            io_insn_info: rdmsr(vcaps::MSR_IA32_VMX_BASIC) & (1 << 54) != 0,
+            ram: vm.npt.view(),
             vpid: vm.tag,
             eptp: vm.npt.eptp(),
             flushed_on: 0,
@@ -205,7 +228,17 @@ impl Vmx {
         w(
             control::PRIMARY_PROCBASED_EXEC_CONTROLS,
             ctl(
-                PROC_HLT_EXITING | PROC_MWAIT_EXITING | PROC_MONITOR_EXITING | PROC_USE_IO_BITMAPS | PROC_USE_MSR_BITMAPS | PROC_SECONDARY_CONTROLS,
+                // TPR shadow: the guest's MOV CR8 reads and writes the virtual TPR in its own
+                // virtual-APIC page instead of the host's TPR (SDM Vol. 3C 30.1.2); TSC
+                // offsetting: the guest's TSC is the host's plus its own offset (26.3).
+                PROC_HLT_EXITING
+                    | PROC_MWAIT_EXITING
+                    | PROC_MONITOR_EXITING
+                    | PROC_USE_IO_BITMAPS
+                    | PROC_USE_MSR_BITMAPS
+                    | PROC_SECONDARY_CONTROLS
+                    | PROC_USE_TPR_SHADOW
+                    | PROC_USE_TSC_OFFSETTING,
                 self.proc1,
                 "processor-based",
             )?,
@@ -228,6 +261,9 @@ impl Vmx {
         w(control::IO_BITMAP_B_ADDR_FULL, v.io + 4096)?;
         w(control::MSR_BITMAPS_ADDR_FULL, v.msrs)?;
         w(control::EPTP_FULL, vm.npt.eptp())?;
+        w(control::VIRT_APIC_ADDR_FULL, v.vapic)?;
+        w(control::TPR_THRESHOLD, 0)?;
+        w(control::TSC_OFFSET_FULL, 0)?;
         w(control::VPID, vm.tag as u64)?;
         w(control::CR3_TARGET_COUNT, 0)?;
         w(control::VMENTRY_INTERRUPTION_INFO_FIELD, 0)?;
@@ -380,6 +416,14 @@ pub struct VmxVcpu {
     vmcs: u64,
     io: u64,
     msrs: u64,
+    /// The virtual-APIC page (TPR shadow).
+    vapic: u64,
+    /// What VMX does not switch (XSAVE state, DRs, CR2, SYSCALL MSRs, TSC_AUX).
+    ctx: GuestContext,
+    /// The CPU reports address size and segment of INS/OUTS (IA32_VMX_BASIC[54]).
+    io_insn_info: bool,
+    /// The guest's RAM, to read instructions the hardware did not decode.
+    pub(super) ram: bastion_core::npt::NptView,
     gprs: Gprs,
     launched: bool,
     cr0_fixed0: u64,
@@ -504,7 +548,7 @@ impl VmxVcpu {
         (guest | self.cr4_fixed0) & self.cr4_fixed1
     }
 
-    /// Loads the VMCS on the calling CPU for a time slice.
+    /// Loads the VMCS and the vCPU's context on the calling CPU for a time slice.
     pub fn begin_slice(&mut self, cpu: usize) -> Result<(), String> {
         // SAFETY: this VMCS belongs to this vCPU and is clear (end_slice or create_vcpu).
         unsafe { vmptrld(self.vmcs) }.map_err(|e| format!("VMPTRLD: {e}"))?;
@@ -521,32 +565,37 @@ impl VmxVcpu {
             }
             self.flushed_on |= 1 << cpu;
         }
+        self.ctx.load();
         Ok(())
     }
 
-    /// Releases the VMCS so another CPU may load it next (VMCLEAR writes its cached state back).
+    /// Saves the context and releases the VMCS so another CPU may load it next (VMCLEAR
+    /// writes its cached state back).
     pub fn end_slice(&mut self) {
+        self.ctx.save();
         // SAFETY: the VMCS is ours and current.
         let _ = unsafe { vmclear(self.vmcs) };
         self.launched = false;
     }
 
-    /// Runs the guest for at most `budget_ns` (then a preemption-timer exit comes back as
-    /// `Exit::Interrupted`).
-    pub fn run(&mut self, budget_ns: u64) -> Exit {
-        match self.timer_rate {
-            Some(rate) => {
-                let ticks = (budget_ns as u128 * crate::time::tsc_khz() as u128 / 1_000_000) >> rate;
-                wr(guest::VMX_PREEMPTION_TIMER_VALUE, ticks.clamp(1, u32::MAX as u128) as u64);
-            }
-            None => crate::hv::arm_slice_timer(budget_ns),
+    /// Whether slices end by the VMX-preemption timer (else the caller arms a host timer).
+    pub fn has_preemption_timer(&self) -> bool {
+        self.timer_rate.is_some()
+    }
+
+    /// Runs the guest until its next exit; with the preemption timer, at the latest after
+    /// `budget_ns` (then an `Exit::Interrupted`).
+    pub fn run(&mut self, budget_ns: u64) -> VmExit {
+        if let Some(rate) = self.timer_rate {
+            let ticks = (budget_ns as u128 * crate::time::tsc_khz() as u128 / 1_000_000) >> rate;
+            wr(guest::VMX_PREEMPTION_TIMER_VALUE, ticks.clamp(1, u32::MAX as u128) as u64);
         }
         // SAFETY: the VMCS is current and complete; the assembly restores the host registers.
         let rc = unsafe { bastion_vmx_run(&mut self.gprs, self.launched as u64) };
         match rc {
             0 => {}
-            1 => return Exit::EntryFailed(format!("{} failed: {}", self.entry_insn(), VmFail::Invalid)),
-            _ => return Exit::EntryFailed(format!("{} failed: {}", self.entry_insn(), VmFail::Valid)),
+            1 => return VmExit::event(Exit::EntryFailed(format!("{} failed: {}", self.entry_insn(), VmFail::Invalid))),
+            _ => return VmExit::event(Exit::EntryFailed(format!("{} failed: {}", self.entry_insn(), VmFail::Valid))),
         }
         self.launched = true;
         self.sync_ia32e_mode();
@@ -573,50 +622,32 @@ impl VmxVcpu {
         }
     }
 
-    fn decode_exit(&mut self) -> Exit {
+    /// Reads the exit-information fields and lets bastion-core decode them.
+    fn decode_exit(&mut self) -> VmExit {
         let reason = r(ro::EXIT_REASON) as u32;
-        let qual = r(ro::EXIT_QUALIFICATION);
-        if reason & (1 << 31) != 0 {
-            return Exit::EntryFailed(self.explain_entry_failure(reason & 0xffff));
+        if reason & ENTRY_FAILURE != 0 {
+            return VmExit::event(Exit::EntryFailed(self.explain_entry_failure(reason & 0xffff)));
         }
-        match reason & 0xffff {
-            1 | 52 => Exit::Interrupted, // external interrupt, preemption timer
-            7 => Exit::InterruptWindow,
-            2 => Exit::TripleFault,
-            10 => Exit::Cpuid,
-            12 => Exit::Hlt,
-            18 => Exit::Hypercall,
-            // VMCLEAR..VMXON, INVEPT, INVVPID, VMFUNC; MWAIT and MONITOR (hidden by CPUID).
-            19..=27 | 50 | 53 | 59 | 36 | 39 => Exit::VirtInstruction,
-            28 => {
-                let cr = (qual & 0xf) as u8;
-                let access = (qual >> 4) & 3;
-                let reg = ((qual >> 8) & 0xf) as usize;
-                if access == 0 && (cr == 0 || cr == 4) {
-                    Exit::CrWrite { cr, value: self.gpr(reg) }
-                } else {
-                    Exit::Unhandled { code: 28, info1: qual, info2: 0 }
-                }
-            }
-            30 => Exit::Io {
-                port: (qual >> 16) as u16,
-                size: (qual & 7) as u8 + 1,
-                write: qual & 8 == 0,
-                string: qual & 16 != 0,
-            },
-            31 => Exit::Rdmsr,
-            32 => Exit::Wrmsr,
-            48 => Exit::NestedPageFault {
-                gpa: r(ro::GUEST_PHYSICAL_ADDR_FULL),
-                write: qual & 2 != 0,
-                fetch: qual & 4 != 0,
-            },
-            n => Exit::Unhandled { code: n as u64, info1: qual, info2: r(ro::GUEST_PHYSICAL_ADDR_FULL) },
-        }
-    }
-
-    fn gpr(&self, n: usize) -> u64 {
-        self.gprs.by_encoding(n, r(guest::RSP))
+        let cs_ar = r(guest::CS_ACCESS_RIGHTS);
+        let info = VmxExitInfo {
+            reason,
+            qualification: r(ro::EXIT_QUALIFICATION),
+            rip: r(guest::RIP),
+            insn_len: r(ro::VMEXIT_INSTRUCTION_LEN),
+            insn_info: r(ro::VMEXIT_INSTRUCTION_INFO) as u32,
+            io_insn_info: self.io_insn_info,
+            intr_info: r(ro::VMEXIT_INTERRUPTION_INFO) as u32,
+            gpa: r(ro::GUEST_PHYSICAL_ADDR_FULL),
+            guest_cr0: self.mode().cr0,
+            long_mode: r(guest::IA32_EFER_FULL) & EFER_LMA != 0 && cs_ar & (1 << 13) != 0,
+            cs_db: cs_ar & (1 << 14) != 0,
+        };
+        let rsp = r(guest::RSP);
+        let gprs = self.gprs;
+        let ram = self.ram;
+        let mode = self.mode();
+        let cs_base = r(guest::CS_BASE);
+        vmx_exit::decode(&info, &|n| gprs.by_encoding(n, rsp), &mut || super::fetch_insn(ram, &mode, cs_base, info.rip))
     }
 
     fn explain_entry_failure(&self, reason: u32) -> String {
@@ -657,13 +688,18 @@ impl VmxVcpu {
         let _ = unsafe { vmclear(self.vmcs) };
         memory::free(self.io, 2);
         memory::free(self.msrs, 1);
+        memory::free(self.vapic, 1);
         memory::free(self.vmcs, 1);
+        self.ctx.free();
     }
 }
 
 impl Vcpu for VmxVcpu {
     fn gprs(&mut self) -> &mut Gprs {
         &mut self.gprs
+    }
+    fn rsp(&self) -> u64 {
+        r(guest::RSP)
     }
     fn rip(&self) -> u64 {
         r(guest::RIP)
@@ -674,29 +710,25 @@ impl Vcpu for VmxVcpu {
     fn cpl(&self) -> u8 {
         ((r(guest::SS_ACCESS_RIGHTS) >> 5) & 3) as u8
     }
-    fn guest_cr4(&self) -> u64 {
-        (r(guest::CR4) & !self.cr4_mask) | (r(control::CR4_READ_SHADOW) & self.cr4_mask)
-    }
-    fn guest_efer(&self) -> u64 {
-        r(guest::IA32_EFER_FULL)
+    fn mode(&self) -> ModeView {
+        // Bits Bastion owns (the guest/host masks) read from the shadows (SDM Vol. 3C 25.6.6).
+        ModeView {
+            cr0: (r(guest::CR0) & !self.cr0_mask) | (r(control::CR0_READ_SHADOW) & self.cr0_mask),
+            cr3: r(guest::CR3),
+            cr4: (r(guest::CR4) & !self.cr4_mask) | (r(control::CR4_READ_SHADOW) & self.cr4_mask),
+            efer: r(guest::IA32_EFER_FULL),
+            cs_l: r(guest::CS_ACCESS_RIGHTS) & (1 << 13) != 0,
+        }
     }
     fn set_guest_efer(&mut self, value: u64) {
         wr(guest::IA32_EFER_FULL, value);
+        self.sync_ia32e_mode();
     }
     fn set_guest_cr(&mut self, cr: u8, value: u64) {
         match cr {
             0 => {
-                let old = (r(guest::CR0) & !self.cr0_mask) | (r(control::CR0_READ_SHADOW) & self.cr0_mask);
                 wr(control::CR0_READ_SHADOW, value);
                 wr(guest::CR0, self.real_cr0(value));
-                // Turning paging on or off with EFER.LME set enters or leaves IA-32e mode;
-                // the CPU would set EFER.LMA itself had the write not exited (SDM Vol. 3A 10.8.5).
-                let efer = r(guest::IA32_EFER_FULL);
-                if (old ^ value) & CR0_PG != 0 && efer & EFER_LME != 0 {
-                    let efer = if value & CR0_PG != 0 { efer | EFER_LMA } else { efer & !EFER_LMA };
-                    wr(guest::IA32_EFER_FULL, efer);
-                    self.sync_ia32e_mode();
-                }
             }
             4 => {
                 wr(control::CR4_READ_SHADOW, value);
@@ -705,8 +737,30 @@ impl Vcpu for VmxVcpu {
             _ => {}
         }
     }
-    fn skip_instruction(&mut self) {
-        wr(guest::RIP, r(guest::RIP) + r(ro::VMEXIT_INSTRUCTION_LEN));
+    fn segment_base(&self, seg: Seg) -> u64 {
+        r(match seg {
+            Seg::Es => guest::ES_BASE,
+            Seg::Cs => guest::CS_BASE,
+            Seg::Ss => guest::SS_BASE,
+            Seg::Ds => guest::DS_BASE,
+            Seg::Fs => guest::FS_BASE,
+            Seg::Gs => guest::GS_BASE,
+        })
+    }
+    fn set_cr2(&mut self, value: u64) {
+        self.ctx.set_cr2_live(value);
+    }
+    fn tsc_offset(&self) -> u64 {
+        r(control::TSC_OFFSET_FULL)
+    }
+    fn set_tsc_offset(&mut self, offset: u64) {
+        wr(control::TSC_OFFSET_FULL, offset);
+    }
+    fn set_xcr0(&mut self, value: u64) {
+        self.ctx.set_xcr0(value);
+    }
+    fn complete(&mut self, next_rip: u64) {
+        wr(guest::RIP, next_rip);
         // Executing an instruction ends blocking by STI or MOV SS (SDM Vol. 3C 27.3.1.5).
         let intr = r(guest::INTERRUPTIBILITY_STATE);
         if intr & 3 != 0 {
@@ -715,10 +769,10 @@ impl Vcpu for VmxVcpu {
     }
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
         // VM-entry interruption information (25.8.3): vector, type 3 (hardware exception),
-        // deliver-error-code, valid. Real mode has no error codes (27.2.1.3).
-        let protected = r(guest::CR0) & CR0_PE != 0;
+        // deliver-error-code, valid. Whether there is an error code was decided by the common
+        // handler (never in real mode, 27.2.1.3).
         let mut info = vector as u64 | (3 << 8) | (1 << 31);
-        if let (Some(e), true) = (error_code, protected) {
+        if let Some(e) = error_code {
             info |= 1 << 11;
             wr(control::VMENTRY_EXCEPTION_ERR_CODE, e as u64);
         }
