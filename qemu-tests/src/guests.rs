@@ -6,7 +6,7 @@
 //! `target/guests/bin/<name>.bin` for each name in [`GUESTS`] with `llvm-objcopy -O binary`.
 //! What each guest prints and how it ends is documented in its `src/bin/<name>.rs`.
 
-use crate::workspace_root;
+use crate::{llvm_objcopy, workspace_root};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -58,7 +58,7 @@ pub fn build_guests() -> Result<PathBuf, String> {
     let elf_dir = target_dir.join("x86_64-unknown-none").join("release");
     let out_dir = target_dir.join("bin");
     std::fs::create_dir_all(&out_dir).map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
-    let objcopy = boot::llvm_objcopy().map_err(|e| format!("{e:#}"))?;
+    let objcopy = llvm_objcopy()?;
     for name in GUESTS {
         let elf = elf_dir.join(name);
         let bin = out_dir.join(format!("{name}.bin"));

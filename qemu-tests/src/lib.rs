@@ -15,6 +15,7 @@ pub mod emulators;
 pub mod guests;
 
 use bastion_core::exit::{parse_exit_line, ExitStatus};
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -91,6 +92,77 @@ fn prune_dead_runs(base: &Path) {
     }
 }
 
+/// The `boot` CLI, which validates configs and makes the images: `$BASTION_BOOT` when set
+/// (xtask sets it after building), otherwise built once per process by [`build_boot_cli`].
+/// The harness runs it rather than linking the `boot` library, so that nothing linking the
+/// harness (xtask) needs the `bootloader` crate, whose build needs the `rust-src` component.
+pub fn boot_cli() -> &'static Path {
+    static BOOT: OnceLock<PathBuf> = OnceLock::new();
+    BOOT.get_or_init(|| {
+        if let Some(p) = std::env::var_os("BASTION_BOOT") {
+            return PathBuf::from(p);
+        }
+        build_boot_cli().unwrap_or_else(|e| panic!("cannot build the boot CLI: {e}"))
+    })
+}
+
+/// Builds the `boot` CLI (`cargo build -p boot --bin boot`, in the host target directory,
+/// which cargo does not lock while tests run) and returns its path.
+pub fn build_boot_cli() -> Result<PathBuf, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .current_dir(workspace_root())
+        .args(["build", "-p", "boot", "--bin", "boot"])
+        .status()
+        .map_err(|e| format!("cannot run {cargo}: {e}"))?;
+    if !status.success() {
+        return Err(format!("`cargo build -p boot --bin boot` failed ({status}); its errors are above"));
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
+    let target = if target.is_absolute() { target } else { workspace_root().join(target) };
+    Ok(target.join("debug").join(format!("boot{}", std::env::consts::EXE_SUFFIX)))
+}
+
+/// Runs the `boot` CLI; on failure returns its error message (what it printed after
+/// `boot: error: `).
+pub fn run_boot<I, S>(args: I) -> Result<(), String>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let boot = boot_cli();
+    let out = Command::new(boot).args(args).output().map_err(|e| format!("cannot run {}: {e}", boot.display()))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    let err = err.trim_end();
+    Err(match err.strip_prefix("boot: error: ") {
+        Some(msg) => msg.to_string(),
+        None => format!("{} failed ({}): {err}", boot.display(), out.status),
+    })
+}
+
+/// Where `llvm-objcopy` from the `llvm-tools-preview` component lives.
+pub fn llvm_objcopy() -> Result<PathBuf, String> {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let out = Command::new(&rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .map_err(|e| format!("cannot run {rustc} to find the sysroot: {e}"))?;
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let host = Command::new(&rustc).args(["-vV"]).output().map_err(|e| format!("cannot run {rustc} -vV: {e}"))?;
+    let host = String::from_utf8_lossy(&host.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_owned))
+        .unwrap_or_else(|| "x86_64-unknown-linux-gnu".into());
+    let p = sysroot.join("lib/rustlib").join(host).join("bin/llvm-objcopy");
+    if !p.exists() {
+        return Err(format!("{} not found: run `rustup component add llvm-tools-preview`", p.display()));
+    }
+    Ok(p)
+}
+
 /// A bootable image for one test.
 #[derive(Debug, Clone)]
 pub struct TestImage {
@@ -102,26 +174,39 @@ pub struct TestImage {
 /// Builds BIOS and UEFI images whose bundle carries `config` as `bastion.toml`. The config is
 /// validated by `boot` exactly as for a real image.
 pub fn image_with_config(name: &str, config: &str) -> TestImage {
-    let dir = work_dir(name);
+    image_with_config_in(work_dir(name), config)
+}
+
+/// Writes `config` as `bastion.toml` in `dir`, packs it (and the guest kernels it names, read
+/// from `dir`) with `boot bundle`, and builds the images.
+fn image_with_config_in(dir: PathBuf, config: &str) -> TestImage {
     let cfg = dir.join("bastion.toml");
     std::fs::write(&cfg, config).unwrap();
-    let bundle = boot::bundle_bytes(&cfg).unwrap_or_else(|e| panic!("test config refused: {e:#}"));
-    image_with_bundle_in(dir, &bundle)
+    let bundle = dir.join(BUNDLE_FILE);
+    run_boot([OsStr::new("bundle"), OsStr::new("--config"), cfg.as_os_str(), OsStr::new("--out"), bundle.as_os_str()])
+        .unwrap_or_else(|e| panic!("test config refused: {e}"));
+    images_in(dir)
 }
 
 /// Builds images around arbitrary bundle bytes (for corrupt-bundle tests).
 pub fn image_with_bundle(name: &str, bundle: &[u8]) -> TestImage {
-    image_with_bundle_in(work_dir(name), bundle)
+    let dir = work_dir(name);
+    std::fs::write(dir.join(BUNDLE_FILE), bundle).unwrap();
+    images_in(dir)
 }
 
-fn image_with_bundle_in(dir: PathBuf, bundle: &[u8]) -> TestImage {
-    let bundle_path = dir.join("bundle.tar");
-    std::fs::write(&bundle_path, bundle).unwrap();
-    let kernel = dir.join("bastion.elf");
-    boot::strip_kernel(self::kernel(), &kernel).unwrap_or_else(|e| panic!("{e:#}"));
+/// The bundle file in a test's folder.
+const BUNDLE_FILE: &str = "bundle.tar";
+
+/// Builds BIOS and UEFI images in `dir` from the kernel and `dir/bundle.tar`, taken as it is
+/// (`boot image --bundle`), which also leaves the stripped kernel there as `bastion.elf`.
+fn images_in(dir: PathBuf) -> TestImage {
     let img = TestImage { bios: dir.join("bastion-bios.img"), uefi: dir.join("bastion-uefi.img"), dir };
-    let req = boot::ImageRequest { bios: Some(img.bios.clone()), uefi: Some(img.uefi.clone()), pxe: None };
-    boot::create_images(&kernel, &bundle_path, &req).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut args: Vec<&OsStr> = vec![OsStr::new("image"), OsStr::new("--kernel"), kernel().as_os_str()];
+    let bundle = img.dir.join(BUNDLE_FILE);
+    args.extend([OsStr::new("--bundle"), bundle.as_os_str(), OsStr::new("--out"), img.dir.as_os_str()]);
+    args.extend([OsStr::new("--bios"), OsStr::new("--uefi")]);
+    run_boot(args).unwrap_or_else(|e| panic!("{e}"));
     img
 }
 
@@ -480,8 +565,5 @@ pub fn image_with_files(name: &str, config: &str, files: &[(&str, &Path)]) -> Te
         }
         std::fs::copy(src, &to).unwrap_or_else(|e| panic!("cannot copy {}: {e}", src.display()));
     }
-    let cfg = dir.join("bastion.toml");
-    std::fs::write(&cfg, config).unwrap();
-    let bundle = boot::bundle_bytes(&cfg).unwrap_or_else(|e| panic!("test config refused: {e:#}"));
-    image_with_bundle_in(dir, &bundle)
+    image_with_config_in(dir, config)
 }
