@@ -1,67 +1,130 @@
-//! `cargo xtask`: build, run, test and benchmark Bastion. `cargo xtask help` lists commands.
+//! `cargo xtask`: build, run, test and benchmark Bastion. `cargo xtask --help` lists commands.
+//!
+//! xtask links neither `boot` nor anything else that needs the `bootloader` crate (whose build
+//! needs the `rust-src` component): it must compile on a fresh toolchain, then add what the
+//! toolchain lacks, and only then build the `boot` CLI, the kernel and the images.
 
 use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use qemu_tests::emulators::{install_command, kvm_usable, missing_packages};
 use qemu_tests::{Platform, RunOptions};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "\
-usage: cargo xtask <command> [options]
+/// Bastion's developer commands.
+#[derive(Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", arg_required_else_help = true)]
+#[command(about = "Bastion's developer commands: build, boot, test and benchmark the hypervisor")]
+#[command(after_help = "Every command first adds what the Rust toolchain lacks (rust-src, llvm-tools-preview, \
+the x86_64-unknown-none target) with rustup; run, test and bench also install missing emulator \
+packages with apt-get when run as root.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
 
-  build [--config FILE] [--out DIR]   build the kernel, bundle and BIOS/UEFI images
-                                      (default config: boot/configs/default.toml,
-                                       default out: target/bastion)
-  run   [--config FILE] [--uefi] [--bochs] [--cpu intel|amd] [--smp N] [--memory MIB]
-        [--no-kvm]                    build, then boot in QEMU (default) or Bochs with the
-                                      serial console on this terminal (Ctrl-C quits)
-  test  [--host-only]                 host unit tests, then the emulator tests (qemu-tests)
-  bench [--runs N]                    boot-time figures on every platform
-";
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the kernel, the bundle and the BIOS and UEFI images
+    Build(BuildArgs),
+    /// Build, then boot in QEMU (default) or Bochs with the serial console on this terminal
+    /// (Ctrl-C quits)
+    Run(RunArgs),
+    /// Run the host unit tests, then the emulator tests (qemu-tests)
+    Test(TestArgs),
+    /// Measure boot time on every platform and the scheduler's fairness
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    /// The configuration to pack [default: boot/configs/default.toml, with the test guests it
+    /// names]
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where the kernel, bundle and images go [default: target/bastion]
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    build: BuildArgs,
+    /// Boot the UEFI image (QEMU with OVMF) instead of the BIOS one
+    #[arg(long, conflicts_with = "bochs")]
+    uefi: bool,
+    /// Boot in Bochs instead of QEMU
+    #[arg(long)]
+    bochs: bool,
+    /// The CPU's vendor: intel (VT-x; Bochs unless KVM is used) or amd (AMD-V)
+    #[arg(long, value_enum)]
+    cpu: Option<Cpu>,
+    /// Number of CPUs
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=255))]
+    smp: u32,
+    /// Memory in MiB
+    #[arg(long, value_name = "MIB", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    memory: u32,
+    /// Do not use KVM even where the host offers it (see BASTION_KVM in the README)
+    #[arg(long)]
+    no_kvm: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Cpu {
+    Intel,
+    Amd,
+}
+
+#[derive(Args)]
+struct TestArgs {
+    /// Run only the host unit tests (no emulators)
+    #[arg(long)]
+    host_only: bool,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// What to measure
+    #[arg(value_enum, default_value_t = Bench::All)]
+    what: Bench,
+    /// Boots per platform for the boot-time figures
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
+    /// How long the fairness run lasts, in milliseconds
+    #[arg(long, value_name = "MS", default_value_t = 6000, value_parser = clap::value_parser!(u64).range(1..))]
+    fair_ms: u64,
+}
+
+/// The benchmarks `cargo xtask bench` knows.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Bench {
+    /// Every benchmark below, in one invocation so ratios between them are meaningful
+    All,
+    /// Wall time from emulator start to Bastion's "boot complete" line, on every platform
+    Boot,
+    /// CPU shares of 4 identical busy guests on 2 CPUs (max/min ratio)
+    Fairness,
+}
 
 fn main() {
-    if let Err(e) = run() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
         eprintln!("xtask: error: {e:#}");
         std::process::exit(1);
     }
 }
 
-struct Args(Vec<String>);
-
-impl Args {
-    fn flag(&self, name: &str) -> bool {
-        self.0.iter().any(|a| a == name)
-    }
-    fn value(&self, name: &str) -> Option<&str> {
-        self.0.iter().position(|a| a == name).and_then(|i| self.0.get(i + 1)).map(String::as_str)
-    }
-    fn number(&self, name: &str, default: u32) -> Result<u32> {
-        match self.value(name) {
-            Some(v) => v.parse().with_context(|| format!("{name} takes a number, not `{v}`")),
-            None => Ok(default),
-        }
-    }
-}
-
-fn run() -> Result<()> {
-    let mut argv: Vec<String> = std::env::args().skip(1).collect();
-    if argv.is_empty() {
-        print!("{USAGE}");
-        return Ok(());
-    }
-    let cmd = argv.remove(0);
-    let args = Args(argv);
-    match cmd.as_str() {
-        "build" => build(&args).map(|_| ()),
-        "run" => run_emulator(&args),
-        "test" => test(&args),
-        "bench" => bench(&args),
-        "help" | "--help" | "-h" => {
-            print!("{USAGE}");
-            Ok(())
-        }
-        other => bail!("unknown command `{other}`\n{USAGE}"),
+fn run(cli: Cli) -> Result<()> {
+    // First what the toolchain lacks: everything after this compiles crates that need it.
+    ensure_toolchain()?;
+    match cli.command {
+        Cmd::Build(args) => build(&args).map(|_| ()),
+        Cmd::Run(args) => run_emulator(&args),
+        Cmd::Test(args) => test(&args),
+        Cmd::Bench(args) => bench(&args),
     }
 }
 
@@ -75,19 +138,114 @@ fn cargo() -> Command {
     c
 }
 
-fn build(args: &Args) -> Result<boot::Artifacts> {
-    let out = args.value("--out").map(PathBuf::from).unwrap_or_else(|| root().join("target/bastion"));
-    let config = match args.value("--config") {
-        Some(c) => PathBuf::from(c),
+/// What `rust-toolchain.toml` asks of the toolchain. rustup installs these with a toolchain it
+/// installs, but never adds them to a toolchain that is already there.
+const COMPONENTS: [&str; 2] = ["rust-src", "llvm-tools-preview"];
+const TARGET: &str = "x86_64-unknown-none";
+
+/// Adds the components and target the toolchain lacks with rustup (run in the workspace, so
+/// it acts on the toolchain `rust-toolchain.toml` selects); without rustup, or if it fails,
+/// stops with the commands to run.
+fn ensure_toolchain() -> Result<()> {
+    let manual = format!("  rustup component add {}\n  rustup target add {TARGET}", COMPONENTS.join(" "));
+    let (components, targets) = match (rustup_list("component"), rustup_list("target")) {
+        (Ok(c), Ok(t)) => (c, t),
+        (Err(e), _) | (_, Err(e)) => bail!(
+            "cannot ask rustup what the toolchain has ({e:#}); Bastion needs the components {} and the \
+             {TARGET} target:\n{manual}",
+            COMPONENTS.join(", ")
+        ),
+    };
+    let missing: Vec<&str> = COMPONENTS.iter().copied().filter(|c| !component_listed(c, &components)).collect();
+    let mut steps: Vec<Vec<&str>> = Vec::new();
+    if !missing.is_empty() {
+        steps.push([&["component", "add"][..], &missing].concat());
+    }
+    if !targets.iter().any(|t| t == TARGET) {
+        steps.push(vec!["target", "add", TARGET]);
+    }
+    for step in &steps {
+        eprintln!("xtask: the toolchain lacks what Bastion needs; running `rustup {}`", step.join(" "));
+        let ok = rustup().args(step).status().map(|s| s.success()).unwrap_or(false);
+        if !ok {
+            bail!("`rustup {}` failed; add what the toolchain lacks with:\n{manual}", step.join(" "));
+        }
+    }
+    Ok(())
+}
+
+fn rustup() -> Command {
+    let mut c = Command::new("rustup");
+    c.current_dir(root());
+    c
+}
+
+/// `rustup component|target list --installed`, one name a line.
+fn rustup_list(what: &str) -> Result<Vec<String>> {
+    let out = rustup().args([what, "list", "--installed"]).output().context("cannot run rustup")?;
+    if !out.status.success() {
+        bail!("`rustup {what} list --installed` failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).lines().map(|l| l.trim().to_string()).collect())
+}
+
+/// Whether `component` is in rustup's installed list, where a host component is listed with
+/// its target (`llvm-tools-x86_64-unknown-linux-gnu`) and `llvm-tools-preview` has been renamed
+/// `llvm-tools`.
+fn component_listed(component: &str, installed: &[String]) -> bool {
+    let base = component.strip_suffix("-preview").unwrap_or(component);
+    installed.iter().any(|l| l == component || l == base || l.starts_with(&format!("{component}-")) || l.starts_with(&format!("{base}-")))
+}
+
+/// Builds the `boot` CLI and makes the harness (and every test process started from here) use
+/// it, so it is built once.
+fn prepare_boot_cli() -> Result<PathBuf> {
+    let boot = qemu_tests::build_boot_cli().map_err(anyhow::Error::msg)?;
+    // Set while xtask is still single-threaded.
+    std::env::set_var("BASTION_BOOT", &boot);
+    Ok(boot)
+}
+
+/// What `cargo xtask build` writes (the `boot image` layout).
+struct Artifacts {
+    kernel: PathBuf,
+    bundle: PathBuf,
+    bios: PathBuf,
+    uefi: PathBuf,
+}
+
+fn build(args: &BuildArgs) -> Result<Artifacts> {
+    prepare_boot_cli()?;
+    let out = args.out.clone().unwrap_or_else(|| root().join("target/bastion"));
+    let config = match &args.config {
+        Some(c) => c.clone(),
         None => stage_default_config(&out)?,
     };
-    // Validate before the (slower) kernel build: a config error should come first.
-    boot::validate_config(&config)?;
+    // Validate (config and guest kernels) before the slower kernel build: a config error
+    // should come first.
+    qemu_tests::run_boot(["validate".as_ref(), config.as_os_str()]).map_err(anyhow::Error::msg)?;
     let kernel = qemu_tests::build_kernel().map_err(anyhow::Error::msg)?;
-    let a = boot::build_all(&kernel, &config, &out, true, true, false)?;
+    qemu_tests::run_boot([
+        "image".as_ref(),
+        "--kernel".as_ref(),
+        kernel.as_os_str(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+        "--bios".as_ref(),
+        "--uefi".as_ref(),
+    ])
+    .map_err(anyhow::Error::msg)?;
+    let a = Artifacts {
+        kernel: out.join("bastion.elf"),
+        bundle: out.join("bundle.tar"),
+        bios: out.join("bastion-bios.img"),
+        uefi: out.join("bastion-uefi.img"),
+    };
     println!("kernel: {}", a.kernel.display());
     println!("bundle: {}", a.bundle.display());
-    for p in [&a.bios, &a.uefi].into_iter().flatten() {
+    for p in [&a.bios, &a.uefi] {
         println!("image:  {}", p.display());
     }
     Ok(a)
@@ -136,35 +294,28 @@ fn ensure_packages(platforms: &[Platform]) -> Result<()> {
     Ok(())
 }
 
-fn run_emulator(args: &Args) -> Result<()> {
-    let cpu = args.value("--cpu");
-    let mut bochs = args.flag("--bochs");
-    if let Some(c) = cpu {
-        if c != "intel" && c != "amd" {
-            bail!("--cpu takes intel or amd, not `{c}`");
-        }
-    }
-    let kvm = !args.flag("--no-kvm") && kvm_usable();
-    if cpu == Some("intel") && !bochs && !kvm {
+fn run_emulator(args: &RunArgs) -> Result<()> {
+    let mut bochs = args.bochs;
+    let kvm = !args.no_kvm && kvm_usable();
+    if args.cpu == Some(Cpu::Intel) && !bochs && !kvm {
         eprintln!("xtask: QEMU without KVM (TCG) cannot emulate Intel VT-x; using Bochs for --cpu intel");
         bochs = true;
     }
-    let platform = match (bochs, cpu, args.flag("--uefi")) {
-        (true, Some("amd"), _) => Platform::BochsAmd,
-        (true, _, true) => bail!("Bochs boots the BIOS image only; drop --uefi or --bochs"),
+    let platform = match (bochs, args.cpu, args.uefi) {
+        (true, Some(Cpu::Amd), _) => Platform::BochsAmd,
+        (true, _, true) => bail!("Bochs boots the BIOS image only; drop --uefi, or use KVM for --cpu intel"),
         (true, _, false) => Platform::BochsIntel,
         (false, _, true) => Platform::QemuUefi,
         (false, _, false) => Platform::QemuBios,
     };
     ensure_packages(&[platform])?;
-    let a = build(args)?;
+    let a = build(&args.build)?;
     let image = if platform == Platform::QemuUefi { a.uefi.clone() } else { a.bios.clone() };
-    let image = image.context("image was not built")?;
     let run_dir = root().join("target/bastion").join(format!("run-{}", platform.name()));
     std::fs::create_dir_all(&run_dir)?;
     let opts = RunOptions {
-        smp: args.number("--smp", 2)?,
-        memory_mib: args.number("--memory", 512)?,
+        smp: args.smp,
+        memory_mib: args.memory,
         kvm: Some(kvm && platform.is_qemu()),
         qemu_args: Vec::new(),
         interactive: true,
@@ -259,7 +410,10 @@ impl Drop for RawTerminal {
     }
 }
 
-fn test(args: &Args) -> Result<()> {
+fn test(args: &TestArgs) -> Result<()> {
+    if !args.host_only {
+        ensure_packages(&Platform::ALL)?;
+    }
     let host = cargo()
         .args(["test", "--workspace", "--exclude", "hypervisor", "--exclude", "test-guests", "--lib", "--bins"])
         .status()
@@ -267,14 +421,15 @@ fn test(args: &Args) -> Result<()> {
     if !host.success() {
         bail!("host unit tests failed");
     }
-    if args.flag("--host-only") {
+    if args.host_only {
         return Ok(());
     }
-    ensure_packages(&Platform::ALL)?;
+    let boot = prepare_boot_cli()?;
     let kernel = qemu_tests::build_kernel().map_err(anyhow::Error::msg)?;
     let emu = cargo()
         .args(["test", "-p", "qemu-tests", "--test", "*"])
         .env("BASTION_KERNEL", &kernel)
+        .env("BASTION_BOOT", &boot)
         .status()
         .context("cannot run cargo test")?;
     if !emu.success() {
@@ -283,18 +438,25 @@ fn test(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// Benchmarks, all measured in one invocation so ratios between them are meaningful:
-/// boot time on every platform, then the CPU shares of identical busy guests.
-fn bench(args: &Args) -> Result<()> {
-    boot_times(args)?;
-    fairness(args)
+/// Benchmarks. `all` measures everything in one invocation so ratios between them are
+/// meaningful: boot time on every platform, then the CPU shares of identical busy guests.
+fn bench(args: &BenchArgs) -> Result<()> {
+    ensure_packages(&Platform::ALL)?;
+    prepare_boot_cli()?;
+    if matches!(args.what, Bench::All | Bench::Boot) {
+        boot_times(args)?;
+    }
+    if matches!(args.what, Bench::All | Bench::Fairness) {
+        fairness(args)?;
+    }
+    Ok(())
 }
 
 /// CPU share of 4 identical busy guests on 2 CPUs: Bastion runs them for a fixed time
 /// (`[debug] stop_after_ms`) and prints each guest's run time from the scheduler's accounting;
 /// fairness is max/min of those shares (1.0 is perfect).
-fn fairness(args: &Args) -> Result<()> {
-    let ms = args.number("--fair-ms", 6000)?;
+fn fairness(args: &BenchArgs) -> Result<()> {
+    let ms = args.fair_ms;
     let mut cfg = format!("[hypervisor]\nexit_when_idle = true\n[debug]\nstop_after_ms = {ms}\n");
     for i in 0..4 {
         cfg += &format!("\n[[guest]]\nname = \"busy{i}\"\nkernel = \"guests/busy.bin\"\nmemory_mib = 4\n");
@@ -322,9 +484,8 @@ fn fairness(args: &Args) -> Result<()> {
 
 /// Boot-time figures: wall time from emulator start to Bastion's "boot complete" line, per
 /// platform, median of N runs.
-fn boot_times(args: &Args) -> Result<()> {
-    let runs = args.number("--runs", 3)?.max(1);
-    ensure_packages(&Platform::ALL)?;
+fn boot_times(args: &BenchArgs) -> Result<()> {
+    let runs = args.runs;
     let image = qemu_tests::image_with_config("bench", "[hypervisor]\nexit_when_idle = true\n");
     println!("{:<12} {:>10} {:>10} {:>10}", "platform", "min (s)", "median (s)", "max (s)");
     let mut medians = Vec::new();
@@ -353,4 +514,77 @@ fn boot_times(args: &Args) -> Result<()> {
         println!("{} / {}: {:.2}x", p.name(), medians[0].0.name(), m.as_secs_f64() / base);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("cargo xtask").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_option_parses_with_its_defaults() {
+        let Cmd::Run(r) = parse(&["run"]).unwrap().command else { panic!() };
+        assert_eq!((r.smp, r.memory, r.cpu.is_none(), r.uefi, r.bochs, r.no_kvm), (2, 512, true, false, false, false));
+        let Cmd::Run(r) =
+            parse(&["run", "--config", "c.toml", "--out", "o", "--cpu", "amd", "--smp", "4", "--memory", "64", "--no-kvm", "--bochs"])
+                .unwrap()
+                .command
+        else {
+            panic!()
+        };
+        assert_eq!((r.smp, r.memory, r.cpu == Some(Cpu::Amd), r.bochs, r.no_kvm), (4, 64, true, true, true));
+        assert_eq!((r.build.config.unwrap(), r.build.out.unwrap()), (PathBuf::from("c.toml"), PathBuf::from("o")));
+        let Cmd::Build(b) = parse(&["build"]).unwrap().command else { panic!() };
+        assert!(b.config.is_none() && b.out.is_none());
+        let Cmd::Test(t) = parse(&["test", "--host-only"]).unwrap().command else { panic!() };
+        assert!(t.host_only);
+        let Cmd::Bench(b) = parse(&["bench"]).unwrap().command else { panic!() };
+        assert!(b.what == Bench::All && b.runs == 3 && b.fair_ms == 6000);
+        let Cmd::Bench(b) = parse(&["bench", "fairness", "--fair-ms", "100", "--runs", "1"]).unwrap().command else { panic!() };
+        assert!(b.what == Bench::Fairness && b.runs == 1 && b.fair_ms == 100);
+    }
+
+    #[test]
+    fn unknown_flags_and_bad_values_are_refused() {
+        use clap::error::ErrorKind;
+        for (args, kind) in [
+            (&["run", "--no-such-flag"][..], ErrorKind::UnknownArgument),
+            (&["run", "--smp", "x"], ErrorKind::ValueValidation),
+            (&["run", "--smp", "0"], ErrorKind::ValueValidation),
+            (&["run", "--cpu", "arm"], ErrorKind::InvalidValue),
+            (&["run", "--uefi", "--bochs"], ErrorKind::ArgumentConflict),
+            (&["test", "--hostonly"], ErrorKind::UnknownArgument),
+            (&["bench", "linux"], ErrorKind::InvalidValue),
+            (&["bench", "--runs", "0"], ErrorKind::ValueValidation),
+            (&["frobnicate"], ErrorKind::InvalidSubcommand),
+            (&[], ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand),
+        ] {
+            match parse(args) {
+                Ok(_) => panic!("{args:?} was accepted"),
+                Err(e) => assert_eq!(e.kind(), kind, "{args:?}: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn installed_components_are_recognised_by_rustups_names() {
+        let listed: Vec<String> =
+            ["cargo-x86_64-unknown-linux-gnu", "llvm-tools-x86_64-unknown-linux-gnu", "rust-src"].map(String::from).into();
+        assert!(component_listed("rust-src", &listed));
+        assert!(component_listed("llvm-tools-preview", &listed));
+        let old: Vec<String> = vec!["llvm-tools-preview-x86_64-unknown-linux-gnu".into()];
+        assert!(component_listed("llvm-tools-preview", &old));
+        assert!(!component_listed("rust-src", &old));
+        let fresh: Vec<String> = vec!["rustc-x86_64-unknown-linux-gnu".into(), "rust-std-x86_64-unknown-linux-gnu".into()];
+        assert!(!component_listed("rust-src", &fresh) && !component_listed("llvm-tools-preview", &fresh));
+    }
 }
