@@ -1,4 +1,4 @@
-//! Intel 8254 programmable interval timer of the PC (counters at 0x40-0x42, control word at 0x43, counter 2's gate and OUT on port 0x61), as a pure state machine whose counters run on time, not on ticks.
+//! Intel 8254 programmable interval timer of the PC (ports 0x40-0x43; counter 2's gate and OUT on 0x61), counting from time, not ticks.
 //!
 //! Every guest owns one [`Pit`]. The exit handler forwards guest `IN`/`OUT` on ports 0x40-0x43
 //! to [`Pit::read`] / [`Pit::write`] and on port 0x61 to [`Pit::read_port_b`] /
