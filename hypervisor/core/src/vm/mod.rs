@@ -11,6 +11,7 @@
 pub mod cpuid;
 pub mod devices;
 pub mod guest_mem;
+pub mod insn;
 pub mod memmap;
 pub mod msr;
 pub mod regs;
