@@ -47,6 +47,8 @@ pub struct PerCpu {
     pub index: usize,
     pub apic_id: u32,
     pub backend: Backend,
+    /// The vCPU that ran the last slice here, to count switches between vCPUs.
+    last_vcpu: AtomicU64,
 }
 
 static CPUS: [Once<PerCpu>; MAX_CPUS] = [const { Once::new() }; MAX_CPUS];
@@ -64,7 +66,7 @@ pub fn init_cpu(index: usize, caps: &VirtCaps) -> Result<(), String> {
         log::info!("virt: guest extended state switched with {}", crate::virt::context::describe());
     }
     let backend = Backend::enable(caps)?;
-    CPUS[index].call_once(|| PerCpu { index, apic_id, backend });
+    CPUS[index].call_once(|| PerCpu { index, apic_id, backend, last_vcpu: AtomicU64::new(u64::MAX) });
     APIC_INDEX[apic_id as usize & 0xff].store(index + 1, Ordering::SeqCst);
     CPUS_READY.fetch_add(1, Ordering::SeqCst);
     Ok(())
@@ -84,9 +86,11 @@ pub fn calibrate_timer() {
     LAPIC_TICKS_PER_MS.store((lapic::timer_ticks_per(10_000) / 10).max(1) as u64, Ordering::Relaxed);
 }
 
-/// Arms this CPU's local APIC timer to interrupt after `ns`.
+/// Arms this CPU's local APIC timer to interrupt after `ns`. At least one tick: an initial
+/// count of 0 stops the timer (SDM Vol. 3A 11.5.4), and a guest that never exits would then
+/// keep the CPU for good.
 pub fn arm_slice_timer(ns: u64) {
-    let ticks = (ns as u128 * LAPIC_TICKS_PER_MS.load(Ordering::Relaxed) as u128 / 1_000_000).min(u32::MAX as u128);
+    let ticks = (ns as u128 * LAPIC_TICKS_PER_MS.load(Ordering::Relaxed) as u128 / 1_000_000).clamp(1, u32::MAX as u128);
     lapic::timer_oneshot(TIMER_VECTOR, ticks as u32);
 }
 
@@ -656,7 +660,10 @@ fn run_slice(cpu: &PerCpu, id: VcpuId, slice_ns: u64) {
     vcpu.end_slice();
     switch_cycles += time::rdtsc() - t1;
     crate::virt::context::SWITCH_CYCLES.fetch_add(switch_cycles, Ordering::Relaxed);
-    crate::virt::context::SWITCHES.fetch_add(1, Ordering::Relaxed);
+    crate::virt::context::SLICES.fetch_add(1, Ordering::Relaxed);
+    if cpu.last_vcpu.swap(id.0 as u64, Ordering::Relaxed) != id.0 as u64 {
+        crate::virt::context::SWITCHES.fetch_add(1, Ordering::Relaxed);
+    }
     drop(slot);
     let now = time::now_ns();
     match end {
@@ -725,6 +732,7 @@ pub fn cpu_loop(index: usize) -> ! {
             }
             if h.exit_when_idle && h.guests.iter().all(|g| g.ctl.lock().status.is_final()) {
                 log::info!("all guests have ended; exiting as configured (exit_when_idle)");
+                report_switches();
                 crate::platform::exit(ExitStatus::Pass, "");
             }
         }
@@ -740,8 +748,24 @@ pub fn cpu_loop(index: usize) -> ! {
     }
 }
 
+/// How many slices ran, how many of them put a different vCPU on its CPU than the slice
+/// before, and what a slice's context switch cost on average: the TSC cycles of
+/// `begin_slice` + `end_slice` (VMCS/VMCB binding and the context the hardware does not
+/// switch).
+fn report_switches() {
+    use crate::virt::context::{SLICES, SWITCHES, SWITCH_CYCLES};
+    let slices = SLICES.load(Ordering::Relaxed);
+    let cycles = SWITCH_CYCLES.load(Ordering::Relaxed);
+    println!(
+        "bench: vCPU context switches: {} between vCPUs in {slices} slices ({} TSC cycles per slice to switch the context)",
+        SWITCHES.load(Ordering::Relaxed),
+        cycles / slices.max(1)
+    );
+}
+
 /// `[debug] stop_after_ms`: report each guest's share of CPU time, then end the run.
 fn finish_timed_run() -> ! {
+    report_switches();
     let h = hv();
     let sched = h.sched.lock();
     let (since, base) = h.baseline.lock().clone();

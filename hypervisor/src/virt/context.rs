@@ -251,7 +251,9 @@ unsafe fn wrmsr(m: u32, v: u64) {
     asm!("wrmsr", in("ecx") m, in("eax") v as u32, in("edx") (v >> 32) as u32, options(nostack, nomem));
 }
 
-/// Cycles spent in `load` + `save`, summed over all CPUs, and how many switches: the cost of
-/// the context switch per slice, reported at the end of a timed run.
+/// TSC cycles spent binding and unbinding vCPUs (`begin_slice` + `end_slice`, this context
+/// included), summed over all CPUs; the slices they served; and the slices that put a
+/// different vCPU on the CPU than the one before. Reported when a run ends.
 pub static SWITCH_CYCLES: AtomicU64 = AtomicU64::new(0);
+pub static SLICES: AtomicU64 = AtomicU64::new(0);
 pub static SWITCHES: AtomicU64 = AtomicU64::new(0);

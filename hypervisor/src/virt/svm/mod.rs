@@ -81,36 +81,41 @@ impl Svm {
         // without CD…): QEMU's TCG does not make these checks itself and would otherwise fail
         // the next VMRUN with VMEXIT_INVALID (measured, QEMU 7.2). CR3 stays with the
         // hardware: real CPUs and Bochs check it, and Linux writes it at every context switch.
-        v.write(INTERCEPT_CR, INTERCEPT_CR0_WRITE | INTERCEPT_CR4_WRITE);
+        v.write(INTERCEPT_CR, (InterceptCr::CR0_WRITE | InterceptCr::CR4_WRITE).bits());
         // INVD is intercepted and performed as WBINVD (it would discard dirty lines of host
         // memory); NMIs and interrupts belong to the host.
         v.write(
             INTERCEPT_MISC1,
-            INTERCEPT_INTR
-                | INTERCEPT_NMI
-                | INTERCEPT_CPUID
-                | INTERCEPT_INVD
-                | INTERCEPT_HLT
-                | INTERCEPT_INVLPGA
-                | INTERCEPT_IOIO
-                | INTERCEPT_MSR
-                | INTERCEPT_SHUTDOWN,
+            (InterceptMisc1::INTR
+                | InterceptMisc1::NMI
+                | InterceptMisc1::CPUID
+                | InterceptMisc1::INVD
+                | InterceptMisc1::HLT
+                | InterceptMisc1::INVLPGA
+                | InterceptMisc1::IOIO
+                | InterceptMisc1::MSR
+                | InterceptMisc1::SHUTDOWN)
+                .bits(),
         );
         // VMRUN must be intercepted or VMRUN fails (APM 15.5.1); all SVM instructions, and
         // MONITOR/MWAIT (hidden by CPUID), are #UD for the guest; XSETBV is checked by the
-        // common handler as on VMX, where it always exits.
+        // common handler as on VMX, where it always exits. WBINVD is intercepted too: QEMU's
+        // TCG checks a guest's INVD against the WBINVD intercept (measured: with only the INVD
+        // intercept, INVD never exits there); both are performed as WBINVD by the host.
         v.write(
             INTERCEPT_MISC2,
-            INTERCEPT_VMRUN
-                | INTERCEPT_VMMCALL
-                | INTERCEPT_VMLOAD
-                | INTERCEPT_VMSAVE
-                | INTERCEPT_STGI
-                | INTERCEPT_CLGI
-                | INTERCEPT_SKINIT
-                | INTERCEPT_MONITOR
-                | INTERCEPT_MWAIT
-                | INTERCEPT_XSETBV,
+            (InterceptMisc2::VMRUN
+                | InterceptMisc2::VMMCALL
+                | InterceptMisc2::VMLOAD
+                | InterceptMisc2::VMSAVE
+                | InterceptMisc2::STGI
+                | InterceptMisc2::CLGI
+                | InterceptMisc2::SKINIT
+                | InterceptMisc2::WBINVD
+                | InterceptMisc2::MONITOR
+                | InterceptMisc2::MWAIT
+                | InterceptMisc2::XSETBV)
+                .bits(),
         );
         v.w64(IOPM_BASE_PA, iopm);
         v.w64(MSRPM_BASE_PA, msrpm);
@@ -295,6 +300,11 @@ impl SvmVcpu {
             self.flushed_on |= 1 << cpu;
         }
         self.ctx.load();
+        // VMRUN loads the guest's CR2 from the VMCB (APM 15.5.1) — except in Bochs 2.7, whose
+        // VMRUN reads the field and never loads it (measured: a guest read another guest's
+        // CR2 after a switch). Loading the register here as well gives the same result on
+        // hardware and works around it: the host does not use CR2, and #VMEXIT saves it.
+        set_physical_cr2(self.vmcb.r64(CR2));
         Ok(())
     }
 
@@ -372,7 +382,7 @@ impl SvmVcpu {
         if self.vmcb.read::<u32>(GUEST_ASID) == 0 {
             why.push_str("; ASID 0");
         }
-        if self.vmcb.read::<u32>(INTERCEPT_MISC2) & INTERCEPT_VMRUN == 0 {
+        if self.vmcb.read::<u32>(INTERCEPT_MISC2) & InterceptMisc2::VMRUN.bits() == 0 {
             why.push_str("; VMRUN not intercepted");
         }
         why
@@ -384,6 +394,12 @@ impl SvmVcpu {
         memory::free(self.msrpm, 2);
         self.vmcb.free();
     }
+}
+
+fn set_physical_cr2(value: u64) {
+    // SAFETY: CR2 only reports page-fault addresses; the host never reads it outside its
+    // crash report, and the guest's value is what VMRUN would load anyway.
+    unsafe { core::arch::asm!("mov cr2, {}", in(reg) value, options(nostack, nomem)) };
 }
 
 impl Vcpu for SvmVcpu {
@@ -437,6 +453,8 @@ impl Vcpu for SvmVcpu {
     }
     fn set_cr2(&mut self, value: u64) {
         self.vmcb.w64(CR2, value);
+        // See `begin_slice`: Bochs's VMRUN does not load CR2 from the VMCB.
+        set_physical_cr2(value);
     }
     fn tsc_offset(&self) -> u64 {
         self.vmcb.r64(TSC_OFFSET)
@@ -477,10 +495,10 @@ impl Vcpu for SvmVcpu {
         let misc: u32 = self.vmcb.read(INTERCEPT_MISC1);
         if on {
             self.vmcb.write(INT_CTL, ctl | (1 << 8) | (0xf << 16));
-            self.vmcb.write(INTERCEPT_MISC1, misc | INTERCEPT_VINTR);
+            self.vmcb.write(INTERCEPT_MISC1, misc | InterceptMisc1::VINTR.bits());
         } else {
             self.vmcb.write(INT_CTL, ctl & !(1 << 8));
-            self.vmcb.write(INTERCEPT_MISC1, misc & !INTERCEPT_VINTR);
+            self.vmcb.write(INTERCEPT_MISC1, misc & !InterceptMisc1::VINTR.bits());
         }
     }
 }

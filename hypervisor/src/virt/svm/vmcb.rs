@@ -51,31 +51,49 @@ pub const RAX: usize = 0x5f8;
 pub const CR2: usize = 0x640;
 pub const G_PAT: usize = 0x668;
 
-/// CR0 and CR4 writes: bits 16 + n of the CR intercept vector.
-pub const INTERCEPT_CR0_WRITE: u32 = 1 << 16;
-pub const INTERCEPT_CR4_WRITE: u32 = 1 << 20;
-// INTERCEPT_MISC1 bits (vector 3 of Table B-1).
-pub const INTERCEPT_INTR: u32 = 1 << 0;
-pub const INTERCEPT_NMI: u32 = 1 << 1;
-pub const INTERCEPT_VINTR: u32 = 1 << 4;
-pub const INTERCEPT_CPUID: u32 = 1 << 18;
-pub const INTERCEPT_INVD: u32 = 1 << 22;
-pub const INTERCEPT_HLT: u32 = 1 << 24;
-pub const INTERCEPT_INVLPGA: u32 = 1 << 26;
-pub const INTERCEPT_IOIO: u32 = 1 << 27;
-pub const INTERCEPT_MSR: u32 = 1 << 28;
-pub const INTERCEPT_SHUTDOWN: u32 = 1 << 31;
-// INTERCEPT_MISC2 bits (vector 4).
-pub const INTERCEPT_VMRUN: u32 = 1 << 0;
-pub const INTERCEPT_VMMCALL: u32 = 1 << 1;
-pub const INTERCEPT_VMLOAD: u32 = 1 << 2;
-pub const INTERCEPT_VMSAVE: u32 = 1 << 3;
-pub const INTERCEPT_STGI: u32 = 1 << 4;
-pub const INTERCEPT_CLGI: u32 = 1 << 5;
-pub const INTERCEPT_SKINIT: u32 = 1 << 6;
-pub const INTERCEPT_MONITOR: u32 = 1 << 10;
-pub const INTERCEPT_MWAIT: u32 = 1 << 11;
-pub const INTERCEPT_XSETBV: u32 = 1 << 13;
+bitflags::bitflags! {
+    /// Intercept vector 0 (offset 0x000): CR reads in bits 15:0, CR writes in 31:16.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct InterceptCr: u32 {
+        const CR0_WRITE = 1 << 16;
+        const CR4_WRITE = 1 << 20;
+    }
+}
+
+bitflags::bitflags! {
+    /// Intercept vector 3 (offset 0x00c, Table B-1).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct InterceptMisc1: u32 {
+        const INTR = 1 << 0;
+        const NMI = 1 << 1;
+        const VINTR = 1 << 4;
+        const CPUID = 1 << 18;
+        const INVD = 1 << 22;
+        const HLT = 1 << 24;
+        const INVLPGA = 1 << 26;
+        const IOIO = 1 << 27;
+        const MSR = 1 << 28;
+        const SHUTDOWN = 1 << 31;
+    }
+}
+
+bitflags::bitflags! {
+    /// Intercept vector 4 (offset 0x010, Table B-1).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct InterceptMisc2: u32 {
+        const VMRUN = 1 << 0;
+        const VMMCALL = 1 << 1;
+        const VMLOAD = 1 << 2;
+        const VMSAVE = 1 << 3;
+        const STGI = 1 << 4;
+        const CLGI = 1 << 5;
+        const SKINIT = 1 << 6;
+        const WBINVD = 1 << 9;
+        const MONITOR = 1 << 10;
+        const MWAIT = 1 << 11;
+        const XSETBV = 1 << 13;
+    }
+}
 
 /// A VMCB page, owned by physical address.
 pub struct Vmcb {
