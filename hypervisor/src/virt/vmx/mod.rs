@@ -25,33 +25,11 @@ const MSR_CR0_FIXED1: u32 = 0x487;
 const MSR_CR4_FIXED0: u32 = 0x488;
 const MSR_CR4_FIXED1: u32 = 0x489;
 
-// Control bits (SDM Vol. 3C 25.6 / 25.7 / 25.8, "VM-execution/exit/entry control fields").
-const PIN_EXTERNAL_INTERRUPT_EXITING: u32 = 1 << 0;
-const PIN_NMI_EXITING: u32 = 1 << 3;
-const PIN_PREEMPTION_TIMER: u32 = 1 << 6;
-const PROC_INTERRUPT_WINDOW_EXITING: u32 = 1 << 2;
-const PROC_USE_TSC_OFFSETTING: u32 = 1 << 3;
-const PROC_USE_TPR_SHADOW: u32 = 1 << 21;
-const PROC_HLT_EXITING: u32 = 1 << 7;
-const PROC_MWAIT_EXITING: u32 = 1 << 10;
-const PROC_USE_IO_BITMAPS: u32 = 1 << 25;
-const PROC_USE_MSR_BITMAPS: u32 = 1 << 28;
-const PROC_MONITOR_EXITING: u32 = 1 << 29;
-const PROC_SECONDARY_CONTROLS: u32 = 1 << 31;
-const PROC2_ENABLE_EPT: u32 = 1 << 1;
-const PROC2_ENABLE_RDTSCP: u32 = 1 << 3;
-const PROC2_ENABLE_VPID: u32 = 1 << 5;
-const PROC2_UNRESTRICTED_GUEST: u32 = 1 << 7;
-const PROC2_ENABLE_INVPCID: u32 = 1 << 12;
-const PROC2_ENABLE_XSAVES: u32 = 1 << 20;
-const EXIT_HOST_ADDRESS_SPACE_SIZE: u32 = 1 << 9;
-const EXIT_SAVE_PAT: u32 = 1 << 18;
-const EXIT_LOAD_PAT: u32 = 1 << 19;
-const EXIT_SAVE_EFER: u32 = 1 << 20;
-const EXIT_LOAD_EFER: u32 = 1 << 21;
-const ENTRY_IA32E_MODE_GUEST: u32 = 1 << 9;
-const ENTRY_LOAD_PAT: u32 = 1 << 14;
-const ENTRY_LOAD_EFER: u32 = 1 << 15;
+// Control bits (SDM Vol. 3C 25.6 / 25.7 / 25.8, "VM-execution/exit/entry control fields"):
+// the `x86` crate's bitflags types.
+use x86::vmx::vmcs::control::{
+    EntryControls as EntryCtl, ExitControls as ExitCtl, PinbasedControls as Pin, PrimaryControls as Proc, SecondaryControls as Proc2,
+};
 
 const CR0_PE: u64 = 1 << 0;
 const CR0_PG: u64 = 1 << 31;
@@ -219,43 +197,44 @@ impl Vmx {
         };
         // Optional secondary features are enabled when allowed, so guests can use RDTSCP,
         // INVPCID and XSAVES (without the control they raise #UD, 25.6.2).
-        let optional = (PROC2_ENABLE_RDTSCP | PROC2_ENABLE_INVPCID | PROC2_ENABLE_XSAVES) & (self.proc2 >> 32) as u32;
+        let optional = (Proc2::ENABLE_RDTSCP | Proc2::ENABLE_INVPCID | Proc2::ENABLE_XSAVES_XRSTORS).bits() & (self.proc2 >> 32) as u32;
         // The VMX-preemption timer ends each time slice without a host interrupt (25.5.1);
         // external interrupts (kicks from other CPUs) exit too and are left pending for the
         // host IDT (no "acknowledge interrupt on exit"), as on SVM.
-        let timer = if self.caps.preemption_timer { PIN_PREEMPTION_TIMER } else { 0 };
-        w(control::PINBASED_EXEC_CONTROLS, ctl(PIN_EXTERNAL_INTERRUPT_EXITING | PIN_NMI_EXITING | timer, self.pin, "pin-based")?)?;
+        let timer = if self.caps.preemption_timer { Pin::VMX_PREEMPTION_TIMER } else { Pin::empty() };
+        w(control::PINBASED_EXEC_CONTROLS, ctl((Pin::EXTERNAL_INTERRUPT_EXITING | Pin::NMI_EXITING | timer).bits(), self.pin, "pin-based")?)?;
         w(
             control::PRIMARY_PROCBASED_EXEC_CONTROLS,
             ctl(
                 // TPR shadow: the guest's MOV CR8 reads and writes the virtual TPR in its own
                 // virtual-APIC page instead of the host's TPR (SDM Vol. 3C 30.1.2); TSC
                 // offsetting: the guest's TSC is the host's plus its own offset (26.3).
-                PROC_HLT_EXITING
-                    | PROC_MWAIT_EXITING
-                    | PROC_MONITOR_EXITING
-                    | PROC_USE_IO_BITMAPS
-                    | PROC_USE_MSR_BITMAPS
-                    | PROC_SECONDARY_CONTROLS
-                    | PROC_USE_TPR_SHADOW
-                    | PROC_USE_TSC_OFFSETTING,
+                (Proc::HLT_EXITING
+                    | Proc::MWAIT_EXITING
+                    | Proc::MONITOR_EXITING
+                    | Proc::USE_IO_BITMAPS
+                    | Proc::USE_MSR_BITMAPS
+                    | Proc::SECONDARY_CONTROLS
+                    | Proc::USE_TPR_SHADOW
+                    | Proc::USE_TSC_OFFSETTING)
+                    .bits(),
                 self.proc1,
                 "processor-based",
             )?,
         )?;
         w(
             control::SECONDARY_PROCBASED_EXEC_CONTROLS,
-            ctl(PROC2_ENABLE_EPT | PROC2_ENABLE_VPID | PROC2_UNRESTRICTED_GUEST | optional, self.proc2, "secondary")?,
+            ctl((Proc2::ENABLE_EPT | Proc2::ENABLE_VPID | Proc2::UNRESTRICTED_GUEST).bits() | optional, self.proc2, "secondary")?,
         )?;
         w(
             control::VMEXIT_CONTROLS,
             ctl(
-                EXIT_HOST_ADDRESS_SPACE_SIZE | EXIT_SAVE_PAT | EXIT_LOAD_PAT | EXIT_SAVE_EFER | EXIT_LOAD_EFER,
+                (ExitCtl::HOST_ADDRESS_SPACE_SIZE | ExitCtl::SAVE_IA32_PAT | ExitCtl::LOAD_IA32_PAT | ExitCtl::SAVE_IA32_EFER | ExitCtl::LOAD_IA32_EFER).bits(),
                 self.exit,
                 "VM-exit",
             )?,
         )?;
-        w(control::VMENTRY_CONTROLS, ctl(ENTRY_LOAD_PAT | ENTRY_LOAD_EFER, self.entry, "VM-entry")?)?;
+        w(control::VMENTRY_CONTROLS, ctl((EntryCtl::LOAD_IA32_PAT | EntryCtl::LOAD_IA32_EFER).bits(), self.entry, "VM-entry")?)?;
         w(control::EXCEPTION_BITMAP, 0)?;
         w(control::IO_BITMAP_A_ADDR_FULL, v.io)?;
         w(control::IO_BITMAP_B_ADDR_FULL, v.io + 4096)?;
@@ -616,7 +595,7 @@ impl VmxVcpu {
     fn sync_ia32e_mode(&mut self) {
         let lma = r(guest::IA32_EFER_FULL) & EFER_LMA != 0;
         let entry = r(control::VMENTRY_CONTROLS);
-        let want = if lma { entry | ENTRY_IA32E_MODE_GUEST as u64 } else { entry & !(ENTRY_IA32E_MODE_GUEST as u64) };
+        let want = if lma { entry | EntryCtl::IA32E_MODE_GUEST.bits() as u64 } else { entry & !(EntryCtl::IA32E_MODE_GUEST.bits() as u64) };
         if want != entry {
             wr(control::VMENTRY_CONTROLS, want);
         }
@@ -658,8 +637,8 @@ impl VmxVcpu {
                 cr4: r(guest::CR4),
                 efer: r(guest::IA32_EFER_FULL),
                 rflags: r(guest::RFLAGS),
-                ia32e_mode_guest: r(control::VMENTRY_CONTROLS) & ENTRY_IA32E_MODE_GUEST as u64 != 0,
-                unrestricted_guest: r(control::SECONDARY_PROCBASED_EXEC_CONTROLS) & PROC2_UNRESTRICTED_GUEST as u64 != 0,
+                ia32e_mode_guest: r(control::VMENTRY_CONTROLS) & EntryCtl::IA32E_MODE_GUEST.bits() as u64 != 0,
+                unrestricted_guest: r(control::SECONDARY_PROCBASED_EXEC_CONTROLS) & Proc2::UNRESTRICTED_GUEST.bits() as u64 != 0,
                 cs_ar: r(guest::CS_ACCESS_RIGHTS) as u32,
                 ss_ar: r(guest::SS_ACCESS_RIGHTS) as u32,
                 tr_ar: r(guest::TR_ACCESS_RIGHTS) as u32,
@@ -790,7 +769,7 @@ impl Vcpu for VmxVcpu {
     fn request_interrupt_window(&mut self, on: bool) {
         // Interrupt-window exiting (25.6.2): an exit as soon as RFLAGS.IF = 1 and nothing blocks.
         let c = r(control::PRIMARY_PROCBASED_EXEC_CONTROLS);
-        let bit = PROC_INTERRUPT_WINDOW_EXITING as u64;
+        let bit = Proc::INTERRUPT_WINDOW_EXITING.bits() as u64;
         let want = if on { c | bit } else { c & !bit };
         if want != c {
             wr(control::PRIMARY_PROCBASED_EXEC_CONTROLS, want);
