@@ -479,12 +479,19 @@ impl Drop for Emulator {
 
 /// Asks QEMU's monitor for every CPU's registers (`info registers -a`), for hang reports.
 fn qemu_registers(sock: &Path) -> String {
+    match monitor_command(sock, "info registers -a") {
+        Some(out) => format!("--- QEMU info registers:\n{out}\n"),
+        None => format!("(no QEMU monitor at {})\n", sock.display()),
+    }
+}
+
+/// Sends one command to the QEMU monitor at `sock` and returns what it answered within 1.5 s;
+/// `None` if there is no monitor.
+fn monitor_command(sock: &Path, cmd: &str) -> Option<String> {
     use std::os::unix::net::UnixStream;
-    let Ok(mut s) = UnixStream::connect(sock) else {
-        return format!("(no QEMU monitor at {})\n", sock.display());
-    };
+    let mut s = UnixStream::connect(sock).ok()?;
     let _ = s.set_read_timeout(Some(Duration::from_millis(1500)));
-    let _ = s.write_all(b"info registers -a\n");
+    let _ = s.write_all(format!("{cmd}\n").as_bytes());
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     while let Ok(n) = s.read(&mut buf) {
@@ -493,7 +500,18 @@ fn qemu_registers(sock: &Path) -> String {
         }
         out.extend_from_slice(&buf[..n]);
     }
-    format!("--- QEMU info registers:\n{}\n", String::from_utf8_lossy(&out))
+    Some(String::from_utf8_lossy(&out).into_owned())
+}
+
+impl Emulator {
+    /// Runs a QEMU monitor command (e.g. `nmi`) on a QEMU platform and returns its answer.
+    pub fn qemu_monitor(&self, cmd: &str) -> Result<String, String> {
+        if !self.platform.is_qemu() {
+            return Err(format!("{} has no QEMU monitor", self.platform.name()));
+        }
+        let sock = self.dir.join(emulators::QEMU_MONITOR_SOCKET);
+        monitor_command(&sock, cmd).ok_or_else(|| format!("no QEMU monitor at {}", sock.display()))
+    }
 }
 
 /// Connects to Bochs's COM1 server (it starts listening a moment after launch) and drains

@@ -29,6 +29,7 @@ pub mod checks;
 pub mod cpu;
 pub mod exceptions;
 pub mod interrupts;
+pub mod isolation;
 pub mod pic;
 pub mod serial;
 

@@ -1,0 +1,209 @@
+//! Test guest `arch`: architectural answers that must be the same under VMX and SVM, one check
+//! per finding of the issue "A real vCPU" (each line `arch: PASS <what>` or `arch: FAIL ...`,
+//! then `arch: <n> passed, <m> failed` and the test exit).
+//!
+//! vCPU 0 checks, in 64-bit mode:
+//! - CR4: a reserved bit (15) and VMXE (13, VMX is hidden) raise #GP (SDM Vol. 3A 2.5);
+//! - CR0: NW without CD, bit 32, and clearing PG in 64-bit mode raise #GP (SDM MOV CR);
+//! - EFER: clearing LME while paging is on raises #GP (SDM Vol. 3A 10.8.5);
+//! - XSETBV: with XSAVE, x87|SSE loads and reads back, x87-less and ECX = 1 raise #GP; without
+//!   XSAVE, CR4.OSXSAVE cannot be set (SDM XSETBV, 2.5);
+//! - INVD completes (the hypervisor performs it as WBINVD);
+//! - WRMSR IA32_TSC is allowed and RDTSC continues from the written value (SDM Vol. 3A 18.17);
+//! - REP OUTSB prints a line through the UART, REP INSB from an unclaimed port stores all
+//!   ones, and RSI/RDI/RCX end where the SDM says (INS/OUTS);
+//! - an interrupt raised by another vCPU's device access wakes this halted vCPU: vCPU 1 turns
+//!   on the UART's transmitter-empty interrupt while vCPU 0 sleeps in `sti; hlt`, and the
+//!   IRQ 4 that follows must reach vCPU 0.
+//!
+//! Needs 2 vCPUs (with one, the wake check fails after 2 s of TSC time).
+#![no_std]
+#![no_main]
+
+use core::arch::asm;
+use core::sync::atomic::{AtomicU32, Ordering::SeqCst};
+use test_guests::cpu::{self, cpuid, outb, rdtsc};
+use test_guests::exceptions::{GP, UD};
+use test_guests::interrupts::{self, IRQ_BASE};
+use test_guests::serial::{IER, IIR, MCR};
+use test_guests::{pic, Checks};
+
+test_guests::guest!(name = "arch", main = main);
+
+/// vCPU 0 is about to sleep (1), or has been woken by IRQ 4 (2).
+static STAGE: AtomicU32 = AtomicU32::new(0);
+static IRQ4: AtomicU32 = AtomicU32::new(0);
+
+fn main(vcpu: u32) -> u32 {
+    if vcpu == 1 {
+        trigger_from_vcpu1();
+        cpu::park();
+    }
+    if vcpu != 0 {
+        cpu::park();
+    }
+    let mut c = Checks::new();
+    control_registers(&mut c);
+    xsetbv(&mut c);
+    invd_and_tsc(&mut c);
+    string_io(&mut c);
+    wake_by_other_vcpu(&mut c);
+    c.finish()
+}
+
+fn expect_fault(c: &mut Checks, what: &str, got: Option<test_guests::exceptions::Fault>, vector: u8) {
+    match got {
+        Some(f) if f.vector == vector => c.pass(what),
+        Some(f) => c.fail(what, format_args!("raised {f}, expected vector {vector}")),
+        None => c.fail(what, format_args!("completed, expected vector {vector}")),
+    }
+}
+
+fn control_registers(c: &mut Checks) {
+    let cr4 = cpu::read_cr4();
+    // SAFETY (all below): each write is refused by the CPU (the check is that it faults); if it
+    // were accepted, the value differs from the current one only in a bit this guest does
+    // not depend on... except the CR0/EFER ones, whose acceptance would end the guest (and
+    // so fail the test) anyway.
+    let f = unsafe { cpu::try_write_cr4(cr4 | (1 << 15)) };
+    expect_fault(c, "MOV CR4 with reserved bit 15 raises #GP", f.err(), GP);
+    let f = unsafe { cpu::try_write_cr4(cr4 | (1 << 13)) };
+    expect_fault(c, "MOV CR4 with VMXE (VMX hidden) raises #GP", f.err(), GP);
+    let cr0 = cpu::read_cr0();
+    let nw = (cr0 | (1 << 29)) & !(1 << 30);
+    let f = unsafe { test_guests::guarded!("mov cr0, {v}", v = in(reg) nw) };
+    expect_fault(c, "MOV CR0 with NW but not CD raises #GP", f, GP);
+    let f = unsafe { test_guests::guarded!("mov cr0, {v}", v = in(reg) cr0 | (1 << 32)) };
+    expect_fault(c, "MOV CR0 with bit 32 raises #GP", f, GP);
+    let f = unsafe { test_guests::guarded!("mov cr0, {v}", v = in(reg) cr0 & !(1 << 31)) };
+    expect_fault(c, "clearing CR0.PG in 64-bit mode raises #GP", f, GP);
+    let efer = cpu::try_rdmsr(cpu::IA32_EFER).unwrap_or(0);
+    let f = unsafe { cpu::try_wrmsr(cpu::IA32_EFER, efer & !(1 << 8)) };
+    expect_fault(c, "clearing EFER.LME while paging is on raises #GP", f.err(), GP);
+    c.expect_eq("CR0 unchanged after the refused writes", cpu::read_cr0(), cr0);
+}
+
+fn xsetbv(c: &mut Checks) {
+    let has_xsave = cpuid(1, 0).ecx & (1 << 26) != 0;
+    let cr4 = cpu::read_cr4();
+    // SAFETY: CR4.OSXSAVE only enables XSETBV/XGETBV and XSAVE*.
+    let set = unsafe { cpu::try_write_cr4(cr4 | (1 << 18)) };
+    if !has_xsave {
+        expect_fault(c, "CR4.OSXSAVE without XSAVE raises #GP", set.err(), GP);
+        return;
+    }
+    if let Err(f) = set {
+        return c.fail("CR4.OSXSAVE with XSAVE", format_args!("raised {f}"));
+    }
+    // SAFETY (the XSETBVs): x87|SSE is valid; the others must fault and change nothing.
+    let f = unsafe { test_guests::guarded!("xsetbv", in("ecx") 0u32, in("eax") 3u32, in("edx") 0u32) };
+    match f {
+        None => {
+            let (lo, hi): (u32, u32);
+            // SAFETY: XGETBV(0) with CR4.OSXSAVE set.
+            unsafe { asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi, options(nomem, nostack)) };
+            c.expect_eq("XSETBV x87|SSE loads XCR0", u64::from(hi) << 32 | u64::from(lo), 3);
+        }
+        Some(f) => c.fail("XSETBV x87|SSE", format_args!("raised {f}")),
+    }
+    let f = unsafe { test_guests::guarded!("xsetbv", in("ecx") 0u32, in("eax") 2u32, in("edx") 0u32) };
+    expect_fault(c, "XSETBV without x87 raises #GP", f, GP);
+    let f = unsafe { test_guests::guarded!("xsetbv", in("ecx") 1u32, in("eax") 3u32, in("edx") 0u32) };
+    expect_fault(c, "XSETBV of XCR1 raises #GP", f, GP);
+    // SAFETY: turning OSXSAVE back off; XSETBV then raises #UD (SDM XSETBV).
+    let _ = unsafe { cpu::try_write_cr4(cr4) };
+    let f = unsafe { test_guests::guarded!("xsetbv", in("ecx") 0u32, in("eax") 3u32, in("edx") 0u32) };
+    expect_fault(c, "XSETBV with CR4.OSXSAVE clear raises #UD", f, UD);
+}
+
+fn invd_and_tsc(c: &mut Checks) {
+    // SAFETY: this guest keeps nothing in caches that is not also in memory it reads again…
+    // and the hypervisor writes back anyway.
+    match unsafe { test_guests::guarded!("invd") } {
+        None => c.pass("INVD completes"),
+        Some(f) => c.fail("INVD completes", format_args!("raised {f}")),
+    }
+    const T: u64 = 1 << 40;
+    // SAFETY: moving the guest's TSC; nothing here depends on its absolute value.
+    match unsafe { cpu::try_wrmsr(0x10, T) } {
+        Ok(()) => {
+            let now = rdtsc();
+            if (T..T + (1 << 36)).contains(&now) {
+                c.pass("WRMSR IA32_TSC sets the TSC RDTSC reads");
+            } else {
+                c.fail("WRMSR IA32_TSC sets the TSC RDTSC reads", format_args!("wrote {T:#x}, then read {now:#x}"));
+            }
+        }
+        Err(f) => c.fail("WRMSR IA32_TSC is allowed", format_args!("raised {f}")),
+    }
+}
+
+fn string_io(c: &mut Checks) {
+    let line = b"arch: rep outsb reached the console\n";
+    let (mut rsi, mut rcx) = (line.as_ptr() as u64, line.len() as u64);
+    {
+        let _l = test_guests::serial::LineLock::take();
+        // SAFETY: reads `line`, writes the UART; DF is clear (the Rust ABI keeps it so).
+        unsafe { asm!("rep outsb", inout("rsi") rsi, inout("rcx") rcx, in("dx") 0x3f8u16, options(nostack, readonly)) };
+    }
+    if rcx == 0 && rsi == line.as_ptr() as u64 + line.len() as u64 {
+        c.pass("REP OUTSB ends with RCX = 0 and RSI past the string");
+    } else {
+        c.fail("REP OUTSB registers", format_args!("RCX {rcx}, RSI {rsi:#x}"));
+    }
+    let mut buf = [0u8; 8];
+    let (mut rdi, mut rcx) = (buf.as_mut_ptr() as u64, 6u64);
+    // SAFETY: writes 6 bytes into `buf`.
+    unsafe { asm!("rep insb", inout("rdi") rdi, inout("rcx") rcx, in("dx") 0x1234u16, options(nostack)) };
+    if buf == [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0] && rcx == 0 && rdi == buf.as_ptr() as u64 + 6 {
+        c.pass("REP INSB from an unclaimed port stores all ones");
+    } else {
+        c.fail("REP INSB from an unclaimed port", format_args!("{buf:?}, RCX {rcx}"));
+    }
+}
+
+fn irq_handler(vector: u8) {
+    if vector == IRQ_BASE + 4 {
+        // Reading IIR clears a transmitter-empty interrupt (PC16550D, "IIR"); turn it off.
+        let _ = cpu::inb(IIR);
+        outb(IER, 0);
+        IRQ4.fetch_add(1, SeqCst);
+    }
+    pic::eoi(vector - IRQ_BASE);
+}
+
+fn wake_by_other_vcpu(c: &mut Checks) {
+    let what = "an interrupt raised by vCPU 1's device access wakes halted vCPU 0";
+    // Give up after 2 s of TSC time (the rate from Bastion's timing leaf).
+    let limit = u64::from(cpuid(0x4000_0010, 0).eax).max(1_000_000) * 2000;
+    interrupts::install(irq_handler);
+    pic::init(IRQ_BASE, IRQ_BASE + 8, !(1 << 4), 0xff);
+    outb(IER, 0);
+    outb(MCR, 0x0b); // DTR, RTS, OUT2: the UART's interrupt reaches the PIC
+    STAGE.store(1, SeqCst);
+    let start = rdtsc();
+    while IRQ4.load(SeqCst) == 0 {
+        interrupts::halt_until_interrupt();
+        if rdtsc().wrapping_sub(start) > limit {
+            break;
+        }
+    }
+    STAGE.store(2, SeqCst);
+    if IRQ4.load(SeqCst) > 0 {
+        c.pass(what);
+    } else {
+        c.fail(what, "no IRQ 4");
+    }
+}
+
+/// vCPU 1: once vCPU 0 sleeps, enable the UART's transmitter-empty interrupt (THR is empty,
+/// so the interrupt is raised at once).
+fn trigger_from_vcpu1() {
+    while STAGE.load(SeqCst) == 0 {
+        core::hint::spin_loop();
+    }
+    // Give vCPU 0 time to reach its HLT: the wake-up, not the delivery to a running vCPU, is
+    // what is checked.
+    cpu::wait_tsc(2_000_000);
+    outb(IER, 0x02);
+}

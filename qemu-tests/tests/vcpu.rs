@@ -1,0 +1,161 @@
+//! A vCPU is a whole CPU: its context stays its own across slice switches, and the
+//! architecture answers the same on VMX (Bochs Intel) and SVM (QEMU, Bochs AMD). The rules
+//! come from the issue "A real vCPU"; each test names what it pins down.
+
+use qemu_tests::guests::guest_image;
+use qemu_tests::{image_with_files, Emulator, Platform, RunOptions, TestImage};
+use std::time::Duration;
+
+const SMP2: RunOptions =
+    RunOptions { smp: 2, memory_mib: 256, kvm: Some(false), qemu_args: Vec::new(), interactive: false, com2_file: None };
+
+fn guest(name: &str, image: &str, extra: &str) -> String {
+    format!("\n[[guest]]\nname = \"{name}\"\nkernel = \"guests/{image}.bin\"\nmemory_mib = 4\n{extra}")
+}
+
+fn image(test: &str, config: &str, images: &[&str]) -> TestImage {
+    let paths: Vec<(String, std::path::PathBuf)> = images.iter().map(|g| (format!("guests/{g}.bin"), guest_image(g))).collect();
+    let files: Vec<(&str, &std::path::Path)> = paths.iter().map(|(d, p)| (d.as_str(), p.as_path())).collect();
+    image_with_files(test, config, &files)
+}
+
+fn timeout(p: Platform) -> Duration {
+    if p.is_qemu() {
+        Duration::from_secs(180)
+    } else {
+        Duration::from_secs(480)
+    }
+}
+
+/// Two guests pinned to the same CPU fill the x87 stack, MXCSR, XMM/YMM, XCR0, CR2 (by a page
+/// fault), DR0-3, CR8 and the SYSCALL MSRs and TSC_AUX with their own patterns, then yield
+/// 10,000 times each and check every value after every switch: any state Bastion fails to
+/// switch shows the other guest's pattern.
+fn isolation(p: Platform) {
+    let mut cfg = String::from("[hypervisor]\nexit_when_idle = true\n");
+    cfg += &guest("isolate-a", "isolate-a", "affinity = [1]\n");
+    cfg += &guest("isolate-b", "isolate-b", "affinity = [1]\n");
+    let img = image(&format!("isolation-{}", p.name()), &cfg, &["isolate-a", "isolate-b"]);
+    let mut emu = Emulator::start(p, &img, &SMP2);
+    let out = emu.expect_exit(timeout(p)).unwrap_or_else(|e| panic!("{e}"));
+    let text = emu.transcript();
+    for g in ["isolate-a", "isolate-b"] {
+        assert!(text.contains(&format!("[{g}] {g}: PASS 10000 switches, every register kept its value")), "{g} did not pass:\n{text}");
+        assert!(text.contains(&format!("guest {g}: stopped: test exit: PASS")), "{text}");
+    }
+    assert!(!text.contains("FAIL round"), "{text}");
+    // The two really alternated on CPU 1: at least 10,000 times a slice put the other guest's
+    // vCPU on the CPU (the yield hands the CPU to the other vCPU queued there).
+    let switches: u64 = text
+        .lines()
+        .find_map(|l| l.split("vCPU context switches: ").nth(1))
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no context-switch count:\n{text}"));
+    assert!(switches >= 10_000, "only {switches} switches between vCPUs:\n{text}");
+    assert_eq!(out.status, bastion_core::exit::ExitStatus::Pass, "{text}");
+}
+
+#[test]
+fn isolation_under_svm_on_qemu() {
+    isolation(Platform::QemuBios);
+}
+
+#[test]
+fn isolation_under_vmx_on_bochs_intel() {
+    isolation(Platform::BochsIntel);
+}
+
+#[test]
+fn isolation_under_svm_on_bochs_amd() {
+    isolation(Platform::BochsAmd);
+}
+
+/// The architectural answers of the `arch` guest (CR0/CR4/EFER/XSETBV checks, INVD, TSC
+/// writes, string I/O, a wake-up by another vCPU's interrupt).
+fn check_arch(text: &str) {
+    assert!(!text.contains("arch: FAIL"), "{text}");
+    assert!(text.contains("[arch] arch: rep outsb reached the console"), "{text}");
+    assert!(text.contains("arch: PASS an interrupt raised by vCPU 1's device access wakes halted vCPU 0"), "{text}");
+    let stop = text.lines().find(|l| l.contains("guest arch: stopped:")).unwrap_or_else(|| panic!("{text}"));
+    assert!(stop.contains("test exit: PASS"), "{stop}");
+    // INVD was intercepted (on SVM it ran natively before) and XSETBV was answered, not fatal.
+    assert!(stop.contains("invd 1"), "{stop}");
+}
+
+/// A guest whose vCPUs all halt for good with mixed RFLAGS.IF is reported halted (before, a
+/// vCPU other than 0 halting with interrupts enabled was never counted and the guest stayed
+/// "running" forever).
+fn check_smphalt(text: &str, vcpus: u32) {
+    let halted = text.lines().find(|l| l.contains("guest smphalt: stopped:")).unwrap_or_else(|| panic!("smphalt never reported:\n{text}"));
+    assert!(halted.contains("halted"), "{halted}");
+    for v in 0..vcpus {
+        assert!(text.contains(&format!("[smphalt] smphalt: vcpu {v} halting")), "{text}");
+    }
+}
+
+fn run_to_exit(p: Platform, test: &str, cfg: &str, images: &[&str]) -> String {
+    let img = image(&format!("{test}-{}", p.name()), cfg, images);
+    let mut emu = Emulator::start(p, &img, &SMP2);
+    let out = emu.expect_exit(timeout(p)).unwrap_or_else(|e| panic!("{e}"));
+    let text = emu.transcript();
+    assert_eq!(out.status, bastion_core::exit::ExitStatus::Pass, "{text}");
+    text
+}
+
+/// Both guests at once: 5 vCPUs on 2 CPUs.
+fn architecture(p: Platform) {
+    let mut cfg = String::from("[hypervisor]\nexit_when_idle = true\n");
+    cfg += &guest("arch", "arch", "vcpus = 2\n");
+    cfg += &guest("smphalt", "smphalt", "vcpus = 3\n");
+    let text = run_to_exit(p, "arch", &cfg, &["arch", "smphalt"]);
+    check_arch(&text);
+    check_smphalt(&text, 3);
+}
+
+#[test]
+fn architecture_under_svm_on_qemu() {
+    architecture(Platform::QemuBios);
+}
+
+#[test]
+fn architecture_under_vmx_on_bochs_intel() {
+    architecture(Platform::BochsIntel);
+}
+
+/// On Bochs's SVM a guest spinning with RFLAGS.IF = 0 is never interrupted by the host's
+/// timer, so more vCPUs than CPUs cannot share them there (measured with 3 `busy` vCPUs on 2
+/// CPUs, with this kernel and the one before it; QEMU's SVM and Bochs's VMX preempt them). So
+/// on Bochs AMD each guest runs alone, with no more vCPUs than CPUs.
+#[test]
+fn architecture_under_svm_on_bochs_amd() {
+    let p = Platform::BochsAmd;
+    let arch = format!("[hypervisor]\nexit_when_idle = true\n{}", guest("arch", "arch", "vcpus = 2\n"));
+    check_arch(&run_to_exit(p, "arch", &arch, &["arch"]));
+    let smphalt = format!("[hypervisor]\nexit_when_idle = true\n{}", guest("smphalt", "smphalt", "vcpus = 2\n"));
+    check_smphalt(&run_to_exit(p, "smphalt", &smphalt, &["smphalt"]), 2);
+}
+
+/// A host NMI while guests run is the host's: Bastion counts it, the guests go on, the run
+/// ends normally (before: VMX stopped the guest, SVM crashed the hypervisor).
+#[test]
+fn host_nmi_while_guests_run_on_qemu() {
+    let mut cfg = String::from("");
+    cfg += &guest("busy", "busy", "vcpus = 2\n");
+    cfg += "\n[debug]\nstop_after_ms = 6000\n";
+    let img = image("nmi-qemu", &cfg, &["busy"]);
+    let p = Platform::QemuBios;
+    let mut emu = Emulator::start(p, &img, &SMP2);
+    let t = timeout(p);
+    emu.expect("[busy] busy: vcpu 1 tick 2", t).unwrap_or_else(|e| panic!("{e}"));
+    emu.qemu_monitor("nmi").unwrap_or_else(|e| panic!("{e}"));
+    emu.expect("NMI(s) received", t).unwrap_or_else(|e| panic!("{e}"));
+    let after = emu.mark();
+    for v in [0, 1] {
+        emu.expect_after(after, &format!("[busy] busy: vcpu {v} tick"), t).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let out = emu.expect_exit(t).unwrap_or_else(|e| panic!("{e}"));
+    let text = emu.transcript();
+    assert!(!text.contains("BASTION CRASH") && !text.contains("guest busy: stopped"), "{text}");
+    assert_eq!(out.status, bastion_core::exit::ExitStatus::Pass, "{text}");
+}
