@@ -566,7 +566,8 @@ fn has_interrupt_source(vcpu: usize) -> bool {
 /// devices locked, as is the check before a vCPU blocks, so no wake-up is lost in between.
 fn wake_if_interrupted(g: &Guest, d: &GuestDevices) {
     for (v, waiting) in g.waiting.iter().enumerate() {
-        if interrupt_pending(d, v) && waiting.swap(false, Ordering::SeqCst) {
+        // The flag first: it is one load, and most device accesses happen with no vCPU asleep.
+        if waiting.load(Ordering::SeqCst) && interrupt_pending(d, v) && waiting.swap(false, Ordering::SeqCst) {
             let kick_cpu = hv().sched.lock().wake(vcpu_id(g.index, v), time::now_ns());
             if let Some(c) = kick_cpu {
                 kick(c);

@@ -146,6 +146,9 @@ impl Vcpu for GuestVcpu {
     fn mode(&self) -> ModeView {
         each!(self, v => v.mode())
     }
+    fn guest_cr4(&self) -> u64 {
+        each!(self, v => v.guest_cr4())
+    }
     fn set_guest_efer(&mut self, value: u64) {
         each!(self, v => v.set_guest_efer(value))
     }

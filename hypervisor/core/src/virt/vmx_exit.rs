@@ -200,6 +200,37 @@ pub struct VmxExitInfo {
     pub cs_db: bool,
 }
 
+/// Whether decoding `basic` looks at more than the reason, RIP and instruction length
+/// (qualification, instruction and interruption information, guest-physical address, the
+/// guest's CR0 and mode): the backend reads those VMCS fields only then, which keeps the
+/// common exits (CPUID, MSRs, HLT, VMCALL) short.
+pub fn needs_details(basic: u32) -> bool {
+    use reason::*;
+    matches!(basic, EXCEPTION_OR_NMI | CR_ACCESS | IO_INSTRUCTION | EPT_VIOLATION)
+}
+
+/// Which detail fields decoding `basic` with exit qualification `qualification` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Details {
+    pub intr_info: bool,
+    pub guest_cr0: bool,
+    /// Instruction information and the CPU mode (INS/OUTS).
+    pub string_io: bool,
+    pub gpa: bool,
+}
+
+/// The detail fields a reason needs beyond its qualification (read first when
+/// [`needs_details`]).
+pub fn details(basic: u32, qualification: u64) -> Details {
+    use reason::*;
+    Details {
+        intr_info: basic == EXCEPTION_OR_NMI,
+        guest_cr0: basic == CR_ACCESS,
+        string_io: basic == IO_INSTRUCTION && qualification & 16 != 0,
+        gpa: basic == EPT_VIOLATION,
+    }
+}
+
 /// Decodes an exit. `gpr(n)` reads general register `n` in the instruction-encoding order
 /// (RSP included); `insn()` fetches the instruction bytes at RIP, used only for OUTS when
 /// the CPU gives no instruction information.
@@ -324,6 +355,44 @@ mod tests {
         }
         assert_eq!(reason_name(48), "EPT violation");
         assert_eq!(reason_name(35), "reserved exit reason");
+    }
+
+    #[test]
+    fn only_the_exits_that_use_them_need_the_detail_fields() {
+        // A decoder that reads nothing but reason, RIP and length must give the same answer
+        // for every reason that does not need details (the backend skips those VMREADs).
+        for n in 0..=80u32 {
+            if needs_details(n) {
+                continue;
+            }
+            let full = VmxExitInfo { qualification: 0x1234_5678, insn_info: 0xffff, intr_info: (1 << 31) | (2 << 8) | 2, gpa: 0xfee0_0000, guest_cr0: 0x11, long_mode: true, cs_db: false, io_insn_info: true, ..info(n, 0) };
+            let bare = VmxExitInfo { reason: n, rip: full.rip, insn_len: full.insn_len, ..Default::default() };
+            let (a, b) = (dec(&full), dec(&bare));
+            // Unhandled exits report their qualification: equal but for the info fields.
+            match (&a.exit, &b.exit) {
+                (Exit::Unhandled { code: x, .. }, Exit::Unhandled { code: y, .. }) => assert_eq!(x, y, "reason {n}"),
+                _ => assert_eq!(a, b, "reason {n}"),
+            }
+        }
+        for n in [EXCEPTION_OR_NMI, CR_ACCESS, IO_INSTRUCTION, EPT_VIOLATION] {
+            assert!(needs_details(n), "reason {n}");
+        }
+        // Within those, a field left at 0 because `details` says it is unused changes nothing.
+        let full = |n, q| VmxExitInfo { intr_info: (1 << 31) | (2 << 8) | 2, gpa: 0xfee0_0000, guest_cr0: 0x3b, insn_info: (1 << 7) | (4 << 15), io_insn_info: true, long_mode: true, ..info(n, q) };
+        for (n, q) in [(EXCEPTION_OR_NMI, 0), (CR_ACCESS, 2 << 4), (CR_ACCESS, 4 | (1 << 8)), (IO_INSTRUCTION, 0x3f8 << 16), (IO_INSTRUCTION, (0x80 << 16) | 16 | 1), (EPT_VIOLATION, 2)] {
+            let f = full(n, q);
+            let d = details(n, q);
+            let trimmed = VmxExitInfo {
+                intr_info: if d.intr_info { f.intr_info } else { 0 },
+                guest_cr0: if d.guest_cr0 { f.guest_cr0 } else { 0 },
+                insn_info: if d.string_io { f.insn_info } else { 0 },
+                io_insn_info: d.string_io && f.io_insn_info,
+                long_mode: d.string_io && f.long_mode,
+                gpa: if d.gpa { f.gpa } else { 0 },
+                ..f
+            };
+            assert_eq!(dec(&f), dec(&trimmed), "reason {n}, qualification {q:#x}");
+        }
     }
 
     #[test]

@@ -300,6 +300,10 @@ pub trait Vcpu {
     fn cpl(&self) -> u8;
     /// CR0, CR3, CR4 and EFER as the guest sees them (without Bastion's own bits), and CS.L.
     fn mode(&self) -> ModeView;
+    /// CR4 as the guest sees it (a backend may answer it more cheaply than `mode`).
+    fn guest_cr4(&self) -> u64 {
+        self.mode().cr4
+    }
     /// Loads EFER as the handler decided it (LMA included).
     fn set_guest_efer(&mut self, value: u64);
     /// Applies a guest write to CR0 or CR4 that the handler has validated.
@@ -479,7 +483,7 @@ pub fn handle_exit(e: &VmExit, cpu: &mut dyn Vcpu, g: &mut VcpuState, env: &mut 
         Exit::Cpuid => {
             let r = cpu.gprs();
             let (leaf, sub) = (r.rax as u32, r.rcx as u32);
-            let osxsave = cpu.mode().cr4 & Cr4::OSXSAVE.bits() != 0;
+            let osxsave = cpu.guest_cr4() & Cr4::OSXSAVE.bits() != 0;
             let [a, b, c, d] = cpuid::guest_cpuid(leaf, sub, g.vcpu_id, osxsave, g.tsc_khz, |l, s| env.host.cpuid(l, s));
             let r = cpu.gprs();
             (r.rax, r.rbx, r.rcx, r.rdx) = (a as u64, b as u64, c as u64, d as u64);

@@ -607,26 +607,34 @@ impl VmxVcpu {
         if reason & ENTRY_FAILURE != 0 {
             return VmExit::event(Exit::EntryFailed(self.explain_entry_failure(reason & 0xffff)));
         }
-        let cs_ar = r(guest::CS_ACCESS_RIGHTS);
-        let info = VmxExitInfo {
-            reason,
-            qualification: r(ro::EXIT_QUALIFICATION),
-            rip: r(guest::RIP),
-            insn_len: r(ro::VMEXIT_INSTRUCTION_LEN),
-            insn_info: r(ro::VMEXIT_INSTRUCTION_INFO) as u32,
-            io_insn_info: self.io_insn_info,
-            intr_info: r(ro::VMEXIT_INTERRUPTION_INFO) as u32,
-            gpa: r(ro::GUEST_PHYSICAL_ADDR_FULL),
-            guest_cr0: self.mode().cr0,
-            long_mode: r(guest::IA32_EFER_FULL) & EFER_LMA != 0 && cs_ar & (1 << 13) != 0,
-            cs_db: cs_ar & (1 << 14) != 0,
-        };
-        let rsp = r(guest::RSP);
+        let mut info = VmxExitInfo { reason, rip: r(guest::RIP), insn_len: r(ro::VMEXIT_INSTRUCTION_LEN), ..Default::default() };
+        // The other fields only for the reasons whose decoding uses them: CPUID, MSR, HLT and
+        // VMCALL exits stay short.
+        if vmx_exit::needs_details(reason & 0xffff) {
+            info.qualification = r(ro::EXIT_QUALIFICATION);
+            let d = vmx_exit::details(reason & 0xffff, info.qualification);
+            if d.intr_info {
+                info.intr_info = r(ro::VMEXIT_INTERRUPTION_INFO) as u32;
+            }
+            if d.guest_cr0 {
+                info.guest_cr0 = (r(guest::CR0) & !self.cr0_mask) | (r(control::CR0_READ_SHADOW) & self.cr0_mask);
+            }
+            if d.string_io {
+                let cs_ar = r(guest::CS_ACCESS_RIGHTS);
+                info.insn_info = r(ro::VMEXIT_INSTRUCTION_INFO) as u32;
+                info.io_insn_info = self.io_insn_info;
+                info.long_mode = r(guest::IA32_EFER_FULL) & EFER_LMA != 0 && cs_ar & (1 << 13) != 0;
+                info.cs_db = cs_ar & (1 << 14) != 0;
+            }
+            if d.gpa {
+                info.gpa = r(ro::GUEST_PHYSICAL_ADDR_FULL);
+            }
+        }
         let gprs = self.gprs;
         let ram = self.ram;
-        let mode = self.mode();
-        let cs_base = r(guest::CS_BASE);
-        vmx_exit::decode(&info, &|n| gprs.by_encoding(n, rsp), &mut || super::fetch_insn(ram, &mode, cs_base, info.rip))
+        vmx_exit::decode(&info, &|n| gprs.by_encoding(n, r(guest::RSP)), &mut || {
+            super::fetch_insn(ram, &self.mode(), r(guest::CS_BASE), info.rip)
+        })
     }
 
     fn explain_entry_failure(&self, reason: u32) -> String {
@@ -698,6 +706,9 @@ impl Vcpu for VmxVcpu {
             efer: r(guest::IA32_EFER_FULL),
             cs_l: r(guest::CS_ACCESS_RIGHTS) & (1 << 13) != 0,
         }
+    }
+    fn guest_cr4(&self) -> u64 {
+        (r(guest::CR4) & !self.cr4_mask) | (r(control::CR4_READ_SHADOW) & self.cr4_mask)
     }
     fn set_guest_efer(&mut self, value: u64) {
         wr(guest::IA32_EFER_FULL, value);
