@@ -342,7 +342,7 @@ fn boot_guest(g: &Guest) {
         }
         slot.state = VcpuState::new(i as u32, time::tsc_khz().min(u32::MAX as u64) as u32, &HostCpu);
     }
-    *g.devices.lock() = GuestDevices::default();
+    *g.devices.lock() = GuestDevices::with_clock(time::now_ns);
     ctl.boots += 1;
     log::info!(
         "guest {}: starting ({} MiB RAM, {} vCPU{}, {} bytes image, {}{})",
@@ -557,6 +557,23 @@ fn interrupt_pending(d: &GuestDevices, vcpu: usize) -> bool {
     vcpu == 0 && d.pic.has_interrupt()
 }
 
+/// `interrupt_pending` after bringing the guest's timers up to now.
+fn interrupt_pending_now(g: &Guest, vcpu: usize) -> bool {
+    let mut d = g.devices.lock();
+    d.advance(time::now_ns());
+    interrupt_pending(&d, vcpu)
+}
+
+/// When a guest timer will next raise an interrupt for vCPU `vcpu` (the PIT, through the PIC,
+/// reaches vCPU 0 only).
+fn timer_deadline(d: &GuestDevices, vcpu: usize, now: u64) -> Option<u64> {
+    if vcpu == 0 {
+        d.next_deadline(now)
+    } else {
+        None
+    }
+}
+
 /// Whether any interrupt source can ever reach vCPU `vcpu`.
 fn has_interrupt_source(vcpu: usize) -> bool {
     vcpu == 0
@@ -617,6 +634,8 @@ fn run_slice(cpu: &PerCpu, id: VcpuId, slice_ns: u64) {
         h.sched.lock().stop(id, time::now_ns());
         return;
     };
+    // Running now: whatever woke it (an interrupt or its deadline), it no longer waits.
+    g.waiting[vi].store(false, Ordering::SeqCst);
     let t0 = time::rdtsc();
     if let Err(e) = vcpu.begin_slice(cpu.index, &cpu.backend) {
         drop(slot);
@@ -635,8 +654,10 @@ fn run_slice(cpu: &PerCpu, id: VcpuId, slice_ns: u64) {
         }
         if vi == 0 {
             // The PIC's output is wired to vCPU 0, as the 8259's INTR pin is to the boot
-            // processor on a PC.
-            bastion_core::vm::deliver_interrupt(vcpu, &mut g.devices.lock().pic);
+            // processor on a PC; the PIT's ticks reach the PIC first.
+            let mut d = g.devices.lock();
+            d.advance(now);
+            bastion_core::vm::deliver_interrupt(vcpu, &mut d.pic);
         }
         let exit = vcpu.run(deadline - now, arm_slice_timer);
         take_host_interrupts();
@@ -651,7 +672,7 @@ fn run_slice(cpu: &PerCpu, id: VcpuId, slice_ns: u64) {
             Action::Resume => {}
             Action::Yield => break SliceEnd::Yielded,
             // Halted with an interrupt already pending: deliver it instead of sleeping.
-            Action::Halt { interrupts_enabled: true } if interrupt_pending(&g.devices.lock(), vi) => {}
+            Action::Halt { interrupts_enabled: true } if interrupt_pending_now(g, vi) => {}
             Action::Halt { interrupts_enabled } => break SliceEnd::Halted { interrupts_enabled },
             Action::Stop(r) => break SliceEnd::Stop(r),
         }
@@ -683,12 +704,17 @@ fn run_slice(cpu: &PerCpu, id: VcpuId, slice_ns: u64) {
             // it — is finished, and the guest with it once all its vCPUs are.
             let wakeable = interrupts_enabled && has_interrupt_source(vi);
             if wakeable {
-                let d = g.devices.lock();
+                let mut d = g.devices.lock();
+                d.advance(now);
                 if interrupt_pending(&d, vi) {
                     h.sched.lock().preempt(cpu.index, now);
                 } else {
                     g.waiting[vi].store(true, Ordering::SeqCst);
-                    h.sched.lock().block(id, now);
+                    // A guest timer that will fire wakes it then, even with no other interrupt.
+                    match timer_deadline(&d, vi, now) {
+                        Some(at) => h.sched.lock().block_until(id, at, now),
+                        None => h.sched.lock().block(id, now),
+                    }
                 }
             } else {
                 h.sched.lock().block(id, now);
@@ -737,11 +763,20 @@ pub fn cpu_loop(index: usize) -> ! {
                 crate::platform::exit(ExitStatus::Pass, "");
             }
         }
-        let decision = h.sched.lock().pick_next(index, time::now_ns());
+        // Halted vCPUs whose guest timer is due become runnable (on whichever CPU suits them).
+        let now = time::now_ns();
+        let (decision, kicks, next) = {
+            let mut sched = h.sched.lock();
+            let kicks = sched.expire(now);
+            (sched.pick_next(index, now), kicks, sched.next_deadline())
+        };
+        kicks.into_iter().for_each(kick);
         match decision {
             Decision::Run { vcpu, slice_ns } => run_slice(cpu, vcpu, slice_ns),
             Decision::Idle => {
-                arm_slice_timer(IDLE_TICK_NS);
+                // Wake for the next guest timer, or the idle tick, whichever comes first.
+                let wait = next.map_or(IDLE_TICK_NS, |d| d.saturating_sub(now).min(IDLE_TICK_NS));
+                arm_slice_timer(wait);
                 x86_64::instructions::interrupts::enable_and_hlt();
                 x86_64::instructions::interrupts::disable();
             }

@@ -159,3 +159,32 @@ fn host_nmi_while_guests_run_on_qemu() {
     assert!(!text.contains("BASTION CRASH") && !text.contains("guest busy: stopped"), "{text}");
     assert_eq!(out.status, bastion_core::exit::ExitStatus::Pass, "{text}");
 }
+
+/// A halted vCPU waits for a deadline as well as an interrupt: the `pit` guest sleeps in HLT
+/// between the 100 Hz ticks of PIT counter 0 (IRQ 0 through the 8259), and 50 of them must take
+/// 500 ms ± 10 % of TSC time; its idle time is not spent on a CPU (a busy guest shares them).
+fn pit_ticks_wake_a_halted_vcpu(p: Platform) {
+    let mut cfg = String::from("[hypervisor]\nexit_when_idle = true\n");
+    cfg += &guest("pit", "pit", "");
+    let text = run_to_exit(p, "pit", &cfg, &["pit"]);
+    assert!(!text.contains("pit: FAIL"), "{text}");
+    assert!(text.contains("pit: PASS 50 ticks in"), "{text}");
+    assert!(text.contains("pit: PASS counter 2 reached terminal count"), "{text}");
+    let stop = text.lines().find(|l| l.contains("guest pit: stopped:")).unwrap_or_else(|| panic!("{text}"));
+    assert!(stop.contains("test exit: PASS"), "{stop}");
+}
+
+#[test]
+fn pit_ticks_wake_a_halted_vcpu_under_svm_on_qemu() {
+    pit_ticks_wake_a_halted_vcpu(Platform::QemuBios);
+}
+
+#[test]
+fn pit_ticks_wake_a_halted_vcpu_under_vmx_on_bochs_intel() {
+    pit_ticks_wake_a_halted_vcpu(Platform::BochsIntel);
+}
+
+#[test]
+fn pit_ticks_wake_a_halted_vcpu_under_svm_on_bochs_amd() {
+    pit_ticks_wake_a_halted_vcpu(Platform::BochsAmd);
+}

@@ -1,9 +1,11 @@
 //! The port-I/O devices of a guest: its 16550 at COM1 (the full model lives in
-//! `crate::devices::uart16550`) and the test-exit port. The exit handler reaches them through
+//! `crate::devices::uart16550`), the 8259 pair, the 8254 PIT (ports 0x40-0x43 and 0x61,
+//! counter 0 on IRQ 0) and the test-exit port. The exit handler reaches them through
 //! the [`PortIo`] trait, so the kernel can wrap them in its own locking and console plumbing,
 //! and tests can use them directly.
 
 use crate::devices::pic8259::Pic;
+use crate::devices::pit8254::Pit;
 use crate::devices::uart16550::Uart16550;
 
 /// COM1 base port.
@@ -43,19 +45,63 @@ pub const UART_IRQ: u8 = 4;
 /// The PICs' command and data ports.
 pub const PIC_PORTS: [u16; 4] = [0x20, 0x21, 0xa0, 0xa1];
 
+/// The PIT's ports: counters 0-2 and the control word.
+pub const PIT_PORTS: core::ops::RangeInclusive<u16> = 0x40..=0x43;
+/// The PC's port B (system control port B): PIT counter 2 gate and output, speaker.
+pub const PORT_B: u16 = 0x61;
+/// PIT counter 0's output drives IRQ 0 (the PC's system timer).
+pub const PIT_IRQ: u8 = 0;
+
 /// The devices one guest owns.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct GuestDevices {
     pub uart: Uart16550,
     pub pic: Pic,
+    pub pit: Pit,
+    /// The guest's monotonic clock in ns (the kernel's TSC-based clock; 0 forever in tests
+    /// that do not set one), for the devices that count time.
+    pub clock: fn() -> u64,
+}
+
+fn no_clock() -> u64 {
+    0
+}
+
+impl Default for GuestDevices {
+    fn default() -> Self {
+        GuestDevices { uart: Uart16550::default(), pic: Pic::default(), pit: Pit::new(), clock: no_clock }
+    }
 }
 
 impl GuestDevices {
+    /// Devices whose time comes from `clock`.
+    pub fn with_clock(clock: fn() -> u64) -> Self {
+        GuestDevices { clock, ..GuestDevices::default() }
+    }
+
     /// Copies device interrupt lines to the PIC inputs; called after anything that may change
     /// a line (a register access, host input).
     fn update_irqs(&mut self) {
         let line = self.uart.interrupt_line();
         self.pic.set_irq(UART_IRQ, line);
+    }
+
+    /// Brings time-driven devices up to `now`: each rising edge of PIT OUT0 since the last call
+    /// becomes one edge on IRQ 0 (several missed periods fold into one interrupt, as a PC's
+    /// edge-triggered 8259 would see them). Call before a vCPU that takes the PIC's output
+    /// enters the guest, and when its timer deadline has passed.
+    pub fn advance(&mut self, now: u64) {
+        if self.pit.irq0_edges(now) > 0 {
+            // Lower, then raise: the 8259 latches a rising edge (8259A datasheet, edge mode).
+            self.pic.set_irq(PIT_IRQ, false);
+            self.pic.set_irq(PIT_IRQ, true);
+        }
+    }
+
+    /// When the next time-driven interrupt is due (PIT IRQ 0), if any: a vCPU halted with
+    /// interrupts enabled may sleep until then.
+    pub fn next_deadline(&self, now: u64) -> Option<u64> {
+        self.pit.next_irq0_deadline(now)
     }
 
     /// Host input for the guest's console; returns how many bytes the UART took.
@@ -68,6 +114,8 @@ impl GuestDevices {
     fn read_byte(&mut self, p: u16) -> u8 {
         match p {
             COM1..=0x3ff => self.uart.read((p - COM1) as u8),
+            _ if PIT_PORTS.contains(&p) => self.pit.read(p, (self.clock)()),
+            PORT_B => self.pit.read_port_b((self.clock)()),
             _ if PIC_PORTS.contains(&p) => self.pic.read(p),
             // An unclaimed port floats high on a PC: reads give all ones.
             _ => 0xff,
@@ -77,6 +125,8 @@ impl GuestDevices {
     fn write_byte(&mut self, p: u16, v: u8) {
         match p {
             COM1..=0x3ff => self.uart.write((p - COM1) as u8, v),
+            _ if PIT_PORTS.contains(&p) => self.pit.write(p, v, (self.clock)()),
+            PORT_B => self.pit.write_port_b(v, (self.clock)()),
             _ if PIC_PORTS.contains(&p) => self.pic.write(p, v),
             // Any other port: nothing is there; the write goes nowhere, as on a PC.
             _ => {}
@@ -125,7 +175,7 @@ mod tests {
     fn unclaimed_ports_read_all_ones_per_byte() {
         let mut d = GuestDevices::default();
         assert_eq!(d.io_read(0x80, 4), 0xffff_ffff);
-        assert_eq!(d.io_read(0x60, 2), 0xffff);
+        assert_eq!(d.io_read(0x64, 2), 0xffff);
         // A word read straddling COM1's last register and the next port.
         let v = d.io_read(COM1 + 7, 2);
         assert_eq!(v >> 8, 0xff);
@@ -161,6 +211,51 @@ mod tests {
         assert!(!d.pic.has_interrupt(), "the line dropped when the byte was read");
         d.receive_input(b"y");
         assert_eq!(d.pic.acknowledge(), Some(0x24), "the next byte interrupts again");
+    }
+
+    /// A clock the PIT tests move by hand.
+    static NOW: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    fn test_clock() -> u64 {
+        NOW.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[test]
+    fn pit_counter0_periodic_ticks_reach_the_pic_as_irq0_with_deadlines() {
+        NOW.store(1_000_000, std::sync::atomic::Ordering::SeqCst);
+        let mut d = GuestDevices::with_clock(test_clock);
+        for (p, v) in [(0x20, 0x11), (0x21, 0x20), (0x21, 0x04), (0x21, 0x01), (0xa0, 0x11), (0xa1, 0x28), (0xa1, 0x02), (0xa1, 0x01)] {
+            d.io_write(p, 1, v);
+        }
+        d.io_write(0x21, 1, 0xfe); // only IRQ 0
+        // Linux's PIT setup for HZ = 100: counter 0, LSB then MSB, mode 2 (control 0x34),
+        // count 11932 = 1193182 / 100 (8254 datasheet, mode 2: rate generator).
+        d.io_write(0x43, 1, 0x34);
+        d.io_write(0x40, 1, 11932 & 0xff);
+        d.io_write(0x40, 1, 11932 >> 8);
+        let now = test_clock();
+        let deadline = d.next_deadline(now).expect("a periodic timer has a next edge");
+        // One period of 11932 ticks at 1.193182 MHz is 10 ms.
+        let period = deadline - now;
+        assert!((9_990_000..=10_010_000).contains(&period), "{period}");
+        d.advance(deadline - 1);
+        assert!(!d.pic.has_interrupt(), "no tick before the deadline");
+        d.advance(deadline);
+        assert!(d.pic.has_interrupt());
+        assert_eq!(d.pic.acknowledge(), Some(0x20), "IRQ 0 at the master's base vector");
+        d.io_write(0x20, 1, 0x20);
+        // Three periods late: one interrupt for all of them, and the next deadline is ahead.
+        d.advance(deadline + 3 * period + 5);
+        assert_eq!(d.pic.acknowledge(), Some(0x20));
+        d.io_write(0x20, 1, 0x20);
+        assert!(d.next_deadline(deadline + 3 * period + 5).unwrap() > deadline + 3 * period + 5);
+    }
+
+    #[test]
+    fn port_0x61_reaches_the_pit_gate_and_reads_back() {
+        let mut d = GuestDevices::with_clock(test_clock);
+        d.io_write(0x61, 1, 0x01);
+        assert_eq!(d.io_read(0x61, 1) & 0x03, 0x01, "gate bit 0 reads back (system control port B)");
+        assert_ne!(d.io_read(0x61, 1), 0xff, "port 0x61 is claimed");
     }
 
     #[test]
