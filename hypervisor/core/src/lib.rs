@@ -16,5 +16,6 @@ pub mod exit;
 pub mod frame_alloc;
 pub mod npt;
 pub mod sched;
+pub mod time;
 pub mod vm;
 pub mod virt;
