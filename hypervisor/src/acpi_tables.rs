@@ -1,4 +1,5 @@
-//! The CPUs of this machine, from the ACPI MADT (parsed by the `acpi` crate).
+//! The CPUs of this machine, from the ACPI MADT, and the PM timer, from the FADT (both parsed
+//! by the `acpi` crate).
 
 use acpi::{AcpiHandler, AcpiTables, PhysicalMapping};
 use alloc::vec::Vec;
@@ -51,4 +52,29 @@ pub fn topology(rsdp: u64) -> Result<Topology, acpi::AcpiError> {
         }
     }
     Ok(Topology { cpus })
+}
+
+/// The ACPI PM timer from the FADT (PM_TMR_BLK or X_PM_TMR_BLK, and the TMR_VAL_EXT flag for
+/// 32 bits), when it is in I/O space; `None` if the FADT lists none or cannot be read (said in
+/// the log). A timer in another address space is reported and not used.
+pub fn pm_timer(rsdp: u64) -> Option<crate::time::PmTimer> {
+    let found = || -> Result<Option<acpi::platform::PmTimer>, acpi::AcpiError> {
+        // SAFETY: as in `topology`.
+        let tables = unsafe { AcpiTables::from_rsdp(PhysMap, rsdp as usize) }?;
+        acpi::platform::PmTimer::new(&*tables.find_table::<acpi::fadt::Fadt>()?)
+    };
+    match found() {
+        Ok(Some(t)) => match (t.base.address_space, u16::try_from(t.base.address)) {
+            (acpi::address::AddressSpace::SystemIo, Ok(port)) => Some(crate::time::PmTimer { port, bits32: t.supports_32bit }),
+            (space, _) => {
+                log::info!("ACPI: the PM timer is at {:#x} in {space:?}, not I/O space; not used", t.base.address);
+                None
+            }
+        },
+        Ok(None) => None,
+        Err(e) => {
+            log::warn!("ACPI: cannot read the FADT ({e:?}); no PM timer");
+            None
+        }
+    }
 }

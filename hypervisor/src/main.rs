@@ -100,7 +100,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         }
     };
 
-    let tsc_khz = time::init();
+    let tsc = time::init(rsdp.and_then(acpi_tables::pm_timer));
     let online = match lapic::init_bsp() {
         Ok(()) => {
             let aps: alloc::vec::Vec<u32> = cpus.as_ref().map_or(alloc::vec::Vec::new(), |t| {
@@ -149,7 +149,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     if !missing.is_empty() {
         warn!("virt:   cannot run guests on this CPU, it lacks: {}", missing.join(", "));
     }
-    info!("clock:  TSC {}.{:03} MHz (calibrated against the PIT)", tsc_khz / 1000, tsc_khz % 1000);
+    info!("clock:  TSC {tsc}");
     info!("bundle: {} files, {} bytes", bundle.files().count(), ramdisk.len());
     info!("==== boot complete ====");
 
