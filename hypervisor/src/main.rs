@@ -84,6 +84,10 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     };
     logger::set_level(config.hypervisor.log_level.to_filter());
     platform::set_shutdown(config.hypervisor.shutdown);
+    if config.hypervisor.serial_baud != bastion_core::config::SerialBaud::DEFAULT {
+        info!("serial: COM1 at {} baud (serial_baud)", config.hypervisor.serial_baud.0);
+        serial::set_baud(config.hypervisor.serial_baud);
+    }
 
     let id = cpu::identify();
     let caps = virt::detect(&id);

@@ -1,12 +1,19 @@
 //! The host console: COM1 (16550, driven by `uart_16550`) behind the `log` facade.
 //!
+//! Nothing here waits for the line: output goes into a 64 KiB ring and leaves through the
+//! UART's 16-byte FIFO whenever [`pump`] finds it empty (after each VM exit and in every CPU's
+//! loop; slices and idle waits are kept short while output is pending), and [`pump`] also
+//! moves received bytes into a 4 KiB input ring, so a pasted page survives the time between
+//! two polls. Only a full output ring (a flood faster than the line) makes a printer wait.
+//!
 //! Every byte also goes to port 0xE9 when Bochs's `port_e9_hack` is present: Bochs writes its
 //! COM1 file through a buffer, so a test harness streaming the log needs the unbuffered copy
 //! Bochs prints on its stdout. The hack is detected by reading 0xE9 back (it answers 0xE9;
 //! QEMU and real hardware answer 0xFF for an unclaimed port).
 
+use bastion_core::ring::ByteRing;
 use core::fmt::{self, Write};
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use spin::Mutex;
 use uart_16550::backend::PioBackend;
 use uart_16550::Uart16550;
@@ -19,10 +26,25 @@ struct Console {
     /// The last byte sent ended a line. Raw echo (the monitor's prompt and typed text) leaves
     /// a line open; the next whole line printed starts on a fresh line instead of gluing on.
     at_line_start: bool,
+    /// Bytes printed and not yet handed to the UART.
+    out: ByteRing<OUT_BYTES>,
+    /// Bytes received and not yet read by [`try_read`].
+    input: ByteRing<IN_BYTES>,
 }
 
-static CONSOLE: Mutex<Console> = Mutex::new(Console { uart: None, at_line_start: true });
+const OUT_BYTES: usize = 64 * 1024;
+const IN_BYTES: usize = 4096;
+/// The 16550's transmit FIFO (PC16550D datasheet, "FIFO Control Register").
+const TX_FIFO: usize = 16;
+
+static CONSOLE: Mutex<Console> =
+    Mutex::new(Console { uart: None, at_line_start: true, out: ByteRing::new(), input: ByteRing::new() });
 static E9: AtomicBool = AtomicBool::new(false);
+/// Output waits in the ring: CPUs pump often until it is empty.
+static PENDING: AtomicBool = AtomicBool::new(false);
+/// Bytes lost because the input ring was full (a paste larger than 4 KiB arriving while no
+/// CPU pumped).
+static INPUT_OVERRUNS: AtomicU64 = AtomicU64::new(0);
 
 /// Brings up COM1 (115200 8N1, FIFOs on) and detects the Bochs 0xE9 port.
 pub fn init() {
@@ -35,9 +57,29 @@ pub fn init() {
         Err(_) => return,
     };
     // A machine without COM1 still boots (headless real hardware); logs then only reach 0xE9.
-    if uart.init(uart_16550::Config::default()).is_ok() {
+    if uart.init(config(bastion_core::config::SerialBaud::DEFAULT)).is_ok() {
         CONSOLE.lock().uart = Some(uart);
     }
+}
+
+fn config(baud: bastion_core::config::SerialBaud) -> uart_16550::Config {
+    let baud_rate = match baud.0 {
+        115_200 => uart_16550::BaudRate::Baud115200,
+        b => uart_16550::BaudRate::Custom(b),
+    };
+    uart_16550::Config { baud_rate, ..uart_16550::Config::DEFAULT }
+}
+
+/// Sets COM1's line speed (`[hypervisor] serial_baud`), after what is queued has been sent at
+/// the old speed.
+pub fn set_baud(baud: bastion_core::config::SerialBaud) {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        let mut c = CONSOLE.lock();
+        c.drain_all();
+        if let Some(u) = c.uart.as_mut() {
+            let _ = u.init(config(baud));
+        }
+    });
 }
 
 impl Console {
@@ -53,8 +95,13 @@ impl Console {
 
     fn raw(&mut self, b: u8, e9: bool) {
         self.at_line_start = b == b'\n';
-        if let Some(u) = self.uart.as_mut() {
-            u.send_bytes_exact(&[b]);
+        if self.uart.is_some() {
+            // A full ring is the only case where a printer waits: for the line to take a
+            // FIFO's worth, so nothing is dropped.
+            while !self.out.push(b) {
+                self.pump_out();
+                core::hint::spin_loop();
+            }
         }
         if e9 {
             // SAFETY: writing 0xE9 only prints on Bochs's console.
@@ -62,9 +109,40 @@ impl Console {
         }
     }
 
+    /// Hands the UART as much queued output as its empty FIFO takes (nothing if it is still
+    /// sending), and takes what it received. Never waits.
+    fn pump(&mut self) {
+        self.pump_out();
+        if let Some(u) = self.uart.as_mut() {
+            while let Ok(b) = u.try_receive_byte() {
+                if !self.input.push(b) {
+                    INPUT_OVERRUNS.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn pump_out(&mut self) {
+        if let Some(u) = self.uart.as_mut() {
+            let front = self.out.front();
+            let n = u.send_bytes(&front[..front.len().min(TX_FIFO)]);
+            self.out.consume(n);
+        }
+        PENDING.store(!self.out.is_empty(), Ordering::Relaxed);
+    }
+
+    /// Sends everything queued, waiting for the line.
+    fn drain_all(&mut self) {
+        while !self.out.is_empty() && self.uart.is_some() {
+            self.pump_out();
+            core::hint::spin_loop();
+        }
+    }
+
     /// Waits until the transmitter is completely empty (LSR bit 6, TEMT). Bochs sends on a
     /// baud timer and drops what is still in the FIFO when it shuts down.
     fn flush(&mut self) {
+        self.drain_all();
         if let Some(u) = self.uart.as_mut() {
             for _ in 0..10_000_000u32 {
                 if u.lsr().contains(uart_16550::spec::registers::LSR::TRANSMITTER_EMPTY) {
@@ -91,7 +169,43 @@ pub fn print(args: fmt::Arguments) {
             c.put(b"\n");
         }
         let _ = c.write_fmt(args);
+        c.pump();
     });
+}
+
+/// Moves console bytes between the rings and the UART without waiting. Cheap when there is
+/// nothing to do; skipped if another CPU holds the console.
+pub fn pump() {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        if let Some(mut c) = CONSOLE.try_lock() {
+            c.pump();
+        }
+    });
+}
+
+/// When [`pump_if_due`] last polled for input.
+static LAST_POLL_NS: AtomicU64 = AtomicU64::new(0);
+/// Input is polled at least this often by whoever calls [`pump_if_due`] (half the 1.39 ms a
+/// 16-byte FIFO takes to fill at 115200 baud).
+const POLL_NS: u64 = 500_000;
+
+/// [`pump`], but only when output waits or the last input poll is `POLL_NS` old: cheap to call
+/// after every VM exit.
+pub fn pump_if_due(now_ns: u64) {
+    if output_pending() || now_ns.wrapping_sub(LAST_POLL_NS.load(Ordering::Relaxed)) >= POLL_NS {
+        LAST_POLL_NS.store(now_ns, Ordering::Relaxed);
+        pump();
+    }
+}
+
+/// Output is waiting for the line: callers keep slices and idle waits short.
+pub fn output_pending() -> bool {
+    PENDING.load(Ordering::Relaxed)
+}
+
+/// Input bytes dropped because the 4 KiB input ring was full.
+pub fn input_overruns() -> u64 {
+    INPUT_OVERRUNS.load(Ordering::Relaxed)
 }
 
 /// Prints on the crash path: if the console lock is held (the crash happened while printing,
@@ -101,19 +215,25 @@ pub fn print_emergency(args: fmt::Arguments) {
     for _ in 0..50_000_000u32 {
         if let Some(mut c) = CONSOLE.try_lock() {
             let _ = c.write_fmt(args);
+            c.drain_all();
             return;
         }
         core::hint::spin_loop();
     }
     // SAFETY: see above; the holder is not making progress.
     unsafe { CONSOLE.force_unlock() };
-    let _ = CONSOLE.lock().write_fmt(args);
+    let mut c = CONSOLE.lock();
+    let _ = c.write_fmt(args);
+    c.drain_all();
 }
 
 /// A byte typed on the console, if any.
 pub fn try_read() -> Option<u8> {
-    let mut c = CONSOLE.try_lock()?;
-    c.uart.as_mut()?.try_receive_byte().ok()
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        let mut c = CONSOLE.try_lock()?;
+        c.pump();
+        c.input.pop()
+    })
 }
 
 /// Writes bytes as they are (no newline translation): echo of the monitor's line editor.
@@ -124,6 +244,7 @@ pub fn write_raw(bytes: &[u8]) {
         for &b in bytes {
             c.raw(b, e9);
         }
+        c.pump();
     });
 }
 

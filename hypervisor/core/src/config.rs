@@ -163,11 +163,44 @@ pub struct HypervisorConfig {
     /// End the run (with PASS) once there is nothing left to run, instead of idling.
     /// Test bundles set this; a production host keeps the default `false`.
     pub exit_when_idle: bool,
+    /// COM1's line speed (8N1).
+    pub serial_baud: SerialBaud,
 }
 
 impl Default for HypervisorConfig {
     fn default() -> Self {
-        HypervisorConfig { log_level: LogLevel::Info, shutdown: Shutdown::Auto, exit_when_idle: false }
+        HypervisorConfig { log_level: LogLevel::Info, shutdown: Shutdown::Auto, exit_when_idle: false, serial_baud: SerialBaud::DEFAULT }
+    }
+}
+
+/// A baud rate a PC UART can run at: 115200 / divisor for a whole divisor from 1 to 65535
+/// (the 16550's divisor latch is 16 bits and its 1.8432 MHz clock gives 115200 × 16; PC16550D
+/// datasheet, "Programmable Baud Generator").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SerialBaud(pub u32);
+
+impl SerialBaud {
+    pub const DEFAULT: SerialBaud = SerialBaud(115_200);
+
+    pub fn new(baud: u32) -> Result<SerialBaud, alloc::string::String> {
+        if baud == 0 || baud > 115_200 || 115_200 % baud != 0 || 115_200 / baud > 0xffff {
+            return Err(alloc::format!(
+                "{baud} baud is not 115200 divided by a whole number (e.g. 115200, 57600, 38400, 19200, 9600)"
+            ));
+        }
+        Ok(SerialBaud(baud))
+    }
+
+    /// The divisor latch value.
+    pub fn divisor(self) -> u16 {
+        (115_200 / self.0) as u16
+    }
+}
+
+impl<'de> Deserialize<'de> for SerialBaud {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = u32::deserialize(d)?;
+        SerialBaud::new(v).map_err(serde::de::Error::custom)
     }
 }
 
@@ -531,6 +564,7 @@ mod tests {
         let c = Config::parse("bastion.toml", "").unwrap();
         assert_eq!(c, Config::default());
         assert_eq!(c.hypervisor.log_level, LogLevel::Info);
+        assert_eq!(c.hypervisor.serial_baud, SerialBaud(115_200), "COM1 runs at 115200 unless told otherwise");
         assert_eq!(c.hypervisor.shutdown, Shutdown::Auto);
         assert!(!c.hypervisor.exit_when_idle);
         assert_eq!(c.debug.crash, Crash::None);
@@ -696,5 +730,19 @@ mod tests {
         let e = Config::parse("b.toml", "[hypervisor\n").unwrap_err();
         assert_eq!(e.line, 1);
         assert!(e.to_string().starts_with("b.toml:1:"), "{e}");
+    }
+
+    #[test]
+    fn serial_baud_takes_whole_divisors_of_115200_only() {
+        let c = Config::parse("b.toml", "[hypervisor]\nserial_baud = 9600\n").unwrap();
+        assert_eq!((c.hypervisor.serial_baud.0, c.hypervisor.serial_baud.divisor()), (9600, 12));
+        assert_eq!(Config::parse("b.toml", "[hypervisor]\nserial_baud = 115200\n").unwrap().hypervisor.serial_baud.divisor(), 1);
+        for bad in ["0", "230400", "100000", "-1"] {
+            let e = Config::parse("b.toml", &format!("[hypervisor]\n\nserial_baud = {bad}\n")).unwrap_err();
+            assert_eq!(e.line, 3, "{e}");
+            assert!(e.to_string().contains("serial_baud"), "{e}");
+        }
+        let e = Config::parse("b.toml", "[hypervisor]\nserial_baud = 100000\n").unwrap_err();
+        assert!(e.to_string().contains("100000 baud is not 115200 divided by a whole number"), "{e}");
     }
 }

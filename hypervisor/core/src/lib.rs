@@ -15,6 +15,7 @@ pub mod devices;
 pub mod exit;
 pub mod frame_alloc;
 pub mod npt;
+pub mod ring;
 pub mod sched;
 pub mod time;
 pub mod vm;
