@@ -194,6 +194,17 @@ impl<'a> FrameAllocator<'a> {
         None
     }
 
+    /// Adds `count` frames from `addr` that were not usable when the allocator was built
+    /// (memory the bootloader used and Bastion no longer needs) to the free and usable
+    /// counts. The caller guarantees they are not usable RAM the allocator manages: the
+    /// bitmap cannot tell a hole from an allocated frame. Nothing is adopted unless every
+    /// frame is managed and unavailable now.
+    pub fn adopt(&mut self, addr: u64, count: u64) -> Result<(), FreeError> {
+        self.free_contiguous(addr, count)?;
+        self.usable += count;
+        Ok(())
+    }
+
     /// Returns one frame.
     pub fn free(&mut self, addr: u64) -> Result<(), FreeError> {
         self.free_contiguous(addr, 1)
@@ -319,6 +330,25 @@ mod tests {
         assert_eq!(a.free_contiguous(run, 3), Err(FreeError::NotAllocated(run + FRAME_SIZE)));
         assert_eq!(a.free_frames(), before);
         assert!(a.is_used(run / FRAME_SIZE), "first frame must still be allocated");
+    }
+
+    #[test]
+    fn adopted_holes_become_usable_and_free_once() {
+        // A hole at 0x4000..0x8000 (the bootloader's, say) between two usable regions.
+        let usable = [0x1000..0x4000, 0x8000..0xa000];
+        let (mut bm, plan) = build(&usable);
+        let mut a = FrameAllocator::new(&mut bm, &plan, &usable, &[]);
+        assert_eq!((a.free_frames(), a.usable_frames()), (5, 5));
+        assert_eq!(a.adopt(0x5000, 2), Ok(()));
+        assert_eq!((a.free_frames(), a.usable_frames()), (7, 7));
+        assert_eq!(a.adopt(0x6000, 1), Err(FreeError::NotAllocated(0x6000)), "adopted twice");
+        assert_eq!(a.adopt(0x4000, 3), Err(FreeError::NotAllocated(0x5000)), "all or nothing");
+        assert_eq!(a.adopt(0xa000, 1), Err(FreeError::OutOfRange(0xa000)));
+        assert_eq!(a.adopt(0x4001, 1), Err(FreeError::Unaligned(0x4001)));
+        assert_eq!((a.free_frames(), a.usable_frames()), (7, 7));
+        let mut got: Vec<u64> = core::iter::from_fn(|| a.alloc()).collect();
+        got.sort();
+        assert_eq!(got, vec![0x1000, 0x2000, 0x3000, 0x5000, 0x6000, 0x8000, 0x9000]);
     }
 
     #[test]
