@@ -60,7 +60,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     let rsdp = boot_info.rsdp_addr.into_option();
     platform::init(rsdp.map(acpi_tables::rsdp_oem_id));
 
-    let mem = match memory::init(&boot_info.memory_regions) {
+    let mem = match memory::init(&boot_info.memory_regions, boot_info.ramdisk_len) {
         Ok(m) => m,
         Err(e) => fail(format_args!("memory: {e}")),
     };
@@ -138,12 +138,13 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         None => info!("cpus:   1 CPUs (no ACPI), {online} online"),
     }
     info!(
-        "memory: {} MiB usable in {} regions, {} MiB heap, {} MiB free",
+        "memory: {} MiB usable in {} regions, {} KiB heap at start, {} MiB free",
         mem.usable_bytes >> 20,
         mem.regions,
-        mem.heap_bytes >> 20,
+        mem.heap_bytes >> 10,
         (memory::free_frames() * 4096) >> 20
     );
+    info!("memory: {}", memory::footprint());
     info!("virt:   {caps}");
     let missing = match &caps {
         bastion_core::virt::VirtCaps::Vmx(c) => c.missing(),
@@ -177,7 +178,11 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         Ok(()) => {
             info!("virt: hardware virtualization enabled on CPU 0");
             hv::calibrate_timer();
+            memory::mark_baseline();
+            let vcpus = config.guests.iter().map(|g| g.vcpus as u64).sum();
+            memory::presize_heap(config.guests.len() as u64, vcpus);
             hv::start(&config, images, online);
+            info!("memory: {}", memory::footprint());
             hv::cpu_loop(0)
         }
         Err(e) if !config.guests.is_empty() => {

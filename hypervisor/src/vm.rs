@@ -9,6 +9,15 @@ use alloc::vec::Vec;
 use bastion_core::config::{GuestConfig, ImageFormat, FLAT_INITIAL_SP, FLAT_LOAD_ADDRESS};
 use bastion_core::frame_alloc::FRAME_SIZE;
 use bastion_core::npt::{Format, FrameSource, NestedPageTable, PAGE_2M};
+use core::sync::atomic::{AtomicU64, Ordering};
+
+/// VMs that exist now (built and not yet destroyed), for the memory footprint.
+static LIVE: AtomicU64 = AtomicU64::new(0);
+
+/// How many VMs exist now.
+pub fn live() -> u64 {
+    LIVE.load(Ordering::Relaxed)
+}
 
 /// Nested page tables come from the frame allocator and are reached through the physical
 /// mapping.
@@ -106,13 +115,15 @@ impl Vm {
             bastion_core::config::Console::Virtual => None,
         };
         let mut vm = Vm { ram: Vec::new(), npt, tag, entry: Entry::RealMode { ip: 0, sp: 0 }, passthrough_port };
+        // Every path from here returns the VM or destroys it, which counts it out.
+        LIVE.fetch_add(1, Ordering::Relaxed);
         // One run if possible; otherwise 2 MiB runs (fragmented host memory still works).
         let mut gpa = 0;
         while gpa < bytes {
             let left = bytes - gpa;
-            let (hpa, len) = match memory::alloc_zeroed(left / FRAME_SIZE, PAGE_2M) {
+            let (hpa, len) = match memory::alloc_guest_ram(left / FRAME_SIZE, PAGE_2M) {
                 Some(h) => (h, left),
-                None => match memory::alloc_zeroed(PAGE_2M.min(left) / FRAME_SIZE, PAGE_2M) {
+                None => match memory::alloc_guest_ram(PAGE_2M.min(left) / FRAME_SIZE, PAGE_2M) {
                     Some(h) => (h, PAGE_2M.min(left)),
                     None => {
                         vm.destroy();
@@ -170,9 +181,10 @@ impl Vm {
     /// Frees the guest's RAM and page tables.
     pub fn destroy(self) {
         for c in &self.ram {
-            memory::free(c.hpa, c.len / FRAME_SIZE);
+            memory::free_guest_ram(c.hpa, c.len / FRAME_SIZE);
         }
         self.npt.destroy(&mut HostFrames);
+        LIVE.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
