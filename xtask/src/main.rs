@@ -33,7 +33,7 @@ enum Cmd {
     Run(RunArgs),
     /// Run the host unit tests, then the emulator tests (qemu-tests)
     Test(TestArgs),
-    /// Measure boot time on every platform and the scheduler's fairness
+    /// Measure boot time on every platform, the scheduler's fairness and Bastion's own memory
     Bench(BenchArgs),
 }
 
@@ -107,6 +107,9 @@ enum Bench {
     Boot,
     /// CPU shares of 4 identical busy guests on 2 CPUs (max/min ratio)
     Fairness,
+    /// Bastion's own memory on 2 CPUs with no guests, and what each of 4 guests of 4 MiB adds
+    /// beyond its RAM
+    Memory,
 }
 
 fn main() {
@@ -439,7 +442,8 @@ fn test(args: &TestArgs) -> Result<()> {
 }
 
 /// Benchmarks. `all` measures everything in one invocation so ratios between them are
-/// meaningful: boot time on every platform, then the CPU shares of identical busy guests.
+/// meaningful: boot time on every platform, the CPU shares of identical busy guests, then
+/// Bastion's own memory.
 fn bench(args: &BenchArgs) -> Result<()> {
     ensure_packages(&Platform::ALL)?;
     prepare_boot_cli()?;
@@ -449,6 +453,48 @@ fn bench(args: &BenchArgs) -> Result<()> {
     if matches!(args.what, Bench::All | Bench::Fairness) {
         fairness(args)?;
     }
+    if matches!(args.what, Bench::All | Bench::Memory) {
+        memory()?;
+    }
+    Ok(())
+}
+
+/// Bastion's own memory: QEMU (BIOS, 2 CPUs, 256 MiB) with no guests, then with 4 busy
+/// guests of 4 MiB. Bastion prints its footprint (`memory: hypervisor N KiB ...`, from the
+/// frame allocator's counts, guest RAM excluded) once guests have started; the hypervisor
+/// figure is the first run's, the per-guest one the growth from the first run to the second
+/// shared by 4 (it includes what guests make the heap grow by).
+fn memory() -> Result<()> {
+    const GUESTS: u64 = 4;
+    let busy = qemu_tests::guests::guest_image("busy");
+    let mut with_guests = String::from("[hypervisor]\nexit_when_idle = true\n[debug]\nstop_after_ms = 300\n");
+    for i in 0..GUESTS {
+        with_guests += &format!("\n[[guest]]\nname = \"busy{i}\"\nkernel = \"guests/busy.bin\"\nmemory_mib = 4\n");
+    }
+    let opts = RunOptions { smp: 2, ..RunOptions::default() };
+    let mut figures = Vec::new();
+    for (name, what, cfg) in [
+        ("bench-mem-none", "no guests", "[hypervisor]\nexit_when_idle = true\n".to_string()),
+        ("bench-mem-four", "4 busy guests of 4 MiB", with_guests),
+    ] {
+        let image = qemu_tests::image_with_files(name, &cfg, &[("guests/busy.bin", busy.as_path())]);
+        let mut emu = qemu_tests::Emulator::start(Platform::QemuBios, &image, &opts);
+        emu.expect_exit(Platform::QemuBios.boot_timeout()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let out = emu.transcript();
+        // The last footprint line: the one printed once guests have started.
+        let line = out.lines().rfind(|l| l.contains("memory: hypervisor "));
+        let Some((line, (kib, per_guest))) = line.and_then(|l| Some((l, bastion_core::hostmem::parse_line(l)?))) else {
+            bail!("no `memory: hypervisor` line from {} with {what}:\n{out}", Platform::QemuBios.name());
+        };
+        println!("memory, {} with {} CPUs, {} MiB, {what}: {}", Platform::QemuBios.name(), opts.smp, opts.memory_mib, line.trim());
+        figures.push((kib, per_guest));
+    }
+    let (none, _) = figures[0];
+    let (four, own) = figures[1];
+    let Some(own) = own else { bail!("the run with guests printed no per-guest figure") };
+    let per_guest = four.saturating_sub(none).div_ceil(GUESTS);
+    println!("memory: Bastion's own figure for each of the 4 guests: {own} KiB beyond RAM");
+    println!("bench: memory hypervisor_kib={none} per_guest_kib={per_guest}");
     Ok(())
 }
 
@@ -551,6 +597,8 @@ mod tests {
         assert!(b.what == Bench::All && b.runs == 3 && b.fair_ms == 6000);
         let Cmd::Bench(b) = parse(&["bench", "fairness", "--fair-ms", "100", "--runs", "1"]).unwrap().command else { panic!() };
         assert!(b.what == Bench::Fairness && b.runs == 1 && b.fair_ms == 100);
+        let Cmd::Bench(b) = parse(&["bench", "memory"]).unwrap().command else { panic!() };
+        assert!(b.what == Bench::Memory);
     }
 
     #[test]
