@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod console_bench;
+
 /// Bastion's developer commands.
 #[derive(Parser)]
 #[command(name = "cargo xtask", bin_name = "cargo xtask", arg_required_else_help = true)]
@@ -110,6 +112,9 @@ enum Bench {
     /// Bastion's own memory on 2 CPUs with no guests, and what each of 4 guests of 4 MiB adds
     /// beyond its RAM
     Memory,
+    /// What the console costs guests, by their own progress: a CPU-bound guest beside one
+    /// that floods the console, and 16 guests printing a line a second (QEMU and Bochs Intel)
+    Console,
 }
 
 fn main() {
@@ -455,6 +460,9 @@ fn bench(args: &BenchArgs) -> Result<()> {
     }
     if matches!(args.what, Bench::All | Bench::Memory) {
         memory()?;
+    }
+    if matches!(args.what, Bench::All | Bench::Console) {
+        console_bench::console(&[Platform::QemuBios, Platform::BochsIntel], args.fair_ms as u32)?;
     }
     Ok(())
 }
