@@ -662,9 +662,11 @@ fn run_slice(cpu: &PerCpu, id: VcpuId, slice_ns: u64) {
             d.advance(now);
             bastion_core::vm::deliver_interrupt(vcpu, &mut d.pic);
         }
-        // While console output waits for the line (or on CPU 0, which polls the console's
-        // input), slices end within CONSOLE_TICK_NS so the UART never sits idle or overflows.
-        let budget = if serial::output_pending() || cpu.index == 0 { (deadline - now).min(CONSOLE_TICK_NS) } else { deadline - now };
+        // CPU 0 services the console (output waiting for the line, and input): its slices
+        // end within CONSOLE_TICK_NS so the UART never sits idle or overflows. Other CPUs
+        // pump only when their guests exit anyway, so a CPU-bound neighbour of a printing
+        // guest is not interrupted for the console.
+        let budget = if cpu.index == 0 { (deadline - now).min(CONSOLE_TICK_NS) } else { deadline - now };
         let exit = vcpu.run(budget, arm_slice_timer);
         take_host_interrupts();
         serial::pump_if_due(time::now_ns());

@@ -4,38 +4,49 @@
 //!   same beside a `printer` flooding the console from CPU 0; slowdown = units alone / units
 //!   beside the printer (goal ≤ 1.05).
 //! - `bench: fairness <platform> guests=16 cpu_share=<x> max_min=<x>`: 16 `worker` guests, each
-//!   printing a line a second, on 2 CPUs; cpu_share = their units together / (2 × the units of
-//!   a worker alone on a CPU for as long), max_min = the most / the fewest units of one guest
-//!   (goals on Bochs: share ≥ 0.90, max/min ≤ 1.10).
+//!   printing a line a second, on 2 CPUs; cpu_share = their progress rates together / (2 × the
+//!   rate of a worker alone on a CPU), max_min = the fastest / the slowest guest's rate (goals on
+//!   Bochs: share ≥ 0.90, max/min ≤ 1.10). Rates count from when every guest has started.
 //! All runs of one platform use the same duration (`--fair-ms`), in one invocation.
 
 use anyhow::{bail, Result};
 use qemu_tests::{Platform, RunOptions};
 use std::time::Duration;
 
-/// The last running total each guest printed (`[<guest>] worker: units <n>`), by guest name.
-pub fn units(transcript: &str) -> std::collections::BTreeMap<String, u64> {
-    let mut out = std::collections::BTreeMap::new();
-    for line in transcript.lines() {
+/// Each guest's progress rate in units per second, from the `[<guest>] worker: units <n>` lines
+/// it printed (one a second of its TSC time) after the last guest had started (`guest <name>:
+/// starting`), so staggered start-ups do not count: (last - first) / (lines - 1). Guests with
+/// fewer than two such lines are left out.
+pub fn rates(transcript: &str) -> std::collections::BTreeMap<String, f64> {
+    let lines: Vec<&str> = transcript.lines().collect();
+    let start = lines.iter().rposition(|l| l.contains(": starting (")).map_or(0, |i| i + 1);
+    let mut seen: std::collections::BTreeMap<String, (u64, u64, u64)> = std::collections::BTreeMap::new();
+    for line in &lines[start..] {
         let Some(rest) = line.strip_prefix('[') else { continue };
         let Some((name, tail)) = rest.split_once("] worker: units ") else { continue };
         if name.contains(' ') {
             continue; // `[name history]` replays
         }
         if let Ok(n) = tail.trim().parse::<u64>() {
-            out.insert(name.to_string(), n);
+            let e = seen.entry(name.to_string()).or_insert((n, n, 0));
+            e.1 = n;
+            e.2 += 1;
         }
     }
-    out
+    seen.into_iter().filter(|(_, (_, _, k))| *k >= 2).map(|(name, (first, last, k))| (name, (last - first) as f64 / (k - 1) as f64)).collect()
 }
 
 /// max / min of the figures (1.0 for an empty list; infinite if one is 0 and another not).
-pub fn max_min(v: &[u64]) -> f64 {
-    let (Some(&max), Some(&min)) = (v.iter().max(), v.iter().min()) else { return 1.0 };
-    if min == 0 {
-        return if max == 0 { 1.0 } else { f64::INFINITY };
+pub fn max_min(v: &[f64]) -> f64 {
+    let max = v.iter().cloned().fold(f64::NAN, f64::max);
+    let min = v.iter().cloned().fold(f64::NAN, f64::min);
+    if v.is_empty() || max == 0.0 {
+        return 1.0;
     }
-    max as f64 / min as f64
+    if min == 0.0 {
+        return f64::INFINITY;
+    }
+    max / min
 }
 
 fn run(platform: Platform, name: &str, guests: &[(&str, &str, Option<u32>)], ms: u32) -> Result<String> {
@@ -58,18 +69,18 @@ fn run(platform: Platform, name: &str, guests: &[(&str, &str, Option<u32>)], ms:
 pub fn console(platforms: &[Platform], ms: u32) -> Result<()> {
     for &p in platforms {
         let alone = run(p, "bench-con-alone", &[("w", "worker", Some(1))], ms)?;
-        let Some(&solo) = units(&alone).get("w") else { bail!("no worker progress on {}:\n{alone}", p.name()) };
+        let Some(&solo) = rates(&alone).get("w") else { bail!("no worker progress on {}:\n{alone}", p.name()) };
         let noisy = run(p, "bench-con-noisy", &[("w", "worker", Some(1)), ("p", "printer", Some(0))], ms)?;
-        let Some(&beside) = units(&noisy).get("w") else { bail!("no worker progress beside the printer on {}:\n{noisy}", p.name()) };
-        println!("console, {}: worker alone {solo} units, beside a printing guest {beside} units in {ms} ms", p.name());
-        println!("bench: printing-neighbour {} slowdown={:.3}", p.name(), solo as f64 / beside.max(1) as f64);
+        let Some(&beside) = rates(&noisy).get("w") else { bail!("no worker progress beside the printer on {}:\n{noisy}", p.name()) };
+        println!("console, {}: worker alone {solo:.0} units/s, beside a printing guest {beside:.0} units/s", p.name());
+        println!("bench: printing-neighbour {} slowdown={:.3}", p.name(), solo / beside.max(1.0));
         let names: Vec<String> = (0..16).map(|i| format!("w{i}")).collect();
         let guests: Vec<(&str, &str, Option<u32>)> = names.iter().map(|n| (n.as_str(), "worker", None)).collect();
         let many = run(p, "bench-con-16", &guests, ms)?;
-        let got = units(&many);
-        let v: Vec<u64> = names.iter().map(|n| got.get(n).copied().unwrap_or(0)).collect();
-        let share = v.iter().sum::<u64>() as f64 / (2.0 * solo as f64);
-        println!("console, {}: 16 printing workers on 2 CPUs: {v:?} units in {ms} ms", p.name());
+        let got = rates(&many);
+        let v: Vec<f64> = names.iter().map(|n| got.get(n).copied().unwrap_or(0.0)).collect();
+        let share = v.iter().sum::<f64>() / (2.0 * solo);
+        println!("console, {}: 16 printing workers on 2 CPUs, units/s: {:?}", p.name(), v.iter().map(|r| *r as u64).collect::<Vec<_>>());
         println!("bench: fairness {} guests=16 cpu_share={share:.3} max_min={:.3}", p.name(), max_min(&v));
     }
     Ok(())
@@ -80,18 +91,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn units_take_each_guests_last_total_and_skip_history() {
-        let t = "[w1] worker: units 5\n[w2] worker: units 7\n[w1] worker: units 9\n[w1 history] worker: units 100\n[x] other: units 3\n";
-        let u = units(t);
-        assert_eq!(u.get("w1"), Some(&9));
-        assert_eq!(u.get("w2"), Some(&7));
-        assert_eq!(u.len(), 2);
+    fn rates_count_only_after_the_last_start_and_skip_history() {
+        let t = "[w1] worker: units 1\nguest w2: starting (4 MiB)\n[w1] worker: units 10\n[w2] worker: units 5\n[w1] worker: units 30\n[w2] worker: units 25\n[w1 history] worker: units 999\n[w1] worker: units 50\n";
+        let r = rates(t);
+        // w1: 10 -> 50 over 2 intervals; w2: 5 -> 25 over 1; the line before the start is out.
+        assert_eq!(r.get("w1"), Some(&20.0));
+        assert_eq!(r.get("w2"), Some(&20.0));
+        assert_eq!(rates("guest a: starting (x)\n[a] worker: units 3\n").len(), 0, "one line gives no rate");
     }
 
     #[test]
     fn max_min_of_progress() {
-        assert_eq!(max_min(&[10, 20, 15]), 2.0);
+        assert_eq!(max_min(&[10.0, 20.0, 15.0]), 2.0);
         assert_eq!(max_min(&[]), 1.0);
-        assert!(max_min(&[0, 3]).is_infinite());
+        assert!(max_min(&[0.0, 3.0]).is_infinite());
     }
 }
