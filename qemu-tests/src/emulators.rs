@@ -65,6 +65,13 @@ pub struct RunOptions {
     pub com2_file: Option<std::path::PathBuf>,
 }
 
+impl RunOptions {
+    /// 2 CPUs and 256 MiB, no KVM (so runs compare across hosts), not interactive: the
+    /// machine of the multi-guest tests.
+    pub const SMP2: RunOptions =
+        RunOptions { smp: 2, memory_mib: 256, kvm: Some(false), qemu_args: Vec::new(), interactive: false, com2_file: None };
+}
+
 /// QEMU's monitor socket in the run directory.
 pub const QEMU_MONITOR_SOCKET: &str = "qemu-monitor.sock";
 

@@ -146,3 +146,16 @@ mod tests {
         }
     }
 }
+
+/// A `[[guest]]` table for a test config: guest `name` running the test guest `image`
+/// (`guests/<image>.bin` in the bundle) with 4 MiB, plus `extra` keys (whole lines).
+pub fn config_entry(name: &str, image: &str, extra: &str) -> String {
+    format!("\n[[guest]]\nname = \"{name}\"\nkernel = \"guests/{image}.bin\"\nmemory_mib = 4\n{extra}")
+}
+
+/// A test image for `config` with the named test guests packed as `guests/<name>.bin`.
+pub fn image_with_guests(test: &str, config: &str, images: &[&str]) -> crate::TestImage {
+    let paths: Vec<(String, PathBuf)> = images.iter().map(|g| (format!("guests/{g}.bin"), guest_image(g))).collect();
+    let files: Vec<(&str, &Path)> = paths.iter().map(|(d, p)| (d.as_str(), p.as_path())).collect();
+    crate::image_with_files(test, config, &files)
+}

@@ -3,15 +3,14 @@
 //! 0.5 ms, so the 16-byte FIFO never overflows at 115200 baud), and the guest's answer, about
 //! 100 KiB of output, comes back whole through the output ring.
 
-use qemu_tests::guests::guest_image;
-use qemu_tests::{image_with_files, Emulator, Platform, RunOptions};
+use qemu_tests::guests::{config_entry, image_with_guests};
+use qemu_tests::{Emulator, Platform, RunOptions};
 use std::time::Duration;
 
 fn paste_4k_into_an_echo_guest(p: Platform, bytes: usize, t: Duration) {
-    let cfg = "[hypervisor]\nexit_when_idle = true\n\n[[guest]]\nname = \"echo\"\nkernel = \"guests/echo.bin\"\nmemory_mib = 4\n";
-    let echo = guest_image("echo");
-    let img = image_with_files(&format!("paste-{}", p.name()), cfg, &[("guests/echo.bin", echo.as_path())]);
-    let opts = RunOptions { smp: 2, memory_mib: 256, kvm: Some(false), qemu_args: Vec::new(), interactive: true, com2_file: None };
+    let cfg = format!("[hypervisor]\nexit_when_idle = true\n{}", config_entry("echo", "echo", ""));
+    let img = image_with_guests(&format!("paste-{}", p.name()), &cfg, &["echo"]);
+    let opts = RunOptions { interactive: true, ..RunOptions::SMP2 };
     let mut emu = Emulator::start(p, &img, &opts);
     emu.expect("input focus: echo", t).unwrap_or_else(|e| panic!("{e}"));
     // Printable ASCII without 'q' (which ends the guest), in a pattern whose order shows.

@@ -2,22 +2,11 @@
 //! scheduler, a guest spinning with interrupts off, crashes with on_crash = stop and restart,
 //! a config with a bad guest, input focus, echo and the monitor, and interrupt-driven input.
 
-use qemu_tests::guests::guest_image;
-use qemu_tests::{image_with_bundle, image_with_files, Emulator, Platform, RunOptions, TestImage};
+use qemu_tests::guests::{config_entry, guest_image, image_with_guests};
+use qemu_tests::{image_with_bundle, Emulator, Platform, RunOptions};
 use std::time::Duration;
 
-const SMP2: RunOptions =
-    RunOptions { smp: 2, memory_mib: 256, kvm: Some(false), qemu_args: Vec::new(), interactive: false, com2_file: None };
-
-fn guest(name: &str, image: &str, extra: &str) -> String {
-    format!("\n[[guest]]\nname = \"{name}\"\nkernel = \"guests/{image}.bin\"\nmemory_mib = 4\n{extra}")
-}
-
-fn image(test: &str, config: &str, images: &[&str]) -> TestImage {
-    let paths: Vec<(String, std::path::PathBuf)> = images.iter().map(|g| (format!("guests/{g}.bin"), guest_image(g))).collect();
-    let files: Vec<(&str, &std::path::Path)> = paths.iter().map(|(d, p)| (d.as_str(), p.as_path())).collect();
-    image_with_files(test, config, &files)
-}
+const SMP2: RunOptions = RunOptions::SMP2;
 
 fn timeout(p: Platform) -> Duration {
     if p.is_qemu() {
@@ -31,11 +20,11 @@ fn timeout(p: Platform) -> Duration {
 /// there together with a busy guest that must still make progress.
 fn four_guests_make_progress(p: Platform) {
     let mut cfg = String::from("[hypervisor]\nexit_when_idle = true\n");
-    cfg += &guest("wide", "busy", "vcpus = 2\n");
-    cfg += &guest("wide2", "busy", "vcpus = 2\n");
-    cfg += &guest("pinned", "busy", "affinity = [0]\n");
-    cfg += &guest("hog", "irqoff", "affinity = [0]\n");
-    let img = image(&format!("progress-{}", p.name()), &cfg, &["busy", "irqoff"]);
+    cfg += &config_entry("wide", "busy", "vcpus = 2\n");
+    cfg += &config_entry("wide2", "busy", "vcpus = 2\n");
+    cfg += &config_entry("pinned", "busy", "affinity = [0]\n");
+    cfg += &config_entry("hog", "irqoff", "affinity = [0]\n");
+    let img = image_with_guests(&format!("progress-{}", p.name()), &cfg, &["busy", "irqoff"]);
     let mut emu = Emulator::start(p, &img, &SMP2);
     let t = timeout(p);
     emu.expect("2 CPUs (ACPI MADT), 2 online", t).unwrap_or_else(|e| panic!("{e}"));
@@ -64,10 +53,10 @@ fn four_guests_six_vcpus_progress_on_bochs_intel_smp2() {
 /// A crashing guest is stopped (on_crash = stop) or restarted (restart) while others run.
 fn crashes_are_contained(p: Platform) {
     let mut cfg = String::from("[hypervisor]\nexit_when_idle = true\n");
-    cfg += &guest("stays-down", "crash", "");
-    cfg += &guest("comes-back", "crash", "on_crash = \"restart\"\n");
-    cfg += &guest("bystander", "busy", "");
-    let img = image(&format!("crash-{}", p.name()), &cfg, &["busy", "crash"]);
+    cfg += &config_entry("stays-down", "crash", "");
+    cfg += &config_entry("comes-back", "crash", "on_crash = \"restart\"\n");
+    cfg += &config_entry("bystander", "busy", "");
+    let img = image_with_guests(&format!("crash-{}", p.name()), &cfg, &["busy", "crash"]);
     let mut emu = Emulator::start(p, &img, &SMP2);
     let t = timeout(p);
     let stopped = emu.expect("guest stays-down: stopped:", t).unwrap_or_else(|e| panic!("{e}"));
@@ -120,9 +109,9 @@ fn config_with_a_bad_guest_boots_the_others_on_bochs_intel_smp2() {
 /// monitor lists, pauses, resumes, resets and kills.
 fn console_focus_echo_and_monitor(p: Platform) {
     let mut cfg = String::from("[hypervisor]\nexit_when_idle = true\n");
-    cfg += &guest("left", "echo", "");
-    cfg += &guest("right", "echo", "");
-    let img = image(&format!("console-{}", p.name()), &cfg, &["echo"]);
+    cfg += &config_entry("left", "echo", "");
+    cfg += &config_entry("right", "echo", "");
+    let img = image_with_guests(&format!("console-{}", p.name()), &cfg, &["echo"]);
     let opts = RunOptions { interactive: true, ..SMP2 };
     let mut emu = Emulator::start(p, &img, &opts);
     let t = timeout(p);
@@ -218,9 +207,9 @@ fn console_focus_echo_and_monitor_on_bochs_intel_smp2() {
 /// vCPU from HLT; while it waits, the halted vCPU costs no CPU time.
 fn interrupt_driven_guest_sleeps_until_typed_input(p: Platform) {
     let mut cfg = String::from("[hypervisor]\nexit_when_idle = true\n[debug]\nstop_after_ms = 6000\n");
-    cfg += &guest("sleeper", "irqecho", "");
-    cfg += &guest("worker", "busy", "");
-    let img = image(&format!("irqecho-{}", p.name()), &cfg, &["irqecho", "busy"]);
+    cfg += &config_entry("sleeper", "irqecho", "");
+    cfg += &config_entry("worker", "busy", "");
+    let img = image_with_guests(&format!("irqecho-{}", p.name()), &cfg, &["irqecho", "busy"]);
     let opts = RunOptions { interactive: true, ..SMP2 };
     let mut emu = Emulator::start(p, &img, &opts);
     let t = timeout(p);
@@ -263,9 +252,9 @@ fn interrupt_driven_guest_sleeps_until_typed_input_on_bochs_intel_smp2() {
 /// same writes from another guest are intercepted and go nowhere.
 fn passthrough_uart(p: Platform) {
     let mut cfg = String::from("[hypervisor]\nexit_when_idle = true\n");
-    cfg += &guest("owner", "com2", "console = \"passthrough\"\nconsole_port = \"com2\"\n");
-    cfg += &guest("stranger", "com2", "");
-    let img = image(&format!("passthrough-{}", p.name()), &cfg, &["com2"]);
+    cfg += &config_entry("owner", "com2", "console = \"passthrough\"\nconsole_port = \"com2\"\n");
+    cfg += &config_entry("stranger", "com2", "");
+    let img = image_with_guests(&format!("passthrough-{}", p.name()), &cfg, &["com2"]);
     let com2 = img.dir.join("com2.txt");
     let opts = RunOptions { com2_file: Some(com2.clone()), ..SMP2 };
     let mut emu = Emulator::start(p, &img, &opts);
@@ -296,7 +285,7 @@ fn passthrough_uart_belongs_to_one_guest_on_bochs_intel_smp2() {
 #[test]
 fn default_config_demo_works_on_qemu_smp2() {
     let cfg = std::fs::read_to_string(qemu_tests::workspace_root().join("boot/configs/default.toml")).unwrap();
-    let img = image("default-config", &cfg, &["echo", "irqecho", "busy"]);
+    let img = image_with_guests("default-config", &cfg, &["echo", "irqecho", "busy"]);
     let opts = RunOptions { interactive: true, ..SMP2 };
     let mut emu = Emulator::start(Platform::QemuBios, &img, &opts);
     let t = Duration::from_secs(60);

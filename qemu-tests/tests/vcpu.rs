@@ -2,22 +2,11 @@
 //! architecture answers the same on VMX (Bochs Intel) and SVM (QEMU, Bochs AMD). The rules
 //! come from the issue "A real vCPU"; each test names what it pins down.
 
-use qemu_tests::guests::guest_image;
-use qemu_tests::{image_with_files, Emulator, Platform, RunOptions, TestImage};
+use qemu_tests::guests::{config_entry, image_with_guests};
+use qemu_tests::{Emulator, Platform, RunOptions};
 use std::time::Duration;
 
-const SMP2: RunOptions =
-    RunOptions { smp: 2, memory_mib: 256, kvm: Some(false), qemu_args: Vec::new(), interactive: false, com2_file: None };
-
-fn guest(name: &str, image: &str, extra: &str) -> String {
-    format!("\n[[guest]]\nname = \"{name}\"\nkernel = \"guests/{image}.bin\"\nmemory_mib = 4\n{extra}")
-}
-
-fn image(test: &str, config: &str, images: &[&str]) -> TestImage {
-    let paths: Vec<(String, std::path::PathBuf)> = images.iter().map(|g| (format!("guests/{g}.bin"), guest_image(g))).collect();
-    let files: Vec<(&str, &std::path::Path)> = paths.iter().map(|(d, p)| (d.as_str(), p.as_path())).collect();
-    image_with_files(test, config, &files)
-}
+const SMP2: RunOptions = RunOptions::SMP2;
 
 fn timeout(p: Platform) -> Duration {
     if p.is_qemu() {
@@ -33,9 +22,9 @@ fn timeout(p: Platform) -> Duration {
 /// switch shows the other guest's pattern.
 fn isolation(p: Platform) {
     let mut cfg = String::from("[hypervisor]\nexit_when_idle = true\n");
-    cfg += &guest("isolate-a", "isolate-a", "affinity = [1]\n");
-    cfg += &guest("isolate-b", "isolate-b", "affinity = [1]\n");
-    let img = image(&format!("isolation-{}", p.name()), &cfg, &["isolate-a", "isolate-b"]);
+    cfg += &config_entry("isolate-a", "isolate-a", "affinity = [1]\n");
+    cfg += &config_entry("isolate-b", "isolate-b", "affinity = [1]\n");
+    let img = image_with_guests(&format!("isolation-{}", p.name()), &cfg, &["isolate-a", "isolate-b"]);
     let mut emu = Emulator::start(p, &img, &SMP2);
     let out = emu.expect_exit(timeout(p)).unwrap_or_else(|e| panic!("{e}"));
     let text = emu.transcript();
@@ -95,7 +84,7 @@ fn check_smphalt(text: &str, vcpus: u32) {
 }
 
 fn run_to_exit(p: Platform, test: &str, cfg: &str, images: &[&str]) -> String {
-    let img = image(&format!("{test}-{}", p.name()), cfg, images);
+    let img = image_with_guests(&format!("{test}-{}", p.name()), cfg, images);
     let mut emu = Emulator::start(p, &img, &SMP2);
     let out = emu.expect_exit(timeout(p)).unwrap_or_else(|e| panic!("{e}"));
     let text = emu.transcript();
@@ -106,8 +95,8 @@ fn run_to_exit(p: Platform, test: &str, cfg: &str, images: &[&str]) -> String {
 /// Both guests at once: 5 vCPUs on 2 CPUs.
 fn architecture(p: Platform) {
     let mut cfg = String::from("[hypervisor]\nexit_when_idle = true\n");
-    cfg += &guest("arch", "arch", "vcpus = 2\n");
-    cfg += &guest("smphalt", "smphalt", "vcpus = 3\n");
+    cfg += &config_entry("arch", "arch", "vcpus = 2\n");
+    cfg += &config_entry("smphalt", "smphalt", "vcpus = 3\n");
     let text = run_to_exit(p, "arch", &cfg, &["arch", "smphalt"]);
     check_arch(&text);
     check_smphalt(&text, 3);
@@ -130,9 +119,9 @@ fn architecture_under_vmx_on_bochs_intel() {
 #[test]
 fn architecture_under_svm_on_bochs_amd() {
     let p = Platform::BochsAmd;
-    let arch = format!("[hypervisor]\nexit_when_idle = true\n{}", guest("arch", "arch", "vcpus = 2\n"));
+    let arch = format!("[hypervisor]\nexit_when_idle = true\n{}", config_entry("arch", "arch", "vcpus = 2\n"));
     check_arch(&run_to_exit(p, "arch", &arch, &["arch"]));
-    let smphalt = format!("[hypervisor]\nexit_when_idle = true\n{}", guest("smphalt", "smphalt", "vcpus = 2\n"));
+    let smphalt = format!("[hypervisor]\nexit_when_idle = true\n{}", config_entry("smphalt", "smphalt", "vcpus = 2\n"));
     check_smphalt(&run_to_exit(p, "smphalt", &smphalt, &["smphalt"]), 2);
 }
 
@@ -141,9 +130,9 @@ fn architecture_under_svm_on_bochs_amd() {
 #[test]
 fn host_nmi_while_guests_run_on_qemu() {
     let mut cfg = String::from("");
-    cfg += &guest("busy", "busy", "vcpus = 2\n");
+    cfg += &config_entry("busy", "busy", "vcpus = 2\n");
     cfg += "\n[debug]\nstop_after_ms = 6000\n";
-    let img = image("nmi-qemu", &cfg, &["busy"]);
+    let img = image_with_guests("nmi-qemu", &cfg, &["busy"]);
     let p = Platform::QemuBios;
     let mut emu = Emulator::start(p, &img, &SMP2);
     let t = timeout(p);
@@ -165,7 +154,7 @@ fn host_nmi_while_guests_run_on_qemu() {
 /// 500 ms ± 10 % of TSC time; its idle time is not spent on a CPU (a busy guest shares them).
 fn pit_ticks_wake_a_halted_vcpu(p: Platform) {
     let mut cfg = String::from("[hypervisor]\nexit_when_idle = true\n");
-    cfg += &guest("pit", "pit", "");
+    cfg += &config_entry("pit", "pit", "");
     let text = run_to_exit(p, "pit", &cfg, &["pit"]);
     assert!(!text.contains("pit: FAIL"), "{text}");
     assert!(text.contains("pit: PASS 50 ticks in"), "{text}");
