@@ -33,7 +33,7 @@ struct Console {
 }
 
 const OUT_BYTES: usize = 64 * 1024;
-const IN_BYTES: usize = 4096;
+const IN_BYTES: usize = bastion_core::serial_policy::INPUT_RING_BYTES;
 /// The 16550's transmit FIFO (PC16550D datasheet, "FIFO Control Register").
 const TX_FIFO: usize = 16;
 
@@ -185,14 +185,10 @@ pub fn pump() {
 
 /// When [`pump_if_due`] last polled for input.
 static LAST_POLL_NS: AtomicU64 = AtomicU64::new(0);
-/// Input is polled at least this often by whoever calls [`pump_if_due`] (half the 1.39 ms a
-/// 16-byte FIFO takes to fill at 115200 baud).
-const POLL_NS: u64 = 500_000;
-
-/// [`pump`], but only when output waits or the last input poll is `POLL_NS` old: cheap to call
-/// after every VM exit.
+/// [`pump`], but only when output waits or the last input poll is `POLL_NS` old (the rule and
+/// its proof: `bastion_core::serial_policy`): cheap to call after every VM exit.
 pub fn pump_if_due(now_ns: u64) {
-    if output_pending() || now_ns.wrapping_sub(LAST_POLL_NS.load(Ordering::Relaxed)) >= POLL_NS {
+    if bastion_core::serial_policy::poll_due(now_ns, LAST_POLL_NS.load(Ordering::Relaxed), output_pending()) {
         LAST_POLL_NS.store(now_ns, Ordering::Relaxed);
         pump();
     }

@@ -18,6 +18,7 @@ pub mod hostmem;
 pub mod npt;
 pub mod ring;
 pub mod sched;
+pub mod serial_policy;
 pub mod time;
 pub mod vm;
 pub mod virt;
