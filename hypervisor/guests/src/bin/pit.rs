@@ -5,8 +5,10 @@
 //! It programs counter 0 the way Linux does for HZ = 100 (control word 0x34: counter 0, LSB
 //! then MSB, mode 2 rate generator; count 11932 = 1193182 / 100, Intel 8254 datasheet), waits
 //! for 50 ticks halting between them, and measures them against the TSC (rate from Bastion's
-//! timing leaf 0x40000010): 50 ticks must take 500 ms ± 10 %. Then it reads counter 2 through
-//! Linux's calibration sequence (port 0x61 gate, mode 0, OUT2 on port 0x61 bit 5).
+//! timing leaf 0x40000010): 50 ticks must take at least 475 ms (a tick is never early) and at
+//! most 750 ms (under an emulator sharing a loaded host a late tick is possible, a missing
+//! one is not). Then it reads counter 2 through Linux's calibration sequence (port 0x61 gate,
+//! mode 0, OUT2 on port 0x61 bit 5): terminal count after 9.5 to 15 ms of a 10 ms count.
 //!
 //! Output: `pit: PASS 50 ticks in <ms> ms (<w> wake-ups)` and `pit: PASS counter 2 ...`, or
 //! `pit: FAIL ...`; then the test exit.
@@ -54,10 +56,10 @@ fn main() -> u32 {
     let ms = (rdtsc() - t0) / khz;
     let got = TICKS.load(SeqCst) - start_ticks;
     let what = format_args!("{TICKS_WANTED} ticks in {ms} ms ({wakeups} wake-ups)");
-    if got >= TICKS_WANTED && (450..=550).contains(&ms) {
+    if got >= TICKS_WANTED && (475..=750).contains(&ms) {
         c.pass(what);
     } else {
-        c.fail(what, format_args!("{got} ticks; expected {TICKS_WANTED} in 500 ms ± 10 %"));
+        c.fail(what, format_args!("{got} ticks; expected {TICKS_WANTED} in 475 to 750 ms"));
     }
     // Mask IRQ 0 again before the calibration check.
     pic::set_masks(0xff, 0xff);
@@ -74,10 +76,10 @@ fn main() -> u32 {
     }
     let us = (rdtsc() - t0) * 1000 / khz;
     let what = format_args!("counter 2 reached terminal count after {us} us ({polls} polls of port 0x61)");
-    if (9_000..=11_000).contains(&us) {
+    if (9_500..=15_000).contains(&us) {
         c.pass(what);
     } else {
-        c.fail(what, "expected 10 ms ± 10 %");
+        c.fail(what, "expected 9.5 to 15 ms for a 10 ms count");
     }
     c.finish()
 }
