@@ -1014,6 +1014,27 @@ mod tests {
     }
 
     #[test]
+    fn a_yielder_goes_behind_a_waiting_vcpu_that_has_run_longer() {
+        let mut s = Scheduler::new(1, 10 * MS);
+        let (a, b) = (VcpuId(0), VcpuId(1));
+        s.add(a, 1, DEFAULT_WEIGHT, 0).unwrap();
+        s.add(b, 1, DEFAULT_WEIGHT, 0).unwrap();
+        assert!(matches!(s.pick_next(0, 0), Decision::Run { vcpu, .. } if vcpu == a));
+        // A used a whole slice; B runs 1 ms and yields. By vruntime B (1 ms) would be picked
+        // again before A (10 ms), but a yield puts it behind every vCPU waiting there.
+        assert!(matches!(s.pick_next(0, 10 * MS), Decision::Run { vcpu, .. } if vcpu == b));
+        s.yield_now(0, 11 * MS);
+        assert_eq!((s.current(0), s.state(b)), (None, Some(State::Runnable)), "the yielder left the CPU");
+        assert_eq!(s.runtime_ns(b), MS, "and was charged for what it ran");
+        assert!(matches!(s.pick_next(0, 11 * MS), Decision::Run { vcpu, .. } if vcpu == a));
+        // A yield on a CPU that runs nothing (or does not exist) changes nothing.
+        let mut idle = Scheduler::new(1, 10 * MS);
+        idle.yield_now(0, 0);
+        idle.yield_now(7, 0);
+        assert_eq!(idle.current(0), None);
+    }
+
+    #[test]
     fn a_deadline_wakes_a_blocked_vcpu_at_that_time_and_not_before() {
         let mut sim = Sim::new(1, 10);
         let (a, b) = (VcpuId(0), VcpuId(1));

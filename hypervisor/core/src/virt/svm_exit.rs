@@ -342,6 +342,42 @@ mod tests {
     }
 
     #[test]
+    fn ioio_address_sizes_and_the_outs_segment() {
+        // APM Vol. 2 15.10.2, IOIO EXITINFO1: bit 2 STR, bit 4 SZ8, bits 7/8/9 A16/A32/A64.
+        for (bit, addr_size) in [(7, 2u8), (8, 4), (9, 8)] {
+            let q = (0x3f8 << 16) | (1 << 4) | 4 | (1 << bit);
+            assert_eq!(
+                dec(&info(IOIO, q, 0x2002)).exit,
+                Exit::Io { port: 0x3f8, size: 1, write: true, string: Some(StringIo { rep: false, addr_size, seg: Seg::Ds }) },
+                "address-size bit {bit}"
+            );
+        }
+        // OUTS (bit 0 = 0) reads DS:rSI unless a prefix overrides it (SDM Vol. 2B OUTS): FS
+        // here (64 6e); without a prefix, DS.
+        let q = (0x3f8 << 16) | (1 << 4) | 4 | (1 << 8);
+        let outs = decode(&info(IOIO, q, 0x2002), &|_| 0, &mut || bytes(&[0x64, 0x6e]));
+        assert_eq!(outs.exit, Exit::Io { port: 0x3f8, size: 1, write: true, string: Some(StringIo { rep: false, addr_size: 4, seg: Seg::Fs }) });
+        let outs = decode(&info(IOIO, q, 0x2001), &|_| 0, &mut || bytes(&[0x6e]));
+        assert_eq!(outs.exit, Exit::Io { port: 0x3f8, size: 1, write: true, string: Some(StringIo { rep: false, addr_size: 4, seg: Seg::Ds }) });
+        // INS (bit 0 = 1) always writes ES:rDI, whatever prefix is there.
+        let ins = decode(&info(IOIO, q | 1, 0x2002), &|_| 0, &mut || bytes(&[0x64, 0x6c]));
+        assert_eq!(ins.exit, Exit::Io { port: 0x3f8, size: 1, write: false, string: Some(StringIo { rep: false, addr_size: 4, seg: Seg::Es }) });
+    }
+
+    #[test]
+    fn the_negative_exit_codes_have_their_own_names() {
+        // APM Vol. 2 Table C-1: VMEXIT_INVALID -1, VMEXIT_BUSY -2, VMEXIT_IDLE_REQUIRED -3,
+        // VMEXIT_INVALID_PMC -4 (64-bit two's complement).
+        assert_eq!(code_name(-1i64 as u64), "invalid guest state (VMEXIT_INVALID)");
+        assert_eq!(code_name(-2i64 as u64), "VMSA busy");
+        assert_eq!(code_name(-3i64 as u64), "idle required");
+        assert_eq!(code_name(-4i64 as u64), "invalid PMC state");
+        assert_eq!(code_name(-5i64 as u64), "reserved exit code");
+        // Bastion never runs SEV-SNP guests: -2 stops as an unhandled exit with its number.
+        assert!(matches!(dec(&info(-2i64 as u64, 0, 0)).exit, Exit::Unhandled { code, .. } if code == -2i64 as u64));
+    }
+
+    #[test]
     fn cr_writes_decode_mov_clts_and_lmsw_from_the_bytes() {
         // mov cr4, rax = 0f 22 e0
         let i = info(CR4_WRITE, 0, 0);
@@ -369,6 +405,23 @@ mod tests {
         let mut i = info(CR4_WRITE, (1 << 63) | 9, 0);
         i.nrip = Some(0x2004);
         assert_eq!(dec(&i), VmExit::insn(Exit::CrWrite { cr: 4, value: 0x109 }, 0x2004));
+    }
+
+    #[test]
+    fn decode_assists_name_every_register_and_only_cr0_has_clts_and_lmsw() {
+        // APM Vol. 2 15.33.2: for MOV CRn, EXITINFO1 bit 63 = 1 and bits 3:0 = the GPR number
+        // (0 = RAX ... 15 = R15), whichever register it is.
+        for gpr in 0..16u64 {
+            let mut i = info(CR0_WRITE, (1 << 63) | gpr, 0);
+            i.nrip = Some(0x2003);
+            assert_eq!(dec(&i), VmExit::insn(Exit::CrWrite { cr: 0, value: 0x100 + gpr }, 0x2003), "GPR {gpr}");
+        }
+        // CLTS (0f 06) and LMSW (0f 01 /6) write CR0 only (SDM Vol. 2A CLTS, LMSW): decoded
+        // under a CR4 write intercept they are not what the CPU reported, so no guess is made.
+        for b in [&[0x0f, 0x06][..], &[0x0f, 0x01, 0xf0][..]] {
+            let e = decode(&info(CR4_WRITE, 0, 0), &|_| 1, &mut || bytes(b));
+            assert!(matches!(e.exit, Exit::Unhandled { code: CR4_WRITE, .. }), "{b:x?}");
+        }
     }
 
     #[test]

@@ -396,6 +396,27 @@ mod tests {
     }
 
     #[test]
+    fn detail_fields_are_read_only_for_the_reasons_and_forms_that_define_them() {
+        // Of the reasons Bastion handles, only these four decode more than reason, RIP and
+        // length: exception/NMI 0 (interruption information), control-register access 28
+        // (qualification, guest CR0), I/O instruction 30 (qualification) and EPT violation 48
+        // (qualification, guest-physical address) (SDM Vol. 3C 28.2.1-28.2.5).
+        let needing: Vec<u32> = (0..=80).filter(|&n| needs_details(n)).collect();
+        assert_eq!(needing, [0, 28, 30, 48]);
+        // The instruction-information field is defined for INS/OUTS only: an I/O exit with
+        // bit 4 of its qualification (string instruction, Table 28-5) clear does not need it.
+        let none = Details::default();
+        assert_eq!(details(30, 0x3f8 << 16), none);
+        assert_eq!(details(30, (0x60 << 16) | 8 | 1), none);
+        assert_eq!(details(30, (0x3f8 << 16) | 16), Details { string_io: true, ..none });
+        assert_eq!(details(30, 16 | 32), Details { string_io: true, ..none });
+        assert_eq!(details(0, 0), Details { intr_info: true, ..none });
+        assert_eq!(details(28, 0), Details { guest_cr0: true, ..none });
+        assert_eq!(details(48, 16), Details { gpa: true, ..none });
+        assert_eq!(details(10, 16), none, "CPUID reads no detail field");
+    }
+
+    #[test]
     fn instruction_exits_carry_rip_plus_length() {
         for (r, exit) in [
             (CPUID, Exit::Cpuid),
@@ -492,6 +513,58 @@ mod tests {
         assert_eq!(string_prefixes(Some([0x6e; 15]), false, 2), (2, Seg::Ds));
         assert_eq!(string_prefixes(Some([0x67, 0x6e, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), false, 2), (4, Seg::Ds));
         assert_eq!(string_prefixes(None, false, 4), (4, Seg::Ds));
+    }
+
+    #[test]
+    fn instruction_information_address_size_and_segment() {
+        // SDM Vol. 3C Table 28-8 (INS/OUTS): bits 9:7 address size, 0 = 16-bit, 1 = 32-bit,
+        // 2 = 64-bit; bits 17:15 segment register, 0 ES, 1 CS, 2 SS, 3 DS, 4 FS, 5 GS.
+        for (size_field, addr_size) in [(0u32, 2u8), (1, 4), (2, 8)] {
+            for (seg_field, seg) in [(0u32, Seg::Es), (1, Seg::Cs), (2, Seg::Ss), (3, Seg::Ds), (4, Seg::Fs), (5, Seg::Gs)] {
+                let mut i = info(IO_INSTRUCTION, (0x3f8 << 16) | 16);
+                i.io_insn_info = true;
+                i.insn_info = (size_field << 7) | (seg_field << 15);
+                assert_eq!(
+                    dec(&i).exit,
+                    Exit::Io { port: 0x3f8, size: 1, write: true, string: Some(StringIo { rep: false, addr_size, seg }) },
+                    "address-size field {size_field}, segment field {seg_field}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_segment_override_prefix_names_its_segment() {
+        // SDM Vol. 2A 2.1.1, group 2: 2E CS, 36 SS, 3E DS, 26 ES, 64 FS, 65 GS.
+        let with = |prefixes: &[u8]| {
+            let mut b = [0x6eu8; 15];
+            b[..prefixes.len()].copy_from_slice(prefixes);
+            Some(b)
+        };
+        for (p, seg) in [(0x2e, Seg::Cs), (0x36, Seg::Ss), (0x3e, Seg::Ds), (0x26, Seg::Es), (0x64, Seg::Fs), (0x65, Seg::Gs)] {
+            assert_eq!(string_prefixes(with(&[p]), false, 4), (4, seg), "prefix {p:#x}");
+            // Prefixes come in any order: a 67h after the override still counts (16-bit
+            // code: 67h selects 32-bit addresses).
+            assert_eq!(string_prefixes(with(&[p, 0x67]), false, 2), (4, seg), "prefix {p:#x} then 67h");
+        }
+        // Operand size (66h), REP/REPNE (F3h/F2h) and LOCK (F0h) do not end the prefixes either.
+        for p in [0x66, 0xf3, 0xf2, 0xf0] {
+            assert_eq!(string_prefixes(with(&[p, 0x67, 0x64]), false, 2), (4, Seg::Fs), "prefix {p:#x}");
+        }
+    }
+
+    #[test]
+    fn rex_is_a_prefix_only_in_64_bit_mode() {
+        // SDM Vol. 2A 2.2.1: REX (40h-4Fh) exists only in 64-bit mode; a REX that is not
+        // immediately before the opcode is ignored, and the prefixes after it still apply.
+        let bytes = |b: &[u8]| {
+            let mut out = [0x6eu8; 15];
+            out[..b.len()].copy_from_slice(b);
+            Some(out)
+        };
+        assert_eq!(string_prefixes(bytes(&[0x48, 0x67, 0x65]), true, 8), (4, Seg::Gs));
+        // Outside 64-bit mode 40h-4Fh are INC/DEC opcodes: the prefixes end there.
+        assert_eq!(string_prefixes(bytes(&[0x48, 0x67, 0x65]), false, 4), (4, Seg::Ds));
     }
 
     #[test]

@@ -489,6 +489,140 @@ mod tests {
         }
     }
 
+    /// Every CPUID input a CPU could report: all feature bits of leaves 1 and 7 set (VMX and
+    /// SMX included), basic leaves up to 0xD, extended leaves up to 8000_0008H.
+    fn everything(leaf: u32, sub: u32) -> [u32; 4] {
+        match leaf {
+            1 => [0, 0, u32::MAX, u32::MAX],
+            _ => full(leaf, sub),
+        }
+    }
+
+    #[test]
+    fn each_cr4_bit_exists_exactly_when_its_cpuid_feature_does() {
+        // SDM Vol. 3A 2.5 (CR4 bit descriptions) and Vol. 2A CPUID: (CR4 bits, CPUID leaf,
+        // register index EAX=0..EDX=3, feature bit). PCE (bit 8) needs no CPUID bit.
+        let table: [(u64, u32, usize, u32); 21] = [
+            ((1 << 0) | (1 << 1), 1, 3, 1), // VME, PVI: CPUID.1:EDX.VME[1]
+            (1 << 2, 1, 3, 4),              // TSD: EDX.TSC[4]
+            (1 << 3, 1, 3, 2),              // DE: EDX.DE[2]
+            (1 << 4, 1, 3, 3),              // PSE: EDX.PSE[3]
+            (1 << 5, 1, 3, 6),              // PAE: EDX.PAE[6]
+            (1 << 6, 1, 3, 7),              // MCE: EDX.MCE[7]
+            (1 << 7, 1, 3, 13),             // PGE: EDX.PGE[13]
+            (1 << 9, 1, 3, 24),             // OSFXSR: EDX.FXSR[24]
+            (1 << 10, 1, 3, 25),            // OSXMMEXCPT: EDX.SSE[25]
+            (1 << 11, 7, 2, 2),             // UMIP: CPUID.(7,0):ECX.UMIP[2]
+            (1 << 12, 7, 2, 16),            // LA57: ECX.LA57[16]
+            (1 << 13, 1, 2, 5),             // VMXE: CPUID.1:ECX.VMX[5]
+            (1 << 14, 1, 2, 6),             // SMXE: ECX.SMX[6]
+            (1 << 16, 7, 1, 0),             // FSGSBASE: CPUID.(7,0):EBX.FSGSBASE[0]
+            (1 << 17, 1, 2, 17),            // PCIDE: CPUID.1:ECX.PCID[17]
+            (1 << 18, 1, 2, 26),            // OSXSAVE: ECX.XSAVE[26]
+            (1 << 20, 7, 1, 7),             // SMEP: CPUID.(7,0):EBX.SMEP[7]
+            (1 << 21, 7, 1, 20),            // SMAP: EBX.SMAP[20]
+            (1 << 22, 7, 2, 3),             // PKE: ECX.PKU[3]
+            (1 << 23, 7, 2, 7),             // CET: ECX.CET_SS[7]
+            (1 << 24, 7, 2, 31),            // PKS: ECX.PKS[31]
+        ];
+        // With every feature: bits 14:0, 18:16 and 24:20; 15 and 19 (Key Locker, not derived)
+        // and everything above 24 stay reserved.
+        let all: u64 = 0x7fff | (0x7 << 16) | (0x1f << 20);
+        assert_eq!(GuestFeatures::from_cpuid(everything).cr4.bits(), all);
+        assert_eq!(table.iter().fold(1 << 8, |m, r| m | r.0), all, "the table covers every bit");
+        for (cr4_bits, leaf, reg, bit) in table {
+            let without = |l: u32, s: u32| {
+                let mut r = everything(l, s);
+                if l == leaf {
+                    r[reg] &= !(1 << bit);
+                }
+                r
+            };
+            let f = GuestFeatures::from_cpuid(without);
+            assert_eq!(f.cr4.bits(), all & !cr4_bits, "CR4 {cr4_bits:#x} without CPUID.{leaf:#x}[{reg}] bit {bit}");
+            // Setting a bit the CPU does not have is #GP (SDM MOV CR: reserved bit in CR4).
+            let lowest = cr4_bits & cr4_bits.wrapping_neg();
+            assert_eq!(check_cr4_write(&real_mode(), lowest, &f), Err(Fault::Gp), "CR4 bit {lowest:#x}");
+        }
+        // VME and PVI are both there with CPUID.1:EDX.VME, and both writable.
+        let f = GuestFeatures::from_cpuid(everything);
+        assert_eq!(check_cr4_write(&real_mode(), 0b11, &f), Ok(0b11));
+    }
+
+    #[test]
+    fn leaf_7_features_count_only_when_the_cpu_has_leaf_7() {
+        // SDM Vol. 2A CPUID: a leaf above the maximum basic leaf (CPUID.0:EAX) returns the data
+        // of the highest basic leaf, not leaf 7's; its bits mean nothing.
+        let f = GuestFeatures::from_cpuid(everything);
+        let leaf7_bits: u64 = (1 << 11) | (1 << 12) | (1 << 16) | (1 << 20) | (1 << 21) | (1 << 22) | (1 << 23) | (1 << 24);
+        assert_eq!(f.cr4.bits() & leaf7_bits, leaf7_bits);
+        let max6 = GuestFeatures::from_cpuid(|l, s| if l == 0 { [6, 0, 0, 0] } else { everything(l, s) });
+        assert_eq!(max6.cr4.bits() & leaf7_bits, 0);
+        assert_eq!(check_cr4_write(&real_mode(), 1 << 16, &max6), Err(Fault::Gp), "FSGSBASE");
+        assert_eq!(check_cr4_write(&real_mode(), 1 << 16, &f), Ok(1 << 16));
+        // Without leaf 0xD there are no XCR0 components to enable either.
+        assert!(max6.xcr0.is_empty());
+    }
+
+    #[test]
+    fn efer_nxe_follows_cpuid_extended_leaf_nx() {
+        // EFER.NXE (bit 11) exists only with CPUID.8000_0001H:EDX.NX[20] (SDM Vol. 3A 2.2.1).
+        let with_nx = GuestFeatures::from_cpuid(full);
+        assert!(with_nx.nx);
+        assert_eq!(check_efer_write(&real_mode(), 1 << 11, &with_nx), Ok(1 << 11));
+        let no_nx = GuestFeatures::from_cpuid(|l, s| if l == 0x8000_0001 { [0; 4] } else { full(l, s) });
+        assert!(!no_nx.nx);
+        assert_eq!(check_efer_write(&real_mode(), 1 << 11, &no_nx), Err(Fault::Gp));
+        // A CPU whose highest extended leaf is 8000_0000H has no leaf 8000_0001H to ask.
+        let no_ext = GuestFeatures::from_cpuid(|l, s| if l == 0x8000_0000 { [0x8000_0000, 0, 0, 0] } else { full(l, s) });
+        assert!(!no_ext.nx);
+        assert_eq!(no_ext.phys_bits, 36, "and no 8000_0008H: MAXPHYADDR is 36");
+    }
+
+    #[test]
+    fn la57_may_stay_set_in_ia32e_mode() {
+        // SDM Vol. 3A 4.1.1: MOV to CR4 cannot *change* LA57 (bit 12) while EFER.LMA = 1;
+        // writing it back unchanged is fine, with it set or clear.
+        let f = features();
+        let mut m = long_mode();
+        m.cr4 = (1 << 5) | (1 << 12);
+        assert_eq!(check_cr4_write(&m, (1 << 5) | (1 << 12) | (1 << 7), &f), Ok((1 << 5) | (1 << 12) | (1 << 7)));
+        assert_eq!(check_cr4_write(&m, 1 << 5, &f), Err(Fault::Gp), "clearing LA57 in IA-32e mode");
+        m.cr4 = 1 << 5;
+        assert_eq!(check_cr4_write(&m, (1 << 5) | (1 << 7), &f), Ok((1 << 5) | (1 << 7)));
+        // Outside IA-32e mode LA57 may change freely (it takes effect when paging starts).
+        let mut pm = real_mode();
+        pm.cr4 = 1 << 12;
+        assert_eq!(check_cr4_write(&pm, 0, &f), Ok(0));
+    }
+
+    #[test]
+    fn xsetbv_amx_tilecfg_and_tiledata_go_together() {
+        // SDM Vol. 1 13.3: XCR0[17] (TILECFG) and XCR0[18] (TILEDATA) are both 0 or both 1;
+        // XSETBV with exactly one of them is #GP.
+        let amx = GuestFeatures::from_cpuid(|l, s| if l == 0xd { [(1 << 18) | (1 << 17) | 0x2ff, 0, 0, 0] } else { full(l, s) });
+        let osx = 1 << 18;
+        assert_eq!(check_xsetbv(0, osx, 0, (1 << 17) | 0b11, &amx), Err(Fault::Gp));
+        assert_eq!(check_xsetbv(0, osx, 0, (1 << 18) | 0b11, &amx), Err(Fault::Gp));
+        assert_eq!(check_xsetbv(0, osx, 0, (3 << 17) | 0b11, &amx).map(|x| x.bits()), Ok((3 << 17) | 0b11));
+        // MPX likewise: XCR0[3] (BNDREGS) and XCR0[4] (BNDCSR).
+        assert_eq!(check_xsetbv(0, osx, 0, (1 << 4) | 0b11, &amx), Err(Fault::Gp));
+        assert_eq!(check_xsetbv(0, osx, 0, (1 << 3) | 0b11, &amx), Err(Fault::Gp));
+    }
+
+    #[test]
+    fn exactly_the_architectural_vectors_push_an_error_code() {
+        // SDM Vol. 3A Table 6-1: #DF 8, #TS 10, #NP 11, #SS 12, #GP 13, #PF 14, #AC 17, #CP 21;
+        // APM Vol. 2 8.2: #VC 29, #SX 30. No other vector 0-31 pushes one, and no external
+        // interrupt vector (32-255) does.
+        for v in 0..=255u8 {
+            let pushes = matches!(v, 8 | 10 | 11 | 12 | 13 | 14 | 17 | 21 | 29 | 30);
+            assert_eq!(exception_has_error_code(v), pushes, "vector {v}");
+            assert_eq!(exception_error_code(v, Some(0x2a), true), pushes.then_some(0x2a), "vector {v}");
+            assert_eq!(exception_error_code(v, Some(0x2a), false), None, "vector {v} in real mode");
+        }
+    }
+
     #[test]
     fn cr3_reserved_bits_follow_maxphyaddr() {
         let f = features();

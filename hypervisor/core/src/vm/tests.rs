@@ -603,3 +603,142 @@ fn string_outs_to_the_test_exit_port_stops_the_guest() {
     let e = Exit::Io { port: 0xf4, size: 4, write: true, string: Some(StringIo { rep: false, addr_size: 8, seg: Seg::Ds }) };
     assert_eq!(run(e, &mut cpu, &mut g).0, Action::Stop(StopReason::TestExit(7)));
 }
+
+/// 32-bit paging (SDM Vol. 3A 4.3) in the fake RAM: page directory at 0x2000 whose entry 0
+/// points at a page table at 0x3000; `maps` gives (linear page number, physical address) pairs
+/// for the first 4 MiB. Every entry is present, writable and user (bits 0, 1, 2).
+fn paging_32(cpu: &mut FakeCpu, g: &mut Guest, maps: &[(usize, u32)]) {
+    g.ram.0[0x2000..0x2004].copy_from_slice(&(0x3000u32 | 0b111).to_le_bytes());
+    for &(page, phys) in maps {
+        let pte = 0x3000 + 4 * page;
+        g.ram.0[pte..pte + 4].copy_from_slice(&(phys | 0b111).to_le_bytes());
+    }
+    cpu.cr0 = (1 << 31) | 1; // PG, PE
+    cpu.cr3 = 0x2000;
+}
+
+#[test]
+fn an_element_crossing_a_page_boundary_is_split_between_the_two_pages() {
+    // Linear pages 0x10 and 0x11 are the physical pages 0x5000 and 0x8000: an access that
+    // crosses from one to the other takes its first bytes from the end of the first page and
+    // the rest from the start of the second (each byte goes through its own translation,
+    // SDM Vol. 3A 4.3), not from the physical bytes after the first.
+    let (mut cpu, mut g) = (FakeCpu::default(), guest());
+    paging_32(&mut cpu, &mut g, &[(0x10, 0x5000), (0x11, 0x8000)]);
+    g.ram.0[0x5ffe..0x6002].copy_from_slice(&[0x04, 0x03, 0xee, 0xee]);
+    g.ram.0[0x8000..0x8002].copy_from_slice(&[0x02, 0x01]);
+    // OUTSD from DS:0x10ffe: the dword is read little-endian (SDM Vol. 1 1.3.1).
+    cpu.gprs.rsi = 0x10ffe;
+    let e = Exit::Io { port: 0xf4, size: 4, write: true, string: Some(StringIo { rep: false, addr_size: 4, seg: Seg::Ds }) };
+    assert_eq!(run(e, &mut cpu, &mut g).0, Action::Stop(StopReason::TestExit(0x0102_0304)));
+    assert_eq!(cpu.gprs.rsi, 0x11002);
+    // INSW to ES:0x10fff: one byte at the end of physical page 0x5000, one at 0x8000 (an
+    // unclaimed port reads all ones).
+    cpu.gprs.rdi = 0x10fff;
+    let e = Exit::Io { port: 0x1234, size: 2, write: false, string: Some(StringIo { rep: false, addr_size: 4, seg: Seg::Es }) };
+    assert_eq!(run(e, &mut cpu, &mut g).0, Action::Resume);
+    assert_eq!((g.ram.0[0x5fff], g.ram.0[0x6000], g.ram.0[0x8000], g.ram.0[0x8001]), (0xff, 0xee, 0xff, 0x01));
+    assert_eq!((cpu.gprs.rdi, cpu.injected.len()), (0x11001, 0));
+}
+
+#[test]
+fn insb_stores_the_byte_the_port_returns() {
+    // INSB from COM1's LSR (0x3fd): the 16550 reports THRE (bit 5) and TEMT (bit 6) with
+    // nothing to send, 0x60; exactly one byte is stored at ES:DI (SDM INS).
+    let (mut cpu, mut g) = (FakeCpu::default(), guest());
+    g.ram.0[0x400..0x402].copy_from_slice(&[0xaa, 0xaa]);
+    cpu.gprs.rdi = 0x400;
+    let e = Exit::Io { port: 0x3fd, size: 1, write: false, string: Some(StringIo { rep: false, addr_size: 2, seg: Seg::Es }) };
+    assert_eq!(run(e, &mut cpu, &mut g).0, Action::Resume);
+    assert_eq!(&g.ram.0[0x400..0x402], &[0x60, 0xaa]);
+    assert_eq!((cpu.gprs.rdi, cpu.skipped), (0x401, 1));
+}
+
+#[test]
+fn a32_string_io_in_64_bit_mode_uses_esi_and_ecx_and_zero_extends_them() {
+    // 64-bit mode with a 67h prefix: the address size is 32 bits, so OUTS reads at ESI and
+    // REP counts ECX, ignoring bits 63:32; the updated registers are 32-bit results and are
+    // zero-extended to 64 bits (SDM Vol. 1 3.4.1.1, Vol. 2B OUTS and REP).
+    let (mut cpu, mut g) = (FakeCpu::default(), guest());
+    // 4-level paging (SDM Vol. 3A 4.5): PML4 0x2000 -> PDPT 0x3000 -> PD 0x4000, whose entry 0
+    // maps the first 2 MiB as one page (PS, bit 7), identity.
+    g.ram.0[0x2000..0x2008].copy_from_slice(&(0x3000u64 | 0b11).to_le_bytes());
+    g.ram.0[0x3000..0x3008].copy_from_slice(&(0x4000u64 | 0b11).to_le_bytes());
+    g.ram.0[0x4000..0x4008].copy_from_slice(&((1u64 << 7) | 0b11).to_le_bytes());
+    cpu.cr0 = (1 << 31) | 1;
+    cpu.cr3 = 0x2000;
+    cpu.cr4 = 1 << 5; // PAE
+    cpu.efer = (1 << 8) | (1 << 10); // LME, LMA
+    cpu.cs_l = true;
+    g.ram.0[0x100..0x102].copy_from_slice(b"ok");
+    cpu.gprs.rsi = 0xdead_0000_0100;
+    cpu.gprs.rcx = 0xbeef_0000_0002;
+    let e = Exit::Io { port: 0x3f8, size: 1, write: true, string: Some(StringIo { rep: true, addr_size: 4, seg: Seg::Ds }) };
+    let (a, out) = run(e, &mut cpu, &mut g);
+    assert_eq!((a, out.as_slice()), (Action::Resume, b"ok".as_slice()));
+    assert_eq!((cpu.gprs.rsi, cpu.gprs.rcx, cpu.skipped), (0x102, 0, 1));
+    assert!(cpu.injected.is_empty());
+}
+
+#[test]
+fn a_rep_of_exactly_the_split_size_completes_in_one_exit() {
+    // When the count reaches 0 on the last element an exit may move, the instruction is done:
+    // the guest continues after it instead of re-executing a REP with RCX = 0.
+    let (mut cpu, mut g) = (FakeCpu::default(), guest());
+    cpu.gprs.rcx = string_io::MAX_PER_EXIT;
+    let (a, out) = run(outs(true), &mut cpu, &mut g);
+    assert_eq!((a, out.len() as u64), (Action::Resume, string_io::MAX_PER_EXIT));
+    assert_eq!((cpu.gprs.rcx, cpu.skipped, cpu.rip), (0, 1, LEN));
+}
+
+#[test]
+fn cpuid_osxsave_mirrors_the_guests_cr4_osxsave() {
+    // SDM Vol. 2A CPUID, leaf 1 ECX bit 27 (OSXSAVE): set exactly when the OS has set
+    // CR4.OSXSAVE (bit 18); ECX bit 26 (XSAVE) is the CPU's and does not depend on it.
+    let (mut cpu, mut g) = (FakeCpu::default(), guest());
+    let leaf1_ecx = |cpu: &mut FakeCpu, g: &mut Guest| {
+        cpu.gprs.rax = 1;
+        cpu.gprs.rcx = 0;
+        assert_eq!(run(Exit::Cpuid, cpu, g).0, Action::Resume);
+        cpu.gprs.rcx
+    };
+    let ecx = leaf1_ecx(&mut cpu, &mut g);
+    assert_eq!((ecx & (1 << 27), ecx & (1 << 26)), (0, 1 << 26));
+    cpu.cr4 = 1 << 5; // PAE only
+    assert_eq!(leaf1_ecx(&mut cpu, &mut g) & (1 << 27), 0);
+    cpu.cr4 = 1 << 18;
+    assert_eq!(leaf1_ecx(&mut cpu, &mut g) & (1 << 27), 1 << 27);
+    cpu.cr4 = (1 << 18) | (1 << 5);
+    assert_eq!(leaf1_ecx(&mut cpu, &mut g) & (1 << 27), 1 << 27);
+}
+
+#[test]
+fn cr0_writes_that_keep_paging_keep_ia32e_mode() {
+    // SDM Vol. 3A 10.8.5: EFER.LMA = EFER.LME and CR0.PG. Setting CR0.WP (bit 16) in 64-bit
+    // mode leaves PG = 1, so LMA stays 1 and EFER is untouched.
+    let (mut cpu, mut g) = (FakeCpu::default(), guest());
+    cpu.cr0 = (1 << 31) | (1 << 4) | 1;
+    cpu.cr4 = 1 << 5;
+    cpu.efer = (1 << 8) | (1 << 10);
+    cpu.cs_l = true;
+    assert_eq!(run(Exit::CrWrite { cr: 0, value: cpu.cr0 | (1 << 16) }, &mut cpu, &mut g).0, Action::Resume);
+    assert_eq!((cpu.cr0, cpu.efer), ((1 << 31) | (1 << 16) | (1 << 4) | 1, (1 << 8) | (1 << 10)));
+    assert!(cpu.injected.is_empty());
+}
+
+#[test]
+fn xsetbv_value_is_edx_eax() {
+    // SDM Vol. 2D XSETBV: XCR0 <- EDX:EAX; bits 63:32 of RAX and RDX are ignored. EDX = 1 asks
+    // for XCR0 bit 32, which this CPU does not offer: #GP(0), XCR0 unchanged.
+    let (mut cpu, mut g) = (FakeCpu::default(), guest());
+    cpu.cr0 = 1;
+    cpu.cr4 = 1 << 18;
+    cpu.gprs.rax = 0b111;
+    cpu.gprs.rdx = 1;
+    run(Exit::Xsetbv, &mut cpu, &mut g);
+    assert_eq!((cpu.injected.as_slice(), cpu.xcr0, cpu.skipped), ([(GP, Some(0))].as_slice(), 0, 0));
+    cpu.gprs.rax = 0xffff_ffff_0000_0001; // EAX = 1: x87 only
+    cpu.gprs.rdx = 0xffff_ffff_0000_0000; // EDX = 0
+    assert_eq!(run(Exit::Xsetbv, &mut cpu, &mut g).0, Action::Resume);
+    assert_eq!((cpu.xcr0, cpu.skipped, cpu.injected.len()), (1, 1, 1));
+}
