@@ -222,6 +222,15 @@ pub fn check_cr0_write(m: &ModeView, value: u64) -> Result<(u64, bool), Fault> {
     if old_pg && !new_pg && m.in_64bit_mode() {
         return Err(Fault::Gp);
     }
+    // With PCIDs enabled paging cannot be turned off (SDM Vol. 3A 4.10.1: #GP on clearing
+    // CR0.PG while CR4.PCIDE = 1), and write protection cannot be turned off under CET
+    // (SDM Vol. 3A 2.5: CR0.WP cannot be cleared while CR4.CET = 1).
+    if old_pg && !new_pg && m.cr4 & Cr4::PCIDE.bits() != 0 {
+        return Err(Fault::Gp);
+    }
+    if !new.contains(Cr0::WP) && m.cr4 & Cr4::CET.bits() != 0 {
+        return Err(Fault::Gp);
+    }
     // EFER.LMA follows LME & PG (SDM Vol. 3A 10.8.5).
     let lma = efer.contains(Efer::LME) && new_pg;
     Ok((value, lma))
@@ -241,6 +250,10 @@ pub fn check_cr4_write(m: &ModeView, value: u64, f: &GuestFeatures) -> Result<u6
         return Err(Fault::Gp);
     }
     if long && (m.cr4 ^ value) & Cr4::LA57.bits() != 0 {
+        return Err(Fault::Gp);
+    }
+    // CET needs write protection on (SDM Vol. 3A 2.5: #GP on setting CR4.CET while CR0.WP = 0).
+    if new.contains(Cr4::CET) && m.cr0 & Cr0::WP.bits() == 0 {
         return Err(Fault::Gp);
     }
     // PCIDE: only in IA-32e mode, and only with CR3[11:0] = 0 when it is being set (SDM
@@ -424,6 +437,26 @@ mod tests {
         assert_eq!(check_cr0_write(&compat, 0x11), Ok((0x11, false)));
         // Other bits change freely in 64-bit mode, LMA stays.
         assert_eq!(check_cr0_write(&l, l.cr0 | (1 << 16)), Ok((l.cr0 | (1 << 16), true)));
+    }
+
+    #[test]
+    fn pcide_keeps_paging_on_and_cet_keeps_write_protection_on() {
+        let f = features();
+        // Compatibility mode (CS.L = 0) may normally clear PG, but not with CR4.PCIDE = 1
+        // (SDM Vol. 3A 4.10.1).
+        let compat = ModeView { cs_l: false, ..long_mode() };
+        assert!(check_cr0_write(&compat, 0x11).is_ok());
+        let pcid = ModeView { cr4: compat.cr4 | (1 << 17), ..compat };
+        assert_eq!(check_cr0_write(&pcid, 0x11), Err(Fault::Gp));
+        // CR4.CET (bit 23) only with CR0.WP (bit 16), and WP cannot be cleared under CET
+        // (SDM Vol. 3A 2.5).
+        let no_wp = long_mode();
+        assert_eq!(check_cr4_write(&no_wp, (1 << 5) | (1 << 23), &f), Err(Fault::Gp));
+        let wp = ModeView { cr0: no_wp.cr0 | (1 << 16), ..no_wp };
+        assert_eq!(check_cr4_write(&wp, (1 << 5) | (1 << 23), &f), Ok((1 << 5) | (1 << 23)));
+        let cet = ModeView { cr4: wp.cr4 | (1 << 23), ..wp };
+        assert_eq!(check_cr0_write(&cet, cet.cr0 & !(1 << 16)), Err(Fault::Gp));
+        assert!(check_cr0_write(&cet, cet.cr0).is_ok());
     }
 
     #[test]
