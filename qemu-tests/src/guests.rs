@@ -12,8 +12,9 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 /// Every test guest, by binary name.
-pub const GUESTS: [&str; 18] =
-    ["modes", "checks", "overrun", "vmx-ud", "halt", "busy", "irqoff", "echo", "crash", "irqecho", "com2", "isolate-a", "isolate-b", "arch", "smphalt", "pit", "worker", "printer"];
+pub const GUESTS: [&str; 19] = [
+    "modes", "checks", "overrun", "vmx-ud", "halt", "busy", "irqoff", "echo", "crash", "irqecho", "com2", "isolate-a", "isolate-b", "arch", "smphalt", "pit", "worker", "printer", "mmio",
+];
 
 /// Where the guest image is loaded (and where its first byte, the real-mode entry, runs).
 pub const LOAD_ADDRESS: u64 = 0x8000;
