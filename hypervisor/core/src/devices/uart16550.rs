@@ -3,24 +3,48 @@
 //! The exit handler turns each guest `IN`/`OUT` on the eight ports into [`Uart16550::read`] /
 //! [`Uart16550::write`] with the offset from the base port; the console side feeds typed bytes
 //! with [`Uart16550::receive`] (checking [`Uart16550::rx_space`] first so it can hold input back
-//! instead of losing it) and collects what the guest sent with [`Uart16550::take_output`]. After
-//! every call the hypervisor samples [`Uart16550::interrupt_line`] and drives the guest's IRQ 4
-//! input with it. Nothing here touches hardware or keeps time, so all of it is tested on the host.
+//! instead of losing it) and takes what the guest sent out of the transmitter with
+//! [`Uart16550::drain_output`] at the pace of its own serial line (or all of it with
+//! [`Uart16550::take_output`]). After every call, draining included, the hypervisor samples
+//! [`Uart16550::interrupt_line`] and drives the guest's IRQ 4 input with it. Nothing here
+//! touches hardware or keeps time, so all of it is tested on the host.
 //!
 //! Register rules follow the National Semiconductor PC16550D datasheet ("PC16550D Universal
-//! Asynchronous Receiver/Transmitter with FIFOs"; the register sections and Table II "Summary of
-//! Accessible Registers", Table III "UART Reset Configuration", Table IV "Interrupt Control
-//! Functions"). Where the datasheet leaves room, the model does what QEMU's `hw/char/serial.c`
-//! does, because that is what Linux's 8250 driver and other guests are known to work with.
+//! Asynchronous Receiver/Transmitter with FIFOs", June 1995; section 8 "Registers" and Table II
+//! "Summary of Accessible Registers", Table III "UART Reset Configuration", Table IV "Interrupt
+//! Control Functions"). Where the datasheet leaves room, the model does what QEMU's
+//! `hw/char/serial.c` does, because that is what Linux's 8250 driver and other guests are known
+//! to work with.
 //!
-//! # Why transmission is immediate
+//! # The transmitter: a FIFO the host drains
 //!
-//! A virtual UART has no wire and no baud clock: the divisor latch and LCR framing are stored
-//! and read back but change nothing. A byte written to THR goes straight into the output queue,
-//! so the transmitter is empty again before the guest's next instruction: LSR.THRE and LSR.TEMT
-//! are always set, the TX FIFO is always empty (clearing it only re-arms the THRE interrupt),
-//! and a guest polling LSR never waits. The output queue grows until the host takes it; the
-//! exit handler drains it after each access.
+//! A virtual UART has no baud clock: the divisor latch and LCR framing are stored and read back
+//! but change nothing. The wire is the host's serial line, which is slower than a guest can
+//! write, so the transmitter buffers as the chip does and the host applies the backpressure:
+//!
+//! * A THR write puts the byte in the TX FIFO, 16 bytes deep in FIFO mode (FCR bit 0: "In the
+//!   FIFO mode transmitter and receiver are each buffered with 16 byte FIFO's", datasheet
+//!   features list; section 8.11: "1 to 16 characters may be written to the XMIT FIFO" per THRE
+//!   interrupt) and a single byte, the Transmitter Holding Register, in non-FIFO (16450) mode
+//!   (section 8.4, LSR bit 5).
+//! * The host moves bytes out, oldest first, with [`Uart16550::drain_output`] (at most `max` at
+//!   a time, as many as its line has room for) or all of them with [`Uart16550::take_output`];
+//!   [`Uart16550::tx_pending`] says how many wait.
+//! * LSR.THRE (bit 5) is set exactly while the FIFO (non-FIFO mode: THR) is empty; LSR.TEMT
+//!   (bit 6) while the FIFO *and* the transmitter shift register are (section 8.4; section
+//!   8.12 for the FIFO polled mode). The shift register is not modelled: a byte goes from the
+//!   FIFO to the host in one step, so the shift register counts as empty whenever the FIFO is,
+//!   and TEMT always equals THRE.
+//! * A THR write while the FIFO is full (16 bytes; non-FIFO mode: 1) loses the written byte,
+//!   and [`Uart16550::tx_overruns`] counts it. The chip has no room for it and no status bit
+//!   reports it (LSR.OE is the receiver's), so a correct driver never does this: it writes only
+//!   after THRE, at most 16 bytes at a time. The bytes already queued are kept, in order.
+//! * FCR bit 2 empties the TX FIFO, dropping its bytes, and so does any change of FCR bit 0
+//!   (section 8.5); bytes already drained are gone to the host and not affected.
+//!
+//! A host that drains everything after every guest port write gets the ideal transmitter of
+//! earlier versions of this model: THRE and TEMT are set whenever the guest looks, and the
+//! THRE interrupt follows every THR write (raised by the drain; see below).
 //!
 //! # How interrupts leave the device
 //!
@@ -35,13 +59,18 @@
 //!
 //! # Interrupt rules chosen
 //!
-//! * **THRE** (QEMU's `thr_ipending`): a latched flag, set when IER.ETBEI goes 0->1 (the THR
-//!   is always empty), after every THR write while ETBEI is set (the write clears it, and the
-//!   byte leaves at once, so THR is empty again) and when the TX FIFO is reset while ETBEI is
-//!   set. It is cleared by an IIR read that reports THRE as the highest-priority source, and by
-//!   clearing ETBEI. Linux's start-up probe (enable ETBEI, read IIR, disable, enable, read IIR
-//!   again) therefore sees a THRE interrupt both times, and its interrupt handler, which writes
-//!   up to 16 bytes per THRE interrupt and clears ETBEI when it has nothing left, terminates.
+//! * **THRE** (QEMU's `thr_ipending`): a latched flag, only ever set while IER.ETBEI is set
+//!   and the TX FIFO is empty (section 8.11: the interrupt "occurs when the XMIT FIFO is
+//!   empty"). It is raised when a drain by the host empties the FIFO (a drain that moves
+//!   nothing raises nothing), when ETBEI goes 0->1 with the FIFO empty (enabling it while bytes
+//!   are queued raises nothing until the drain that empties the FIFO), when the TX FIFO is
+//!   reset (FCR bit 2, or FCR bit 0 changing: "The first transmitter interrupt after changing
+//!   FCR0 will be immediate, if it is enabled", section 8.11), and after a THR write in
+//!   loopback mode (the byte leaves at once). It is cleared by writing THR and by an IIR read
+//!   that reports THRE as the highest-priority source (Table IV), and by clearing ETBEI.
+//!   Linux's start-up probe (enable ETBEI, read IIR, disable, enable, read IIR again) therefore
+//!   sees a THRE interrupt both times, and its interrupt handler, which writes up to 16 bytes
+//!   per THRE interrupt and clears ETBEI when it has nothing left, terminates.
 //! * **Character timeout**: without a timer, the "no FIFO activity for four character times"
 //!   condition is taken as already met. In FIFO mode, whenever the RX FIFO holds data but fewer
 //!   bytes than the trigger level, IIR reports the timeout (0x0C) at once. This is what makes a
@@ -60,6 +89,15 @@
 //!   register in non-FIFO mode: the data the guest has not read yet is never destroyed.
 //! * In loopback mode the serial input is disconnected from the receiver (as on the chip), so
 //!   `rx_space` is 0 and `receive` accepts nothing, without flagging an overrun.
+//! * In loopback mode a THR write goes straight to the receiver ("data that is transmitted is
+//!   immediately received", section 8.8) and never enters the TX FIFO. Bytes queued before
+//!   loopback was entered stay in the TX FIFO for the host (on the chip they would be shifted
+//!   into the receiver, the serial output being held marking).
+//! * A THR write to a full transmitter loses the written byte. The datasheet does not say
+//!   what a write to a full XMIT FIFO does; QEMU drops the oldest byte there, and in non-FIFO
+//!   mode QEMU and other 16550-compatible cores overwrite the holding register, also losing
+//!   the older byte. One byte is lost either way; this way the host gets the earlier ones
+//!   intact, in the order the guest wrote them.
 //! * Reading RBR with nothing received returns 0.
 //! * The divisor latch is undefined at power-on on the chip (Table III); the model starts at 1
 //!   (115200 baud with the PC's 1.8432 MHz clock), what PC firmware leaves.
@@ -137,7 +175,7 @@ pub const IIR_FIFO_ENABLED: u8 = 0xc0;
 pub const FCR_FIFO_ENABLE: u8 = 0x01;
 /// FCR bit 1: clear the RX FIFO (self-clearing; the shift register and LSR errors stay).
 pub const FCR_CLEAR_RX: u8 = 0x02;
-/// FCR bit 2: clear the TX FIFO (self-clearing).
+/// FCR bit 2: clear the TX FIFO, dropping the bytes the host has not drained (self-clearing).
 pub const FCR_CLEAR_TX: u8 = 0x04;
 /// FCR bit 3: DMA mode select (RXRDY/TXRDY pin behaviour; no pins here, kept for completeness).
 pub const FCR_DMA_MODE: u8 = 0x08;
@@ -176,9 +214,10 @@ pub const LSR_PE: u8 = 0x04;
 pub const LSR_FE: u8 = 0x08;
 /// LSR bit 4, BI: break interrupt (never produced).
 pub const LSR_BI: u8 = 0x10;
-/// LSR bit 5, THRE: THR (FIFO mode: the TX FIFO) is empty. Always set in this model.
+/// LSR bit 5, THRE: THR (FIFO mode: the TX FIFO) is empty.
 pub const LSR_THRE: u8 = 0x20;
-/// LSR bit 6, TEMT: THR and the transmit shift register are both empty. Always set here.
+/// LSR bit 6, TEMT: THR (FIFO mode: the TX FIFO) and the transmit shift register are both
+/// empty. The shift register counts as empty whenever the FIFO is, so this equals THRE here.
 pub const LSR_TEMT: u8 = 0x40;
 /// LSR bit 7: FIFO mode, a PE/FE/BI is in the RX FIFO. Never set here (no such errors).
 pub const LSR_RX_FIFO_ERROR: u8 = 0x80;
@@ -233,14 +272,18 @@ pub struct Uart16550 {
     fcr: u8,
     /// LSR error bits (OE only, in practice) not yet cleared by an LSR read.
     lsr_errors: u8,
-    /// THRE interrupt latch (QEMU's `thr_ipending`); only ever set while IER.ETBEI is set.
+    /// THRE interrupt latch (QEMU's `thr_ipending`); only ever set while IER.ETBEI is set and
+    /// the TX FIFO is empty.
     thr_pending: bool,
     /// MSR delta bits not yet cleared by an MSR read.
     msr_delta: u8,
     /// RX FIFO (holds at most 1 byte in non-FIFO mode: the receiver buffer register).
     rx: VecDeque<u8>,
-    /// Bytes transmitted by the guest and not yet taken by the host.
-    output: Vec<u8>,
+    /// TX FIFO (holds at most 1 byte in non-FIFO mode: the transmitter holding register):
+    /// bytes the guest wrote to THR that the host has not drained yet.
+    tx: VecDeque<u8>,
+    /// THR writes lost because the TX FIFO was full.
+    tx_overruns: u64,
 }
 
 impl Default for Uart16550 {
@@ -267,7 +310,8 @@ impl Uart16550 {
             thr_pending: false,
             msr_delta: 0,
             rx: VecDeque::with_capacity(FIFO_SIZE),
-            output: Vec::new(),
+            tx: VecDeque::with_capacity(FIFO_SIZE),
+            tx_overruns: 0,
         }
     }
 
@@ -350,18 +394,40 @@ impl Uart16550 {
         if self.loopback() {
             0
         } else {
-            self.rx_capacity() - self.rx.len()
+            self.fifo_capacity() - self.rx.len()
         }
     }
 
-    /// Guest -> host: the bytes the guest transmitted since the last call, in order.
-    pub fn take_output(&mut self) -> Vec<u8> {
-        core::mem::take(&mut self.output)
+    /// Guest -> host: moves at most `max` bytes from the TX FIFO to the end of `out`, oldest
+    /// first, and returns how many it moved. This is the transmitter sending them: a drain that
+    /// empties the FIFO sets LSR.THRE and LSR.TEMT and, with IER.ETBEI set, raises the THRE
+    /// interrupt, so sample [`interrupt_line`](Self::interrupt_line) afterwards. A host whose
+    /// line is slower than the guest passes the room it has; `usize::MAX` drains everything.
+    pub fn drain_output(&mut self, out: &mut Vec<u8>, max: usize) -> usize {
+        let n = max.min(self.tx.len());
+        out.extend(self.tx.drain(..n));
+        if n > 0 && self.tx.is_empty() && self.ier & IER_ETBEI != 0 {
+            self.thr_pending = true;
+        }
+        n
     }
 
-    /// Like [`take_output`](Self::take_output), appending to the caller's buffer instead.
-    pub fn drain_output(&mut self, out: &mut Vec<u8>) {
-        out.append(&mut self.output);
+    /// Guest -> host: everything in the TX FIFO, in order ([`drain_output`](Self::drain_output)
+    /// with no limit), for hosts with unlimited room.
+    pub fn take_output(&mut self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.tx.len());
+        self.drain_output(&mut out, usize::MAX);
+        out
+    }
+
+    /// Bytes in the TX FIFO waiting for the host (at most 16; 1 in non-FIFO mode).
+    pub fn tx_pending(&self) -> usize {
+        self.tx.len()
+    }
+
+    /// THR writes lost so far because the TX FIFO was full: the guest did not wait for THRE.
+    pub fn tx_overruns(&self) -> u64 {
+        self.tx_overruns
     }
 
     /// Level of the guest's IRQ 4 input: some enabled interrupt is pending, MCR.OUT2 is set
@@ -384,8 +450,9 @@ impl Uart16550 {
         self.mcr & MCR_LOOP != 0
     }
 
-    /// 16 bytes in FIFO mode; otherwise only the receiver buffer register.
-    fn rx_capacity(&self) -> usize {
+    /// Depth of each FIFO: 16 bytes in FIFO mode; otherwise only the receiver buffer register
+    /// and the transmitter holding register.
+    fn fifo_capacity(&self) -> usize {
         if self.fifo_enabled() {
             FIFO_SIZE
         } else {
@@ -416,8 +483,9 @@ impl Uart16550 {
 
     fn lsr(&self) -> u8 {
         let dr = if self.rx.is_empty() { 0 } else { LSR_DR };
-        // Transmission is immediate: THR and the shift register are always empty.
-        dr | self.lsr_errors | LSR_THRE | LSR_TEMT
+        // The shift register is empty whenever the FIFO is: TEMT follows THRE.
+        let tx = if self.tx.is_empty() { LSR_THRE | LSR_TEMT } else { 0 };
+        dr | self.lsr_errors | tx
     }
 
     /// MSR bits 7:4. In loopback the four modem-control outputs are wired to the four inputs
@@ -456,18 +524,26 @@ impl Uart16550 {
     fn transmit(&mut self, byte: u8) {
         if self.loopback() {
             // Loopback: the transmitter output is looped back to the receiver input; a full
-            // receiver overruns as it would for a byte from the line.
-            if self.rx.len() < self.rx_capacity() {
+            // receiver overruns as it would for a byte from the line. The byte never enters the
+            // TX FIFO: it leaves at once, the transmitter is as empty as before, and the THRE
+            // interrupt is re-armed as by a drain that empties the FIFO.
+            if self.rx.len() < self.fifo_capacity() {
                 self.rx.push_back(byte);
             } else {
                 self.lsr_errors |= LSR_OE;
             }
+            self.thr_pending = self.ier & IER_ETBEI != 0 && self.tx.is_empty();
         } else {
-            self.output.push(byte);
+            if self.tx.len() < self.fifo_capacity() {
+                self.tx.push_back(byte);
+            } else {
+                // No room: the byte is lost, as on the chip (see the module documentation).
+                self.tx_overruns += 1;
+            }
+            // Writing THR clears the THRE interrupt (Table IV); the FIFO holds a byte now, so
+            // it stays clear until the drain that empties the FIFO.
+            self.thr_pending = false;
         }
-        // Writing THR clears the THRE interrupt; the byte leaves at once, THR is empty again,
-        // and the interrupt is re-armed (QEMU: thr_ipending = 1 after transmitting).
-        self.thr_pending = self.ier & IER_ETBEI != 0;
     }
 
     fn write_ier(&mut self, value: u8) {
@@ -476,9 +552,10 @@ impl Uart16550 {
         self.ier = value;
         if value & IER_ETBEI == 0 {
             self.thr_pending = false;
-        } else if rising & IER_ETBEI != 0 {
-            // Enabling ETBEI with THR empty (always, here) raises THRE at once. QEMU and Bochs
-            // do this on the 0->1 edge; Linux's THRE probe and Windows rely on it.
+        } else if rising & IER_ETBEI != 0 && self.tx.is_empty() {
+            // Enabling ETBEI with the TX FIFO empty raises THRE at once. QEMU and Bochs do this
+            // on the 0->1 edge; Linux's THRE probe and Windows rely on it. With bytes queued,
+            // the drain that empties the FIFO raises it.
             self.thr_pending = true;
         }
     }
@@ -504,10 +581,13 @@ impl Uart16550 {
             // Only the FIFO: the LSR error bits stay until LSR is read.
             self.rx.clear();
         }
-        if clear_tx && self.ier & IER_ETBEI != 0 {
-            // An emptied TX FIFO is an empty THR (QEMU re-arms thr_ipending here too). The
-            // bytes already in `output` left the wire long ago and are not affected.
-            self.thr_pending = true;
+        if clear_tx {
+            // Its bytes are dropped (the host never sees them); bytes already drained are gone.
+            self.tx.clear();
+            if self.ier & IER_ETBEI != 0 {
+                // An emptied TX FIFO is an empty THR (QEMU re-arms thr_ipending here too).
+                self.thr_pending = true;
+            }
         }
     }
 
@@ -537,6 +617,15 @@ impl Uart16550 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Uart16550 {
+        /// THR writes of `bytes`, one by one.
+        fn write_all(&mut self, bytes: &[u8]) {
+            for &b in bytes {
+                self.write(THR, b);
+            }
+        }
+    }
 
     /// A UART with the given FCR programmed and IER set, OUT2 on (as Linux leaves it).
     fn uart(fcr: u8, ier: u8) -> Uart16550 {
@@ -590,20 +679,25 @@ mod tests {
     }
 
     #[test]
-    fn thr_writes_are_transmitted_at_once_in_order() {
+    fn thr_writes_reach_a_host_that_drains_after_each_write_in_order() {
+        // The exit handler's host takes everything after every port write: the transmitter is
+        // then empty whenever the guest looks (LSR bits 5 and 6 set, section 8.4).
         let mut u = Uart16550::new();
+        let mut out = Vec::new();
         for &b in b"hello\n" {
             u.write(THR, b);
+            assert_eq!(u.drain_output(&mut out, usize::MAX), 1);
             assert_eq!(u.read(LSR) & (LSR_THRE | LSR_TEMT), LSR_THRE | LSR_TEMT);
         }
-        assert_eq!(u.take_output(), b"hello\n");
-        assert!(u.take_output().is_empty(), "take_output must empty the queue");
+        assert_eq!(out, b"hello\n");
+        assert!(u.take_output().is_empty(), "draining must empty the FIFO");
         u.write(THR, b'a');
-        let mut buf = b"> ".to_vec();
-        u.drain_output(&mut buf);
+        assert_eq!(u.take_output(), b"a");
+        assert!(u.take_output().is_empty(), "take_output must empty the FIFO");
         u.write(THR, b'b');
-        u.drain_output(&mut buf);
-        assert_eq!(buf, b"> ab");
+        let mut buf = b"> ".to_vec();
+        assert_eq!(u.drain_output(&mut buf, usize::MAX), 1, "drain_output appends");
+        assert_eq!(buf, b"> b");
     }
 
     #[test]
@@ -671,10 +765,12 @@ mod tests {
         assert_eq!(u.read(IIR), IIR_THRI);
         assert_eq!(u.read(IIR), IIR_NONE);
         u.write(THR, b'a');
+        // The host drains after the write (THR is empty again: section 8.11, THRE "occurs when
+        // the XMIT FIFO is empty").
+        assert_eq!(u.take_output(), b"a");
         assert!(u.interrupt_line());
         assert_eq!(u.read(IIR), IIR_THRI);
         assert_eq!(u.read(IIR), IIR_NONE);
-        assert_eq!(u.take_output(), b"a");
     }
 
     #[test]
@@ -707,8 +803,10 @@ mod tests {
 
     #[test]
     fn linux_style_interrupt_driven_transmit_terminates() {
-        // The 8250 driver: on THRE, write up to 16 bytes; with nothing left, clear ETBEI.
+        // The 8250 driver: on THRE, write up to 16 bytes; with nothing left, clear ETBEI. The
+        // host drains after every write.
         let text: Vec<u8> = (0..40u8).map(|i| b'a' + i % 26).collect();
+        let mut out = Vec::new();
         let mut u = uart(0xc1, IER_ERBFI);
         let mut pending = &text[..];
         u.write(IER, IER_ERBFI | IER_ETBEI); // start_tx
@@ -729,13 +827,14 @@ mod tests {
                         let n = pending.len().min(FIFO_SIZE);
                         for &b in &pending[..n] {
                             u.write(THR, b);
+                            u.drain_output(&mut out, usize::MAX);
                         }
                         pending = &pending[n..];
                     }
                 }
             }
         }
-        assert_eq!(u.take_output(), text);
+        assert_eq!(out, text);
         assert_eq!(u.read(IER), IER_ERBFI);
     }
 
@@ -1053,5 +1152,365 @@ mod tests {
         assert_eq!(u.read(IIR), 0xcc);
         u.write(IER, 0); // DLM, not IER
         assert!(u.interrupt_line());
+    }
+
+    // The transmitter (module documentation, "The transmitter: a FIFO the host drains").
+
+    #[test]
+    fn fifo_mode_holds_16_bytes_and_the_17th_is_lost_and_counted() {
+        // Features list and section 8.11: in FIFO mode the XMIT FIFO holds 16 bytes; there is
+        // no room for a 17th, and no status bit reports it (LSR.OE is the receiver's, 8.4).
+        let mut u = uart(FCR_FIFO_ENABLE, 0);
+        for b in 0..16u8 {
+            u.write(THR, b);
+        }
+        assert_eq!((u.tx_pending(), u.tx_overruns()), (16, 0));
+        u.write(THR, 16);
+        assert_eq!((u.tx_pending(), u.tx_overruns()), (16, 1), "the 17th did not fit");
+        u.write(THR, 17);
+        assert_eq!(u.tx_overruns(), 2, "each lost byte counts");
+        assert_eq!(u.read(LSR) & LSR_OE, 0);
+        let want: Vec<u8> = (0..16).collect();
+        assert_eq!(u.take_output(), want, "the queued bytes are kept, in order");
+        u.write(THR, 18);
+        assert_eq!(u.take_output(), [18], "room again after the drain");
+        assert_eq!(u.tx_overruns(), 2);
+    }
+
+    #[test]
+    fn non_fifo_mode_holds_one_byte_in_thr() {
+        // 16450 (non-FIFO) mode: a single Transmitter Holding Register (section 8.4, LSR bit 5:
+        // THRE is reset "concurrently with the loading of the Transmitter Holding Register").
+        let mut u = uart(0, 0);
+        u.write(THR, b'a');
+        assert_eq!((u.tx_pending(), u.tx_overruns()), (1, 0));
+        u.write(THR, b'b');
+        assert_eq!((u.tx_pending(), u.tx_overruns()), (1, 1));
+        assert_eq!(u.take_output(), b"a");
+        // Leaving FIFO mode brings the depth back to 1 (section 8.5, FCR bit 0).
+        let mut u = uart(FCR_FIFO_ENABLE, 0);
+        u.write(FCR, 0);
+        u.write(THR, b'x');
+        u.write(THR, b'y');
+        assert_eq!((u.tx_pending(), u.tx_overruns()), (1, 1));
+        assert_eq!(u.take_output(), b"x");
+    }
+
+    #[test]
+    fn thre_and_temt_are_clear_while_bytes_are_pending_and_set_after_a_full_drain() {
+        // Section 8.4 bits 5 and 6 (8.12 in FIFO polled mode): THRE = XMIT FIFO empty, TEMT =
+        // FIFO and shift register empty; the model's shift register is empty with the FIFO.
+        for fcr in [0, FCR_FIFO_ENABLE] {
+            let mut u = uart(fcr, 0);
+            assert_eq!(u.read(LSR) & (LSR_THRE | LSR_TEMT), LSR_THRE | LSR_TEMT);
+            u.write(THR, b'z');
+            assert_eq!(u.read(LSR) & (LSR_THRE | LSR_TEMT), 0, "FCR {fcr:#x}: one byte pending");
+            let mut out = Vec::new();
+            assert_eq!(u.drain_output(&mut out, 1), 1);
+            assert_eq!(u.read(LSR) & (LSR_THRE | LSR_TEMT), LSR_THRE | LSR_TEMT, "FCR {fcr:#x}");
+            assert_eq!(out, b"z");
+        }
+    }
+
+    #[test]
+    fn a_partial_drain_keeps_thre_clear_and_moves_the_oldest_bytes() {
+        // THRE is set only when the XMIT FIFO is empty (section 8.4 bit 5), not when it has room.
+        let mut u = uart(FCR_FIFO_ENABLE, IER_ETBEI);
+        assert_eq!(u.read(IIR), 0xc2);
+        u.write_all(b"hello");
+        let mut out = Vec::new();
+        assert_eq!(u.drain_output(&mut out, 0), 0, "max 0 moves nothing");
+        assert_eq!(u.drain_output(&mut out, 2), 2);
+        assert_eq!(out, b"he");
+        assert_eq!(u.tx_pending(), 3);
+        assert_eq!(u.read(LSR) & (LSR_THRE | LSR_TEMT), 0);
+        assert_eq!(u.read(IIR), 0xc1, "no THRE interrupt while bytes remain");
+        assert_eq!(u.drain_output(&mut out, 10), 3, "at most what is there");
+        assert_eq!(out, b"hello");
+        assert_eq!(u.tx_pending(), 0);
+        assert_eq!(u.read(LSR) & (LSR_THRE | LSR_TEMT), LSR_THRE | LSR_TEMT);
+    }
+
+    #[test]
+    fn thre_interrupt_is_raised_when_a_drain_empties_the_fifo_with_etbei_set() {
+        // Section 8.11: the THRE interrupt "occurs when the XMIT FIFO is empty"; Table IV: it is
+        // reset by writing THR or by the IIR read that reports it.
+        let mut u = uart(FCR_FIFO_ENABLE, IER_ETBEI);
+        assert_eq!(u.read(IIR), 0xc2);
+        u.write_all(b"ab");
+        assert!(!u.interrupt_line());
+        let mut out = Vec::new();
+        u.drain_output(&mut out, 1);
+        assert!(!u.interrupt_line(), "one byte left");
+        u.drain_output(&mut out, 1);
+        assert!(u.interrupt_line(), "the FIFO became empty");
+        assert_eq!(u.read(IIR), 0xc2);
+        assert_eq!(u.read(IIR), 0xc1);
+        // A drain that moves nothing empties nothing: the cleared interrupt stays cleared.
+        assert_eq!(u.drain_output(&mut out, usize::MAX), 0);
+        assert_eq!(u.read(IIR), 0xc1);
+        // A THR write clears a pending THRE before the IIR read does.
+        u.write(THR, b'c');
+        u.take_output();
+        u.write(THR, b'd');
+        assert_eq!(u.read(IIR), 0xc1);
+        // Not without ETBEI.
+        u.write(IER, 0);
+        u.take_output();
+        u.write(THR, b'e');
+        u.take_output();
+        assert_eq!(u.read(IIR), 0xc1);
+        assert_eq!(out, b"ab");
+    }
+
+    #[test]
+    fn enabling_etbei_with_bytes_pending_raises_nothing_until_the_drain() {
+        // The THRE interrupt needs an empty XMIT FIFO (section 8.11); the 0->1 edge of ETBEI
+        // only raises it at once when the FIFO is already empty.
+        let mut u = uart(FCR_FIFO_ENABLE, 0);
+        u.write(THR, b'x');
+        u.write(IER, IER_ETBEI);
+        assert!(!u.interrupt_line());
+        assert_eq!(u.read(IIR), 0xc1);
+        assert_eq!(u.take_output(), b"x");
+        assert!(u.interrupt_line(), "the drain that empties the FIFO raises it");
+        assert_eq!(u.read(IIR), 0xc2);
+        assert_eq!(u.read(IIR), 0xc1);
+    }
+
+    #[test]
+    fn fcr_clear_tx_drops_the_queued_bytes_and_rearms_thre() {
+        // Section 8.5 bit 2: "clears all bytes in the XMIT FIFO"; bit 1 (RCVR) leaves it alone.
+        let mut u = uart(FCR_FIFO_ENABLE, IER_ETBEI);
+        assert_eq!(u.read(IIR), 0xc2);
+        u.write_all(b"abc");
+        u.write(FCR, FCR_FIFO_ENABLE | FCR_CLEAR_RX);
+        assert_eq!(u.tx_pending(), 3, "clearing the RX FIFO keeps the TX FIFO");
+        assert_eq!(u.read(IIR), 0xc1);
+        u.write(FCR, FCR_FIFO_ENABLE | FCR_CLEAR_TX);
+        assert_eq!(u.tx_pending(), 0);
+        assert_eq!(u.read(LSR) & (LSR_THRE | LSR_TEMT), LSR_THRE | LSR_TEMT);
+        assert_eq!(u.read(IIR), 0xc2, "an emptied FIFO is an empty THR");
+        assert!(u.take_output().is_empty(), "the dropped bytes never reach the host");
+        assert_eq!(u.tx_overruns(), 0, "dropped by the guest, not lost to a full FIFO");
+        // Section 8.5 bit 0: changing FCR0 clears both FIFOs, and (8.11) "the first transmitter
+        // interrupt after changing FCR0 will be immediate, if it is enabled".
+        u.write_all(b"def");
+        u.write(FCR, 0);
+        assert_eq!(u.tx_pending(), 0);
+        assert_eq!(u.read(IIR), IIR_THRI);
+        u.write(THR, b'g');
+        u.write(FCR, FCR_FIFO_ENABLE);
+        assert_eq!(u.tx_pending(), 0);
+        assert_eq!(u.read(IIR), 0xc2);
+        assert!(u.take_output().is_empty());
+    }
+
+    #[test]
+    fn loopback_bytes_bypass_the_tx_fifo() {
+        // Section 8.8 bit 4: in loopback "data that is transmitted is immediately received".
+        let mut u = uart(FCR_FIFO_ENABLE, IER_ETBEI);
+        assert_eq!(u.read(IIR), 0xc2);
+        u.write(THR, b'q'); // queued for the host before loopback
+        u.write(MCR, MCR_LOOP);
+        for &b in b"0123456789abcdefgh" {
+            u.write(THR, b);
+        }
+        assert_eq!(u.tx_pending(), 1, "looped bytes never enter the TX FIFO");
+        assert_eq!(u.tx_overruns(), 0);
+        assert_eq!(u.read(LSR) & (LSR_OE | LSR_THRE), LSR_OE, "16 received, 2 overran the RX FIFO");
+        assert_eq!(u.read(IIR), 0xc1, "no THRE while the earlier byte waits");
+        assert_eq!(u.take_output(), b"q");
+        assert_eq!(u.read(IIR), 0xc2);
+        let got: Vec<u8> = (0..16).map(|_| u.read(RBR)).collect();
+        assert_eq!(got, b"0123456789abcdef");
+        assert_eq!(u.read(IIR), 0xc1);
+        // With the FIFO empty a looped byte re-arms THRE at once, as before.
+        u.write(THR, b'!');
+        assert_eq!(u.read(IIR), 0xc2);
+        assert_eq!(u.read(RBR), b'!');
+    }
+
+    /// A guest's view of time against a host whose serial line is slower than the guest: the
+    /// guest's port accesses take no time, and at every step (one `udelay` of a polling loop,
+    /// one interrupt, one idle instant) the host sends 1 byte.
+    struct SlowHost {
+        u: Uart16550,
+        wire: Vec<u8>,
+        steps: usize,
+    }
+
+    impl SlowHost {
+        fn step(&mut self) {
+            self.u.drain_output(&mut self.wire, 1);
+            self.steps += 1;
+        }
+    }
+
+    /// Linux's 8250 driver (drivers/tty/serial/8250/8250_port.c), as far as transmitting goes.
+    struct Linux8250 {
+        /// `up->ier`, the driver's copy of IER.
+        ier: u8,
+        /// The tty's transmit buffer.
+        xmit: VecDeque<u8>,
+        /// `up->tx_loadsz`: 16 for a 16550A, 1 for a 16450.
+        tx_loadsz: usize,
+        /// What the driver wrote to THR, in order.
+        sent: Vec<u8>,
+    }
+
+    impl Linux8250 {
+        /// serial8250_do_startup: clear the FIFOs, program them, 8N1, OUT2, the THRE probe,
+        /// then receive interrupts only.
+        fn startup(&mut self, h: &mut SlowHost, fcr: u8) {
+            let u = &mut h.u;
+            u.write(FCR, FCR_FIFO_ENABLE);
+            u.write(FCR, FCR_FIFO_ENABLE | FCR_CLEAR_RX | FCR_CLEAR_TX);
+            u.write(FCR, 0);
+            u.write(FCR, fcr);
+            u.write(LCR, 0x03);
+            u.write(MCR, MCR_DTR | MCR_RTS | MCR_OUT2);
+            u.write(IER, IER_ETBEI);
+            let iir1 = u.read(IIR);
+            u.write(IER, 0);
+            u.write(IER, IER_ETBEI);
+            let iir2 = u.read(IIR);
+            u.write(IER, 0);
+            assert_eq!((iir1 | iir2) & IIR_NONE, 0, "the THRE probe passes");
+            self.ier = IER_ERBFI | IER_ELSI;
+            u.write(IER, self.ier);
+        }
+
+        /// serial8250_start_tx: set ETBEI unless it is set; the THRE interrupt does the rest.
+        fn start_tx(&mut self, h: &mut SlowHost) {
+            if self.ier & IER_ETBEI == 0 {
+                self.ier |= IER_ETBEI;
+                h.u.write(IER, self.ier);
+            }
+        }
+
+        fn stop_tx(&mut self, h: &mut SlowHost) {
+            if self.ier & IER_ETBEI != 0 {
+                self.ier &= !IER_ETBEI;
+                h.u.write(IER, self.ier);
+            }
+        }
+
+        /// serial8250_tx_chars: up to tx_loadsz bytes, then stop when the buffer is empty.
+        fn tx_chars(&mut self, h: &mut SlowHost) {
+            if self.xmit.is_empty() {
+                self.stop_tx(h);
+                return;
+            }
+            for _ in 0..self.tx_loadsz {
+                let Some(b) = self.xmit.pop_front() else { break };
+                h.u.write(THR, b);
+                self.sent.push(b);
+            }
+            if self.xmit.is_empty() {
+                self.stop_tx(h);
+            }
+        }
+
+        /// serial8250_interrupt / serial8250_handle_irq, until IIR shows nothing pending.
+        fn interrupt(&mut self, h: &mut SlowHost) {
+            for _ in 0..100 {
+                if h.u.read(IIR) & IIR_NONE != 0 {
+                    return;
+                }
+                let lsr = h.u.read(LSR);
+                assert_eq!(lsr & LSR_DR, 0, "nothing is received here");
+                if lsr & LSR_THRE != 0 && self.ier & IER_ETBEI != 0 {
+                    self.tx_chars(h);
+                }
+            }
+            panic!("interrupt storm");
+        }
+
+        /// wait_for_xmitr: poll LSR, udelay(1) between polls, give up after 10000.
+        fn wait_for_xmitr(h: &mut SlowHost, bits: u8) {
+            for _ in 0..10_000 {
+                if h.u.read(LSR) & bits == bits {
+                    return;
+                }
+                h.step();
+            }
+            panic!("LSR {bits:#x} timed out: Linux would write into a full FIFO");
+        }
+
+        /// serial8250_console_write: IER off, each byte after THRE ('\n' as "\r\n"), wait for
+        /// TEMT, restore IER.
+        fn console_write(&mut self, h: &mut SlowHost, text: &[u8]) {
+            let ier = h.u.read(IER);
+            h.u.write(IER, 0);
+            for &c in text {
+                for b in if c == b'\n' { &b"\r\n"[..] } else { core::slice::from_ref(&c) } {
+                    Self::wait_for_xmitr(h, LSR_THRE);
+                    h.u.write(THR, *b);
+                    self.sent.push(*b);
+                }
+            }
+            Self::wait_for_xmitr(h, LSR_THRE | LSR_TEMT);
+            h.u.write(IER, ier);
+        }
+    }
+
+    #[test]
+    fn linux_8250_driver_loses_nothing_to_a_host_draining_one_byte_per_step() {
+        // The driver's rules (section 8.11: 1 to 16 bytes per THRE interrupt in FIFO mode;
+        // polled console output waits for THRE before each byte, 8.4) against a slow host:
+        // a tty write interrupted by printk, and a second tty write whose start_tx enables
+        // ETBEI while the FIFO still holds the end of the first.
+        let tty1: Vec<u8> = (0..100u8).map(|i| b'a' + i % 26).collect();
+        let tty2 = b"second write after stop_tx\n";
+        let printk = b"printk: console line\n";
+        for (fcr, tx_loadsz) in [(FCR_FIFO_ENABLE | 0x80, FIFO_SIZE), (0, 1)] {
+            let mut h = SlowHost { u: Uart16550::new(), wire: Vec::new(), steps: 0 };
+            let mut linux =
+                Linux8250 { ier: 0, xmit: VecDeque::new(), tx_loadsz, sent: Vec::new() };
+            linux.startup(&mut h, fcr);
+            linux.xmit.extend(&tty1);
+            linux.start_tx(&mut h);
+            let (mut printk_done, mut tty2_queued) = (false, false);
+            let (mut printk_waited, mut tty2_waited) = (false, false);
+            while h.steps < 10_000 {
+                if h.u.interrupt_line() {
+                    linux.interrupt(&mut h);
+                }
+                // Right after the handler (no time passes), the rest of the kernel runs.
+                if !printk_done && linux.sent.len() >= 40 {
+                    printk_waited = h.u.tx_pending() > 0;
+                    linux.console_write(&mut h, printk);
+                    printk_done = true;
+                } else if printk_done && !tty2_queued && linux.xmit.is_empty() {
+                    // stop_tx ran with the last bytes of tty1 still queued.
+                    tty2_waited = h.u.tx_pending() > 0 && linux.ier & IER_ETBEI == 0;
+                    linux.xmit.extend(tty2);
+                    linux.start_tx(&mut h);
+                    tty2_queued = true;
+                    assert!(!h.u.interrupt_line(), "FCR {fcr:#x}: no THRE while bytes are queued");
+                    assert_eq!(h.u.read(IIR) & IIR_NONE, IIR_NONE);
+                } else if tty2_queued && linux.xmit.is_empty() && h.u.tx_pending() == 0 {
+                    break;
+                }
+                h.step();
+            }
+            assert!(printk_waited && tty2_waited, "FCR {fcr:#x}: the scenario did not happen");
+            let mut console = Vec::new();
+            for &c in printk {
+                if c == b'\n' {
+                    console.push(b'\r');
+                }
+                console.push(c);
+            }
+            let printk_at = linux.sent.windows(console.len()).position(|w| w == console).unwrap();
+            let mut want = tty1[..printk_at].to_vec();
+            want.extend(&console);
+            want.extend(&tty1[printk_at..]);
+            want.extend(tty2);
+            assert_eq!(h.wire, want, "FCR {fcr:#x}: all text, in order");
+            assert_eq!(h.u.tx_overruns(), 0, "FCR {fcr:#x}");
+            assert!(h.wire.len() < h.steps, "FCR {fcr:#x}: one byte per step at most");
+        }
     }
 }

@@ -156,9 +156,28 @@ fn run(exit: Exit, cpu: &mut FakeCpu, g: &mut Guest) -> (Action, Vec<u8>) {
 }
 
 fn run_exit(e: &VmExit, cpu: &mut FakeCpu, g: &mut Guest) -> (Action, Vec<u8>) {
-    let mut env = Env { io: &mut g.devices, mem: &mut g.ram, host: &g.host };
+    let mut io = DrainingIo { devices: &mut g.devices, out: Vec::new() };
+    let mut env = Env { io: &mut io, mem: &mut g.ram, host: &g.host };
     let a = handle_exit(e, cpu, &mut g.state, &mut env);
-    (a, g.devices.uart.take_output())
+    (a, io.out)
+}
+
+/// The guest's devices with the UART output taken after every port write, as the kernel's
+/// port I/O does, so each THR write of a string OUTS finds the transmitter empty.
+struct DrainingIo<'a> {
+    devices: &'a mut GuestDevices,
+    out: Vec<u8>,
+}
+
+impl PortIo for DrainingIo<'_> {
+    fn io_read(&mut self, port: u16, size: u8) -> u32 {
+        self.devices.io_read(port, size)
+    }
+    fn io_write(&mut self, port: u16, size: u8, value: u32) -> IoOutcome {
+        let o = self.devices.io_write(port, size, value);
+        self.devices.uart.drain_output(&mut self.out, usize::MAX);
+        o
+    }
 }
 
 fn guest() -> Guest {
