@@ -233,10 +233,10 @@ extern "C" fn trap(frame: &mut TrapFrame) {
             return;
         }
         crate::lapic::eoi();
-        if v == crate::hv::HALT_VECTOR {
+        if v == crate::vmm::HALT_VECTOR {
             crate::cpu::halt_forever();
         }
-        if v != crate::hv::TIMER_VECTOR && v != crate::hv::KICK_VECTOR {
+        if v != crate::vmm::TIMER_VECTOR && v != crate::vmm::KICK_VECTOR {
             log::warn!("unexpected interrupt, vector {v:#x}");
         }
         return;

@@ -8,7 +8,6 @@ extern crate alloc;
 mod acpi_tables;
 mod cpu;
 mod gdt;
-mod hv;
 mod interrupts;
 mod lapic;
 mod logger;
@@ -19,6 +18,7 @@ mod smp;
 mod time;
 mod virt;
 mod vm;
+mod vmm;
 
 use bastion_core::bundle::{Bundle, CONFIG_FILE};
 use bastion_core::config::{Config, Crash};
@@ -174,16 +174,16 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
             }
         })
         .collect();
-    match hv::init_cpu(0, &caps) {
+    match vmm::init_cpu(0, &caps) {
         Ok(()) => {
             info!("virt: hardware virtualization enabled on CPU 0");
-            hv::calibrate_timer();
+            vmm::calibrate_timer();
             memory::mark_baseline();
             let vcpus = config.guests.iter().map(|g| g.vcpus as u64).sum();
             memory::presize_heap(config.guests.len() as u64, vcpus);
-            hv::start(&config, images, online);
+            vmm::start(&config, images, online);
             info!("memory: {}", memory::footprint());
-            hv::cpu_loop(0)
+            vmm::cpu_loop(0)
         }
         Err(e) if !config.guests.is_empty() => {
             error!("virt: cannot enable hardware virtualization: {e}; no guest can run");
@@ -210,8 +210,8 @@ static AP_CAPS: spin::Once<bastion_core::virt::VirtCaps> = spin::Once::new();
 pub fn ap_main(cpu_index: usize) -> ! {
     info!("smp: CPU {cpu_index} online (APIC ID {})", lapic::id());
     let Some(caps) = AP_CAPS.get() else { cpu::halt_forever() };
-    match hv::init_cpu(cpu_index, caps) {
-        Ok(()) => hv::cpu_loop(cpu_index),
+    match vmm::init_cpu(cpu_index, caps) {
+        Ok(()) => vmm::cpu_loop(cpu_index),
         Err(e) => {
             if !matches!(caps, bastion_core::virt::VirtCaps::None(_)) {
                 warn!("virt: CPU {cpu_index} cannot enable virtualization: {e}; it stays idle");

@@ -536,7 +536,7 @@ pub fn footprint() -> Footprint {
         usable: USABLE.load(Ordering::Relaxed),
         free: free_frames() * FRAME_SIZE,
         guest_ram: GUEST_RAM_FRAMES.load(Ordering::Relaxed) * FRAME_SIZE,
-        guests: crate::vm::live(),
+        guests: LIVE_VMS.load(Ordering::Relaxed),
         boot: BOOT.load(Ordering::Relaxed),
         bundle: BUNDLE.load(Ordering::Relaxed),
         heap,
@@ -550,4 +550,16 @@ pub fn footprint() -> Footprint {
 /// Records the footprint now, before any guest exists, as the base of the per-guest figure.
 pub fn mark_baseline() {
     BASELINE.store(footprint().hypervisor(), Ordering::Relaxed);
+}
+
+/// VMs that exist now (built and not yet destroyed), for the memory footprint.
+static LIVE_VMS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts a VM in (`true`, when it is built) or out (when it is destroyed).
+pub fn count_vm(created: bool) {
+    if created {
+        LIVE_VMS.fetch_add(1, Ordering::Relaxed);
+    } else {
+        LIVE_VMS.fetch_sub(1, Ordering::Relaxed);
+    }
 }

@@ -75,7 +75,7 @@ pub fn exit(status: ExitStatus, reason: &str) -> ! {
     // Stop every other CPU first: on real hardware the machine halts with nothing running.
     // They take the IPI at their next interrupt window (guests exit on it).
     if crate::lapic::ready() {
-        crate::lapic::send_ipi_all_others(crate::hv::HALT_VECTOR);
+        crate::lapic::send_ipi_all_others(crate::vmm::HALT_VECTOR);
     }
     match status {
         ExitStatus::Pass => crate::serial::print_emergency(format_args!("{EXIT_MARKER} PASS\n")),

@@ -4,7 +4,9 @@
 //! UART's 16-byte FIFO whenever [`pump`] finds it empty (after each VM exit and in every CPU's
 //! loop; slices and idle waits are kept short while output is pending), and [`pump`] also
 //! moves received bytes into a 4 KiB input ring, so a pasted page survives the time between
-//! two polls. Only a full output ring (a flood faster than the line) makes a printer wait.
+//! two polls. Only a full output ring (a flood faster than the line) makes a printer wait, and
+//! guests never fill it: their output leaves their virtual UARTs only while [`output_room`]
+//! says the ring has room.
 //!
 //! Every byte also goes to port 0xE9 when Bochs's `port_e9_hack` is present: Bochs writes its
 //! COM1 file through a buffer, so a test harness streaming the log needs the unbuffered copy
@@ -197,6 +199,14 @@ pub fn pump_if_due(now_ns: u64) {
 /// Output is waiting for the line: callers keep slices and idle waits short.
 pub fn output_pending() -> bool {
     PENDING.load(Ordering::Relaxed)
+}
+
+/// How many more bytes the output ring takes before a printer would have to wait for the line.
+/// Guest output is only moved out of a guest's virtual UART while there is room (see
+/// `vmm::io`), so a guest that outruns the line finds its transmitter busy instead of making
+/// a host CPU wait.
+pub fn output_room() -> usize {
+    x86_64::instructions::interrupts::without_interrupts(|| CONSOLE.try_lock().map_or(0, |c| if c.uart.is_some() { c.out.free() } else { OUT_BYTES }))
 }
 
 /// Input bytes dropped because the 4 KiB input ring was full.

@@ -9,15 +9,8 @@ use alloc::vec::Vec;
 use bastion_core::config::{GuestConfig, ImageFormat, FLAT_INITIAL_SP, FLAT_LOAD_ADDRESS};
 use bastion_core::frame_alloc::FRAME_SIZE;
 use bastion_core::npt::{Format, FrameSource, NestedPageTable, PAGE_2M};
-use core::sync::atomic::{AtomicU64, Ordering};
+use bastion_core::vm::memmap::MemoryMap;
 
-/// VMs that exist now (built and not yet destroyed), for the memory footprint.
-static LIVE: AtomicU64 = AtomicU64::new(0);
-
-/// How many VMs exist now.
-pub fn live() -> u64 {
-    LIVE.load(Ordering::Relaxed)
-}
 
 /// Nested page tables come from the frame allocator and are reached through the physical
 /// mapping.
@@ -96,6 +89,8 @@ impl core::fmt::Display for Entry {
 pub struct Vm {
     pub ram: Vec<RamChunk>,
     pub npt: NestedPageTable,
+    /// Where RAM and device memory are (what the nested tables map, what loaders report).
+    pub map: MemoryMap,
     /// ASID (SVM) or VPID (VMX): tags this VM's TLB entries. Never 0 (the host's).
     pub tag: u16,
     pub entry: Entry,
@@ -105,46 +100,50 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Allocates RAM (2 MiB-aligned runs, so EPT/NPT can use 2 MiB pages), maps it from
-    /// guest-physical 0, and loads the image.
+    /// Allocates the guest's RAM where its memory map puts it (below the MMIO hole, the rest
+    /// from 4 GiB), in 2 MiB-aligned runs so EPT/NPT can use 2 MiB pages, maps exactly that,
+    /// and loads the image. The map is the one source: what is not RAM in it stays unmapped,
+    /// so a guest access there is a nested page fault (device memory or a bad access).
     pub fn new(cfg: &GuestConfig, image: &[u8], format: Format, tag: u16) -> Result<Vm, String> {
         let bytes = cfg.memory_mib as u64 * 1024 * 1024;
+        let map = MemoryMap::new(bytes).map_err(|e| format!("{e}"))?;
         let npt = NestedPageTable::new(format, &mut HostFrames).map_err(|e| format!("{e}"))?;
         let passthrough_port = match cfg.console {
             bastion_core::config::Console::Passthrough { port } => Some(port),
             bastion_core::config::Console::Virtual => None,
         };
-        let mut vm = Vm { ram: Vec::new(), npt, tag, entry: Entry::RealMode { ip: 0, sp: 0 }, passthrough_port };
+        let mut vm = Vm { ram: Vec::new(), npt, map, tag, entry: Entry::RealMode { ip: 0, sp: 0 }, passthrough_port };
         // Every path from here returns the VM or destroys it, which counts it out.
-        LIVE.fetch_add(1, Ordering::Relaxed);
-        // One run if possible; otherwise 2 MiB runs (fragmented host memory still works).
-        let mut gpa = 0;
-        while gpa < bytes {
-            let left = bytes - gpa;
-            let (hpa, len) = match memory::alloc_guest_ram(left / FRAME_SIZE, PAGE_2M) {
-                Some(h) => (h, left),
-                None => match memory::alloc_guest_ram(PAGE_2M.min(left) / FRAME_SIZE, PAGE_2M) {
-                    Some(h) => (h, PAGE_2M.min(left)),
-                    None => {
-                        vm.destroy();
-                        return Err(format!("out of host memory for {} MiB of guest RAM", cfg.memory_mib));
-                    }
-                },
-            };
-            vm.ram.push(RamChunk { gpa, hpa, len });
-            if let Err(e) = vm.npt.map(&mut HostFrames, gpa, hpa, len) {
-                vm.destroy();
-                return Err(format!("cannot map guest RAM: {e}"));
+        memory::count_vm(true);
+        for region in map.ram_regions() {
+            // One run if possible; otherwise 2 MiB runs (fragmented host memory still works).
+            let mut gpa = region.base;
+            while gpa < region.end() {
+                let left = region.end() - gpa;
+                let (hpa, len) = match memory::alloc_guest_ram(left / FRAME_SIZE, PAGE_2M) {
+                    Some(h) => (h, left),
+                    None => match memory::alloc_guest_ram(PAGE_2M.min(left) / FRAME_SIZE, PAGE_2M) {
+                        Some(h) => (h, PAGE_2M.min(left)),
+                        None => {
+                            vm.destroy();
+                            return Err(format!("out of host memory for {} MiB of guest RAM", cfg.memory_mib));
+                        }
+                    },
+                };
+                vm.ram.push(RamChunk { gpa, hpa, len });
+                if let Err(e) = vm.npt.map(&mut HostFrames, gpa, hpa, len) {
+                    vm.destroy();
+                    return Err(format!("cannot map guest RAM: {e}"));
+                }
+                gpa += len;
             }
-            gpa += len;
+        }
+        if let Err(e) = cfg.image_fits(image.len() as u64) {
+            vm.destroy();
+            return Err(format!("{e}"));
         }
         match cfg.format {
             ImageFormat::Flat => {
-                let end = FLAT_LOAD_ADDRESS + image.len() as u64;
-                if end > bytes.min(0xa_0000) {
-                    vm.destroy();
-                    return Err(format!("flat image of {} bytes does not fit below 640 KiB", image.len()));
-                }
                 vm.write(FLAT_LOAD_ADDRESS, image);
                 vm.entry = Entry::RealMode { ip: FLAT_LOAD_ADDRESS as u16, sp: FLAT_INITIAL_SP as u16 };
             }
@@ -175,7 +174,7 @@ impl Vm {
     }
 
     pub fn ram_bytes(&self) -> u64 {
-        self.ram.iter().map(|c| c.len).sum()
+        self.map.ram_bytes()
     }
 
     /// Frees the guest's RAM and page tables.
@@ -184,7 +183,7 @@ impl Vm {
             memory::free_guest_ram(c.hpa, c.len / FRAME_SIZE);
         }
         self.npt.destroy(&mut HostFrames);
-        LIVE.fetch_sub(1, Ordering::Relaxed);
+        memory::count_vm(false);
     }
 }
 

@@ -140,6 +140,15 @@ impl Vcpu for GuestVcpu {
     fn rflags(&self) -> u64 {
         each!(self, v => v.rflags())
     }
+    fn set_rsp(&mut self, value: u64) {
+        each!(self, v => v.set_rsp(value))
+    }
+    fn set_rflags(&mut self, value: u64) {
+        each!(self, v => v.set_rflags(value))
+    }
+    fn segment_db(&self, seg: Seg) -> bool {
+        each!(self, v => v.segment_db(seg))
+    }
     fn cpl(&self) -> u8 {
         each!(self, v => v.cpl())
     }

@@ -42,7 +42,14 @@ use alloc::vec::Vec;
 use core::fmt;
 use spin::Mutex;
 
-use crate::vm::devices::IoOutcome;
+
+/// What a device write asks of the run loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoOutcome {
+    Done,
+    /// The guest wrote to the test-exit port.
+    TestExit(u32),
+}
 
 /// A device model as the bus sees it: registers at offsets from the base of its range.
 ///

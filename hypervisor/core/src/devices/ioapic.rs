@@ -133,14 +133,13 @@
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
-use super::bus::BusDevice;
-use crate::vm::devices::IoOutcome;
+use super::bus::{BusDevice, IoOutcome};
 
 /// Guest-physical base of the I/O APIC's registers (the PC's default, §3.1 "FEC0 xy00h").
-pub const IOAPIC_BASE: u64 = 0xfec0_0000;
+pub const IOAPIC_BASE: u64 = crate::vm::memmap::IOAPIC_BASE;
 /// Length of the MMIO range the kernel registers: one 4 KiB page, though only the first
 /// [`IOAPIC_REGISTER_WINDOW`] bytes hold registers.
-pub const IOAPIC_MMIO_LEN: u64 = 0x1000;
+pub const IOAPIC_MMIO_LEN: u64 = crate::vm::memmap::IOAPIC_SIZE;
 /// The part of the page that holds registers (0x00-0xFF); the rest reads 0.
 pub const IOAPIC_REGISTER_WINDOW: u64 = 0x100;
 

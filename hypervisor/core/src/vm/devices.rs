@@ -1,12 +1,25 @@
-//! The port-I/O devices of a guest: its 16550 at COM1 (the full model lives in
-//! `crate::devices::uart16550`), the 8259 pair, the 8254 PIT (ports 0x40-0x43 and 0x61,
-//! counter 0 on IRQ 0) and the test-exit port. The exit handler reaches them through
-//! the [`PortIo`] trait, so the kernel can wrap them in its own locking and console plumbing,
-//! and tests can use them directly.
+//! The devices of one guest and the bus that reaches them: its 16550 at COM1 (the model lives
+//! in `crate::devices::uart16550`), the 8259 pair, the 8254 PIT (ports 0x40-0x43 and 0x61,
+//! counter 0 on IRQ 0), the test-exit port, and on the MMIO side the I/O APIC at its PC
+//! address.
+//!
+//! Every device sits behind its own lock on a [`Bus`] of port and MMIO ranges (overlaps are
+//! refused when the guest is built), so two vCPUs touching different devices never contend.
+//! Interrupt lines are wires *between* devices, not calls from one into another: after an
+//! access, [`GuestDevices`] samples the UART's line and copies it to the PIC input, taking one
+//! device lock after the other, never two at once (so there is no lock order to get wrong).
+//! The exit handler reaches all of it through the [`DeviceIo`] trait, so the kernel can add
+//! its console plumbing and wake-ups, and tests can use the devices directly.
 
+pub use crate::devices::bus::IoOutcome;
+use crate::devices::bus::{Bus, BusDevice, DeviceHandle, Space};
+use crate::devices::ioapic::IoApic;
 use crate::devices::pic8259::Pic;
 use crate::devices::pit8254::Pit;
 use crate::devices::uart16550::Uart16550;
+use crate::vm::memmap::{IOAPIC_BASE, IOAPIC_SIZE, MMIO_HOLE_END, MMIO_HOLE_START};
+use alloc::sync::Arc;
+use spin::{Mutex, MutexGuard};
 
 /// COM1 base port.
 pub const COM1: u16 = 0x3f8;
@@ -25,19 +38,27 @@ pub fn io_bitmap_allow(bitmap: &mut [u8], base: u16, count: u16) {
     }
 }
 
-/// What a port write asks of the run loop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IoOutcome {
-    Done,
-    /// The guest wrote to the test-exit port.
-    TestExit(u32),
-}
 
-/// Port I/O as the exit handler sees it. Accesses are split into bytes by the caller only
-/// where devices need it; `size` is 1, 2 or 4.
-pub trait PortIo {
+/// The guest's devices as the exit handler sees them: port I/O (`size` is 1, 2 or 4) and
+/// device memory.
+pub trait DeviceIo {
     fn io_read(&mut self, port: u16, size: u8) -> u32;
     fn io_write(&mut self, port: u16, size: u8, value: u32) -> IoOutcome;
+    /// Whether `gpa` is device space: accesses there that miss the nested page tables are
+    /// emulated (MMIO); anywhere else they are bad accesses.
+    fn is_device(&self, _gpa: u64) -> bool {
+        false
+    }
+    /// Reads device memory at `gpa`; `false` when `gpa` is no device space at all (neither a
+    /// device nor the MMIO hole), which the handler treats as a bad access. Bytes in the hole
+    /// that no device claims read as all ones.
+    fn mmio_read(&mut self, _gpa: u64, _data: &mut [u8]) -> bool {
+        false
+    }
+    /// Writes device memory at `gpa`; `false` as for [`mmio_read`](Self::mmio_read).
+    fn mmio_write(&mut self, _gpa: u64, _data: &[u8]) -> bool {
+        false
+    }
 }
 
 /// The UART's interrupt line on the PC: IRQ 4 of the master PIC.
@@ -52,108 +73,257 @@ pub const PORT_B: u16 = 0x61;
 /// PIT counter 0's output drives IRQ 0 (the PC's system timer).
 pub const PIT_IRQ: u8 = 0;
 
-/// The devices one guest owns.
-#[derive(Debug, Clone)]
-pub struct GuestDevices {
-    pub uart: Uart16550,
-    pub pic: Pic,
-    pub pit: Pit,
-    /// The guest's monotonic clock in ns (the kernel's TSC-based clock; 0 forever in tests
-    /// that do not set one), for the devices that count time.
-    pub clock: fn() -> u64,
-}
+/// The guest's monotonic clock in ns (the kernel's TSC clock; tests set their own).
+pub type Clock = fn() -> u64;
 
 fn no_clock() -> u64 {
     0
 }
 
-impl Default for GuestDevices {
-    fn default() -> Self {
-        GuestDevices { uart: Uart16550::default(), pic: Pic::default(), pit: Pit::new(), clock: no_clock }
+/// The 8254 with the clock it counts against.
+#[derive(Debug, Clone)]
+pub struct PitDevice {
+    pub pit: Pit,
+    pub clock: Clock,
+}
+
+/// Legacy devices address their registers by port number; the bus gives offsets from the base
+/// of the range that was hit. One of these per range turns the offset back into the port.
+struct Ports<D> {
+    base: u16,
+    dev: Arc<Mutex<D>>,
+}
+
+trait PortDevice {
+    fn read_port(&mut self, port: u16) -> u8;
+    fn write_port(&mut self, port: u16, value: u8);
+}
+
+impl PortDevice for Pic {
+    fn read_port(&mut self, port: u16) -> u8 {
+        self.read(port)
+    }
+    fn write_port(&mut self, port: u16, value: u8) {
+        self.write(port, value)
     }
 }
 
+impl PortDevice for Uart16550 {
+    fn read_port(&mut self, port: u16) -> u8 {
+        self.read((port - COM1) as u8)
+    }
+    fn write_port(&mut self, port: u16, value: u8) {
+        self.write((port - COM1) as u8, value)
+    }
+}
+
+impl PortDevice for PitDevice {
+    fn read_port(&mut self, port: u16) -> u8 {
+        let now = (self.clock)();
+        if port == PORT_B {
+            self.pit.read_port_b(now)
+        } else {
+            self.pit.read(port, now)
+        }
+    }
+    fn write_port(&mut self, port: u16, value: u8) {
+        let now = (self.clock)();
+        if port == PORT_B {
+            self.pit.write_port_b(value, now)
+        } else {
+            self.pit.write(port, value, now)
+        }
+    }
+}
+
+/// A multi-byte access covers consecutive ports (SDM Vol. 1 19.3), one register each.
+impl<D: PortDevice> BusDevice for Ports<D> {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let mut dev = self.dev.lock();
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = dev.read_port(self.base.wrapping_add((offset as u16).wrapping_add(i as u16)));
+        }
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) -> IoOutcome {
+        let mut dev = self.dev.lock();
+        for (i, b) in data.iter().enumerate() {
+            dev.write_port(self.base.wrapping_add((offset as u16).wrapping_add(i as u16)), *b);
+        }
+        IoOutcome::Done
+    }
+}
+
+/// The test-exit port: a write at its first byte ends the test with the written value (all of
+/// it, whatever the access size); reads float.
+struct TestExit;
+
+impl BusDevice for TestExit {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        data.fill(0xff);
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) -> IoOutcome {
+        if offset != 0 {
+            return IoOutcome::Done;
+        }
+        let mut b = [0u8; 4];
+        let n = data.len().min(4);
+        b[..n].copy_from_slice(&data[..n]);
+        IoOutcome::TestExit(u32::from_le_bytes(b))
+    }
+}
+
+/// The devices one guest owns, each behind its own lock, and the bus that finds them.
+pub struct GuestDevices {
+    pub bus: Bus,
+    pub uart: Arc<Mutex<Uart16550>>,
+    pub pic: Arc<Mutex<Pic>>,
+    pub pit: Arc<Mutex<PitDevice>>,
+    pub ioapic: Arc<Mutex<IoApic>>,
+}
+
+impl Default for GuestDevices {
+    fn default() -> Self {
+        GuestDevices::with_clock(no_clock)
+    }
+}
+
+impl core::fmt::Debug for GuestDevices {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("GuestDevices").field("bus", &self.bus).finish_non_exhaustive()
+    }
+}
+
+fn ports<D: PortDevice + Send + 'static>(base: u16, dev: &Arc<Mutex<D>>) -> DeviceHandle {
+    crate::devices::bus::handle(Ports { base, dev: dev.clone() })
+}
+
 impl GuestDevices {
-    /// Devices whose time comes from `clock`.
-    pub fn with_clock(clock: fn() -> u64) -> Self {
-        GuestDevices { clock, ..GuestDevices::default() }
+    /// A PC's devices at their usual places, whose time comes from `clock`.
+    pub fn with_clock(clock: Clock) -> Self {
+        let uart = Arc::new(Mutex::new(Uart16550::default()));
+        let pic = Arc::new(Mutex::new(Pic::default()));
+        let pit = Arc::new(Mutex::new(PitDevice { pit: Pit::new(), clock }));
+        let ioapic = Arc::new(Mutex::new(IoApic::default()));
+        let mut bus = Bus::new();
+        let ioapic_dev: DeviceHandle = ioapic.clone();
+        let map: [(Space, u64, u64, DeviceHandle); 7] = [
+            (Space::Port, COM1 as u64, 8, ports(COM1, &uart)),
+            (Space::Port, 0x20, 2, ports(0x20, &pic)),
+            (Space::Port, 0xa0, 2, ports(0xa0, &pic)),
+            (Space::Port, *PIT_PORTS.start() as u64, 4, ports(*PIT_PORTS.start(), &pit)),
+            (Space::Port, PORT_B as u64, 1, ports(PORT_B, &pit)),
+            (Space::Port, TEST_EXIT_PORT as u64, 4, crate::devices::bus::handle(TestExit)),
+            // The I/O APIC's registers; its interrupt inputs are not wired yet (nothing would
+            // receive its messages before there is a local APIC). The LAPIC page stays
+            // unclaimed until that model arrives: it floats like the rest of the hole.
+            (Space::Mmio, IOAPIC_BASE, IOAPIC_SIZE, ioapic_dev),
+        ];
+        for (space, base, len, dev) in map {
+            // The layout is fixed here; a clash is a programming error that the tests catch.
+            bus.insert(space, base, len, dev).expect("the PC device layout has no overlaps");
+        }
+        GuestDevices { bus, uart, pic, pit, ioapic }
+    }
+
+    /// Puts every device back in its power-on state (a guest reset), keeping the bus.
+    pub fn reset(&self) {
+        *self.uart.lock() = Uart16550::default();
+        *self.pic.lock() = Pic::default();
+        self.pit.lock().pit = Pit::new();
+        *self.ioapic.lock() = IoApic::default();
     }
 
     /// Copies device interrupt lines to the PIC inputs; called after anything that may change
-    /// a line (a register access, host input).
-    fn update_irqs(&mut self) {
-        let line = self.uart.interrupt_line();
-        self.pic.set_irq(UART_IRQ, line);
+    /// a line (a register access, host input). Returns the PIC, locked, so the caller can act
+    /// on its new state (wake a vCPU) before anyone else changes it.
+    pub fn update_irqs(&self) -> MutexGuard<'_, Pic> {
+        let line = self.uart.lock().interrupt_line();
+        let mut pic = self.pic.lock();
+        pic.set_irq(UART_IRQ, line);
+        pic
     }
 
     /// Brings time-driven devices up to `now`: each rising edge of PIT OUT0 since the last call
     /// becomes one edge on IRQ 0 (several missed periods fold into one interrupt, as a PC's
     /// edge-triggered 8259 would see them). Call before a vCPU that takes the PIC's output
-    /// enters the guest, and when its timer deadline has passed.
-    pub fn advance(&mut self, now: u64) {
-        if self.pit.irq0_edges(now) > 0 {
+    /// enters the guest, and when its timer deadline has passed. Returns the PIC, locked.
+    pub fn advance(&self, now: u64) -> MutexGuard<'_, Pic> {
+        let edges = self.pit.lock().pit.irq0_edges(now);
+        let mut pic = self.pic.lock();
+        if edges > 0 {
             // Lower, then raise: the 8259 latches a rising edge (8259A datasheet, edge mode).
-            self.pic.set_irq(PIT_IRQ, false);
-            self.pic.set_irq(PIT_IRQ, true);
+            pic.set_irq(PIT_IRQ, false);
+            pic.set_irq(PIT_IRQ, true);
         }
+        pic
     }
 
     /// When the next time-driven interrupt is due (PIT IRQ 0), if any: a vCPU halted with
     /// interrupts enabled may sleep until then.
     pub fn next_deadline(&self, now: u64) -> Option<u64> {
-        self.pit.next_irq0_deadline(now)
+        self.pit.lock().pit.next_irq0_deadline(now)
     }
 
     /// Host input for the guest's console; returns how many bytes the UART took.
-    pub fn receive_input(&mut self, bytes: &[u8]) -> usize {
-        let n = self.uart.receive(bytes);
-        self.update_irqs();
+    pub fn receive_input(&self, bytes: &[u8]) -> usize {
+        let n = self.uart.lock().receive(bytes);
+        drop(self.update_irqs());
         n
     }
 
-    fn read_byte(&mut self, p: u16) -> u8 {
-        match p {
-            COM1..=0x3ff => self.uart.read((p - COM1) as u8),
-            _ if PIT_PORTS.contains(&p) => self.pit.read(p, (self.clock)()),
-            PORT_B => self.pit.read_port_b((self.clock)()),
-            _ if PIC_PORTS.contains(&p) => self.pic.read(p),
-            // An unclaimed port floats high on a PC: reads give all ones.
-            _ => 0xff,
-        }
+    /// Whether `gpa` is device space: the MMIO hole below 4 GiB, where the PC's devices live.
+    pub fn is_device_space(gpa: u64) -> bool {
+        (MMIO_HOLE_START..MMIO_HOLE_END).contains(&gpa)
     }
 
-    fn write_byte(&mut self, p: u16, v: u8) {
-        match p {
-            COM1..=0x3ff => self.uart.write((p - COM1) as u8, v),
-            _ if PIT_PORTS.contains(&p) => self.pit.write(p, v, (self.clock)()),
-            PORT_B => self.pit.write_port_b(v, (self.clock)()),
-            _ if PIC_PORTS.contains(&p) => self.pic.write(p, v),
-            // Any other port: nothing is there; the write goes nowhere, as on a PC.
-            _ => {}
-        }
+    /// Port read through the bus (unclaimed ports float high: all ones).
+    pub fn port_read(&self, port: u16, size: u8) -> u32 {
+        let mut b = [0u8; 4];
+        let n = (size as usize).clamp(1, 4);
+        self.bus.read(Space::Port, port as u64, &mut b[..n]);
+        u32::from_le_bytes(b)
+    }
+
+    /// Port write through the bus (unclaimed ports drop the write).
+    pub fn port_write(&self, port: u16, size: u8, value: u32) -> IoOutcome {
+        let n = (size as usize).clamp(1, 4);
+        self.bus.write(Space::Port, port as u64, &value.to_le_bytes()[..n]).unwrap_or(IoOutcome::Done)
     }
 }
 
-impl PortIo for GuestDevices {
+impl DeviceIo for GuestDevices {
+    fn is_device(&self, gpa: u64) -> bool {
+        Self::is_device_space(gpa)
+    }
+
     fn io_read(&mut self, port: u16, size: u8) -> u32 {
-        let mut value = 0u32;
-        // A multi-byte access covers consecutive ports (SDM Vol. 1 19.3).
-        for i in 0..size as u16 {
-            value |= (self.read_byte(port.wrapping_add(i)) as u32) << (8 * i);
-        }
-        self.update_irqs();
-        value
+        let v = self.port_read(port, size);
+        drop(self.update_irqs());
+        v
     }
 
     fn io_write(&mut self, port: u16, size: u8, value: u32) -> IoOutcome {
-        if port == TEST_EXIT_PORT {
-            return IoOutcome::TestExit(value);
+        let o = self.port_write(port, size, value);
+        drop(self.update_irqs());
+        o
+    }
+
+    fn mmio_read(&mut self, gpa: u64, data: &mut [u8]) -> bool {
+        if !Self::is_device_space(gpa) {
+            return false;
         }
-        for i in 0..size as u16 {
-            self.write_byte(port.wrapping_add(i), (value >> (8 * i)) as u8);
+        self.bus.read(Space::Mmio, gpa, data);
+        drop(self.update_irqs());
+        true
+    }
+
+    fn mmio_write(&mut self, gpa: u64, data: &[u8]) -> bool {
+        if !Self::is_device_space(gpa) {
+            return false;
         }
-        self.update_irqs();
-        IoOutcome::Done
+        self.bus.write(Space::Mmio, gpa, data);
+        drop(self.update_irqs());
+        true
     }
 }
 
@@ -167,8 +337,8 @@ mod tests {
         let mut out = Vec::new();
         for b in b"ok\n" {
             assert_eq!(d.io_write(COM1, 1, *b as u32), IoOutcome::Done);
-            // The host drains after every write, as the kernel does: THR holds one byte.
-            d.uart.drain_output(&mut out, usize::MAX);
+            // A host that drains after every write (THR holds one byte).
+            d.uart.lock().drain_output(&mut out, usize::MAX);
         }
         assert_eq!(out, b"ok\n");
         assert_eq!(d.io_read(COM1 + 5, 1) & 0x60, 0x60);
@@ -205,15 +375,15 @@ mod tests {
         // UART: receive interrupts on, OUT2 gates the line to the PIC.
         d.io_write(COM1 + 1, 1, 0x01);
         d.io_write(COM1 + 4, 1, 0x0b);
-        assert!(!d.pic.has_interrupt());
+        assert!(!d.pic.lock().has_interrupt());
         assert_eq!(d.receive_input(b"x"), 1);
-        assert!(d.pic.has_interrupt());
-        assert_eq!(d.pic.acknowledge(), Some(0x24));
+        assert!(d.pic.lock().has_interrupt());
+        assert_eq!(d.pic.lock().acknowledge(), Some(0x24));
         assert_eq!(d.io_read(COM1, 1), b'x' as u32);
         d.io_write(0x20, 1, 0x20); // EOI
-        assert!(!d.pic.has_interrupt(), "the line dropped when the byte was read");
+        assert!(!d.pic.lock().has_interrupt(), "the line dropped when the byte was read");
         d.receive_input(b"y");
-        assert_eq!(d.pic.acknowledge(), Some(0x24), "the next byte interrupts again");
+        assert_eq!(d.pic.lock().acknowledge(), Some(0x24), "the next byte interrupts again");
     }
 
     /// A clock the PIT tests move by hand.
@@ -241,14 +411,14 @@ mod tests {
         let period = deadline - now;
         assert!((9_990_000..=10_010_000).contains(&period), "{period}");
         d.advance(deadline - 1);
-        assert!(!d.pic.has_interrupt(), "no tick before the deadline");
+        assert!(!d.pic.lock().has_interrupt(), "no tick before the deadline");
         d.advance(deadline);
-        assert!(d.pic.has_interrupt());
-        assert_eq!(d.pic.acknowledge(), Some(0x20), "IRQ 0 at the master's base vector");
+        assert!(d.pic.lock().has_interrupt());
+        assert_eq!(d.pic.lock().acknowledge(), Some(0x20), "IRQ 0 at the master's base vector");
         d.io_write(0x20, 1, 0x20);
         // Three periods late: one interrupt for all of them, and the next deadline is ahead.
         d.advance(deadline + 3 * period + 5);
-        assert_eq!(d.pic.acknowledge(), Some(0x20));
+        assert_eq!(d.pic.lock().acknowledge(), Some(0x20));
         d.io_write(0x20, 1, 0x20);
         assert!(d.next_deadline(deadline + 3 * period + 5).unwrap() > deadline + 3 * period + 5);
     }
@@ -266,5 +436,59 @@ mod tests {
         let mut d = GuestDevices::default();
         assert_eq!(d.io_write(TEST_EXIT_PORT, 4, 0), IoOutcome::TestExit(0));
         assert_eq!(d.io_write(TEST_EXIT_PORT, 4, 7), IoOutcome::TestExit(7));
+    }
+
+    #[test]
+    fn every_pc_device_sits_on_the_bus_at_its_place() {
+        let d = GuestDevices::default();
+        let ports: Vec<(u64, u64)> = d.bus.ranges(Space::Port).map(|r| (r.base, r.len)).collect();
+        assert_eq!(ports, [(0x20, 2), (0x40, 4), (0x61, 1), (0xa0, 2), (0xf4, 4), (0x3f8, 8)]);
+        let mmio: Vec<(u64, u64)> = d.bus.ranges(Space::Mmio).map(|r| (r.base, r.len)).collect();
+        assert_eq!(mmio, [(0xfec0_0000, 0x1000)]);
+    }
+
+    #[test]
+    fn a_test_exit_carries_all_four_bytes_and_only_at_its_first_port() {
+        let mut d = GuestDevices::default();
+        assert_eq!(d.io_write(TEST_EXIT_PORT, 4, 0x0102_0304), IoOutcome::TestExit(0x0102_0304));
+        assert_eq!(d.io_write(TEST_EXIT_PORT, 2, 0x0506), IoOutcome::TestExit(0x0506));
+        assert_eq!(d.io_write(TEST_EXIT_PORT + 1, 1, 3), IoOutcome::Done);
+        assert_eq!(d.io_read(TEST_EXIT_PORT, 1), 0xff);
+    }
+
+    #[test]
+    fn device_memory_is_the_hole_below_4_gib_and_unclaimed_bytes_float() {
+        let mut d = GuestDevices::default();
+        let mut b = [0u8; 4];
+        // RAM or nothing at all is not device space: the handler stops the guest there.
+        assert!(!d.mmio_read(0x4000_0000, &mut b));
+        assert!(!d.mmio_write(0xbfff_ffff, &[1]));
+        assert!(!d.mmio_read(0x1_0000_0000, &mut b));
+        // The hole where no device is: a PC's floating bus reads all ones, drops writes.
+        assert!(d.mmio_write(0xfed0_0000, &[1, 2, 3, 4]));
+        assert!(d.mmio_read(0xfed0_0000, &mut b));
+        assert_eq!(b, [0xff; 4]);
+        assert!(d.mmio_read(0xc000_0000, &mut b));
+        assert!(d.mmio_read(0xffff_fffc, &mut b));
+    }
+
+    #[test]
+    fn the_ioapic_answers_in_the_hole() {
+        let mut d = GuestDevices::default();
+        // IOREGSEL = 1 (the version register), then IOWIN (82093AA datasheet 3.2.2).
+        assert!(d.mmio_write(IOAPIC_BASE, &[1, 0, 0, 0]));
+        let mut b = [0u8; 4];
+        assert!(d.mmio_read(IOAPIC_BASE + 0x10, &mut b));
+        assert_eq!(u32::from_le_bytes(b), 0x0017_0020);
+    }
+
+    #[test]
+    fn reset_returns_devices_to_power_on_but_keeps_the_bus() {
+        let mut d = GuestDevices::default();
+        d.io_write(COM1 + 7, 1, 0x5a); // scratch register
+        d.io_write(0x21, 1, 0x00);
+        d.reset();
+        assert_eq!(d.io_read(COM1 + 7, 1), 0, "scratch register back to 0");
+        assert_eq!(d.bus.ranges(Space::Port).count(), 6);
     }
 }

@@ -13,13 +13,14 @@ pub mod devices;
 pub mod guest_mem;
 pub mod insn;
 pub mod memmap;
+pub mod mmio;
 pub mod msr;
 pub mod regs;
 pub mod string_io;
 
 use alloc::string::String;
 use core::fmt;
-use devices::{IoOutcome, PortIo};
+use devices::{IoOutcome, DeviceIo};
 use guest_mem::GuestPhys;
 use msr::{MsrResult, MsrState};
 use regs::{Cr0, Cr4, Efer, Fault, GuestFeatures, ModeView, Rflags};
@@ -296,6 +297,9 @@ pub trait Vcpu {
     fn rsp(&self) -> u64;
     fn rip(&self) -> u64;
     fn rflags(&self) -> u64;
+    /// Loads RSP and RFLAGS as an emulated instruction left them (MMIO: PUSH/POP, ALU flags).
+    fn set_rsp(&mut self, value: u64);
+    fn set_rflags(&mut self, value: u64);
     /// Current privilege level (SS.DPL).
     fn cpl(&self) -> u8;
     /// CR0, CR3, CR4 and EFER as the guest sees them (without Bastion's own bits), and CS.L.
@@ -310,6 +314,9 @@ pub trait Vcpu {
     fn set_guest_cr(&mut self, cr: u8, value: u64);
     /// The base address of a segment register.
     fn segment_base(&self, seg: Seg) -> u64;
+    /// The segment's D/B flag: CS.D selects 32-bit code outside 64-bit mode, SS.B a 32-bit
+    /// stack pointer (SDM Vol. 3A 3.4.5).
+    fn segment_db(&self, seg: Seg) -> bool;
     /// Sets the guest's CR2 (the faulting address of a #PF the handler injects).
     fn set_cr2(&mut self, value: u64);
     /// The value added to the host TSC for the guest's RDTSC/RDTSCP/RDMSR(TSC).
@@ -397,7 +404,7 @@ pub enum Action {
     Stop(StopReason),
 }
 
-/// Per-vCPU state the handler works on (devices are per guest: see [`PortIo`]).
+/// Per-vCPU state the handler works on (devices are per guest: see [`DeviceIo`]).
 #[derive(Debug, Clone)]
 pub struct VcpuState {
     pub vcpu_id: u32,
@@ -459,7 +466,7 @@ fn lo32(v: u64) -> u64 {
 
 /// What an exit handler reaches besides the vCPU: the guest's ports and RAM, and the host.
 pub struct Env<'a> {
-    pub io: &'a mut dyn PortIo,
+    pub io: &'a mut dyn DeviceIo,
     pub mem: &'a mut dyn GuestPhys,
     pub host: &'a dyn Host,
 }
@@ -618,9 +625,7 @@ pub fn handle_exit(e: &VmExit, cpu: &mut dyn Vcpu, g: &mut VcpuState, env: &mut 
             cpu.request_interrupt_window(false);
             Action::Resume
         }
-        Exit::NestedPageFault { gpa, write, fetch } => {
-            Action::Stop(StopReason::BadAccess { gpa: *gpa, write: *write, fetch: *fetch })
-        }
+        Exit::NestedPageFault { gpa, write, fetch } => mmio::handle(*gpa, *write, *fetch, cpu, env),
         Exit::TripleFault => Action::Stop(StopReason::TripleFault),
         Exit::EntryFailed(s) => Action::Stop(StopReason::EntryFailed(s.clone())),
         Exit::Unhandled { code, info1, info2 } => {
@@ -638,7 +643,7 @@ fn io_mask(size: u8) -> u64 {
     }
 }
 
-fn handle_io(port: u16, size: u8, write: bool, cpu: &mut dyn Vcpu, io: &mut dyn PortIo, e: &VmExit) -> Action {
+fn handle_io(port: u16, size: u8, write: bool, cpu: &mut dyn Vcpu, io: &mut dyn DeviceIo, e: &VmExit) -> Action {
     let mask = io_mask(size);
     if write {
         let value = (cpu.gprs().rax & mask) as u32;

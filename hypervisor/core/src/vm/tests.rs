@@ -15,6 +15,8 @@ struct FakeCpu {
     cr4: u64,
     efer: u64,
     cs_l: bool,
+    cs_d: bool,
+    ss_b: bool,
     cr2: u64,
     tsc_offset: u64,
     xcr0: u64,
@@ -39,6 +41,19 @@ impl Vcpu for FakeCpu {
     }
     fn rflags(&self) -> u64 {
         self.rflags
+    }
+    fn set_rsp(&mut self, v: u64) {
+        self.rsp = v;
+    }
+    fn set_rflags(&mut self, v: u64) {
+        self.rflags = v;
+    }
+    fn segment_db(&self, seg: Seg) -> bool {
+        match seg {
+            Seg::Cs => self.cs_d,
+            Seg::Ss => self.ss_b,
+            _ => false,
+        }
     }
     fn cpl(&self) -> u8 {
         self.cpl
@@ -162,21 +177,30 @@ fn run_exit(e: &VmExit, cpu: &mut FakeCpu, g: &mut Guest) -> (Action, Vec<u8>) {
     (a, io.out)
 }
 
-/// The guest's devices with the UART output taken after every port write, as the kernel's
-/// port I/O does, so each THR write of a string OUTS finds the transmitter empty.
+/// The guest's devices with the UART output taken after every port write, so each THR write
+/// of a string OUTS finds the transmitter empty. Forwards every `DeviceIo` method.
 struct DrainingIo<'a> {
     devices: &'a mut GuestDevices,
     out: Vec<u8>,
 }
 
-impl PortIo for DrainingIo<'_> {
+impl DeviceIo for DrainingIo<'_> {
     fn io_read(&mut self, port: u16, size: u8) -> u32 {
         self.devices.io_read(port, size)
     }
     fn io_write(&mut self, port: u16, size: u8, value: u32) -> IoOutcome {
         let o = self.devices.io_write(port, size, value);
-        self.devices.uart.drain_output(&mut self.out, usize::MAX);
+        self.devices.uart.lock().drain_output(&mut self.out, usize::MAX);
         o
+    }
+    fn is_device(&self, gpa: u64) -> bool {
+        self.devices.is_device(gpa)
+    }
+    fn mmio_read(&mut self, gpa: u64, data: &mut [u8]) -> bool {
+        self.devices.mmio_read(gpa, data)
+    }
+    fn mmio_write(&mut self, gpa: u64, data: &[u8]) -> bool {
+        self.devices.mmio_write(gpa, data)
     }
 }
 
@@ -760,4 +784,225 @@ fn xsetbv_value_is_edx_eax() {
     cpu.gprs.rdx = 0xffff_ffff_0000_0000; // EDX = 0
     assert_eq!(run(Exit::Xsetbv, &mut cpu, &mut g).0, Action::Resume);
     assert_eq!((cpu.xcr0, cpu.skipped, cpu.injected.len()), (1, 1, 1));
+}
+
+// ---- Device memory (MMIO): `mmio::handle` -------------------------------------------------
+
+mod mmio_exits {
+    use super::*;
+    use crate::vm::memmap::IOAPIC_BASE;
+
+    const CODE: u64 = 0x1000;
+    const IOREGSEL: u64 = IOAPIC_BASE;
+    const IOWIN: u64 = IOAPIC_BASE + 0x10;
+
+    /// A vCPU in 32-bit protected mode without paging (CS.D = SS.B = 1), about to run `code`.
+    fn protected32(g: &mut Guest, code: &[u8]) -> FakeCpu {
+        g.ram.0[CODE as usize..CODE as usize + code.len()].copy_from_slice(code);
+        FakeCpu { cr0: Cr0::PE.bits(), cs_d: true, ss_b: true, rip: CODE, ..FakeCpu::default() }
+    }
+
+    /// A vCPU in 64-bit mode whose page tables map the first 4 GiB 1:1 with 1 GiB pages (SDM
+    /// Vol. 3A 4.5: PML4 at 0x2000, PDPT at 0x3000 with PS set).
+    fn long64(g: &mut Guest, code: &[u8]) -> FakeCpu {
+        let mut cpu = protected32(g, code);
+        g.ram.0[0x2000..0x2008].copy_from_slice(&(0x3000u64 | 3).to_le_bytes());
+        for i in 0..4u64 {
+            let e = (i << 30) | (1 << 7) | 3;
+            g.ram.0[0x3000 + 8 * i as usize..0x3008 + 8 * i as usize].copy_from_slice(&e.to_le_bytes());
+        }
+        cpu.cr0 = (Cr0::PE | Cr0::PG).bits();
+        cpu.cr3 = 0x2000;
+        cpu.cr4 = Cr4::PAE.bits();
+        cpu.efer = (Efer::LME | Efer::LMA).bits();
+        cpu.cs_l = true;
+        cpu.cs_d = false;
+        cpu
+    }
+
+    fn npf(cpu: &mut FakeCpu, g: &mut Guest, gpa: u64, write: bool) -> Action {
+        run_exit(&VmExit::event(Exit::NestedPageFault { gpa, write, fetch: false }), cpu, g).0
+    }
+
+    fn ioapic_reg(g: &Guest, index: u8) -> u32 {
+        g.devices.ioapic.lock().read_register(index)
+    }
+
+    #[test]
+    fn a_mov_store_reaches_the_device_and_rip_moves_past_the_instruction() {
+        let mut g = guest();
+        // mov [edi], eax (89 /r, SDM Vol. 2B MOV).
+        let mut cpu = protected32(&mut g, &[0x89, 0x07]);
+        cpu.gprs.rdi = IOREGSEL;
+        cpu.gprs.rax = 1;
+        assert_eq!(npf(&mut cpu, &mut g, IOREGSEL, true), Action::Resume);
+        assert_eq!((cpu.rip, cpu.skipped), (CODE + 2, 1));
+        // IOREGSEL now selects VER: IOWIN shows it (82093AA datasheet 3.2.2).
+        let mut b = [0u8; 4];
+        assert!(g.devices.mmio_read(IOWIN, &mut b));
+        assert_eq!(u32::from_le_bytes(b), 0x0017_0020);
+    }
+
+    #[test]
+    fn a_mov_load_fills_the_register_from_the_device() {
+        let mut g = guest();
+        g.devices.mmio_write(IOREGSEL, &[1, 0, 0, 0]);
+        // mov eax, [edi] (8B /r); a 32-bit load zero-extends into RAX (SDM Vol. 1 3.4.1.1).
+        let mut cpu = protected32(&mut g, &[0x8b, 0x07]);
+        cpu.gprs.rdi = IOWIN;
+        cpu.gprs.rax = 0xffff_ffff_ffff_ffff;
+        assert_eq!(npf(&mut cpu, &mut g, IOWIN, false), Action::Resume);
+        assert_eq!(cpu.gprs.rax, 0x0017_0020);
+        assert_eq!(cpu.rip, CODE + 2);
+    }
+
+    #[test]
+    fn xchg_swaps_the_register_and_the_device_register() {
+        let mut g = guest();
+        g.devices.mmio_write(IOREGSEL, &[0x10, 0, 0, 0]);
+        // xchg [edi], eax (87 /r): redirection entry 0's low dword, reset value masked.
+        let mut cpu = protected32(&mut g, &[0x87, 0x07]);
+        cpu.gprs.rdi = IOWIN;
+        cpu.gprs.rax = 0x31;
+        assert_eq!(npf(&mut cpu, &mut g, IOWIN, true), Action::Resume);
+        assert_eq!(cpu.gprs.rax, 0x0001_0000);
+        assert_eq!(ioapic_reg(&g, 0x10), 0x31);
+    }
+
+    #[test]
+    fn a_64_bit_load_walks_the_guests_page_tables_for_the_instruction() {
+        let mut g = guest();
+        g.devices.mmio_write(IOREGSEL, &[1, 0, 0, 0]);
+        // movzx ecx, word [rdi] (0F B7 /r) at a 64-bit RIP.
+        let mut cpu = long64(&mut g, &[0x0f, 0xb7, 0x0f]);
+        cpu.gprs.rdi = IOWIN;
+        cpu.gprs.rcx = u64::MAX;
+        assert_eq!(npf(&mut cpu, &mut g, IOWIN, false), Action::Resume);
+        assert_eq!(cpu.gprs.rcx, 0x0020);
+        assert_eq!(cpu.rip, CODE + 3);
+    }
+
+    #[test]
+    fn an_alu_op_sets_the_flags_through_the_vcpu() {
+        let mut g = guest();
+        g.devices.mmio_write(IOREGSEL, &[1, 0, 0, 0]);
+        // cmp dword [edi], 0x20 (83 /7 ib): VER is 0x170020, so the result is non-zero, no borrow.
+        let mut cpu = protected32(&mut g, &[0x83, 0x3f, 0x20]);
+        cpu.gprs.rdi = IOWIN;
+        cpu.rflags = 0x2 | Rflags::ZF.bits() | Rflags::CF.bits();
+        assert_eq!(npf(&mut cpu, &mut g, IOWIN, false), Action::Resume);
+        assert_eq!(cpu.rflags & (Rflags::ZF | Rflags::CF).bits(), 0, "{:#x}", cpu.rflags);
+        assert_eq!(cpu.rflags & 0x2, 0x2, "the reserved bit 1 stays set");
+    }
+
+    #[test]
+    fn push_from_a_device_writes_the_stack_in_ram_and_moves_rsp() {
+        let mut g = guest();
+        g.devices.mmio_write(IOREGSEL, &[1, 0, 0, 0]);
+        // push dword [edi] (FF /6) with a 32-bit stack (SS.B = 1).
+        let mut cpu = protected32(&mut g, &[0xff, 0x37]);
+        cpu.gprs.rdi = IOWIN;
+        cpu.rsp = 0x8000;
+        assert_eq!(npf(&mut cpu, &mut g, IOWIN, false), Action::Resume);
+        assert_eq!(cpu.rsp, 0x7ffc);
+        assert_eq!(&g.ram.0[0x7ffc..0x8000], &0x0017_0020u32.to_le_bytes());
+    }
+
+    #[test]
+    fn a_16_bit_stack_wraps_sp_only() {
+        let mut g = guest();
+        g.devices.mmio_write(IOREGSEL, &[1, 0, 0, 0]);
+        let mut cpu = protected32(&mut g, &[0xff, 0x37]);
+        cpu.ss_b = false;
+        cpu.gprs.rdi = IOWIN;
+        cpu.rsp = 0xdead_0000_0000_2000;
+        assert_eq!(npf(&mut cpu, &mut g, IOWIN, false), Action::Resume);
+        assert_eq!(cpu.rsp, 0xdead_0000_0000_1ffc, "SP changes, bits 63:16 of RSP do not (SDM Vol. 1 3.4.1.1)");
+    }
+
+    #[test]
+    fn rep_stos_stores_every_element_and_counts_rcx_down() {
+        let mut g = guest();
+        // rep stosd (F3 AB): three dwords at IOREGSEL, +4, +8; only the first is a register.
+        let mut cpu = protected32(&mut g, &[0xf3, 0xab]);
+        cpu.gprs.rdi = IOREGSEL;
+        cpu.gprs.rcx = 3;
+        cpu.gprs.rax = 0x12;
+        assert_eq!(npf(&mut cpu, &mut g, IOREGSEL, true), Action::Resume);
+        assert_eq!((cpu.gprs.rcx, cpu.gprs.rdi, cpu.rip), (0, IOREGSEL + 12, CODE + 2));
+        let mut b = [0u8; 4];
+        g.devices.mmio_read(IOREGSEL, &mut b);
+        assert_eq!(b[0], 0x12);
+    }
+
+    #[test]
+    fn a_long_rep_leaves_rip_so_the_guest_continues_it() {
+        let mut g = guest();
+        let mut cpu = protected32(&mut g, &[0xf3, 0xab]);
+        cpu.gprs.rdi = 0xfed0_0000;
+        cpu.gprs.rcx = insn::MAX_REP_PER_EXIT + 5;
+        assert_eq!(npf(&mut cpu, &mut g, 0xfed0_0000, true), Action::Resume);
+        assert_eq!((cpu.rip, cpu.skipped, cpu.gprs.rcx), (CODE, 0, 5));
+        assert_eq!(npf(&mut cpu, &mut g, 0xfed0_0000 + 4 * insn::MAX_REP_PER_EXIT, true), Action::Resume);
+        assert_eq!((cpu.rip, cpu.gprs.rcx), (CODE + 2, 0));
+    }
+
+    #[test]
+    fn a_string_operand_on_an_unmapped_page_gets_a_page_fault_and_keeps_rip() {
+        let mut g = guest();
+        // movsd (A5) from the device to ES:RDI, which the guest's tables do not map.
+        let mut cpu = long64(&mut g, &[0xa5]);
+        cpu.gprs.rsi = IOWIN;
+        cpu.gprs.rdi = 0x1_0000_0000;
+        assert_eq!(npf(&mut cpu, &mut g, IOWIN, false), Action::Resume);
+        assert_eq!(cpu.injected, [(14, Some(2))], "#PF, error code W (SDM Vol. 3A 4.7)");
+        assert_eq!(cpu.cr2, 0x1_0000_0000);
+        assert_eq!((cpu.rip, cpu.skipped), (CODE, 0));
+    }
+
+    #[test]
+    fn the_hole_where_no_device_is_reads_all_ones() {
+        let mut g = guest();
+        let mut cpu = protected32(&mut g, &[0x8b, 0x07]);
+        cpu.gprs.rdi = 0xfed0_0000;
+        assert_eq!(npf(&mut cpu, &mut g, 0xfed0_0000, false), Action::Resume);
+        assert_eq!(cpu.gprs.rax, 0xffff_ffff);
+    }
+
+    #[test]
+    fn outside_device_space_or_a_fetch_is_a_bad_access() {
+        let mut g = guest();
+        let mut cpu = protected32(&mut g, &[0x8b, 0x07]);
+        assert_eq!(
+            npf(&mut cpu, &mut g, 0x4000_0000, false),
+            Action::Stop(StopReason::BadAccess { gpa: 0x4000_0000, write: false, fetch: false })
+        );
+        let e = VmExit::event(Exit::NestedPageFault { gpa: IOAPIC_BASE, write: false, fetch: true });
+        assert_eq!(run_exit(&e, &mut cpu, &mut g).0, Action::Stop(StopReason::BadAccess { gpa: IOAPIC_BASE, write: false, fetch: true }));
+        assert_eq!(cpu.skipped, 0);
+    }
+
+    #[test]
+    fn an_instruction_bastion_cannot_emulate_stops_the_guest_with_its_bytes() {
+        let mut g = guest();
+        // movdqa xmm0, [edi] (66 0F 6F /r): SSE on a device register is not emulated.
+        let mut cpu = protected32(&mut g, &[0x66, 0x0f, 0x6f, 0x07]);
+        match npf(&mut cpu, &mut g, IOWIN, false) {
+            Action::Stop(StopReason::Unsupported(s)) => {
+                assert!(s.contains("0xfec00010") && s.contains("0x1000") && s.contains("66, 0f, 6f"), "{s}");
+            }
+            a => panic!("{a:?}"),
+        }
+    }
+
+    #[test]
+    fn an_instruction_that_cannot_be_fetched_stops_the_guest() {
+        let mut g = guest();
+        let mut cpu = protected32(&mut g, &[]);
+        cpu.rip = 0x10_0000; // beyond the 64 KiB of RAM
+        match npf(&mut cpu, &mut g, IOWIN, false) {
+            Action::Stop(StopReason::Unsupported(s)) => assert!(s.contains("cannot be read"), "{s}"),
+            a => panic!("{a:?}"),
+        }
+    }
 }

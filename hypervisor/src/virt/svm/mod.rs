@@ -402,6 +402,18 @@ fn set_physical_cr2(value: u64) {
     unsafe { core::arch::asm!("mov cr2, {}", in(reg) value, options(nostack, nomem)) };
 }
 
+/// Where a segment register's 16-byte save area starts in the VMCB (APM Vol. 2 Table B-2).
+fn segment_offset(seg: Seg) -> usize {
+    match seg {
+        Seg::Es => ES,
+        Seg::Cs => CS,
+        Seg::Ss => SS,
+        Seg::Ds => DS,
+        Seg::Fs => FS,
+        Seg::Gs => GS,
+    }
+}
+
 impl Vcpu for SvmVcpu {
     fn gprs(&mut self) -> &mut Gprs {
         &mut self.gprs
@@ -414,6 +426,18 @@ impl Vcpu for SvmVcpu {
     }
     fn rflags(&self) -> u64 {
         self.vmcb.r64(RFLAGS)
+    }
+    fn set_rsp(&mut self, value: u64) {
+        self.vmcb.w64(RSP, value);
+    }
+    fn set_rflags(&mut self, value: u64) {
+        self.vmcb.w64(RFLAGS, value);
+    }
+    fn segment_db(&self, seg: Seg) -> bool {
+        let off = segment_offset(seg);
+        // The VMCB's packed attributes: D/B is bit 10 (descriptor bit 54, APM Vol. 2 15.5.1).
+        let attrib: u16 = self.vmcb.read(off + 2);
+        attrib & (1 << 10) != 0
     }
     fn cpl(&self) -> u8 {
         self.vmcb.read(CPL)
@@ -441,14 +465,7 @@ impl Vcpu for SvmVcpu {
         }
     }
     fn segment_base(&self, seg: Seg) -> u64 {
-        let off = match seg {
-            Seg::Es => ES,
-            Seg::Cs => CS,
-            Seg::Ss => SS,
-            Seg::Ds => DS,
-            Seg::Fs => FS,
-            Seg::Gs => GS,
-        };
+        let off = segment_offset(seg);
         self.vmcb.read(off + 8)
     }
     fn set_cr2(&mut self, value: u64) {

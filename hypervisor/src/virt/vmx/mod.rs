@@ -694,6 +694,24 @@ impl Vcpu for VmxVcpu {
     fn rflags(&self) -> u64 {
         r(guest::RFLAGS)
     }
+    fn set_rsp(&mut self, value: u64) {
+        wr(guest::RSP, value);
+    }
+    fn set_rflags(&mut self, value: u64) {
+        wr(guest::RFLAGS, value);
+    }
+    fn segment_db(&self, seg: Seg) -> bool {
+        // Access rights: D/B is bit 14 (SDM Vol. 3C 25.4.1, Table 25-2).
+        let ar = r(match seg {
+            Seg::Es => guest::ES_ACCESS_RIGHTS,
+            Seg::Cs => guest::CS_ACCESS_RIGHTS,
+            Seg::Ss => guest::SS_ACCESS_RIGHTS,
+            Seg::Ds => guest::DS_ACCESS_RIGHTS,
+            Seg::Fs => guest::FS_ACCESS_RIGHTS,
+            Seg::Gs => guest::GS_ACCESS_RIGHTS,
+        });
+        ar & (1 << 14) != 0
+    }
     fn cpl(&self) -> u8 {
         ((r(guest::SS_ACCESS_RIGHTS) >> 5) & 3) as u8
     }

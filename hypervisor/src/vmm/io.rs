@@ -1,0 +1,194 @@
+//! What a running vCPU reaches besides itself: its guest's devices (ports and device memory,
+//! with UART output sent to the console and wake-ups for vCPUs an access interrupts), the
+//! interrupt routing between devices and vCPUs, and the host CPU as the exit handler sees it.
+//!
+//! # The console never blocks a CPU
+//!
+//! A guest's bytes wait in its virtual UART's transmit FIFO until [`drain_uart`] moves them to
+//! the console multiplexer, and it moves only as many as the host's output ring has room for
+//! (keeping [`OUTPUT_RESERVE`] free for host messages and line tags). A guest that outruns the
+//! line therefore sees what hardware shows: LSR.THRE clear while its FIFO is full, and the
+//! THRE interrupt once the FIFO empties (PC16550D datasheet, LSR bit 5 and IIR priority 3).
+//! CPU 0 drains waiting guests every console tick, as the host line makes room.
+//!
+//! # Wake-ups are never lost
+//!
+//! A vCPU that halts with interrupts enabled checks for a pending interrupt and marks itself
+//! waiting while holding its guest's PIC lock; every interrupt source raises its line into the
+//! PIC under that same lock and then wakes waiting vCPUs ([`wake_if_interrupted`]). So either
+//! the halting vCPU sees the interrupt, or the source sees the waiting flag.
+
+use super::guest::{hv, vcpu_id, Guest};
+use super::percpu::kick;
+use crate::{println, serial, time};
+use alloc::vec::Vec;
+use bastion_core::devices::pic8259::Pic;
+use bastion_core::vm::devices::{DeviceIo, GuestDevices, IoOutcome, COM1};
+use bastion_core::vm::Host;
+use core::sync::atomic::Ordering;
+
+/// Room kept free in the host's output ring for host messages and line tags: guest output is
+/// moved only beyond it. Larger than one tagged line (`console::MAX_LINE_BYTES` + tag).
+pub(super) const OUTPUT_RESERVE: usize = 2048;
+
+/// The guest side of an exit: the guest's devices, with UART output sent to the console.
+pub(super) struct GuestIo<'a> {
+    pub(super) g: &'a Guest,
+}
+
+/// Whether a port access touches the guest's UART (so its output or input may have moved).
+fn is_uart(port: u16, size: u8) -> bool {
+    port < COM1 + 8 && port.saturating_add(size as u16) > COM1
+}
+
+impl DeviceIo for GuestIo<'_> {
+    fn io_read(&mut self, port: u16, size: u8) -> u32 {
+        let d = &self.g.devices;
+        let v = d.port_read(port, size);
+        // A device access by any vCPU can raise an interrupt for another (the PIC's INTR
+        // reaches vCPU 0 whoever touched the device): wake its target.
+        wake_if_interrupted(self.g, &d.update_irqs());
+        if is_uart(port, size) {
+            // A read may have made room in the receive FIFO: feed it what was typed meanwhile;
+            // a guest polling LSR for THRE gets its FIFO drained as far as the line has room.
+            feed_pending_input(self.g);
+            drain_uart(self.g);
+        }
+        v
+    }
+
+    fn io_write(&mut self, port: u16, size: u8, value: u32) -> IoOutcome {
+        let d = &self.g.devices;
+        let outcome = d.port_write(port, size, value);
+        wake_if_interrupted(self.g, &d.update_irqs());
+        if is_uart(port, size) {
+            drain_uart(self.g);
+        }
+        outcome
+    }
+
+    fn is_device(&self, gpa: u64) -> bool {
+        GuestDevices::is_device_space(gpa)
+    }
+
+    fn mmio_read(&mut self, gpa: u64, data: &mut [u8]) -> bool {
+        let d = &self.g.devices;
+        if !GuestDevices::is_device_space(gpa) {
+            return false;
+        }
+        d.bus.read(bastion_core::devices::bus::Space::Mmio, gpa, data);
+        wake_if_interrupted(self.g, &d.update_irqs());
+        true
+    }
+
+    fn mmio_write(&mut self, gpa: u64, data: &[u8]) -> bool {
+        let d = &self.g.devices;
+        if !GuestDevices::is_device_space(gpa) {
+            return false;
+        }
+        d.bus.write(bastion_core::devices::bus::Space::Mmio, gpa, data);
+        wake_if_interrupted(self.g, &d.update_irqs());
+        true
+    }
+}
+
+/// Moves what the guest's UART has sent to the console, as far as the host's output ring has
+/// room; the UART raises its THRE interrupt when its FIFO empties.
+pub(super) fn drain_uart(g: &Guest) {
+    move_uart_output(g, serial::output_room().saturating_sub(OUTPUT_RESERVE));
+}
+
+/// Moves everything the guest's UART holds to the console, waiting for the line if it must:
+/// for a guest that has stopped, whose last bytes must not be lost (at most a FIFO's worth).
+pub(super) fn drain_uart_all(g: &Guest) {
+    move_uart_output(g, usize::MAX);
+}
+
+fn move_uart_output(g: &Guest, room: usize) {
+    // Drained bytes and the lines they complete leave in one piece per guest: whoever holds
+    // the UART's output next continues where this left off.
+    let _order = g.tx_lock.lock();
+    let mut out = Vec::new();
+    let moved = g.devices.uart.lock().drain_output(&mut out, room);
+    if moved == 0 {
+        return;
+    }
+    wake_if_interrupted(g, &g.devices.update_irqs());
+    let lines = hv().console.lock().guest_output(g.index, &out);
+    for l in lines {
+        println!("{l}");
+    }
+}
+
+/// Whether the guest's UART holds output the line had no room for yet.
+pub(super) fn uart_output_waiting(g: &Guest) -> bool {
+    g.devices.uart.lock().tx_pending() > 0
+}
+
+pub(super) fn feed_pending_input(g: &Guest) {
+    let mut pending = g.pending_input.lock();
+    if !pending.is_empty() {
+        let n = g.devices.uart.lock().receive(&pending);
+        pending.drain(..n);
+        wake_if_interrupted(g, &g.devices.update_irqs());
+    }
+}
+
+/// Whether vCPU `vcpu` of a guest has an interrupt to take: the PIC's output is wired to
+/// vCPU 0, as the 8259's INTR pin is to the boot processor on a PC; no other source exists
+/// yet (a virtual local APIC per vCPU will route to the others).
+pub(super) fn interrupt_pending(pic: &Pic, vcpu: usize) -> bool {
+    vcpu == 0 && pic.has_interrupt()
+}
+
+/// `interrupt_pending` after bringing the guest's timers up to now.
+pub(super) fn interrupt_pending_now(g: &Guest, vcpu: usize) -> bool {
+    interrupt_pending(&g.devices.advance(time::now_ns()), vcpu)
+}
+
+/// When a guest timer will next raise an interrupt for vCPU `vcpu` (the PIT, through the PIC,
+/// reaches vCPU 0 only).
+pub(super) fn timer_deadline(d: &GuestDevices, vcpu: usize, now: u64) -> Option<u64> {
+    if vcpu == 0 {
+        d.next_deadline(now)
+    } else {
+        None
+    }
+}
+
+/// Whether any interrupt source can ever reach vCPU `vcpu`.
+pub(super) fn has_interrupt_source(vcpu: usize) -> bool {
+    vcpu == 0
+}
+
+/// Wakes every vCPU of the guest that sleeps in HLT and now has an interrupt. Called with the
+/// PIC locked, as is the check before a vCPU blocks, so no wake-up is lost in between.
+pub(super) fn wake_if_interrupted(g: &Guest, pic: &Pic) {
+    for (v, waiting) in g.waiting.iter().enumerate() {
+        // The flag first: it is one load, and most device accesses happen with no vCPU asleep.
+        if waiting.load(Ordering::SeqCst) && interrupt_pending(pic, v) && waiting.swap(false, Ordering::SeqCst) {
+            let kick_cpu = hv().sched.lock().wake(vcpu_id(g.index, v), time::now_ns());
+            if let Some(c) = kick_cpu {
+                kick(c);
+            }
+        }
+    }
+}
+
+/// The host CPU as the exit handler sees it.
+pub(super) struct HostCpu;
+
+impl Host for HostCpu {
+    fn cpuid(&self, leaf: u32, sub: u32) -> [u32; 4] {
+        let (a, b, c, d) = crate::cpu::cpuid(leaf, sub);
+        [a, b, c, d]
+    }
+    fn rdtsc(&self) -> u64 {
+        // SAFETY: RDTSC has no side effects.
+        unsafe { core::arch::x86_64::_rdtsc() }
+    }
+    fn wbinvd(&self) {
+        // SAFETY: writing back and invalidating caches is always safe, only slow.
+        unsafe { core::arch::asm!("wbinvd", options(nostack)) };
+    }
+}

@@ -1,0 +1,319 @@
+//! A guest's life: built from the configuration at start, booted (memory, vCPUs, devices,
+//! scheduler entries), stopped (by itself, a crash or the monitor: its vCPUs leave every CPU),
+//! reaped by CPU 0 once no CPU holds any of its vCPUs (memory freed), and restarted when asked.
+
+use super::guest::{console_update, hv, vcpu_id, After, Cause, Guest, GuestCtl, Hv, Status, VcpuSlot, HV};
+use super::io::{drain_uart_all, HostCpu};
+use super::percpu::{kick, this_cpu, CPUS, CPUS_READY, MAX_CPUS};
+use crate::vm::Vm;
+use crate::{println, time};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use bastion_core::config::{Config, OnCrash};
+use bastion_core::console::Console;
+use bastion_core::sched::Scheduler;
+use bastion_core::vm::devices::GuestDevices;
+use bastion_core::vm::{ExitKind, StopReason, VcpuState};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use spin::Mutex;
+
+/// Builds the guest table from the configuration and starts the autostart guests. Runs on
+/// CPU 0 after every CPU has called `init_cpu`.
+pub fn start(config: &Config, images: Vec<Option<&'static [u8]>>, online: usize) {
+    // Give the APs a moment to register; a CPU that could not enable virtualization is left
+    // out of every affinity mask, so nothing is ever queued where it cannot run.
+    for _ in 0..1000 {
+        if CPUS_READY.load(Ordering::SeqCst) >= online {
+            break;
+        }
+        time::pit_delay_us(1000);
+    }
+    let all_cpus = (0..MAX_CPUS).filter(|&i| CPUS[i].is_completed()).fold(0u64, |m, i| m | (1 << i));
+    let ncpus = 64 - all_cpus.leading_zeros() as usize;
+    let mut console = Console::new(4096);
+    let mut guests = Vec::new();
+    for (cfg, image) in config.guests.iter().zip(images) {
+        let Some(image) = image else { continue };
+        let affinity = match &cfg.affinity {
+            None => all_cpus,
+            Some(list) => {
+                let mask = list.iter().fold(0u64, |m, c| m | (1u64 << c)) & all_cpus;
+                let dropped: Vec<&u32> = list.iter().filter(|c| (**c as usize) >= ncpus).collect();
+                if !dropped.is_empty() {
+                    log::warn!("guest {}: affinity names CPUs that do not exist ({dropped:?}); ignored", cfg.name);
+                }
+                if mask == 0 {
+                    log::error!("guest {}: none of its affinity CPUs exist; not started", cfg.name);
+                    continue;
+                }
+                mask
+            }
+        };
+        let index = guests.len();
+        let console_index = console.add_guest(&cfg.name);
+        debug_assert_eq!(console_index, index);
+        guests.push(Guest {
+            cfg: cfg.clone(),
+            index,
+            image,
+            affinity,
+            vcpus: (0..cfg.vcpus).map(|v| Mutex::new(VcpuSlot { backend: None, state: VcpuState::new(v, 0, &HostCpu) })).collect(),
+            devices: GuestDevices::with_clock(time::now_ns),
+            ctl: Mutex::new(GuestCtl {
+                vm: None,
+                status: Status::Stopped,
+                then: After::Nothing,
+                cause: None,
+                at: (0, 0),
+                halted: 0,
+                halted_with_if: false,
+                boots: 0,
+                started_ns: 0,
+            }),
+            hold: AtomicBool::new(true),
+            exits: [const { AtomicU64::new(0) }; ExitKind::COUNT],
+            tx_lock: Mutex::new(()),
+            pending_input: Mutex::new(Vec::new()),
+            waiting: (0..cfg.vcpus).map(|_| AtomicBool::new(false)).collect(),
+        });
+    }
+    let max_tag = CPUS[0].get().map_or(1, |c| c.backend.max_tag());
+    HV.call_once(|| Hv {
+        console_events: Mutex::new(Vec::new()),
+        guests,
+        sched: Mutex::new(Scheduler::new(ncpus.max(1), bastion_core::sched::DEFAULT_SLICE_NS)),
+        console: Mutex::new(console),
+        ncpus,
+        exit_when_idle: config.hypervisor.exit_when_idle,
+        stop_after_ns: config.debug.stop_after_ms.map(|ms| ms * 1_000_000),
+        next_tag: AtomicU64::new(0),
+        max_tag,
+        baseline: Mutex::new((0, Vec::new())),
+    });
+    let h = hv();
+    log::info!("memory: {} KiB free before any guest starts", crate::memory::free_frames() * 4);
+    for g in &h.guests {
+        if g.cfg.autostart {
+            boot_guest(g);
+        } else {
+            log::info!("guest {}: not started (autostart = false); `reset {}` in the monitor starts it", g.cfg.name, g.cfg.name);
+            // Not running: no input focus until it starts.
+            let _ = h.console.lock().set_accepts_input(g.index, false);
+        }
+    }
+    {
+        let sched = h.sched.lock();
+        let runtimes = h.guests.iter().flat_map(|g| (0..g.vcpus.len()).map(move |v| (g.index, v))).map(|(g, v)| sched.runtime_ns(vcpu_id(g, v))).collect();
+        *h.baseline.lock() = (time::now_ns(), runtimes);
+    }
+    console_update(|c| c.announce());
+}
+
+/// A VPID/ASID for a new VM: cycles through 1..=max, so a VM that is reset gets a fresh one
+/// (and each CPU flushes a tag the first time a vCPU uses it there).
+pub(super) fn next_tag(h: &Hv) -> u16 {
+    (h.next_tag.fetch_add(1, Ordering::Relaxed) % h.max_tag.max(1) as u64) as u16 + 1
+}
+
+/// Creates the guest's memory and vCPUs and hands them to the scheduler.
+pub(super) fn boot_guest(g: &Guest) {
+    let h = hv();
+    let cpu = this_cpu();
+    let mut ctl = g.ctl.lock();
+    let vm = match Vm::new(&g.cfg, g.image, cpu.backend.npt_format(), next_tag(h)) {
+        Ok(vm) => vm,
+        Err(e) => {
+            log::error!("guest {}: cannot start: {e}", g.cfg.name);
+            ctl.status = Status::Crashed;
+            return;
+        }
+    };
+    for (i, slot) in g.vcpus.iter().enumerate() {
+        let mut slot = slot.lock();
+        match cpu.backend.create_vcpu(&vm) {
+            Ok(v) => slot.backend = Some(v),
+            Err(e) => {
+                log::error!("guest {}: cannot create vCPU {i}: {e}", g.cfg.name);
+                drop(slot);
+                for s in &g.vcpus {
+                    if let Some(b) = s.lock().backend.take() {
+                        b.destroy();
+                    }
+                }
+                vm.destroy();
+                ctl.status = Status::Crashed;
+                return;
+            }
+        }
+        slot.state = VcpuState::new(i as u32, time::tsc_khz().min(u32::MAX as u64) as u32, &HostCpu);
+    }
+    g.devices.reset();
+    ctl.boots += 1;
+    log::info!(
+        "guest {}: starting ({} MiB RAM, {} vCPU{}, {} bytes image, {}{})",
+        g.cfg.name,
+        vm.ram_bytes() >> 20,
+        g.cfg.vcpus,
+        if g.cfg.vcpus == 1 { "" } else { "s" },
+        g.image.len(),
+        vm.entry,
+        if ctl.boots > 1 { format!(", boot {}", ctl.boots) } else { String::new() }
+    );
+    ctl.vm = Some(vm);
+    ctl.status = Status::Running;
+    ctl.halted = 0;
+    ctl.halted_with_if = false;
+    ctl.cause = None;
+    ctl.started_ns = time::now_ns();
+    g.hold.store(false, Ordering::SeqCst);
+    drop(ctl);
+    let now = time::now_ns();
+    let mut sched = h.sched.lock();
+    let mut kicks = Vec::new();
+    for v in 0..g.vcpus.len() {
+        let id = vcpu_id(g.index, v);
+        let _ = sched.remove(id, now);
+        match sched.add(id, g.affinity, bastion_core::sched::DEFAULT_WEIGHT, now) {
+            Ok(cpu) => kicks.push(cpu),
+            Err(e) => log::error!("guest {}: scheduler refused vCPU {v}: {e:?}", g.cfg.name),
+        }
+    }
+    drop(sched);
+    for c in kicks {
+        kick(c);
+    }
+}
+
+/// Begins stopping a guest: no vCPU of it runs again; CPU 0 frees it once all are off-CPU.
+pub(super) fn stop_guest(g: &Guest, cause: Cause, then: After, at: (u32, u64)) {
+    let h = hv();
+    {
+        let mut ctl = g.ctl.lock();
+        if !matches!(ctl.status, Status::Running | Status::Paused) {
+            return;
+        }
+        ctl.status = Status::Stopping;
+        ctl.then = then;
+        ctl.cause = Some(cause);
+        ctl.at = at;
+    }
+    g.hold.store(true, Ordering::SeqCst);
+    let now = time::now_ns();
+    let kicks: Vec<usize> = {
+        let mut sched = h.sched.lock();
+        (0..g.vcpus.len()).filter_map(|v| sched.stop(vcpu_id(g.index, v), now)).collect()
+    };
+    for c in kicks {
+        kick(c);
+    }
+    console_update(|c| c.set_accepts_input(g.index, false));
+}
+
+/// Frees guests whose vCPUs have all left their CPUs; restarts those that asked for it.
+pub(super) fn reap() {
+    let h = hv();
+    for g in &h.guests {
+        if g.ctl.lock().status != Status::Stopping {
+            continue;
+        }
+        // A vCPU slot still held means a CPU is finishing a slice with it: try again later.
+        let mut slots = Vec::new();
+        for s in &g.vcpus {
+            match s.try_lock() {
+                Some(s) => slots.push(s),
+                None => break,
+            }
+        }
+        if slots.len() != g.vcpus.len() {
+            continue;
+        }
+        for s in slots.iter_mut() {
+            if let Some(b) = s.backend.take() {
+                b.destroy();
+            }
+        }
+        drop(slots);
+        let mut ctl = g.ctl.lock();
+        if let Some(vm) = ctl.vm.take() {
+            vm.destroy();
+        }
+        let cause = ctl.cause.clone();
+        let (vcpu, rip) = ctl.at;
+        let ran_ms = (time::now_ns() - ctl.started_ns) / 1_000_000;
+        let exits = exit_summary(g);
+        let (status, then) = match &cause {
+            Some(Cause::Guest(StopReason::TestExit(_))) => (Status::Exited, ctl.then),
+            Some(Cause::Guest(StopReason::Halted { .. })) => (Status::Halted, ctl.then),
+            Some(Cause::Guest(_)) if g.cfg.on_crash == OnCrash::Restart => (Status::Crashed, After::Restart),
+            Some(Cause::Guest(_)) => (Status::Crashed, ctl.then),
+            Some(Cause::Killed) | None => (Status::Stopped, ctl.then),
+            Some(Cause::Reset) => (Status::Stopped, After::Restart),
+        };
+        ctl.status = status;
+        drop(ctl);
+        drain_uart_all(g);
+        let rest = h.console.lock().flush_partial(g.index);
+        if let Some(line) = rest {
+            println!("{line}");
+        }
+        let what = match &cause {
+            Some(Cause::Guest(r)) => format!("{r}"),
+            Some(Cause::Killed) => "killed from the monitor".into(),
+            Some(Cause::Reset) => "reset from the monitor".into(),
+            None => "stopped".into(),
+        };
+        let line = format!(
+            "guest {}: stopped: {what} (vCPU {vcpu}, RIP {rip:#x}); exits {exits}; ran {ran_ms} ms; memory freed, {} KiB free",
+            g.cfg.name,
+            crate::memory::free_frames() * 4
+        );
+        if status == Status::Exited && matches!(cause, Some(Cause::Guest(StopReason::TestExit(0)))) {
+            log::info!("{line}");
+        } else {
+            log::warn!("{line}");
+        }
+        for e in &g.exits {
+            e.store(0, Ordering::Relaxed);
+        }
+        if then == After::Restart {
+            if status == Status::Crashed {
+                log::warn!("guest {}: restarting (on_crash = \"restart\")", g.cfg.name);
+            }
+            boot_guest(g);
+            console_update(|c| c.set_accepts_input(g.index, true));
+        }
+    }
+}
+
+pub(super) fn exit_summary(g: &Guest) -> String {
+    let mut stats = bastion_core::vm::ExitStats::default();
+    for (i, e) in g.exits.iter().enumerate() {
+        stats.counts[i] = e.load(Ordering::Relaxed);
+    }
+    format!("{stats}")
+}
+
+/// The monitor's pause and resume: the scheduler keeps paused vCPUs off every CPU.
+pub(super) fn set_paused(g: &Guest, pause: bool) {
+    let h = hv();
+    let (from, to) = if pause { (Status::Running, Status::Paused) } else { (Status::Paused, Status::Running) };
+    {
+        let mut ctl = g.ctl.lock();
+        if ctl.status != from {
+            println!("{} is {}, not {}", g.cfg.name, ctl.status.name(), from.name());
+            return;
+        }
+        ctl.status = to;
+    }
+    g.hold.store(pause, Ordering::SeqCst);
+    let now = time::now_ns();
+    let kicks: Vec<usize> = {
+        let mut s = h.sched.lock();
+        (0..g.vcpus.len())
+            .filter_map(|v| if pause { s.pause(vcpu_id(g.index, v), now) } else { s.resume(vcpu_id(g.index, v), now) })
+            .collect()
+    };
+    kicks.into_iter().for_each(kick);
+    println!("{} {}", g.cfg.name, if pause { "paused" } else { "resumed" });
+}

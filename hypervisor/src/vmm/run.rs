@@ -1,0 +1,247 @@
+//! The per-CPU loop: ask the scheduler what to run, run that vCPU until its slice ends
+//! (VMX-preemption timer, or the local APIC timer on SVM), it halts, or its guest stops; CPU 0
+//! also services the console and reaps stopped guests between slices.
+
+use super::guest::{hv, vcpu_id, Cause, After, VcpuSlot, HV, VCPU_STRIDE};
+use super::io::{has_interrupt_source, interrupt_pending, interrupt_pending_now, timer_deadline, GuestIo, HostCpu};
+use super::lifecycle::{reap, stop_guest};
+use super::monitor::poll_console;
+use super::percpu::{arm_slice_timer, kick, take_host_interrupts, this_cpu, PerCpu};
+use crate::{println, serial, time};
+use alloc::vec::Vec;
+use bastion_core::exit::ExitStatus;
+use bastion_core::sched::{Decision, State as SchedState, VcpuId};
+use bastion_core::vm::{handle_exit, Action, Env, Exit, StopReason, Vcpu};
+use core::sync::atomic::Ordering;
+
+/// Idle CPUs wake up this often to poll the console and reap stopped guests.
+pub(super) const IDLE_TICK_NS: u64 = 10_000_000;
+
+/// How often CPU 0 returns to the console at least (output, and input: a 16-byte FIFO fills
+/// in 1.39 ms at 115200 baud); the rule and its proof are in `bastion_core::serial_policy`.
+pub(super) const CONSOLE_TICK_NS: u64 = bastion_core::serial_policy::CONSOLE_TICK_NS;
+
+/// How a slice ended.
+pub(super) enum SliceEnd {
+    Preempted,
+    /// The guest gave up the rest of its slice.
+    Yielded,
+    Halted { interrupts_enabled: bool },
+    Stop(StopReason),
+    /// The guest is being stopped or paused by someone else.
+    Held,
+}
+
+pub(super) fn run_slice(cpu: &PerCpu, id: VcpuId, slice_ns: u64) {
+    let h = hv();
+    let (gi, vi) = ((id.0 / VCPU_STRIDE) as usize, (id.0 % VCPU_STRIDE) as usize);
+    let Some(g) = h.guests.get(gi) else { return };
+    let mut slot = g.vcpus[vi].lock();
+    let VcpuSlot { backend, state } = &mut *slot;
+    let Some(vcpu) = backend.as_mut() else {
+        // Torn down meanwhile.
+        drop(slot);
+        h.sched.lock().stop(id, time::now_ns());
+        return;
+    };
+    // Running now: whatever woke it (an interrupt or its deadline), it no longer waits.
+    g.waiting[vi].store(false, Ordering::SeqCst);
+    let t0 = time::rdtsc();
+    if let Err(e) = vcpu.begin_slice(cpu.index, &cpu.backend) {
+        drop(slot);
+        stop_guest(g, Cause::Guest(StopReason::EntryFailed(e)), After::Nothing, (vi as u32, 0));
+        return;
+    }
+    let mut switch_cycles = time::rdtsc() - t0;
+    let deadline = time::now_ns() + slice_ns;
+    let end = loop {
+        if g.hold.load(Ordering::Relaxed) {
+            break SliceEnd::Held;
+        }
+        let now = time::now_ns();
+        if now >= deadline {
+            break SliceEnd::Preempted;
+        }
+        if vi == 0 {
+            // The PIC's output is wired to vCPU 0, as the 8259's INTR pin is to the boot
+            // processor on a PC; the PIT's ticks reach the PIC first.
+            bastion_core::vm::deliver_interrupt(vcpu, &mut g.devices.advance(now));
+        }
+        // CPU 0 services the console (output waiting for the line, and input): its slices
+        // end within CONSOLE_TICK_NS so the UART never sits idle or overflows. Other CPUs
+        // pump only when their guests exit anyway, so a CPU-bound neighbour of a printing
+        // guest is not interrupted for the console.
+        let budget = if cpu.index == 0 { (deadline - now).min(CONSOLE_TICK_NS) } else { deadline - now };
+        let exit = vcpu.run(budget, arm_slice_timer);
+        take_host_interrupts();
+        serial::pump_if_due(time::now_ns());
+        g.exits[exit.exit.kind() as usize].fetch_add(1, Ordering::Relaxed);
+        if exit.exit == Exit::HostNmi {
+            crate::interrupts::count_nmi();
+        }
+        let mut io = GuestIo { g };
+        let mut ram = crate::vm::GuestRam(vcpu.ram_view());
+        let mut env = Env { io: &mut io, mem: &mut ram, host: &HostCpu };
+        match handle_exit(&exit, vcpu, state, &mut env) {
+            Action::Resume => {}
+            Action::Yield => break SliceEnd::Yielded,
+            // Halted with an interrupt already pending: deliver it instead of sleeping.
+            Action::Halt { interrupts_enabled: true } if interrupt_pending_now(g, vi) => {}
+            Action::Halt { interrupts_enabled } => break SliceEnd::Halted { interrupts_enabled },
+            Action::Stop(r) => break SliceEnd::Stop(r),
+        }
+    };
+    let rip = vcpu.rip();
+    let t1 = time::rdtsc();
+    vcpu.end_slice();
+    switch_cycles += time::rdtsc() - t1;
+    crate::virt::context::SWITCH_CYCLES.fetch_add(switch_cycles, Ordering::Relaxed);
+    crate::virt::context::SLICES.fetch_add(1, Ordering::Relaxed);
+    if cpu.last_vcpu.swap(id.0 as u64, Ordering::Relaxed) != id.0 as u64 {
+        crate::virt::context::SWITCHES.fetch_add(1, Ordering::Relaxed);
+    }
+    drop(slot);
+    let now = time::now_ns();
+    match end {
+        SliceEnd::Preempted => h.sched.lock().preempt(cpu.index, now),
+        SliceEnd::Yielded => h.sched.lock().yield_now(cpu.index, now),
+        SliceEnd::Held => {
+            let mut s = h.sched.lock();
+            if s.state(id) == Some(SchedState::Running { cpu: cpu.index }) {
+                s.preempt(cpu.index, now);
+            }
+        }
+        SliceEnd::Halted { interrupts_enabled } => {
+            // A halted vCPU leaves the scheduler until an interrupt for it wakes it (checked
+            // under the PIC lock, the same lock interrupt sources hold to wake it). A vCPU
+            // that no interrupt can ever reach — interrupts disabled, or no source routed to
+            // it — is finished, and the guest with it once all its vCPUs are.
+            let wakeable = interrupts_enabled && has_interrupt_source(vi);
+            if wakeable {
+                // A guest timer that will fire wakes it then, even with no other interrupt.
+                let timer = timer_deadline(&g.devices, vi, now);
+                let pic = g.devices.advance(now);
+                if interrupt_pending(&pic, vi) {
+                    h.sched.lock().preempt(cpu.index, now);
+                } else {
+                    g.waiting[vi].store(true, Ordering::SeqCst);
+                    match timer {
+                        Some(at) => h.sched.lock().block_until(id, at, now),
+                        None => h.sched.lock().block(id, now),
+                    }
+                }
+            } else {
+                h.sched.lock().block(id, now);
+                let all = {
+                    let mut ctl = g.ctl.lock();
+                    ctl.halted += 1;
+                    ctl.halted_with_if |= interrupts_enabled;
+                    ctl.halted as usize == g.vcpus.len()
+                };
+                if all {
+                    let interrupts_enabled = g.ctl.lock().halted_with_if;
+                    stop_guest(g, Cause::Guest(StopReason::Halted { interrupts_enabled }), After::Nothing, (vi as u32, rip));
+                }
+            }
+        }
+        SliceEnd::Stop(r) => stop_guest(g, Cause::Guest(r), After::Nothing, (vi as u32, rip)),
+    }
+}
+
+/// Every CPU's main loop.
+pub fn cpu_loop(index: usize) -> ! {
+    // Wait until the boot CPU has built the guest table.
+    while HV.get().is_none() {
+        core::hint::spin_loop();
+    }
+    let h = hv();
+    let cpu = this_cpu();
+    let mut nmis_reported = 0;
+    let mut input_lost_reported = 0;
+    loop {
+        if index == 0 {
+            poll_console();
+            reap();
+            let lost = serial::input_overruns();
+            if lost != input_lost_reported {
+                log::warn!("console: {} typed byte(s) lost, the 4 KiB input buffer was full", lost - input_lost_reported);
+                input_lost_reported = lost;
+            }
+            let nmis = crate::interrupts::nmi_count();
+            if nmis != nmis_reported {
+                log::warn!("host: {} NMI(s) received ({nmis} in all); handled by Bastion, guests continue", nmis - nmis_reported);
+                nmis_reported = nmis;
+            }
+            if let Some(limit) = h.stop_after_ns {
+                if time::now_ns() >= limit {
+                    finish_timed_run();
+                }
+            }
+            if h.exit_when_idle && h.guests.iter().all(|g| g.ctl.lock().status.is_final()) {
+                log::info!("all guests have ended; exiting as configured (exit_when_idle)");
+                report_switches();
+                crate::platform::exit(ExitStatus::Pass, "");
+            }
+        }
+        // Halted vCPUs whose guest timer is due become runnable (on whichever CPU suits them).
+        let now = time::now_ns();
+        let (decision, kicks, next) = {
+            let mut sched = h.sched.lock();
+            let kicks = sched.expire(now);
+            (sched.pick_next(index, now), kicks, sched.next_deadline())
+        };
+        kicks.into_iter().for_each(kick);
+        match decision {
+            Decision::Run { vcpu, slice_ns } => run_slice(cpu, vcpu, slice_ns),
+            Decision::Idle => {
+                // Wake for the next guest timer, or the idle tick, whichever comes first; within
+                // the console tick while output waits or on CPU 0 (input).
+                let tick = if serial::output_pending() || index == 0 { CONSOLE_TICK_NS } else { IDLE_TICK_NS };
+                let wait = next.map_or(tick, |d| d.saturating_sub(now).min(tick));
+                arm_slice_timer(wait);
+                x86_64::instructions::interrupts::enable_and_hlt();
+                x86_64::instructions::interrupts::disable();
+            }
+        }
+    }
+}
+
+/// How many slices ran, how many of them put a different vCPU on its CPU than the slice
+/// before, and what a slice's context switch cost on average: the TSC cycles of
+/// `begin_slice` + `end_slice` (VMCS/VMCB binding and the context the hardware does not
+/// switch).
+pub(super) fn report_switches() {
+    use crate::virt::context::{SLICES, SWITCHES, SWITCH_CYCLES};
+    let slices = SLICES.load(Ordering::Relaxed);
+    let cycles = SWITCH_CYCLES.load(Ordering::Relaxed);
+    println!(
+        "bench: vCPU context switches: {} between vCPUs in {slices} slices ({} TSC cycles per slice to switch the context)",
+        SWITCHES.load(Ordering::Relaxed),
+        cycles / slices.max(1)
+    );
+}
+
+/// `[debug] stop_after_ms`: report each guest's share of CPU time, then end the run.
+pub(super) fn finish_timed_run() -> ! {
+    report_switches();
+    let h = hv();
+    let sched = h.sched.lock();
+    let (since, base) = h.baseline.lock().clone();
+    let mut base = base.into_iter();
+    let mut shares = Vec::new();
+    for g in &h.guests {
+        let ns: u64 = (0..g.vcpus.len()).map(|v| sched.runtime_ns(vcpu_id(g.index, v)).saturating_sub(base.next().unwrap_or(0))).sum();
+        shares.push(ns);
+        println!("bench: guest {} ran {} ms on {} vCPU(s)", g.cfg.name, ns / 1_000_000, g.vcpus.len());
+    }
+    for c in 0..h.ncpus {
+        println!("bench: cpu {c} busy {} ms, idle {} ms (since boot)", sched.cpu_busy_ns(c) / 1_000_000, sched.cpu_idle_ns(c) / 1_000_000);
+    }
+    println!(
+        "bench: fairness max/min = {:.3} over the {} ms after every guest had started",
+        bastion_core::sched::fairness(&shares),
+        (time::now_ns() - since) / 1_000_000
+    );
+    drop(sched);
+    crate::platform::exit(ExitStatus::Pass, "")
+}
