@@ -85,10 +85,21 @@ impl Drop for LineLock {
 /// Writes one byte once the UART can take it (the ABI's protocol: poll LSR.THRE, then OUT).
 /// Not locked: see [`LineLock`].
 pub fn putc(byte: u8) {
-    while inb(LSR) & LSR_THRE == 0 {
-        core::hint::spin_loop();
+    if inb(LSR) & LSR_THRE == 0 {
+        BUSY.fetch_add(1, Ordering::Relaxed);
+        while inb(LSR) & LSR_THRE == 0 {
+            core::hint::spin_loop();
+        }
     }
     outb(COM1, byte);
+}
+
+/// How many times [`putc`] found the transmitter busy (LSR.THRE clear) and had to wait: the
+/// backpressure a guest meets when it outruns the console's line.
+static BUSY: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+pub fn transmitter_busy_count() -> u64 {
+    BUSY.load(Ordering::Relaxed)
 }
 
 /// The console as a [`fmt::Write`]. Lines end with "\n" only (the ABI). Not locked: see
