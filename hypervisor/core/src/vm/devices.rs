@@ -491,4 +491,25 @@ mod tests {
         assert_eq!(d.io_read(COM1 + 7, 1), 0, "scratch register back to 0");
         assert_eq!(d.bus.ranges(Space::Port).count(), 6);
     }
+
+    #[test]
+    fn the_pic_pair_answers_at_both_of_its_port_ranges() {
+        let mut d = GuestDevices::default();
+        // OCW1 writes the interrupt mask; a read of the data port returns it (8259A datasheet).
+        d.io_write(0x21, 1, 0xa5);
+        d.io_write(0xa1, 1, 0x5a);
+        assert_eq!((d.io_read(0x21, 1), d.io_read(0xa1, 1)), (0xa5, 0x5a));
+    }
+
+    #[test]
+    fn pit_counters_read_back_through_the_bus() {
+        let mut d = GuestDevices::default();
+        // Counter 0, LSB then MSB, mode 0, count 0x1234; latch (counter-latch command) and read
+        // low then high (8254 datasheet: read operations). The test clock stands still.
+        d.io_write(0x43, 1, 0x30);
+        d.io_write(0x40, 1, 0x34);
+        d.io_write(0x40, 1, 0x12);
+        d.io_write(0x43, 1, 0x00);
+        assert_eq!((d.io_read(0x40, 1), d.io_read(0x40, 1)), (0x34, 0x12));
+    }
 }

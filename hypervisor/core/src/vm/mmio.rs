@@ -63,18 +63,12 @@ impl Mem<'_> {
             } else {
                 self.io.mmio_read(gpa, data)
             }
+        } else if write {
+            // RAM: `linear` hands it over a page at a time, and the operand the hardware
+            // reported is device space, so a piece never crosses a page here.
+            self.ram.write(gpa, data)
         } else {
-            // RAM, a page at a time (the RAM view reads within one page).
-            let mut done = 0;
-            let mut ok = true;
-            while ok && done < data.len() {
-                let at = gpa.wrapping_add(done as u64);
-                let n = (4096 - (at & 0xfff) as usize).min(data.len() - done);
-                let piece = &mut data[done..done + n];
-                ok = if write { self.ram.write(at, piece) } else { self.ram.read(at, piece) };
-                done += n;
-            }
-            ok
+            self.ram.read(gpa, data)
         };
         if ok {
             Ok(())

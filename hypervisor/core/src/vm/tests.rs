@@ -1005,4 +1005,103 @@ mod mmio_exits {
             a => panic!("{a:?}"),
         }
     }
+
+    #[test]
+    fn a_page_fault_at_cpl_3_says_user() {
+        let mut g = guest();
+        let mut cpu = long64(&mut g, &[0xad]); // lodsd from an unmapped page
+        cpu.cpl = 3;
+        cpu.gprs.rsi = 0x1_0000_0000;
+        assert_eq!(npf(&mut cpu, &mut g, IOWIN, false), Action::Resume);
+        assert_eq!(cpu.injected, [(14, Some(4))], "#PF, error code U/S for a CPL-3 read (SDM Vol. 3A 4.7)");
+    }
+
+    /// 32-bit paging (CR4.PSE): a page directory at 0x2000 whose first entry points to a page
+    /// table at 0x3000 mapping the first 4 MiB 1:1 except linear 0x5000 -> physical 0x7000, and
+    /// a 4 MiB page over the I/O APIC (SDM Vol. 3A 4.3).
+    fn paged32(g: &mut Guest, code: &[u8]) -> FakeCpu {
+        let mut cpu = protected32(g, code);
+        let pd = |i: usize, v: u32, g: &mut Guest| g.ram.0[0x2000 + 4 * i..0x2004 + 4 * i].copy_from_slice(&v.to_le_bytes());
+        pd(0, 0x3000 | 3, g);
+        pd((IOAPIC_BASE >> 22) as usize, IOAPIC_BASE as u32 | (1 << 7) | 3, g);
+        for page in 0..16u32 {
+            let phys = if page == 5 { 0x7000 } else { page << 12 };
+            g.ram.0[0x3000 + 4 * page as usize..0x3004 + 4 * page as usize].copy_from_slice(&(phys | 3).to_le_bytes());
+        }
+        cpu.cr0 = (Cr0::PE | Cr0::PG).bits();
+        cpu.cr3 = 0x2000;
+        cpu.cr4 = Cr4::PSE.bits();
+        cpu
+    }
+
+    #[test]
+    fn a_string_operand_crossing_a_page_follows_the_guests_mapping_of_each_page() {
+        let mut g = guest();
+        // rep movsd from RAM at linear 0x4ffe (crossing into linear 0x5000 = physical 0x7000)
+        // to IOREGSEL: one dword, the first two bytes from 0x4ffe, the next two from 0x7000.
+        let mut cpu = paged32(&mut g, &[0xf3, 0xa5]);
+        g.ram.0[0x4ffe..0x5000].copy_from_slice(&[0x11, 0x22]);
+        g.ram.0[0x5000..0x5002].copy_from_slice(&[0xee, 0xee]);
+        g.ram.0[0x7000..0x7002].copy_from_slice(&[0x33, 0x44]);
+        cpu.gprs.rsi = 0x4ffe;
+        cpu.gprs.rdi = IOREGSEL;
+        cpu.gprs.rcx = 1;
+        assert_eq!(npf(&mut cpu, &mut g, IOREGSEL, true), Action::Resume);
+        let mut b = [0u8; 4];
+        g.devices.mmio_read(IOREGSEL, &mut b);
+        assert_eq!(b[0], 0x11, "IOREGSEL keeps the low byte of what was copied");
+        // The copy went to IOREGSEL whole: select VER through the same path and read it back.
+        g.ram.0[0x4ffe..0x5000].copy_from_slice(&[0x01, 0x00]);
+        g.ram.0[0x7000..0x7002].copy_from_slice(&[0x00, 0x00]);
+        let mut cpu = paged32(&mut g, &[0xa5]); // movsd IOWIN -> RAM at linear 0x4ffe
+        cpu.gprs.rsi = 0x4ffe;
+        cpu.gprs.rdi = IOREGSEL;
+        npf(&mut cpu, &mut g, IOREGSEL, true);
+        let mut cpu = paged32(&mut g, &[0xa5]);
+        cpu.gprs.rsi = IOWIN;
+        cpu.gprs.rdi = 0x4ffe;
+        assert_eq!(npf(&mut cpu, &mut g, IOWIN, false), Action::Resume);
+        assert_eq!(&g.ram.0[0x4ffe..0x5000], &[0x20, 0x00], "VER's low half on the first page");
+        assert_eq!(&g.ram.0[0x7000..0x7002], &[0x17, 0x00], "its high half where linear 0x5000 maps");
+        assert_eq!(&g.ram.0[0x5000..0x5002], &[0xee, 0xee], "physical 0x5000 is not linear 0x5000");
+    }
+
+    #[test]
+    fn outside_64_bit_mode_linear_addresses_wrap_at_4_gib() {
+        let mut g = guest();
+        // stosd with ES base 0xffff_f000 + EDI 0x2000 = linear 0x1_0000_1000, which wraps to
+        // 0x1000 in 32-bit mode (SDM Vol. 3A 3.4: linear addresses are 32 bits wide).
+        let mut cpu = protected32(&mut g, &[0xab]);
+        cpu.es_base = 0xffff_f000;
+        cpu.gprs.rdi = 0x2000;
+        cpu.gprs.rax = 0x5566_7788;
+        // The fault reported the device for the source of another operand; the string store
+        // itself lands in RAM at the wrapped address.
+        assert_eq!(npf(&mut cpu, &mut g, IOREGSEL, true), Action::Resume);
+        assert_eq!(&g.ram.0[0x1000..0x1004], &0x5566_7788u32.to_le_bytes());
+    }
+
+    /// Devices without device memory (the trait's defaults): every nested page fault is a bad
+    /// access, even in the hole.
+    struct PortsOnly;
+    impl DeviceIo for PortsOnly {
+        fn io_read(&mut self, _: u16, _: u8) -> u32 {
+            0
+        }
+        fn io_write(&mut self, _: u16, _: u8, _: u32) -> IoOutcome {
+            IoOutcome::Done
+        }
+    }
+
+    #[test]
+    fn without_device_memory_the_hole_is_a_bad_access_too() {
+        let mut g = guest();
+        let mut cpu = protected32(&mut g, &[0x8b, 0x07]);
+        let mut io = PortsOnly;
+        let mut env = Env { io: &mut io, mem: &mut g.ram, host: &g.host };
+        let e = VmExit::event(Exit::NestedPageFault { gpa: IOWIN, write: false, fetch: false });
+        assert_eq!(handle_exit(&e, &mut cpu, &mut g.state, &mut env), Action::Stop(StopReason::BadAccess { gpa: IOWIN, write: false, fetch: false }));
+        let mut b = [0u8; 4];
+        assert!(!io.mmio_read(IOWIN, &mut b) && !io.mmio_write(IOWIN, &b) && !io.is_device(IOWIN));
+    }
 }
