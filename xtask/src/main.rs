@@ -13,6 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod console_bench;
+mod linux;
 
 /// Bastion's developer commands.
 #[derive(Parser)]
@@ -37,6 +38,9 @@ enum Cmd {
     Test(TestArgs),
     /// Measure boot time on every platform, the scheduler's fairness and Bastion's own memory
     Bench(BenchArgs),
+    /// Fetch Debian's cloud kernel and busybox (apt-get download, nothing installed) and build
+    /// the initramfs for Linux guests, under target/linux/
+    FetchLinux,
 }
 
 #[derive(Args)]
@@ -133,6 +137,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Run(args) => run_emulator(&args),
         Cmd::Test(args) => test(&args),
         Cmd::Bench(args) => bench(&args),
+        Cmd::FetchLinux => linux::fetch(&root()).map(|k| println!("{}\n{}\n({})", k.vmlinuz.display(), k.initramfs.display(), k.package)),
     }
 }
 
