@@ -512,4 +512,11 @@ mod tests {
         d.io_write(0x43, 1, 0x00);
         assert_eq!((d.io_read(0x40, 1), d.io_read(0x40, 1)), (0x34, 0x12));
     }
+
+    #[test]
+    fn passthrough_of_a_range_inside_a_bitmap_byte_keeps_its_neighbours_intercepted() {
+        let mut bm = vec![0xffu8; 8192];
+        io_bitmap_allow(&mut bm, 0x3f9, 3);
+        assert_eq!(bm[0x3f8 / 8], 0b1111_0001, "ports 0x3f9..0x3fc cleared, the rest of the byte kept");
+    }
 }

@@ -1104,4 +1104,16 @@ mod mmio_exits {
         let mut b = [0u8; 4];
         assert!(!io.mmio_read(IOWIN, &mut b) && !io.mmio_write(IOWIN, &b) && !io.is_device(IOWIN));
     }
+
+    #[test]
+    fn cs_l_outside_ia32e_mode_is_ignored_and_the_code_is_32_bit() {
+        let mut g = guest();
+        g.devices.mmio_write(IOREGSEL, &[1, 0, 0, 0]);
+        // mov eax, [moffs] (A1): a 4-byte address in 32-bit code, 8 bytes in 64-bit code. CS.L
+        // means nothing without EFER.LMA (SDM Vol. 3A 3.4.5: L is for IA-32e mode only).
+        let mut cpu = protected32(&mut g, &[0xa1, 0x10, 0x00, 0xc0, 0xfe]);
+        cpu.cs_l = true;
+        assert_eq!(npf(&mut cpu, &mut g, IOWIN, false), Action::Resume);
+        assert_eq!((cpu.rip, cpu.gprs.rax), (CODE + 5, 0x0017_0020));
+    }
 }
