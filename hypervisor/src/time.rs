@@ -102,7 +102,65 @@ pub fn init(pm_timer: Option<PmTimer>) -> TscRate {
     let rate = rules::choose(cpuid.ok(), calibration);
     TSC_KHZ.store(rate.khz, Ordering::Relaxed);
     TSC_AT_BOOT.store(t0, Ordering::Relaxed);
+    match read_host_rtc() {
+        Some(unix) => {
+            UNIX_AT_BOOT_NS.store(unix * 1_000_000_000, Ordering::Relaxed);
+            let d = bastion_core::devices::rtc::DateTime::from_unix(unix);
+            log::info!(
+                "clock:  host RTC {:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+                d.year,
+                d.month,
+                d.day,
+                d.hour,
+                d.minute,
+                d.second
+            );
+        }
+        None => warn!("clock:  the host RTC shows no valid time; guests' wall clocks start at 1970"),
+    }
     rate
+}
+
+/// Unix time in ns when the TSC read `TSC_AT_BOOT` (0 = unknown).
+static UNIX_AT_BOOT_NS: AtomicU64 = AtomicU64::new(0);
+
+/// The Unix time in ns now, from the host RTC read at boot and the TSC since (0 = unknown).
+pub fn unix_ns() -> u64 {
+    match UNIX_AT_BOOT_NS.load(Ordering::Relaxed) {
+        0 => 0,
+        at_boot => at_boot + now_ns(),
+    }
+}
+
+/// Reads the host's CMOS RTC (ports 0x70/0x71): waits out an update in progress (register A
+/// bit 7, MC146818A "Update Cycle"), then reads until two readings agree, so no field is
+/// taken from either side of an update. The century is register 0x32, as PC firmware keeps it.
+fn read_host_rtc() -> Option<u64> {
+    fn reg(i: u8) -> u8 {
+        // SAFETY: the CMOS index/data ports; bit 7 of the index (NMI disable) is left clear.
+        unsafe {
+            Port::<u8>::new(0x70).write(i);
+            Port::<u8>::new(0x71).read()
+        }
+    }
+    let read = || {
+        for _ in 0..1_000_000 {
+            if reg(0x0a) & 0x80 == 0 {
+                break;
+            }
+        }
+        [0x00, 0x02, 0x04, 0x07, 0x08, 0x09, 0x32, 0x0b].map(reg)
+    };
+    let mut last = read();
+    for _ in 0..10 {
+        let now = read();
+        if now == last {
+            let [s, m, h, d, mo, y, c, b] = now;
+            return bastion_core::devices::rtc::host_cmos_to_unix(s, m, h, d, mo, y, c, b);
+        }
+        last = now;
+    }
+    None
 }
 
 /// Polls allowed while waiting for a window to end, and without the counter changing. Far

@@ -66,6 +66,9 @@ fn check_arch(text: &str) {
     assert!(!text.contains("arch: FAIL"), "{text}");
     assert!(text.contains("[arch] arch: rep outsb reached the console"), "{text}");
     assert!(text.contains("arch: PASS an interrupt raised by vCPU 1's device access wakes halted vCPU 0"), "{text}");
+    // kvmclock: offered, and its time advances at the TSC rate.
+    assert!(text.contains("arch: PASS KVM signature at CPUID 0x40000100"), "{text}");
+    assert!(text.contains("arch: PASS kvmclock agrees with the TSC rate"), "{text}");
     let stop = text.lines().find(|l| l.contains("guest arch: stopped:")).unwrap_or_else(|| panic!("{text}"));
     assert!(stop.contains("test exit: PASS"), "{stop}");
     // INVD was intercepted (on SVM it ran natively before) and XSETBV was answered, not fatal.

@@ -191,4 +191,7 @@ impl Host for HostCpu {
         // SAFETY: writing back and invalidating caches is always safe, only slow.
         unsafe { core::arch::asm!("wbinvd", options(nostack)) };
     }
+    fn unix_time_ns(&self) -> u64 {
+        time::unix_ns()
+    }
 }

@@ -303,6 +303,38 @@ pub struct DateTime {
     pub weekday: u8,
 }
 
+/// The host's own RTC as read through ports 0x70/0x71: registers 0x00 (seconds), 0x02
+/// (minutes), 0x04 (hours), 0x07 (day), 0x08 (month), 0x09 (year), the century byte (0x32 on
+/// PCs, the ACPI FADT's CENTURY field names it; 0 if absent) and register B, whose DM bit (2)
+/// says binary rather than BCD and whose 24/12 bit (1) says 24-hour ("Register B", Table 3).
+/// Returns the Unix time, or `None` for values no clock shows. Without a century byte the
+/// year is taken as 20xx.
+pub fn host_cmos_to_unix(sec: u8, min: u8, hour: u8, day: u8, month: u8, year: u8, century: u8, reg_b: u8) -> Option<u64> {
+    let binary = reg_b & 0x04 != 0;
+    let h24 = reg_b & 0x02 != 0;
+    let dec = |v: u8| -> Option<u8> {
+        if binary {
+            Some(v)
+        } else if v >> 4 <= 9 && v & 0xf <= 9 {
+            Some((v >> 4) * 10 + (v & 0xf))
+        } else {
+            None
+        }
+    };
+    // In 12-hour mode bit 7 of the hours byte is PM; 12 AM is 0 h, 12 PM is 12 h.
+    let pm = !h24 && hour & 0x80 != 0;
+    let mut h = dec(hour & 0x7f)?;
+    if !h24 {
+        if !(1..=12).contains(&h) {
+            return None;
+        }
+        h = (h % 12) + if pm { 12 } else { 0 };
+    }
+    let c = if century == 0 { 20 } else { dec(century)? as u64 };
+    DateTime { year: c * 100 + dec(year)? as u64, month: dec(month)?, day: dec(day)?, hour: h, minute: dec(min)?, second: dec(sec)?, weekday: 0 }
+        .to_unix()
+}
+
 impl DateTime {
     /// The date and time `unix_seconds` after 1970-01-01 00:00:00 UTC. Every `u64` works (the
     /// year is a `u64` for that reason).
@@ -1812,5 +1844,22 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_hosts_cmos_time_decodes_in_every_data_mode() {
+        // 2026-12-02 16:09:38 UTC is Unix 1796227778.
+        let unix = DateTime { year: 2026, month: 12, day: 2, hour: 16, minute: 9, second: 38, weekday: 0 }.to_unix().unwrap();
+        // BCD, 24-hour (register B = 0x02), century byte 0x20.
+        assert_eq!(host_cmos_to_unix(0x38, 0x09, 0x16, 0x02, 0x12, 0x26, 0x20, 0x02), Some(unix));
+        // Binary, 24-hour, no century byte.
+        assert_eq!(host_cmos_to_unix(38, 9, 16, 2, 12, 26, 0, 0x06), Some(unix));
+        // BCD, 12-hour: 4 PM is 0x84; 12 AM is 0x12 = hour 0.
+        assert_eq!(host_cmos_to_unix(0x38, 0x09, 0x84, 0x02, 0x12, 0x26, 0x20, 0x00), Some(unix));
+        assert_eq!(host_cmos_to_unix(0, 0, 0x12, 0x02, 0x12, 0x26, 0x20, 0x00), Some(unix - 16 * 3600 - 9 * 60 - 38));
+        // Not BCD, or no such date: refused.
+        assert_eq!(host_cmos_to_unix(0x3a, 0, 0, 1, 1, 0x26, 0x20, 0x02), None);
+        assert_eq!(host_cmos_to_unix(0, 0, 0, 0x30, 0x02, 0x26, 0x20, 0x02), None);
+        assert_eq!(host_cmos_to_unix(0, 0, 0x13, 1, 1, 0x26, 0x20, 0x00), None, "hour 13 in 12-hour mode");
     }
 }

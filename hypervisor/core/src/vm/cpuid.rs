@@ -49,6 +49,7 @@ mod bit {
     pub const WDT: u32 = 1 << 13;
     pub const TOPOEXT: u32 = 1 << 22;
     pub const PERFCTR_CORE: u32 = 1 << 23;
+    pub const MONITORX: u32 = 1 << 29;
 }
 
 /// The guest's view of CPUID `leaf`/`sub`. `host` answers for the real CPU; `vcpu_id` becomes
@@ -67,6 +68,8 @@ pub fn guest_cpuid(
     match leaf {
         0x4000_0000 => [MAX_HV_LEAF, SIGNATURE[0], SIGNATURE[1], SIGNATURE[2]],
         TSC_LEAF => [tsc_khz, 0, 0, 0],
+        // The KVM-compatible clock leaves (see `pvclock`), when the TSC rate is known.
+        super::pvclock::KVM_BASE..=0x4000_01ff => super::pvclock::cpuid(leaf, tsc_khz).unwrap_or([0; 4]),
         0x4000_0001..=0x4fff_ffff => [0; 4],
         0x8000_0000.. if leaf > max_ext => [0; 4],
         0..0x4000_0000 if leaf > max_basic => [0; 4],
@@ -95,7 +98,9 @@ pub fn guest_cpuid(
         }
         0x8000_0001 => {
             let [eax, ebx, ecx, edx] = host(leaf, 0);
-            let ecx = ecx & !(bit::SVM | bit::EXTAPIC | bit::SKINIT | bit::WDT | bit::TOPOEXT | bit::PERFCTR_CORE);
+            // MONITORX/MWAITX: not intercepted, and under Bochs a guest waiting in MWAITX with its
+            // timer is never woken (Linux's AMD delay loop hangs there).
+            let ecx = ecx & !(bit::SVM | bit::EXTAPIC | bit::SKINIT | bit::WDT | bit::TOPOEXT | bit::PERFCTR_CORE | bit::MONITORX);
             [eax, ebx, ecx, edx]
         }
         // SVM features leaf: hidden with SVM.
@@ -145,6 +150,7 @@ mod tests {
     #[test]
     fn svm_is_hidden_on_amd_leaves() {
         assert_eq!(guest_cpuid(0x8000_0001, 0, 0, false, 2_000_000, host)[2] & bit::SVM, 0);
+        assert_eq!(guest_cpuid(0x8000_0001, 0, 0, false, 2_000_000, host)[2] & bit::MONITORX, 0, "MONITORX/MWAITX hidden");
         assert_eq!(guest_cpuid(0x8000_000a, 0, 0, false, 2_000_000, host), [0; 4]);
     }
 

@@ -15,6 +15,7 @@ pub mod insn;
 pub mod memmap;
 pub mod mmio;
 pub mod msr;
+pub mod pvclock;
 pub mod regs;
 pub mod string_io;
 
@@ -350,6 +351,10 @@ pub trait Host {
     fn rdtsc(&self) -> u64;
     /// Writes back and invalidates the caches (what a guest's INVD gets instead).
     fn wbinvd(&self);
+    /// The Unix time in ns now (0 when the host does not know it), for kvmclock's wall clock.
+    fn unix_time_ns(&self) -> u64 {
+        0
+    }
 }
 
 /// Why a guest was stopped.
@@ -502,6 +507,10 @@ pub fn handle_exit(e: &VmExit, cpu: &mut dyn Vcpu, g: &mut VcpuState, env: &mut 
                 MsrResult::Value(v) => Some(v),
                 MsrResult::Efer => Some(cpu.mode().efer),
                 MsrResult::Tsc => Some(env.host.rdtsc().wrapping_add(cpu.tsc_offset())),
+                // kvmclock's MSRs exist only where CPUID offers them.
+                MsrResult::KvmClock if g.tsc_khz == 0 => None,
+                MsrResult::KvmClock if msr == pvclock::MSR_SYSTEM_TIME_NEW => Some(g.msrs.kvm_system_time),
+                MsrResult::KvmClock => Some(g.msrs.kvm_wall_clock),
                 MsrResult::Done | MsrResult::Fault => None,
             };
             match value {
@@ -526,6 +535,11 @@ pub fn handle_exit(e: &VmExit, cpu: &mut dyn Vcpu, g: &mut VcpuState, env: &mut 
                 // Vol. 3A 18.17; the host TSC keeps running for everyone else).
                 MsrResult::Tsc => {
                     cpu.set_tsc_offset(value.wrapping_sub(env.host.rdtsc()));
+                    Ok(())
+                }
+                MsrResult::KvmClock if g.tsc_khz == 0 => Err(Fault::Gp),
+                MsrResult::KvmClock => {
+                    kvm_clock_write(msr, value, cpu, g, env);
                     Ok(())
                 }
                 MsrResult::Fault => Err(Fault::Gp),
@@ -630,6 +644,27 @@ pub fn handle_exit(e: &VmExit, cpu: &mut dyn Vcpu, g: &mut VcpuState, env: &mut 
         Exit::EntryFailed(s) => Action::Stop(StopReason::EntryFailed(s.clone())),
         Exit::Unhandled { code, info1, info2 } => {
             Action::Stop(StopReason::Unhandled { code: *code, info1: *info1, info2: *info2 })
+        }
+    }
+}
+
+/// A write to a kvmclock MSR: the wall clock is written at once to the address given; the
+/// system time structure when bit 0 (enable) is set. A structure that would cross a page or
+/// that is not in RAM is not written (the guest then reads no clock there, as under KVM).
+fn kvm_clock_write(msr: u32, value: u64, cpu: &mut dyn Vcpu, g: &mut VcpuState, env: &mut Env) {
+    let guest_tsc = env.host.rdtsc().wrapping_add(cpu.tsc_offset());
+    let fits = |gpa: u64, len: usize| (gpa & 0xfff) as usize + len <= 4096;
+    if msr == pvclock::MSR_SYSTEM_TIME_NEW {
+        g.msrs.kvm_system_time = value;
+        let gpa = value & !1;
+        if value & 1 != 0 && fits(gpa, pvclock::TIME_INFO_BYTES) {
+            env.mem.write(gpa, &pvclock::time_info(guest_tsc, g.tsc_khz));
+        }
+    } else {
+        g.msrs.kvm_wall_clock = value;
+        if fits(value, pvclock::WALL_CLOCK_BYTES) {
+            let now = pvclock::guest_ns(guest_tsc, g.tsc_khz);
+            env.mem.write(value, &pvclock::wall_clock(env.host.unix_time_ns(), now));
         }
     }
 }

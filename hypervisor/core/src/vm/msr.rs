@@ -49,6 +49,9 @@ pub const READ_ONLY_PASSTHROUGH: &[u32] = &[IA32_TSC];
 #[derive(Debug, Clone, Default)]
 pub struct MsrState {
     misc_enable: u64,
+    /// What the guest last wrote to kvmclock's MSRs (read back as written, as KVM does).
+    pub kvm_system_time: u64,
+    pub kvm_wall_clock: u64,
 }
 
 /// The outcome of an emulated access.
@@ -62,12 +65,15 @@ pub enum MsrResult {
     Efer,
     /// IA32_TSC: the common handler reads or moves the vCPU's TSC offset.
     Tsc,
+    /// A kvmclock MSR (`pvclock`): the common handler checks that the clock is offered and
+    /// writes the structure into guest memory.
+    KvmClock,
 }
 
 impl MsrState {
     pub fn new() -> Self {
         // Fast strings enabled, the value firmware usually leaves (SDM Vol. 4 Table 2-2).
-        MsrState { misc_enable: 1 }
+        MsrState { misc_enable: 1, ..MsrState::default() }
     }
 
     pub fn read(&self, msr: u32) -> MsrResult {
@@ -80,6 +86,7 @@ impl MsrState {
             IA32_MISC_ENABLE => MsrResult::Value(self.misc_enable),
             // LOCK | SVMDIS: SVM disabled by "firmware" (APM 15.30.1).
             AMD_VM_CR => MsrResult::Value(0x18),
+            super::pvclock::MSR_WALL_CLOCK_NEW | super::pvclock::MSR_SYSTEM_TIME_NEW => MsrResult::KvmClock,
             _ => MsrResult::Fault,
         }
     }
@@ -95,6 +102,7 @@ impl MsrState {
                 self.misc_enable = value;
                 MsrResult::Done
             }
+            super::pvclock::MSR_WALL_CLOCK_NEW | super::pvclock::MSR_SYSTEM_TIME_NEW => MsrResult::KvmClock,
             _ => MsrResult::Fault,
         }
     }
@@ -107,7 +115,7 @@ mod tests {
     #[test]
     fn unknown_msrs_fault_both_ways() {
         let mut s = MsrState::new();
-        for msr in [0x4b56_4d00, 0xc001_1fff, 0x1b, 0x0] {
+        for msr in [0x4b56_4d02, 0xc001_1fff, 0x1b, 0x0] {
             assert_eq!(s.read(msr), MsrResult::Fault, "{msr:#x}");
             assert_eq!(s.write(msr, 0), MsrResult::Fault, "{msr:#x}");
         }

@@ -223,7 +223,7 @@ fn cpuid_answers_from_policy_and_skips() {
 #[test]
 fn unknown_msr_injects_gp_without_skipping() {
     let (mut cpu, mut g) = (FakeCpu::default(), guest());
-    cpu.gprs.rcx = 0x4b56_4d00;
+    cpu.gprs.rcx = 0x4b56_4d02;
     cpu.cr0 = 1;
     run(Exit::Rdmsr, &mut cpu, &mut g);
     run(Exit::Wrmsr, &mut cpu, &mut g);
@@ -422,7 +422,7 @@ fn completed_instructions_continue_at_the_next_rip_the_backend_gave() {
 fn exceptions_carry_error_codes_only_in_protected_mode() {
     // SDM Vol. 3A 6.13 / 21.1.4: #GP pushes an error code in protected mode, none in real mode.
     let (mut cpu, mut g) = (FakeCpu::default(), guest());
-    cpu.gprs.rcx = 0x4b56_4d00;
+    cpu.gprs.rcx = 0x4b56_4d02;
     run(Exit::Rdmsr, &mut cpu, &mut g);
     cpu.cr0 = 1;
     run(Exit::Rdmsr, &mut cpu, &mut g);
@@ -1115,5 +1115,87 @@ mod mmio_exits {
         cpu.cs_l = true;
         assert_eq!(npf(&mut cpu, &mut g, IOWIN, false), Action::Resume);
         assert_eq!((cpu.rip, cpu.gprs.rax), (CODE + 5, 0x0017_0020));
+    }
+}
+
+// ---- kvmclock (`pvclock`) -------------------------------------------------------------
+
+mod kvm_clock {
+    use super::*;
+
+    fn wrmsr(cpu: &mut FakeCpu, g: &mut Guest, msr: u32, value: u64) -> Action {
+        cpu.gprs.rcx = msr as u64;
+        (cpu.gprs.rax, cpu.gprs.rdx) = (value & 0xffff_ffff, value >> 32);
+        run(Exit::Wrmsr, cpu, g).0
+    }
+
+    #[test]
+    fn enabling_system_time_writes_the_structure_at_the_guests_tsc() {
+        let (mut cpu, mut g) = (FakeCpu::default(), guest());
+        cpu.tsc_offset = 500;
+        assert_eq!(wrmsr(&mut cpu, &mut g, pvclock::MSR_SYSTEM_TIME_NEW, 0x2000 | 1), Action::Resume);
+        assert_eq!(cpu.skipped, 1);
+        assert_eq!(&g.ram.0[0x2000..0x2020], &pvclock::time_info(HOST_TSC + 500, 2_000_000), "at guest TSC = host TSC + offset");
+        // Read back as written (KVM's msr.rst).
+        cpu.gprs.rcx = pvclock::MSR_SYSTEM_TIME_NEW as u64;
+        run(Exit::Rdmsr, &mut cpu, &mut g);
+        assert_eq!((cpu.gprs.rax, cpu.gprs.rdx), (0x2001, 0));
+    }
+
+    #[test]
+    fn disabled_or_page_crossing_structures_are_not_written() {
+        let (mut cpu, mut g) = (FakeCpu::default(), guest());
+        wrmsr(&mut cpu, &mut g, pvclock::MSR_SYSTEM_TIME_NEW, 0x3000);
+        wrmsr(&mut cpu, &mut g, pvclock::MSR_SYSTEM_TIME_NEW, 0x3ff0 | 1);
+        assert!(g.ram.0[0x3000..0x4010].iter().all(|b| *b == 0));
+        assert!(cpu.injected.is_empty(), "no #GP: the MSR exists, the clock just is not there");
+    }
+
+    #[test]
+    fn the_wall_clock_is_written_where_the_guest_asks() {
+        let host = FakeHost { wbinvd: core::cell::Cell::new(0) };
+        struct Wall(FakeHost);
+        impl Host for Wall {
+            fn cpuid(&self, l: u32, s: u32) -> [u32; 4] {
+                self.0.cpuid(l, s)
+            }
+            fn rdtsc(&self) -> u64 {
+                self.0.rdtsc()
+            }
+            fn wbinvd(&self) {}
+            fn unix_time_ns(&self) -> u64 {
+                1_700_000_000_000_000_000
+            }
+        }
+        let (mut cpu, mut g) = (FakeCpu::default(), guest());
+        let wall = Wall(host);
+        cpu.gprs.rcx = pvclock::MSR_WALL_CLOCK_NEW as u64;
+        cpu.gprs.rax = 0x2100;
+        let mut env = Env { io: &mut g.devices, mem: &mut g.ram, host: &wall };
+        let e = VmExit::insn(Exit::Wrmsr, cpu.rip + LEN);
+        assert_eq!(handle_exit(&e, &mut cpu, &mut g.state, &mut env), Action::Resume);
+        // Guest TSC 1e6 at 2 GHz is 0.5 ms of guest time: the wall clock at time 0 is earlier.
+        assert_eq!(&g.ram.0[0x2100..0x210c], &pvclock::wall_clock(1_700_000_000_000_000_000, 500_000));
+    }
+
+    #[test]
+    fn without_a_known_tsc_rate_there_is_no_kvm_clock() {
+        let (mut cpu, mut g) = (FakeCpu::default(), guest());
+        g.state.tsc_khz = 0;
+        cpu.cr0 = 1;
+        wrmsr(&mut cpu, &mut g, pvclock::MSR_SYSTEM_TIME_NEW, 0x2001);
+        assert_eq!(cpu.injected, [(GP, Some(0))]);
+        assert!(g.ram.0[0x2000..0x2020].iter().all(|b| *b == 0));
+    }
+
+    #[test]
+    fn cpuid_offers_the_kvm_leaves_beside_bastions_own() {
+        let (mut cpu, mut g) = (FakeCpu::default(), guest());
+        cpu.gprs.rax = pvclock::KVM_BASE as u64;
+        run(Exit::Cpuid, &mut cpu, &mut g);
+        assert_eq!([cpu.gprs.rbx as u32, cpu.gprs.rcx as u32, cpu.gprs.rdx as u32], pvclock::KVM_SIGNATURE);
+        cpu.gprs.rax = 0x4000_0000;
+        run(Exit::Cpuid, &mut cpu, &mut g);
+        assert_eq!(cpu.gprs.rbx as u32, cpuid::SIGNATURE[0], "Bastion's signature stays first");
     }
 }
