@@ -132,6 +132,11 @@ pub fn unix_ns() -> u64 {
     }
 }
 
+/// The Unix time in whole seconds now (0 = unknown): what a guest's RTC shows at power-on.
+pub fn unix_seconds() -> u64 {
+    unix_ns() / 1_000_000_000
+}
+
 /// Reads the host's CMOS RTC (ports 0x70/0x71): waits out an update in progress (register A
 /// bit 7, MC146818A "Update Cycle"), then reads until two readings agree, so no field is
 /// taken from either side of an update. The century is register 0x32, as PC firmware keeps it.

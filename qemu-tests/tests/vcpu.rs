@@ -69,6 +69,8 @@ fn check_arch(text: &str) {
     // kvmclock: offered, and its time advances at the TSC rate.
     assert!(text.contains("arch: PASS KVM signature at CPUID 0x40000100"), "{text}");
     assert!(text.contains("arch: PASS kvmclock agrees with the TSC rate"), "{text}");
+    // The RTC shows the host's date, and agrees with kvmclock's wall clock.
+    assert!(text.contains("arch: PASS RTC and kvmclock's wall clock agree to 2 s"), "{text}");
     let stop = text.lines().find(|l| l.contains("guest arch: stopped:")).unwrap_or_else(|| panic!("{text}"));
     assert!(stop.contains("test exit: PASS"), "{stop}");
     // INVD was intercepted (on SVM it ran natively before) and XSETBV was answered, not fatal.

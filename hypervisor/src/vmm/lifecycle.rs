@@ -59,7 +59,7 @@ pub fn start(config: &Config, images: Vec<Option<&'static [u8]>>, online: usize)
             image,
             affinity,
             vcpus: (0..cfg.vcpus).map(|v| Mutex::new(VcpuSlot { backend: None, state: VcpuState::new(v, 0, &HostCpu) })).collect(),
-            devices: GuestDevices::with_clock(time::now_ns),
+            devices: GuestDevices::new(time::now_ns, time::unix_seconds),
             ctl: Mutex::new(GuestCtl {
                 vm: None,
                 status: Status::Stopped,

@@ -16,6 +16,7 @@ use crate::devices::bus::{Bus, BusDevice, DeviceHandle, Space};
 use crate::devices::ioapic::IoApic;
 use crate::devices::pic8259::Pic;
 use crate::devices::pit8254::Pit;
+use crate::devices::rtc::Rtc;
 use crate::devices::uart16550::Uart16550;
 use crate::vm::memmap::{IOAPIC_BASE, IOAPIC_SIZE, MMIO_HOLE_END, MMIO_HOLE_START};
 use alloc::sync::Arc;
@@ -72,12 +73,32 @@ pub const PIT_PORTS: core::ops::RangeInclusive<u16> = 0x40..=0x43;
 pub const PORT_B: u16 = 0x61;
 /// PIT counter 0's output drives IRQ 0 (the PC's system timer).
 pub const PIT_IRQ: u8 = 0;
+/// The CMOS RTC's index and data ports.
+pub const RTC_PORT: u16 = 0x70;
+/// The RTC's interrupt: IRQ 8, the slave PIC's first input.
+pub const RTC_IRQ: u8 = 8;
 
 /// The guest's monotonic clock in ns (the kernel's TSC clock; tests set their own).
 pub type Clock = fn() -> u64;
 
 fn no_clock() -> u64 {
     0
+}
+
+/// The CMOS RTC with the clock it runs on.
+#[derive(Debug, Clone)]
+pub struct RtcDevice {
+    pub rtc: Rtc,
+    pub clock: Clock,
+}
+
+impl PortDevice for RtcDevice {
+    fn read_port(&mut self, port: u16) -> u8 {
+        self.rtc.read(port, (self.clock)())
+    }
+    fn write_port(&mut self, port: u16, value: u8) {
+        self.rtc.write(port, value, (self.clock)())
+    }
 }
 
 /// The 8254 with the clock it counts against.
@@ -178,7 +199,10 @@ pub struct GuestDevices {
     pub uart: Arc<Mutex<Uart16550>>,
     pub pic: Arc<Mutex<Pic>>,
     pub pit: Arc<Mutex<PitDevice>>,
+    pub rtc: Arc<Mutex<RtcDevice>>,
     pub ioapic: Arc<Mutex<IoApic>>,
+    /// The Unix time in seconds now, for the RTC at power-on.
+    wall: Clock,
 }
 
 impl Default for GuestDevices {
@@ -198,21 +222,30 @@ fn ports<D: PortDevice + Send + 'static>(base: u16, dev: &Arc<Mutex<D>>) -> Devi
 }
 
 impl GuestDevices {
-    /// A PC's devices at their usual places, whose time comes from `clock`.
+    /// A PC's devices at their usual places, whose time comes from `clock`; the RTC shows
+    /// 1970 at power-on.
     pub fn with_clock(clock: Clock) -> Self {
+        GuestDevices::new(clock, no_clock)
+    }
+
+    /// A PC's devices at their usual places: time-driven ones run on `clock` (ns), and the
+    /// RTC starts at the Unix time `wall` gives (seconds).
+    pub fn new(clock: Clock, wall: Clock) -> Self {
         let uart = Arc::new(Mutex::new(Uart16550::default()));
         let pic = Arc::new(Mutex::new(Pic::default()));
         let pit = Arc::new(Mutex::new(PitDevice { pit: Pit::new(), clock }));
         let ioapic = Arc::new(Mutex::new(IoApic::default()));
+        let rtc = Arc::new(Mutex::new(RtcDevice { rtc: Rtc::new(wall(), clock()), clock }));
         let mut bus = Bus::new();
         let ioapic_dev: DeviceHandle = ioapic.clone();
-        let map: [(Space, u64, u64, DeviceHandle); 7] = [
+        let map: [(Space, u64, u64, DeviceHandle); 8] = [
             (Space::Port, COM1 as u64, 8, ports(COM1, &uart)),
             (Space::Port, 0x20, 2, ports(0x20, &pic)),
             (Space::Port, 0xa0, 2, ports(0xa0, &pic)),
             (Space::Port, *PIT_PORTS.start() as u64, 4, ports(*PIT_PORTS.start(), &pit)),
             (Space::Port, PORT_B as u64, 1, ports(PORT_B, &pit)),
             (Space::Port, TEST_EXIT_PORT as u64, 4, crate::devices::bus::handle(TestExit)),
+            (Space::Port, RTC_PORT as u64, 2, ports(RTC_PORT, &rtc)),
             // The I/O APIC's registers; its interrupt inputs are not wired yet (nothing would
             // receive its messages before there is a local APIC). The LAPIC page stays
             // unclaimed until that model arrives: it floats like the rest of the hole.
@@ -222,7 +255,7 @@ impl GuestDevices {
             // The layout is fixed here; a clash is a programming error that the tests catch.
             bus.insert(space, base, len, dev).expect("the PC device layout has no overlaps");
         }
-        GuestDevices { bus, uart, pic, pit, ioapic }
+        GuestDevices { bus, uart, pic, pit, rtc, ioapic, wall }
     }
 
     /// Puts every device back in its power-on state (a guest reset), keeping the bus.
@@ -230,6 +263,10 @@ impl GuestDevices {
         *self.uart.lock() = Uart16550::default();
         *self.pic.lock() = Pic::default();
         self.pit.lock().pit = Pit::new();
+        {
+            let mut r = self.rtc.lock();
+            r.rtc = Rtc::new((self.wall)(), (r.clock)());
+        }
         *self.ioapic.lock() = IoApic::default();
     }
 
@@ -238,9 +275,16 @@ impl GuestDevices {
     /// on its new state (wake a vCPU) before anyone else changes it.
     pub fn update_irqs(&self) -> MutexGuard<'_, Pic> {
         let line = self.uart.lock().interrupt_line();
+        let rtc = self.rtc_line();
         let mut pic = self.pic.lock();
         pic.set_irq(UART_IRQ, line);
+        pic.set_irq(RTC_IRQ, rtc);
         pic
+    }
+
+    fn rtc_line(&self) -> bool {
+        let r = self.rtc.lock();
+        r.rtc.interrupt_line((r.clock)())
     }
 
     /// Brings time-driven devices up to `now`: each rising edge of PIT OUT0 since the last call
@@ -249,7 +293,13 @@ impl GuestDevices {
     /// enters the guest, and when its timer deadline has passed. Returns the PIC, locked.
     pub fn advance(&self, now: u64) -> MutexGuard<'_, Pic> {
         let edges = self.pit.lock().pit.irq0_edges(now);
+        let rtc = {
+            let r = self.rtc.lock();
+            r.rtc.interrupt_line(now)
+        };
         let mut pic = self.pic.lock();
+        // The RTC's IRQ 8 is a level the chip holds until register C is read ("Register C").
+        pic.set_irq(RTC_IRQ, rtc);
         if edges > 0 {
             // Lower, then raise: the 8259 latches a rising edge (8259A datasheet, edge mode).
             pic.set_irq(PIT_IRQ, false);
@@ -258,10 +308,15 @@ impl GuestDevices {
         pic
     }
 
-    /// When the next time-driven interrupt is due (PIT IRQ 0), if any: a vCPU halted with
-    /// interrupts enabled may sleep until then.
+    /// When the next time-driven interrupt is due (PIT IRQ 0, RTC IRQ 8), if any: a vCPU
+    /// halted with interrupts enabled may sleep until then.
     pub fn next_deadline(&self, now: u64) -> Option<u64> {
-        self.pit.lock().pit.next_irq0_deadline(now)
+        let pit = self.pit.lock().pit.next_irq0_deadline(now);
+        let rtc = self.rtc.lock().rtc.next_deadline(now);
+        match (pit, rtc) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Host input for the guest's console; returns how many bytes the UART took.
@@ -442,7 +497,7 @@ mod tests {
     fn every_pc_device_sits_on_the_bus_at_its_place() {
         let d = GuestDevices::default();
         let ports: Vec<(u64, u64)> = d.bus.ranges(Space::Port).map(|r| (r.base, r.len)).collect();
-        assert_eq!(ports, [(0x20, 2), (0x40, 4), (0x61, 1), (0xa0, 2), (0xf4, 4), (0x3f8, 8)]);
+        assert_eq!(ports, [(0x20, 2), (0x40, 4), (0x61, 1), (0x70, 2), (0xa0, 2), (0xf4, 4), (0x3f8, 8)]);
         let mmio: Vec<(u64, u64)> = d.bus.ranges(Space::Mmio).map(|r| (r.base, r.len)).collect();
         assert_eq!(mmio, [(0xfec0_0000, 0x1000)]);
     }
@@ -489,7 +544,7 @@ mod tests {
         d.io_write(0x21, 1, 0x00);
         d.reset();
         assert_eq!(d.io_read(COM1 + 7, 1), 0, "scratch register back to 0");
-        assert_eq!(d.bus.ranges(Space::Port).count(), 6);
+        assert_eq!(d.bus.ranges(Space::Port).count(), 7);
     }
 
     #[test]
@@ -518,5 +573,49 @@ mod tests {
         let mut bm = vec![0xffu8; 8192];
         io_bitmap_allow(&mut bm, 0x3f9, 3);
         assert_eq!(bm[0x3f8 / 8], 0b1111_0001, "ports 0x3f9..0x3fc cleared, the rest of the byte kept");
+    }
+
+    /// Fixed clocks for the RTC tests (the PIT tests move `NOW`, in parallel).
+    fn at_5ms() -> u64 {
+        5_000_000
+    }
+    fn at_1s() -> u64 {
+        1_000_000_000
+    }
+
+    fn wall_2026() -> u64 {
+        1_796_227_778 // 2026-12-02 16:09:38 UTC
+    }
+
+    #[test]
+    fn the_rtc_shows_the_wall_clock_it_was_given_at_ports_0x70_and_0x71() {
+        let mut d = GuestDevices::new(at_5ms, wall_2026);
+        // Register B as a PC BIOS leaves it: BCD, 24-hour ("Register B").
+        let reg = |d: &mut GuestDevices, i: u32| {
+            d.io_write(0x70, 1, i);
+            d.io_read(0x71, 1)
+        };
+        assert_eq!((reg(&mut d, 9), reg(&mut d, 8), reg(&mut d, 7)), (0x26, 0x12, 0x02));
+        assert_eq!((reg(&mut d, 4), reg(&mut d, 2), reg(&mut d, 0)), (0x16, 0x09, 0x38));
+    }
+
+    #[test]
+    fn the_rtc_periodic_interrupt_reaches_the_slave_pic_as_irq8_with_a_deadline() {
+        let mut d = GuestDevices::new(at_1s, wall_2026);
+        for (p, v) in [(0x20, 0x11), (0x21, 0x20), (0x21, 0x04), (0x21, 0x01), (0xa0, 0x11), (0xa1, 0x28), (0xa1, 0x02), (0xa1, 0x01)] {
+            d.io_write(p, 1, v);
+        }
+        d.io_write(0x21, 1, 0xfb); // cascade only
+        d.io_write(0xa1, 1, 0xfe); // IRQ 8 only
+        // Register A rate 6 (1024 Hz, "Register A" Table 4), then PIE in register B.
+        d.io_write(0x70, 1, 0x0a);
+        d.io_write(0x71, 1, 0x26);
+        d.io_write(0x70, 1, 0x0b);
+        d.io_write(0x71, 1, 0x42);
+        let now = at_1s();
+        let at = d.next_deadline(now).expect("a periodic interrupt has a deadline");
+        assert!(at - now <= 976_563, "{} ns to the next 1024 Hz tick", at - now);
+        drop(d.advance(at));
+        assert_eq!(d.pic.lock().acknowledge(), Some(0x28), "IRQ 8 at the slave's base vector");
     }
 }

@@ -17,7 +17,9 @@
 //!   IRQ 4 that follows must reach vCPU 0;
 //! - kvmclock: the KVM signature at CPUID 0x40000100 with CLOCKSOURCE2 and the stable bit, a
 //!   pvclock structure whose time advances at the TSC rate CPUID reports (0.1 %), a wall
-//!   clock after 2020 (Linux's kvmclock ABI, Documentation/virt/kvm/x86/msr.rst).
+//!   clock after 2020 (Linux's kvmclock ABI, Documentation/virt/kvm/x86/msr.rst);
+//! - the CMOS RTC at ports 0x70/0x71 shows the host's date (BCD, 24-hour, as a BIOS leaves
+//!   it; a year from 2025 on) and agrees with kvmclock's wall clock to 2 s.
 //!
 //! Needs 2 vCPUs (with one, the wake check fails after 2 s of TSC time).
 #![no_std]
@@ -54,6 +56,7 @@ fn main(vcpu: u32) -> u32 {
     string_io(&mut c);
     wake_by_other_vcpu(&mut c);
     kvm_clock(&mut c);
+    rtc(&mut c);
     c.finish()
 }
 
@@ -288,5 +291,53 @@ fn kvm_clock(c: &mut Checks) {
         c.pass("kvmclock wall clock is after 2020");
     } else {
         c.fail("kvmclock wall clock is after 2020", format_args!("{wall}"));
+    }
+}
+
+/// The guest's CMOS RTC (MC146818A, "Time, Calendar, and Alarm Locations"), read when no
+/// update is in progress (register A bit 7), shows the host's date and time.
+fn rtc(c: &mut Checks) {
+    let reg = |i: u8| {
+        outb(0x70, i);
+        test_guests::cpu::inb(0x71)
+    };
+    while reg(0x0a) & 0x80 != 0 {
+        core::hint::spin_loop();
+    }
+    let bcd = |v: u8| u64::from(v >> 4) * 10 + u64::from(v & 0xf);
+    let (sec, min, hour, day, month, year, century) =
+        (bcd(reg(0)), bcd(reg(2)), bcd(reg(4)), bcd(reg(7)), bcd(reg(8)), bcd(reg(9)), bcd(reg(0x32)));
+    c.expect_eq("RTC register B: BCD, 24-hour", u64::from(reg(0x0b) & 0x06), 0x02);
+    let y = century * 100 + year;
+    if !(2025..2100).contains(&y) || !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return c.fail("RTC shows the host's date", format_args!("{y}-{month}-{day}"));
+    }
+    c.pass(format_args!("RTC shows {y:04}-{month:02}-{day:02} {hour:02}:{min:02}:{sec:02}"));
+    // Days since 1970 (proleptic Gregorian; Howard Hinnant's days_from_civil).
+    let (y2, m2) = if month <= 2 { (y - 1, month + 9) } else { (y, month - 3) };
+    let era = y2 / 400;
+    let yoe = y2 - era * 400;
+    let doy = (153 * m2 + 2) / 5 + day - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    let rtc_unix = days * 86_400 + hour * 3600 + min * 60 + sec;
+    // kvmclock's wall clock (written by `kvm_clock` at the page + 64) plus the guest's time.
+    let khz = u64::from(cpuid(0x4000_0010, 0).eax).max(1);
+    // 16-byte aligned, so the 12 bytes never cross a page (the hypervisor writes none then).
+    #[repr(C, align(16))]
+    struct Wall([u8; 16]);
+    static mut WALL: Wall = Wall([0; 16]);
+    let at = core::ptr::addr_of_mut!(WALL) as u64;
+    // SAFETY: the wall-clock MSR makes the hypervisor write 12 bytes at the address given.
+    if let Err(f) = unsafe { cpu::try_wrmsr(0x4b56_4d00, at) } {
+        return c.fail("kvmclock wall clock for the RTC check", format_args!("raised {f}"));
+    }
+    // SAFETY: reading what the hypervisor wrote, volatile as another agent wrote it.
+    let sec = |i: u64| u64::from(unsafe { core::ptr::read_volatile((at + 4 + i) as *const u8) }) << (8 * i);
+    let at_zero = (0..4).map(sec).sum::<u64>();
+    let now = at_zero + rdtsc() / khz / 1000;
+    if now.abs_diff(rtc_unix) <= 2 {
+        c.pass("RTC and kvmclock's wall clock agree to 2 s");
+    } else {
+        c.fail("RTC and kvmclock's wall clock agree to 2 s", format_args!("RTC {rtc_unix}, kvmclock {now}"));
     }
 }
