@@ -15,6 +15,7 @@ pub mod devices;
 pub mod exit;
 pub mod frame_alloc;
 pub mod hostmem;
+pub mod loader;
 pub mod npt;
 pub mod ring;
 pub mod sched;

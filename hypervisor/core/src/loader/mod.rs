@@ -1,0 +1,420 @@
+//! Guest loaders as pure code: given an image and a guest's memory map, decide where every
+//! byte goes in guest-physical memory and in which state the vCPU starts. The kernel only
+//! carries out the answer (copies the [`Write`]s into guest RAM, loads the [`Entry64`] state
+//! into the VMCS/VMCB).
+//!
+//! - [`bzimage`]: Linux's x86 boot protocol (`Documentation/arch/x86/boot.rst`), entered
+//!   through its 64-bit entry point.
+//!
+//! This module holds what any loader that starts a guest directly in 64-bit mode needs: the
+//! fixed low-memory layout of the boot structures, a GDT with flat 64-bit descriptors,
+//! identity-mapping page tables, and the architectural state at entry.
+//!
+//! # Fixed low-memory layout
+//!
+//! All boot structures live below the EBDA (0x9_FC00), in memory the e820 map reports as
+//! ordinary RAM, and away from the areas guests and firmware tables use by convention (the
+//! real-mode IVT and BIOS data area below 0x500; the EBDA and 0xE_0000..0x10_0000, where
+//! firmware tables such as the MP table and the ACPI RSDP go):
+//!
+//! ```text
+//! 0x0_0500..0x0_0520  GDT: null, null, __BOOT_CS (0x10), __BOOT_DS (0x18)      GDT_GPA
+//! 0x0_7000..0x0_8000  zero page (struct boot_params)                            ZERO_PAGE_GPA
+//! 0x0_8000..0x0_9000  boot stack, RSP = 0x9000 (nothing written)                BOOT_STACK
+//! 0x0_9000..0x0_F000  page tables: PML4, PDPT, 4 page directories              PAGE_TABLES_GPA
+//! 0x2_0000..0x9_FC00  kernel command line, NUL-terminated                       CMDLINE_GPA
+//! ```
+//!
+//! A guest that boots this way sees all of it as free memory once it has copied its boot
+//! parameters and built its own page tables and GDT, which Linux does first thing.
+
+pub mod bzimage;
+
+use crate::vm::memmap::{GpaRange, EBDA_START, MMIO_HOLE_END, MMIO_HOLE_START};
+use crate::vm::regs::{Cr0, Cr4, Efer, Rflags};
+use alloc::vec;
+use alloc::vec::Vec;
+
+/// The GDT: 4 descriptors of 8 bytes.
+pub const GDT_GPA: u64 = 0x500;
+/// Null, null, code, data: the boot protocol's selectors are 0x10 and 0x18.
+pub const GDT_ENTRIES: usize = 4;
+/// The GDTR limit: the last valid byte of the table.
+pub const GDT_LIMIT: u16 = (GDT_ENTRIES * 8 - 1) as u16;
+/// `__BOOT_CS`: the flat 64-bit code segment boot.rst's 64-bit protocol requires in CS.
+pub const BOOT_CS: u16 = 0x10;
+/// `__BOOT_DS`: the flat data segment required in DS, ES and SS (and loaded into FS, GS too).
+pub const BOOT_DS: u16 = 0x18;
+/// 64-bit code, DPL 0: P, S, type 0xB (execute/read, accessed), L = 1, D = 0, G = 1,
+/// limit 0xF_FFFF pages, base 0 (SDM Vol. 3A 3.4.5 "Segment Descriptors", 5.2.1 "Code-Segment
+/// Descriptor in 64-bit Mode"). Accessed is preset so the CPU never writes the table.
+pub const GDT_CODE64: u64 = 0x00AF_9B00_0000_FFFF;
+/// Flat data, DPL 0: P, S, type 0x3 (read/write, accessed), D/B = 1, G = 1, limit 4 GiB, base 0.
+pub const GDT_DATA: u64 = 0x00CF_9300_0000_FFFF;
+
+/// The boot structures' page (struct boot_params, "zero page").
+pub const ZERO_PAGE_GPA: u64 = 0x7000;
+/// A stack for the entry, should the guest use one before setting up its own (Linux does not).
+pub const BOOT_STACK: GpaRange = GpaRange { base: 0x8000, len: 0x1000 };
+/// PML4 at this address, the PDPT one page above, then [`PAGE_DIRECTORIES`] page directories.
+pub const PAGE_TABLES_GPA: u64 = 0x9000;
+/// Page directories of 2 MiB pages: 4 of them cover 0..4 GiB.
+pub const PAGE_DIRECTORIES: u64 = 4;
+/// Bytes of page tables: PML4 + PDPT + the page directories.
+pub const PAGE_TABLES_LEN: u64 = (2 + PAGE_DIRECTORIES) * 4096;
+/// The identity mapping covers guest-physical `0..IDENTITY_MAPPED`.
+pub const IDENTITY_MAPPED: u64 = PAGE_DIRECTORIES << 30;
+/// The kernel command line. It may run up to the EBDA (boot.rst: "anywhere between the end of
+/// the setup heap and 0xA0000"; Bastion's e820 map ends conventional memory at the EBDA).
+pub const CMDLINE_GPA: u64 = 0x2_0000;
+/// One past the last byte the command line (with its NUL) may use.
+pub const CMDLINE_END: u64 = EBDA_START;
+
+/// Every fixed region of the layout, for checks and log lines.
+pub const LOW_LAYOUT: [(&str, GpaRange); 5] = [
+    ("GDT", GpaRange { base: GDT_GPA, len: GDT_ENTRIES as u64 * 8 }),
+    ("zero page", GpaRange { base: ZERO_PAGE_GPA, len: 4096 }),
+    ("boot stack", BOOT_STACK),
+    ("page tables", GpaRange { base: PAGE_TABLES_GPA, len: PAGE_TABLES_LEN }),
+    ("command line", GpaRange { base: CMDLINE_GPA, len: CMDLINE_END - CMDLINE_GPA }),
+];
+
+/// CR0 at the 64-bit entry: protected mode (PE), paging (PG), ET (hard-wired to 1 on modern
+/// CPUs). Caching is on (CD, NW clear). A VMX backend ORs in what IA32_VMX_CR0_FIXED0 demands
+/// (NE); SDM Vol. 3A 9.8.5 "Initializing IA-32e Mode" for the PE/PG/PAE/LME sequence.
+pub const ENTRY_CR0: u64 = Cr0::PE.bits() | Cr0::ET.bits() | Cr0::PG.bits();
+/// CR4 at the 64-bit entry: PAE, required for long mode.
+pub const ENTRY_CR4: u64 = Cr4::PAE.bits();
+/// EFER at the 64-bit entry: long mode enabled (LME) and active (LMA, what the CPU sets once
+/// paging is on with LME; a VMM loading the state directly must set it itself).
+pub const ENTRY_EFER: u64 = Efer::LME.bits() | Efer::LMA.bits();
+/// RFLAGS at entry: only the always-one bit 1; IF clear (interrupts disabled, as the protocol
+/// requires), DF clear.
+pub const ENTRY_RFLAGS: u64 = Rflags::FIXED1.bits();
+
+/// Page-table entry bits (SDM Vol. 3A 4.5, "4-Level Paging and 5-Level Paging").
+pub const PTE_PRESENT: u64 = 1 << 0;
+pub const PTE_WRITABLE: u64 = 1 << 1;
+pub const PTE_PWT: u64 = 1 << 3;
+pub const PTE_PCD: u64 = 1 << 4;
+/// PS in a page-directory entry: it maps a 2 MiB page.
+pub const PTE_LARGE: u64 = 1 << 7;
+
+/// The architectural state a vCPU starts in for a 64-bit entry point. Segment registers hold
+/// the selectors with their hidden parts loaded from [`GDT_CODE64`] (CS) and [`GDT_DATA`] (DS,
+/// ES, SS, FS, GS); every general-purpose register not named here is zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry64 {
+    pub rip: u64,
+    /// For Linux: the zero page (struct boot_params).
+    pub rsi: u64,
+    pub rsp: u64,
+    pub rflags: u64,
+    pub cr0: u64,
+    pub cr3: u64,
+    pub cr4: u64,
+    pub efer: u64,
+    pub gdt_base: u64,
+    pub gdt_limit: u16,
+    pub cs: u16,
+    /// DS, ES, SS, FS and GS.
+    pub ds: u16,
+}
+
+impl Entry64 {
+    /// The state for entering at `rip` with `rsi` in RSI, using the fixed GDT, page tables and
+    /// stack of this module.
+    pub fn new(rip: u64, rsi: u64) -> Entry64 {
+        Entry64 {
+            rip,
+            rsi,
+            rsp: BOOT_STACK.end(),
+            rflags: ENTRY_RFLAGS,
+            cr0: ENTRY_CR0,
+            cr3: PAGE_TABLES_GPA,
+            cr4: ENTRY_CR4,
+            efer: ENTRY_EFER,
+            gdt_base: GDT_GPA,
+            gdt_limit: GDT_LIMIT,
+            cs: BOOT_CS,
+            ds: BOOT_DS,
+        }
+    }
+}
+
+/// Something a loader wants in guest memory. The big pieces (the kernel, the initrd) are
+/// named by where they are in the inputs the loader was given instead of copied: the caller
+/// still has them, and a second 14 MB copy of a kernel in the hypervisor's heap buys nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// Bytes the loader built (zero page, command line, GDT, page tables).
+    Bytes { gpa: u64, bytes: Vec<u8> },
+    /// `len` bytes of the image from `offset`.
+    Image { gpa: u64, offset: usize, len: usize },
+    /// The whole initrd, `len` bytes.
+    Initrd { gpa: u64, len: usize },
+}
+
+impl Write {
+    pub fn gpa(&self) -> u64 {
+        match self {
+            Write::Bytes { gpa, .. } | Write::Image { gpa, .. } | Write::Initrd { gpa, .. } => *gpa,
+        }
+    }
+
+    pub fn len(&self) -> u64 {
+        match self {
+            Write::Bytes { bytes, .. } => bytes.len() as u64,
+            Write::Image { len, .. } | Write::Initrd { len, .. } => *len as u64,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The guest-physical range written.
+    pub fn range(&self) -> GpaRange {
+        GpaRange { base: self.gpa(), len: self.len() }
+    }
+
+    /// The bytes to copy, taken from the image and initrd the plan was made from; `None` if
+    /// they are not those (too short, or no initrd where the plan has one).
+    pub fn data<'a>(&'a self, image: &'a [u8], initrd: Option<&'a [u8]>) -> Option<&'a [u8]> {
+        match self {
+            Write::Bytes { bytes, .. } => Some(bytes),
+            Write::Image { offset, len, .. } => image.get(*offset..offset.checked_add(*len)?),
+            Write::Initrd { len, .. } => initrd.filter(|i| i.len() == *len),
+        }
+    }
+}
+
+/// The GDT at [`GDT_GPA`]: null, null, [`GDT_CODE64`] at 0x10, [`GDT_DATA`] at 0x18.
+pub fn gdt() -> Vec<u8> {
+    [0, 0, GDT_CODE64, GDT_DATA].iter().flat_map(|d| d.to_le_bytes()).collect()
+}
+
+/// Page tables identity-mapping `0..IDENTITY_MAPPED` (4 GiB) with 2 MiB pages, to be placed at
+/// `base`: PML4 at `base`, PDPT at `base + 0x1000`, page directory `i` at `base + 0x2000 +
+/// i * 0x1000`. Pages in the MMIO hole are uncached (PCD|PWT), so an early access to a device
+/// register is not cached; RAM pages are write-back.
+pub fn identity_page_tables(base: u64) -> Vec<u8> {
+    let mut t = vec![0u8; PAGE_TABLES_LEN as usize];
+    let mut put = |index: u64, value: u64| {
+        let at = (index * 8) as usize;
+        t[at..at + 8].copy_from_slice(&value.to_le_bytes());
+    };
+    let table = |n: u64| base + n * 4096;
+    // PML4[0] -> PDPT.
+    put(0, table(1) | PTE_PRESENT | PTE_WRITABLE);
+    for pd in 0..PAGE_DIRECTORIES {
+        // PDPT[pd] -> page directory pd, at table 2 + pd.
+        put(512 + pd, table(2 + pd) | PTE_PRESENT | PTE_WRITABLE);
+        for i in 0..512 {
+            let addr = ((pd << 9) | i) << 21;
+            let uncached = if (MMIO_HOLE_START..MMIO_HOLE_END).contains(&addr) { PTE_PCD | PTE_PWT } else { 0 };
+            put((2 + pd) * 512 + i, addr | PTE_PRESENT | PTE_WRITABLE | PTE_LARGE | uncached);
+        }
+    }
+    t
+}
+
+/// A segment descriptor's fields (SDM Vol. 3A 3.4.5, Figure 3-8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Descriptor {
+    pub base: u32,
+    /// The 20-bit limit field as stored (in 4 KiB units when `granularity`).
+    pub limit: u32,
+    /// Type (bits 43:40): for code/data (S = 1) bit 3 = code, then conforming/expand-down,
+    /// readable/writable, accessed.
+    pub kind: u8,
+    /// S: code or data (not a system descriptor).
+    pub code_or_data: bool,
+    pub dpl: u8,
+    pub present: bool,
+    pub available: bool,
+    /// L: 64-bit code segment.
+    pub long: bool,
+    /// D/B: default operand size 32 bits / big.
+    pub default_big: bool,
+    pub granularity: bool,
+}
+
+impl Descriptor {
+    pub fn decode(d: u64) -> Descriptor {
+        let bit = |n: u32| d >> n & 1 == 1;
+        Descriptor {
+            base: ((d >> 16) & 0xFF_FFFF | ((d >> 56) & 0xFF) << 24) as u32,
+            limit: (d & 0xFFFF | ((d >> 48) & 0xF) << 16) as u32,
+            kind: ((d >> 40) & 0xF) as u8,
+            code_or_data: bit(44),
+            dpl: ((d >> 45) & 3) as u8,
+            present: bit(47),
+            available: bit(52),
+            long: bit(53),
+            default_big: bit(54),
+            granularity: bit(55),
+        }
+    }
+
+    /// The limit in bytes minus one, as the CPU checks it.
+    pub fn limit_bytes(&self) -> u64 {
+        if self.granularity {
+            (u64::from(self.limit) << 12) | 0xFFF
+        } else {
+            u64::from(self.limit)
+        }
+    }
+
+    /// The access-rights word in the layout VMX keeps in the VMCS (SDM Vol. 3C 25.4.1, Table
+    /// 25-2): type, S, DPL, P in bits 7:0, AVL, L, D/B, G in bits 15:12.
+    pub fn vmx_access_rights(&self) -> u32 {
+        self.attr_low() | self.attr_high() << 12
+    }
+
+    /// The attribute word in the layout SVM keeps in the VMCB (APM Vol. 2 15.5.1 / Appendix B):
+    /// type, S, DPL, P in bits 7:0, AVL, L, D/B, G in bits 11:8.
+    pub fn svm_attributes(&self) -> u16 {
+        (self.attr_low() | self.attr_high() << 8) as u16
+    }
+
+    fn attr_low(&self) -> u32 {
+        u32::from(self.kind) | u32::from(self.code_or_data) << 4 | u32::from(self.dpl) << 5 | u32::from(self.present) << 7
+    }
+
+    fn attr_high(&self) -> u32 {
+        u32::from(self.available) | u32::from(self.long) << 1 | u32::from(self.default_big) << 2 | u32::from(self.granularity) << 3
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn u64_at(t: &[u8], at: u64) -> u64 {
+        u64::from_le_bytes(t[at as usize..at as usize + 8].try_into().unwrap())
+    }
+
+    /// Walks the tables as the CPU does for a 2 MiB page (SDM Vol. 3A 4.5.4): PML4 entry from
+    /// bits 47:39, PDPT entry from 38:30, PDE from 29:21; `None` where an entry is not present
+    /// or points outside the tables.
+    fn translate(t: &[u8], base: u64, va: u64) -> Option<(u64, u64)> {
+        let entry = |table: u64, index: u64| -> Option<u64> {
+            let off = table.checked_sub(base)?;
+            if off >= PAGE_TABLES_LEN || off % 4096 != 0 {
+                return None;
+            }
+            let e = u64_at(t, off + index * 8);
+            (e & PTE_PRESENT != 0).then_some(e)
+        };
+        let addr = |e: u64| e & 0x000F_FFFF_FFFF_F000;
+        let pml4e = entry(base, (va >> 39) & 511)?;
+        assert_eq!(pml4e & PTE_LARGE, 0, "no large page at the PML4 level");
+        let pdpte = entry(addr(pml4e), (va >> 30) & 511)?;
+        assert_eq!(pdpte & PTE_LARGE, 0, "1 GiB pages are not used");
+        let pde = entry(addr(pdpte), (va >> 21) & 511)?;
+        assert_ne!(pde & PTE_LARGE, 0, "page directories map 2 MiB pages");
+        assert_ne!(pde & PTE_WRITABLE, 0);
+        Some(((pde & 0x000F_FFFF_FFE0_0000) | (va & 0x1F_FFFF), pde))
+    }
+
+    /// boot.rst, "64-bit Boot Protocol": the kernel's init_size span, the zero page and the
+    /// command line must be identity-mapped. The tables map all of 0..4 GiB, every 2 MiB page
+    /// to itself, and nothing above.
+    #[test]
+    fn page_tables_identity_map_the_first_4_gib() {
+        let t = identity_page_tables(PAGE_TABLES_GPA);
+        assert_eq!(t.len() as u64, PAGE_TABLES_LEN);
+        for page in 0..(IDENTITY_MAPPED >> 21) {
+            let va = (page << 21) | 0x1_2345;
+            let (pa, pde) = translate(&t, PAGE_TABLES_GPA, va).unwrap_or_else(|| panic!("{va:#x} unmapped"));
+            assert_eq!(pa, va);
+            let hole = (MMIO_HOLE_START..MMIO_HOLE_END).contains(&va);
+            let expect = if hole { 0x9B } else { 0x83 }; // P, RW, PS; and PWT|PCD (UC) in the hole
+            assert_eq!(pde & 0xFFF, expect, "{va:#x}: uncached exactly in the MMIO hole");
+        }
+        for va in [IDENTITY_MAPPED, IDENTITY_MAPPED + (1 << 21), 1 << 39, (1 << 47) - 1] {
+            assert_eq!(translate(&t, PAGE_TABLES_GPA, va), None, "{va:#x} must not be mapped");
+        }
+        // Tables refer to each other by absolute address: another base moves every pointer.
+        let moved = identity_page_tables(0x10_0000);
+        assert_eq!(translate(&moved, 0x10_0000, 0xBFE0_0000).map(|p| p.0), Some(0xBFE0_0000));
+        assert_eq!(u64_at(&moved, 0) & !0xFFF, 0x10_1000);
+    }
+
+    /// boot.rst, "64-bit Boot Protocol": "a GDT must be loaded with the descriptors for
+    /// selectors __BOOT_CS(0x10) and __BOOT_DS(0x18); both descriptors must be 4G flat
+    /// segment; __BOOT_CS must have execute/read permission, and __BOOT_DS must have read/write
+    /// permission". In 64-bit mode CS also needs L = 1 and D = 0 (SDM Vol. 3A 5.2.1).
+    #[test]
+    fn gdt_holds_flat_64_bit_code_and_data_at_the_boot_selectors() {
+        let g = gdt();
+        assert_eq!(g.len(), GDT_LIMIT as usize + 1);
+        let desc = |sel: u16| Descriptor::decode(u64_at(&g, u64::from(sel & !7)));
+        assert_eq!(u64_at(&g, 0), 0, "entry 0 is the null descriptor");
+        let cs = desc(BOOT_CS);
+        assert_eq!((cs.base, cs.limit_bytes(), cs.present, cs.code_or_data, cs.dpl), (0, 0xFFFF_FFFF, true, true, 0));
+        assert_eq!(cs.kind & 0b1010, 0b1010, "code, readable");
+        assert_eq!(cs.kind & 0b0100, 0, "not conforming");
+        assert!(cs.long && !cs.default_big, "64-bit code: L=1 requires D=0");
+        let ds = desc(BOOT_DS);
+        assert_eq!((ds.base, ds.limit_bytes(), ds.present, ds.code_or_data, ds.dpl), (0, 0xFFFF_FFFF, true, true, 0));
+        assert_eq!(ds.kind & 0b1110, 0b0010, "data, writable, expand-up");
+        assert!(!ds.long && ds.default_big);
+        // Accessed preset: the CPU has nothing to write back into the table.
+        assert_eq!((cs.kind & 1, ds.kind & 1), (1, 1));
+        // Hidden-part attributes as the two vendors store them.
+        assert_eq!((cs.vmx_access_rights(), cs.svm_attributes()), (0xA09B, 0xA9B));
+        assert_eq!((ds.vmx_access_rights(), ds.svm_attributes()), (0xC093, 0xC93));
+        let other = Descriptor::decode(0x1234_5678_9ABC_DEF0);
+        assert_eq!((other.base, other.limit, other.kind, other.dpl, other.available), (0x1278_9ABC, 0x4DEF0, 6, 2, true));
+        assert_eq!((other.code_or_data, other.present, other.long, other.default_big, other.granularity), (true, false, true, false, false));
+        assert_eq!(other.limit_bytes(), 0x4DEF0);
+    }
+
+    /// The fixed structures do not overlap one another, stay below the EBDA, and the whole
+    /// layout is inside what the page tables map.
+    #[test]
+    fn fixed_layout_is_disjoint_and_below_the_ebda() {
+        for (i, (name, r)) in LOW_LAYOUT.iter().enumerate() {
+            assert!(r.base >= 0x500 && r.end() <= EBDA_START, "{name} {r}");
+            assert!(r.end() <= IDENTITY_MAPPED);
+            for (other, s) in &LOW_LAYOUT[i + 1..] {
+                assert!(!r.overlaps(s), "{name} {r} overlaps {other} {s}");
+            }
+        }
+        assert_eq!(GDT_LIMIT, 31);
+        // The addresses the module documentation promises.
+        let documented = [(0x500, 0x520), (0x7000, 0x8000), (0x8000, 0x9000), (0x9000, 0xF000), (0x2_0000, 0x9_FC00)];
+        assert_eq!(LOW_LAYOUT.map(|(_, r)| (r.base, r.end())), documented);
+        assert_eq!((PAGE_TABLES_LEN, IDENTITY_MAPPED), (0x6000, 1 << 32));
+    }
+
+    /// SDM Vol. 3A 9.8.5: IA-32e mode needs CR0.PE, CR0.PG, CR4.PAE and EFER.LME (LMA then
+    /// reads 1); the protocol wants interrupts disabled.
+    #[test]
+    fn entry_state_is_long_mode_with_interrupts_off() {
+        let e = Entry64::new(0x100_0200, ZERO_PAGE_GPA);
+        assert_eq!((e.cr0, e.cr4, e.efer, e.rflags), (0x8000_0011, 0x20, 0x500, 0x2));
+        assert_eq!(e.rflags & Rflags::IF.bits(), 0);
+        assert_eq!((e.rip, e.rsi, e.rsp, e.cr3), (0x100_0200, 0x7000, 0x9000, 0x9000));
+        assert_eq!((e.gdt_base, e.gdt_limit, e.cs, e.ds), (0x500, 31, 0x10, 0x18));
+    }
+
+    #[test]
+    fn writes_resolve_to_their_bytes() {
+        let image = [1u8, 2, 3, 4, 5];
+        let initrd = [9u8; 3];
+        let b = Write::Bytes { gpa: 0x10, bytes: vec![7, 7] };
+        assert_eq!((b.data(&image, None), b.range()), (Some(&[7u8, 7][..]), GpaRange { base: 0x10, len: 2 }));
+        let i = Write::Image { gpa: 0x100, offset: 1, len: 3 };
+        assert_eq!((i.data(&image, None), i.gpa(), i.len()), (Some(&[2u8, 3, 4][..]), 0x100, 3));
+        assert_eq!(Write::Image { gpa: 0, offset: 3, len: 3 }.data(&image, None), None, "past the image");
+        assert_eq!(Write::Image { gpa: 0, offset: usize::MAX, len: 2 }.data(&image, None), None);
+        let r = Write::Initrd { gpa: 0x200, len: 3 };
+        assert_eq!(r.data(&image, Some(&initrd)), Some(&initrd[..]));
+        assert_eq!(r.data(&image, None), None);
+        assert_eq!(r.data(&image, Some(&initrd[..2])), None, "another initrd");
+        assert!(!r.is_empty() && Write::Bytes { gpa: 0, bytes: vec![] }.is_empty());
+    }
+}
