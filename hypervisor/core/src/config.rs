@@ -59,6 +59,8 @@ pub struct GuestConfig {
     /// Start at boot; otherwise the monitor's `reset` starts it.
     pub autostart: bool,
     pub on_crash: OnCrash,
+    /// What a reboot the guest asks for does (a keyboard-controller reset).
+    pub on_reboot: OnReboot,
 }
 
 /// Where a guest's serial console goes.
@@ -75,6 +77,13 @@ pub enum Console {
 pub enum OnCrash {
     Stop,
     Restart,
+}
+
+/// What happens when a guest reboots itself: by default it restarts, as a machine would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnReboot {
+    Restart,
+    Stop,
 }
 
 /// Legacy UART base ports by name.
@@ -427,6 +436,7 @@ impl GuestConfig {
     const FIELDS: &'static [&'static str] = &[
         "name", "kernel", "format", "initrd", "cmdline", "memory_mib", "vcpus", "affinity", "console", "console_port", "autostart",
         "on_crash",
+        "on_reboot",
     ];
 
     fn from_table(t: toml::Table, ctx: &GuestCtx) -> Result<GuestConfig, ConfigError> {
@@ -513,6 +523,11 @@ impl GuestConfig {
             Some("restart") => OnCrash::Restart,
             Some(other) => return Err(ctx.error("on_crash", alloc::format!("unknown value `{other}`, expected `stop` or `restart`"))),
         };
+        let on_reboot = match get_str(&t, "on_reboot", ctx)?.as_deref() {
+            None | Some("restart") => OnReboot::Restart,
+            Some("stop") => OnReboot::Stop,
+            Some(other) => return Err(ctx.error("on_reboot", alloc::format!("unknown value `{other}`, expected `restart` or `stop`"))),
+        };
         Ok(GuestConfig {
             name,
             kernel,
@@ -525,6 +540,7 @@ impl GuestConfig {
             console,
             autostart,
             on_crash,
+            on_reboot,
         })
     }
 }
@@ -617,6 +633,7 @@ mod tests {
         assert_eq!((a.name.as_str(), a.kernel.as_str(), a.format, a.memory_mib), ("a", "guests/a.bin", ImageFormat::Flat, 4));
         let b = &c.guests[1];
         assert_eq!((b.memory_mib, b.vcpus, b.affinity.clone(), b.console, b.autostart, b.on_crash), (16, 1, None, Console::Virtual, true, OnCrash::Stop));
+        assert_eq!(b.on_reboot, OnReboot::Restart, "a reboot restarts by default, as a machine would");
     }
 
     #[test]
@@ -646,6 +663,7 @@ mod tests {
             ("[[guest]]\nname = \"a\"\nkernel = \"k\"\nconsole = \"passthrough\"\nconsole_port = \"com1\"\n", 5, "guest[0].console_port", "Bastion's own console"),
             ("[[guest]]\nname = \"a\"\nkernel = \"k\"\nconsole_port = \"com2\"\n", 4, "guest[0].console_port", "goes with"),
             ("[[guest]]\nname = \"a\"\nkernel = \"k\"\non_crash = \"panic\"\n", 4, "guest[0].on_crash", "expected `stop` or `restart`"),
+            ("[[guest]]\nname = \"a\"\nkernel = \"k\"\non_reboot = \"halt\"\n", 4, "guest[0].on_reboot", "expected `restart` or `stop`"),
             ("[[guest]]\nname = \"a\"\nkernel = \"k\"\nautostart = 1\n", 4, "guest[0].autostart", "true or false"),
             ("[[guest]]\nname = \"a\"\nkernel = \"k\"\ncmdline = \"quiet\"\n", 4, "guest[0].cmdline", "takes no cmdline"),
         ];
@@ -660,10 +678,11 @@ mod tests {
 
     #[test]
     fn full_guest_entry_parses() {
-        let text = "[[guest]]\nname = \"web\"\nkernel = \"w.bin\"\nvcpus = 2\naffinity = [1]\nconsole = \"passthrough\"\nconsole_port = \"COM2\"\nautostart = false\non_crash = \"restart\"\n";
+        let text = "[[guest]]\nname = \"web\"\nkernel = \"w.bin\"\nvcpus = 2\naffinity = [1]\nconsole = \"passthrough\"\nconsole_port = \"COM2\"\nautostart = false\non_crash = \"restart\"\non_reboot = \"stop\"\n";
         let c = Config::parse("g.toml", text).unwrap();
         assert!(c.guest_errors.is_empty(), "{:?}", c.guest_errors);
         let g = &c.guests[0];
+        assert_eq!(g.on_reboot, OnReboot::Stop);
         assert_eq!((g.vcpus, g.affinity.clone(), g.console, g.autostart, g.on_crash), (2, Some(vec![1]), Console::Passthrough { port: 0x2f8 }, false, OnCrash::Restart));
     }
 

@@ -10,7 +10,7 @@ use crate::{println, time};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use bastion_core::config::{Config, OnCrash};
+use bastion_core::config::{Config, OnCrash, OnReboot};
 use bastion_core::console::Console;
 use bastion_core::sched::Scheduler;
 use bastion_core::vm::devices::GuestDevices;
@@ -245,6 +245,9 @@ pub(super) fn reap() {
         let (status, then) = match &cause {
             Some(Cause::Guest(StopReason::TestExit(_))) => (Status::Exited, ctl.then),
             Some(Cause::Guest(StopReason::Halted { .. })) => (Status::Halted, ctl.then),
+            // A reboot the guest asked for is no crash: it restarts unless configured not to.
+            Some(Cause::Guest(StopReason::Reboot)) if g.cfg.on_reboot == OnReboot::Restart => (Status::Stopped, After::Restart),
+            Some(Cause::Guest(StopReason::Reboot)) => (Status::Stopped, ctl.then),
             Some(Cause::Guest(_)) if g.cfg.on_crash == OnCrash::Restart => (Status::Crashed, After::Restart),
             Some(Cause::Guest(_)) => (Status::Crashed, ctl.then),
             Some(Cause::Killed) | None => (Status::Stopped, ctl.then),

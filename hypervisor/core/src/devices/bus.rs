@@ -49,6 +49,8 @@ pub enum IoOutcome {
     Done,
     /// The guest wrote to the test-exit port.
     TestExit(u32),
+    /// The guest reset the machine (the keyboard controller's reset line).
+    Reset,
 }
 
 /// A device model as the bus sees it: registers at offsets from the base of its range.

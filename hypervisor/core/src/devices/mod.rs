@@ -1,5 +1,6 @@
 //! Device models: pure state machines fed by the exit handler, unit-tested on the host.
 pub mod bus;
+pub mod i8042;
 pub mod ioapic;
 pub mod pic8259;
 pub mod pit8254;

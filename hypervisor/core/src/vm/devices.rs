@@ -13,6 +13,7 @@
 
 pub use crate::devices::bus::IoOutcome;
 use crate::devices::bus::{Bus, BusDevice, DeviceHandle, Space};
+use crate::devices::i8042::{I8042Port, I8042, KEYBOARD_IRQ};
 use crate::devices::ioapic::IoApic;
 use crate::devices::pic8259::Pic;
 use crate::devices::pit8254::Pit;
@@ -200,6 +201,7 @@ pub struct GuestDevices {
     pub pic: Arc<Mutex<Pic>>,
     pub pit: Arc<Mutex<PitDevice>>,
     pub rtc: Arc<Mutex<RtcDevice>>,
+    pub i8042: Arc<Mutex<I8042>>,
     pub ioapic: Arc<Mutex<IoApic>>,
     /// The Unix time in seconds now, for the RTC at power-on.
     wall: Clock,
@@ -236,9 +238,10 @@ impl GuestDevices {
         let pit = Arc::new(Mutex::new(PitDevice { pit: Pit::new(), clock }));
         let ioapic = Arc::new(Mutex::new(IoApic::default()));
         let rtc = Arc::new(Mutex::new(RtcDevice { rtc: Rtc::new(wall(), clock()), clock }));
+        let i8042 = Arc::new(Mutex::new(I8042::default()));
         let mut bus = Bus::new();
         let ioapic_dev: DeviceHandle = ioapic.clone();
-        let map: [(Space, u64, u64, DeviceHandle); 8] = [
+        let map: [(Space, u64, u64, DeviceHandle); 10] = [
             (Space::Port, COM1 as u64, 8, ports(COM1, &uart)),
             (Space::Port, 0x20, 2, ports(0x20, &pic)),
             (Space::Port, 0xa0, 2, ports(0xa0, &pic)),
@@ -246,6 +249,8 @@ impl GuestDevices {
             (Space::Port, PORT_B as u64, 1, ports(PORT_B, &pit)),
             (Space::Port, TEST_EXIT_PORT as u64, 4, crate::devices::bus::handle(TestExit)),
             (Space::Port, RTC_PORT as u64, 2, ports(RTC_PORT, &rtc)),
+            (Space::Port, 0x60, 1, crate::devices::bus::handle(I8042Port { dev: i8042.clone(), command: false })),
+            (Space::Port, 0x64, 1, crate::devices::bus::handle(I8042Port { dev: i8042.clone(), command: true })),
             // The I/O APIC's registers; its interrupt inputs are not wired yet (nothing would
             // receive its messages before there is a local APIC). The LAPIC page stays
             // unclaimed until that model arrives: it floats like the rest of the hole.
@@ -255,7 +260,7 @@ impl GuestDevices {
             // The layout is fixed here; a clash is a programming error that the tests catch.
             bus.insert(space, base, len, dev).expect("the PC device layout has no overlaps");
         }
-        GuestDevices { bus, uart, pic, pit, rtc, ioapic, wall }
+        GuestDevices { bus, uart, pic, pit, rtc, i8042, ioapic, wall }
     }
 
     /// Puts every device back in its power-on state (a guest reset), keeping the bus.
@@ -267,6 +272,7 @@ impl GuestDevices {
             let mut r = self.rtc.lock();
             r.rtc = Rtc::new((self.wall)(), (r.clock)());
         }
+        *self.i8042.lock() = I8042::default();
         *self.ioapic.lock() = IoApic::default();
     }
 
@@ -276,8 +282,10 @@ impl GuestDevices {
     pub fn update_irqs(&self) -> MutexGuard<'_, Pic> {
         let line = self.uart.lock().interrupt_line();
         let rtc = self.rtc_line();
+        let kbd = self.i8042.lock().interrupt_line();
         let mut pic = self.pic.lock();
         pic.set_irq(UART_IRQ, line);
+        pic.set_irq(KEYBOARD_IRQ, kbd);
         pic.set_irq(RTC_IRQ, rtc);
         pic
     }
@@ -403,7 +411,7 @@ mod tests {
     fn unclaimed_ports_read_all_ones_per_byte() {
         let mut d = GuestDevices::default();
         assert_eq!(d.io_read(0x80, 4), 0xffff_ffff);
-        assert_eq!(d.io_read(0x64, 2), 0xffff);
+        assert_eq!(d.io_read(0x66, 2), 0xffff);
         // A word read straddling COM1's last register and the next port.
         let v = d.io_read(COM1 + 7, 2);
         assert_eq!(v >> 8, 0xff);
@@ -497,7 +505,7 @@ mod tests {
     fn every_pc_device_sits_on_the_bus_at_its_place() {
         let d = GuestDevices::default();
         let ports: Vec<(u64, u64)> = d.bus.ranges(Space::Port).map(|r| (r.base, r.len)).collect();
-        assert_eq!(ports, [(0x20, 2), (0x40, 4), (0x61, 1), (0x70, 2), (0xa0, 2), (0xf4, 4), (0x3f8, 8)]);
+        assert_eq!(ports, [(0x20, 2), (0x40, 4), (0x60, 1), (0x61, 1), (0x64, 1), (0x70, 2), (0xa0, 2), (0xf4, 4), (0x3f8, 8)]);
         let mmio: Vec<(u64, u64)> = d.bus.ranges(Space::Mmio).map(|r| (r.base, r.len)).collect();
         assert_eq!(mmio, [(0xfec0_0000, 0x1000)]);
     }
@@ -544,7 +552,7 @@ mod tests {
         d.io_write(0x21, 1, 0x00);
         d.reset();
         assert_eq!(d.io_read(COM1 + 7, 1), 0, "scratch register back to 0");
-        assert_eq!(d.bus.ranges(Space::Port).count(), 7);
+        assert_eq!(d.bus.ranges(Space::Port).count(), 9);
     }
 
     #[test]
@@ -617,5 +625,13 @@ mod tests {
         assert!(at - now <= 976_563, "{} ns to the next 1024 Hz tick", at - now);
         drop(d.advance(at));
         assert_eq!(d.pic.lock().acknowledge(), Some(0x28), "IRQ 8 at the slave's base vector");
+    }
+
+    #[test]
+    fn the_keyboard_controller_resets_the_machine_through_the_port_bus() {
+        let mut d = GuestDevices::default();
+        d.io_write(0x64, 1, 0xaa);
+        assert_eq!(d.io_read(0x60, 1), 0x55, "8042 self-test through port 0x60");
+        assert_eq!(d.io_write(0x64, 1, 0xfe), IoOutcome::Reset);
     }
 }

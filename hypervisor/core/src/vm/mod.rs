@@ -362,6 +362,8 @@ pub trait Host {
 pub enum StopReason {
     /// The guest wrote to the test-exit port.
     TestExit(u32),
+    /// The guest reset its machine (keyboard controller reset): a reboot it asked for.
+    Reboot,
     /// Every vCPU halted with nothing that could ever wake it.
     Halted { interrupts_enabled: bool },
     TripleFault,
@@ -377,6 +379,7 @@ impl fmt::Display for StopReason {
         match self {
             StopReason::TestExit(0) => write!(f, "test exit: PASS"),
             StopReason::TestExit(c) => write!(f, "test exit: FAIL (code {c:#x})"),
+            StopReason::Reboot => write!(f, "rebooted by the guest (keyboard controller reset)"),
             StopReason::Halted { interrupts_enabled: false } => write!(f, "halted with interrupts disabled"),
             StopReason::Halted { interrupts_enabled: true } => {
                 write!(f, "halted waiting for an interrupt, and no interrupt source exists yet")
@@ -683,10 +686,11 @@ fn handle_io(port: u16, size: u8, write: bool, cpu: &mut dyn Vcpu, io: &mut dyn 
     if write {
         let value = (cpu.gprs().rax & mask) as u32;
         let done = complete(cpu, e);
-        if let IoOutcome::TestExit(code) = io.io_write(port, size, value) {
-            return Action::Stop(StopReason::TestExit(code));
+        match io.io_write(port, size, value) {
+            IoOutcome::TestExit(code) => Action::Stop(StopReason::TestExit(code)),
+            IoOutcome::Reset => Action::Stop(StopReason::Reboot),
+            IoOutcome::Done => done,
         }
-        done
     } else {
         let value = io.io_read(port, size) as u64 & mask;
         let r = cpu.gprs();

@@ -99,8 +99,10 @@ pub fn handle(port: u16, size: u8, out: bool, s: &StringIo, next_rip: Option<u64
                 if s.rep {
                     r.rcx = merge(r.rcx, (r.rcx & amask).wrapping_sub(1));
                 }
-                if let IoOutcome::TestExit(code) = outcome {
-                    return Action::Stop(StopReason::TestExit(code));
+                match outcome {
+                    IoOutcome::TestExit(code) => return Action::Stop(StopReason::TestExit(code)),
+                    IoOutcome::Reset => return Action::Stop(StopReason::Reboot),
+                    IoOutcome::Done => {}
                 }
             }
         }

@@ -286,7 +286,7 @@ fn unclaimed_ports_read_all_ones_and_in_eax_zero_extends() {
     run(Exit::Io { port: 0x80, size: 4, write: false, string: None }, &mut cpu, &mut g);
     assert_eq!(cpu.gprs.rax, 0xffff_ffff);
     cpu.gprs.rax = 0;
-    run(Exit::Io { port: 0x64, size: 2, write: false, string: None }, &mut cpu, &mut g);
+    run(Exit::Io { port: 0x66, size: 2, write: false, string: None }, &mut cpu, &mut g);
     assert_eq!(cpu.gprs.rax, 0xffff);
 }
 
