@@ -102,8 +102,21 @@ pub fn fetch(root: &Path) -> Result<Kit> {
     Ok(Kit { package, ..kit })
 }
 
-/// The newest `linux-image-<version>-cloud-amd64-unsigned` the package lists know.
+/// The newest `linux-image-<version>-cloud-amd64-unsigned` the package lists know; as root,
+/// with no such package known (a fresh machine has empty lists), after an `apt-get update`.
 fn newest_cloud_kernel() -> Result<String> {
+    if let Ok(p) = search_cloud_kernel() {
+        return Ok(p);
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        eprintln!("xtask: no cloud kernel in the package lists; running apt-get update");
+        let _ = Command::new("apt-get").args(["update", "-q"]).status();
+    }
+    search_cloud_kernel()
+}
+
+fn search_cloud_kernel() -> Result<String> {
     let out = Command::new("apt-cache")
         .args(["search", "--names-only", "^linux-image-[0-9].*-cloud-amd64-unsigned$"])
         .output()

@@ -34,7 +34,8 @@ enum Cmd {
     /// Build, then boot in QEMU (default) or Bochs with the serial console on this terminal
     /// (Ctrl-C quits)
     Run(RunArgs),
-    /// Run the host unit tests, then the emulator tests (qemu-tests)
+    /// Fetch the Linux guest kit (Debian packages, under target/linux), run the host unit tests,
+    /// then the emulator tests (qemu-tests)
     Test(TestArgs),
     /// Measure boot time on every platform, the scheduler's fairness and Bastion's own memory
     Bench(BenchArgs),
@@ -427,8 +428,11 @@ fn test(args: &TestArgs) -> Result<()> {
     if !args.host_only {
         ensure_packages(&Platform::ALL)?;
     }
+    // Debian's kernel, for the loader's test against a real bzImage (and the Linux guests).
+    linux::fetch(&root())?;
     let host = cargo()
         .args(["test", "--workspace", "--exclude", "hypervisor", "--exclude", "test-guests", "--lib", "--bins"])
+        .env("BASTION_REQUIRE_LINUX_KIT", "1")
         .status()
         .context("cannot run cargo test")?;
     if !host.success() {
