@@ -28,6 +28,7 @@
 //! A guest that boots this way sees all of it as free memory once it has copied its boot
 //! parameters and built its own page tables and GDT, which Linux does first thing.
 
+pub mod acpi;
 pub mod bzimage;
 
 use crate::vm::memmap::{GpaRange, EBDA_START, MMIO_HOLE_END, MMIO_HOLE_START};
