@@ -2,6 +2,7 @@
 pub mod bus;
 pub mod i8042;
 pub mod ioapic;
+pub mod lapic;
 pub mod pic8259;
 pub mod pit8254;
 pub mod rtc;
