@@ -10,25 +10,60 @@
 use anyhow::{bail, Context, Result};
 use bastion_core::bundle::{Bundle, CONFIG_FILE};
 use bastion_core::config::{Config, ImageFitError};
+use bastion_core::loader::{self, bzimage::BzImageError, LoadError};
 use bootloader::{BootConfig, DiskImageBuilder};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Reads and validates a configuration file and every guest's kernel file: it must exist, not
-/// be empty, and fit its guest ([`bastion_core::config::image_fits`]). Errors name the file,
-/// line and field, and for a kernel the guest (`bastion.toml:9:1: guest[1].kernel: guest
-/// `web`: ...`). On the host every guest must be valid (the hypervisor would skip an invalid
-/// one, but a tool should not ship it).
+/// Reads and validates a configuration file and every guest's files: each must exist, and the
+/// guest's image must load ([`bastion_core::loader::prepare`], the very rule the hypervisor
+/// applies at boot: a flat image fits, a bzImage parses and its kernel, initrd and command line
+/// fit the guest's RAM). Errors name the file, line and field, and the guest
+/// (`bastion.toml:9:1: guest[1].kernel: guest `web`: ...`). On the host every guest must be
+/// valid (the hypervisor would skip an invalid one, but a tool should not ship it).
 pub fn validate_config(path: &Path) -> Result<Config> {
     Ok(load(path)?.config)
 }
 
-/// A validated configuration with its text and the guest kernels it names.
+/// A validated configuration with its text and the guest files (kernels, initrds) it names.
 struct Loaded {
     config: Config,
     text: String,
-    /// (path in the bundle, contents), each image once.
-    kernels: Vec<(String, Vec<u8>)>,
+    /// (path in the bundle, contents), each file once.
+    files: Vec<(String, Vec<u8>)>,
+}
+
+/// Reads `name` (relative to `base`) into `files` unless it is there already (two guests may
+/// share a file; it is read and packed once), and returns its index.
+fn read_once(
+    files: &mut Vec<(String, Vec<u8>)>,
+    base: &Path,
+    name: &str,
+    what: &str,
+) -> Result<usize, String> {
+    if let Some(i) = files.iter().position(|(n, _)| n == name) {
+        return Ok(i);
+    }
+    let path = base.join(name);
+    let data =
+        std::fs::read(&path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?;
+    files.push((name.to_string(), data));
+    Ok(files.len() - 1)
+}
+
+/// The config field a loader refusal is about.
+fn field_of(e: &LoadError) -> &'static str {
+    match e {
+        LoadError::BzImage(BzImageError::InitrdEmpty | BzImageError::InitrdDoesNotFit { .. })
+        | LoadError::MissingInitrd => "initrd",
+        LoadError::BzImage(
+            BzImageError::CmdlineTooLong { .. }
+            | BzImageError::CmdlineTooLongForBuffer { .. }
+            | BzImageError::CmdlineHasNul { .. },
+        ) => "cmdline",
+        LoadError::Memory(_) => "memory_mib",
+        _ => "kernel",
+    }
 }
 
 fn load(path: &Path) -> Result<Loaded> {
@@ -39,35 +74,54 @@ fn load(path: &Path) -> Result<Loaded> {
         let all: Vec<String> = config.guest_errors.iter().map(|e| e.to_string()).collect();
         bail!("{}", all.join("\n"));
     }
-    // Guest kernels are read relative to the config file's folder.
+    // Guest files are read relative to the config file's folder.
     let base = path.parent().unwrap_or(Path::new("."));
-    let mut kernels: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
     let mut errors = Vec::new();
     for g in &config.guests {
-        let kernel = base.join(&g.kernel);
-        // Two guests may share one image; it is read (and packed) once, and checked for each.
-        let data = match kernels.iter().find(|(n, _)| *n == g.kernel) {
-            Some((_, d)) => Ok(d.len()),
-            None => std::fs::read(&kernel).map(|d| {
-                let len = d.len();
-                kernels.push((g.kernel.clone(), d));
-                len
-            }),
+        let mut error = |field: &str, problem: String| {
+            errors.push(
+                Config::guest_error(
+                    &file,
+                    &text,
+                    &g.name,
+                    field,
+                    format!("guest `{}`: {problem}", g.name),
+                )
+                .to_string(),
+            );
         };
-        let problem = match data {
-            Err(e) => format!("cannot read kernel {}: {e}", kernel.display()),
-            Ok(len) => match g.image_fits(len as u64) {
-                Ok(()) => continue,
-                Err(ImageFitError::Empty) => format!("kernel {} is empty", kernel.display()),
-                Err(e) => format!("kernel {} does not fit the guest: {e}", kernel.display()),
-            },
+        let kernel = match read_once(&mut files, base, &g.kernel, "kernel") {
+            Ok(i) => i,
+            Err(e) => {
+                error("kernel", e);
+                continue;
+            }
         };
-        errors.push(Config::guest_error(&file, &text, &g.name, "kernel", format!("guest `{}`: {problem}", g.name)).to_string());
+        let initrd = match g.initrd.as_deref().map(|name| read_once(&mut files, base, name, "initrd")) {
+            None => None,
+            Some(Ok(i)) => Some(i),
+            Some(Err(e)) => {
+                error("initrd", e);
+                continue;
+            }
+        };
+        let name = |i: usize| base.join(&files[i].0).display().to_string();
+        if let Err(e) = loader::prepare(g, &files[kernel].1, initrd.map(|i| files[i].1.as_slice())) {
+            let problem = match &e {
+                LoadError::Flat(ImageFitError::Empty) => format!("kernel {} is empty", name(kernel)),
+                LoadError::Flat(e) => format!("kernel {} does not fit the guest: {e}", name(kernel)),
+                e if field_of(e) == "initrd" => format!("initrd {}: {e}", name(initrd.unwrap_or(kernel))),
+                e if field_of(e) != "kernel" => format!("{e}"),
+                e => format!("kernel {}: {e}", name(kernel)),
+            };
+            error(field_of(&e), problem);
+        }
     }
     if !errors.is_empty() {
         bail!("{}", errors.join("\n"));
     }
-    Ok(Loaded { config, text, kernels })
+    Ok(Loaded { config, text, files })
 }
 
 /// Builds the bundle for the configuration at `config_path` and returns its bytes: the config
@@ -77,7 +131,7 @@ fn load(path: &Path) -> Result<Loaded> {
 pub fn bundle_bytes(config_path: &Path) -> Result<Vec<u8>> {
     let loaded = load(config_path)?;
     let mut refs: Vec<(&str, &[u8])> = vec![(CONFIG_FILE, loaded.text.as_bytes())];
-    refs.extend(loaded.kernels.iter().map(|(n, d)| (n.as_str(), d.as_slice())));
+    refs.extend(loaded.files.iter().map(|(n, d)| (n.as_str(), d.as_slice())));
     let bytes = pack(&refs)?;
     // Read it back with the kernel's reader: what we ship must be what the kernel accepts.
     Bundle::parse(&bytes).map_err(|e| anyhow::anyhow!("internal error: packed bundle does not parse: {e}"))?;
@@ -276,6 +330,102 @@ mod tests {
         assert!(e.starts_with(&format!("{}:10:1: guest[1].kernel: guest `web`: ", cfg.display())), "{e}");
         assert!(!e.contains("guest `ok`"), "{e}");
         e
+    }
+
+    /// The smallest file `bastion_core::loader::bzimage::parse` accepts: a boot protocol 2.15
+    /// header (boot.rst offsets) for a relocatable 64-bit kernel with 4 setup sectors and
+    /// `kernel` bytes of protected-mode code that needs 4 MiB at 16 MiB.
+    fn bzimage(kernel: usize) -> Vec<u8> {
+        let mut v = vec![0u8; 5 * 512 + kernel];
+        let mut put = |at: usize, b: &[u8]| v[at..at + b.len()].copy_from_slice(b);
+        put(0x1F1, &[4]);
+        put(0x1F4, &((kernel / 16) as u32).to_le_bytes());
+        put(0x1FE, &0xAA55u16.to_le_bytes());
+        put(0x200, &[0xEB, 0x6A]);
+        put(0x202, b"HdrS");
+        put(0x206, &0x020Fu16.to_le_bytes());
+        put(0x211, &[1]); // LOADED_HIGH
+        put(0x22C, &0x7FFF_FFFFu32.to_le_bytes());
+        put(0x230, &0x20_0000u32.to_le_bytes());
+        put(0x234, &[1]);
+        put(0x236, &3u16.to_le_bytes()); // XLF_KERNEL_64 | XLF_CAN_BE_LOADED_ABOVE_4G
+        put(0x238, &255u32.to_le_bytes());
+        put(0x258, &0x100_0000u64.to_le_bytes());
+        put(0x260, &0x40_0000u32.to_le_bytes());
+        v
+    }
+
+    /// Writes `linux.toml` with guest `tux` (`extra` keys appended) and the given files.
+    fn linux_guest(extra: &str, files: &[(&str, &[u8])]) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("linux.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[[guest]]\nname = \"tux\"\nformat = \"bzimage\"\nkernel = \"vmlinuz\"\n{extra}"
+            ),
+        )
+        .unwrap();
+        for (name, data) in files {
+            std::fs::write(dir.path().join(name), data).unwrap();
+        }
+        (dir, cfg)
+    }
+
+    /// A bzImage guest is checked with the hypervisor's own loader: its kernel and initrd are
+    /// packed; what cannot boot is refused at the field it is about.
+    #[test]
+    fn bzimage_guests_are_checked_by_the_loader_and_packed_with_their_initrd() {
+        let k = bzimage(4096);
+        let (_d, cfg) = linux_guest(
+            "memory_mib = 64\ninitrd = \"initrd.gz\"\ncmdline = \"console=ttyS0\"\n",
+            &[("vmlinuz", &k), ("initrd.gz", &[7; 100])],
+        );
+        let b = bundle_bytes(&cfg).unwrap();
+        let b = Bundle::parse(&b).unwrap();
+        assert_eq!(
+            (b.file("vmlinuz").unwrap(), b.file("initrd.gz").unwrap()),
+            (&k[..], &[7u8; 100][..])
+        );
+        let err = |extra: &str, files: &[(&str, &[u8])]| {
+            let (_d, cfg) = linux_guest(extra, files);
+            format!("{:#}", validate_config(&cfg).unwrap_err())
+        };
+        let e = err(
+            "memory_mib = 64\ninitrd = \"nope.gz\"\n",
+            &[("vmlinuz", &k)],
+        );
+        assert!(
+            e.contains("linux.toml:6:1: guest[0].initrd: guest `tux`: cannot read initrd")
+                && e.contains("nope.gz"),
+            "{e}"
+        );
+        let e = err(
+            "memory_mib = 64\ninitrd = \"i\"\n",
+            &[("vmlinuz", &k), ("i", &[])],
+        );
+        assert!(
+            e.contains("guest[0].initrd: guest `tux`: initrd ")
+                && e.ends_with("bzImage: the initrd is empty"),
+            "{e}"
+        );
+        let e = err(
+            &format!("memory_mib = 64\ncmdline = \"{}\"\n", "x".repeat(300)),
+            &[("vmlinuz", &k)],
+        );
+        assert!(e.contains("linux.toml:6:1: guest[0].cmdline: guest `tux`: bzImage: the command line is 300 bytes") && e.contains("longer than the kernel's cmdline_size of 255"), "{e}");
+        let e = err("memory_mib = 64\n", &[("vmlinuz", &[0x90; 8192])]);
+        assert!(
+            e.contains("guest[0].kernel: guest `tux`: kernel ") && e.contains("not a bzImage"),
+            "{e}"
+        );
+        let e = err("memory_mib = 16\n", &[("vmlinuz", &k)]);
+        assert!(
+            e.contains("guest[0].kernel: ")
+                && e.contains("the kernel does not fit")
+                && e.contains("at least 20 MiB"),
+            "{e}"
+        );
     }
 
     #[test]

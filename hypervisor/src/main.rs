@@ -163,15 +163,25 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     for e in &config.guest_errors {
         error!("config: {e} (guest refused; the others still run)");
     }
-    let images: alloc::vec::Vec<Option<&'static [u8]>> = config
+    // Each guest's files from the bundle; a guest whose files are missing is not started.
+    let images: alloc::vec::Vec<Option<vm::GuestFiles>> = config
         .guests
         .iter()
-        .map(|g| match bundle.file(&g.kernel) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                error!("guest {}: {e}; not started", g.name);
-                None
-            }
+        .map(|g| {
+            let kernel = bundle
+                .file(&g.kernel)
+                .map_err(|e| error!("guest {}: {e}; not started", g.name))
+                .ok()?;
+            let initrd = match &g.initrd {
+                None => None,
+                Some(path) => Some(
+                    bundle
+                        .file(path)
+                        .map_err(|e| error!("guest {}: {e}; not started", g.name))
+                        .ok()?,
+                ),
+            };
+            Some(vm::GuestFiles { kernel, initrd })
         })
         .collect();
     match vmm::init_cpu(0, &caps) {

@@ -6,8 +6,9 @@ use crate::memory;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use bastion_core::config::{GuestConfig, ImageFormat, FLAT_INITIAL_SP, FLAT_LOAD_ADDRESS};
+use bastion_core::config::GuestConfig;
 use bastion_core::frame_alloc::FRAME_SIZE;
+use bastion_core::loader::{self, Start};
 use bastion_core::npt::{Format, FrameSource, NestedPageTable, PAGE_2M};
 use bastion_core::vm::memmap::MemoryMap;
 
@@ -71,19 +72,11 @@ pub struct RamChunk {
     pub len: u64,
 }
 
-/// Where a vCPU starts.
+/// A guest's files from the boot bundle.
 #[derive(Debug, Clone, Copy)]
-pub enum Entry {
-    /// Real mode at CS:IP = 0:ip, stack at SP.
-    RealMode { ip: u16, sp: u16 },
-}
-
-impl core::fmt::Display for Entry {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Entry::RealMode { ip, sp } => write!(f, "real mode at 0000:{ip:04x}, SP {sp:#x}"),
-        }
-    }
+pub struct GuestFiles {
+    pub kernel: &'static [u8],
+    pub initrd: Option<&'static [u8]>,
 }
 
 pub struct Vm {
@@ -93,7 +86,8 @@ pub struct Vm {
     pub map: MemoryMap,
     /// ASID (SVM) or VPID (VMX): tags this VM's TLB entries. Never 0 (the host's).
     pub tag: u16,
-    pub entry: Entry,
+    /// Where its vCPUs start (`bastion_core::loader::prepare` decides).
+    pub entry: Start,
     /// A physical UART handed to this guest (`console = "passthrough"`): its 8 ports are not
     /// intercepted.
     pub passthrough_port: Option<u16>,
@@ -104,7 +98,15 @@ impl Vm {
     /// from 4 GiB), in 2 MiB-aligned runs so EPT/NPT can use 2 MiB pages, maps exactly that,
     /// and loads the image. The map is the one source: what is not RAM in it stays unmapped,
     /// so a guest access there is a nested page fault (device memory or a bad access).
-    pub fn new(cfg: &GuestConfig, image: &[u8], format: Format, tag: u16) -> Result<Vm, String> {
+    pub fn new(
+        cfg: &GuestConfig,
+        files: GuestFiles,
+        format: Format,
+        tag: u16,
+    ) -> Result<Vm, String> {
+        // Decided before any memory is taken: an image that cannot boot costs nothing.
+        let prepared =
+            loader::prepare(cfg, files.kernel, files.initrd).map_err(|e| format!("{e}"))?;
         let bytes = cfg.memory_mib as u64 * 1024 * 1024;
         let map = MemoryMap::new(bytes).map_err(|e| format!("{e}"))?;
         let npt = NestedPageTable::new(format, &mut HostFrames).map_err(|e| format!("{e}"))?;
@@ -112,7 +114,7 @@ impl Vm {
             bastion_core::config::Console::Passthrough { port } => Some(port),
             bastion_core::config::Console::Virtual => None,
         };
-        let mut vm = Vm { ram: Vec::new(), npt, map, tag, entry: Entry::RealMode { ip: 0, sp: 0 }, passthrough_port };
+        let mut vm = Vm { ram: Vec::new(), npt, map, tag, entry: prepared.start, passthrough_port };
         // Every path from here returns the VM or destroys it, which counts it out.
         memory::count_vm(true);
         for region in map.ram_regions() {
@@ -138,14 +140,15 @@ impl Vm {
                 gpa += len;
             }
         }
-        if let Err(e) = cfg.image_fits(image.len() as u64) {
-            vm.destroy();
-            return Err(format!("{e}"));
-        }
-        match cfg.format {
-            ImageFormat::Flat => {
-                vm.write(FLAT_LOAD_ADDRESS, image);
-                vm.entry = Entry::RealMode { ip: FLAT_LOAD_ADDRESS as u16, sp: FLAT_INITIAL_SP as u16 };
+        for w in &prepared.writes {
+            // The plan was made from these very files and this memory map: every write has
+            // its bytes and lies in RAM.
+            match w.data(files.kernel, files.initrd) {
+                Some(data) if vm.map.ram_regions().any(|r| r.base <= w.gpa() && w.gpa() + w.len() <= r.end()) => vm.write(w.gpa(), data),
+                _ => {
+                    vm.destroy();
+                    return Err(format!("the loader's write of {} bytes at {:#x} does not fit the guest's RAM", w.len(), w.gpa()));
+                }
             }
         }
         Ok(vm)

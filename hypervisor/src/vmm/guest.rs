@@ -94,7 +94,7 @@ pub(super) struct VcpuSlot {
 pub(super) struct Guest {
     pub(super) cfg: GuestConfig,
     pub(super) index: usize,
-    pub(super) image: &'static [u8],
+    pub(super) files: crate::vm::GuestFiles,
     pub(super) affinity: u64,
     pub(super) vcpus: Vec<Mutex<VcpuSlot>>,
     pub(super) devices: GuestDevices,

@@ -5,7 +5,7 @@
 use super::guest::{console_update, hv, vcpu_id, After, Cause, Guest, GuestCtl, Hv, Status, VcpuSlot, HV};
 use super::io::{drain_uart_all, HostCpu};
 use super::percpu::{kick, this_cpu, CPUS, CPUS_READY, MAX_CPUS};
-use crate::vm::Vm;
+use crate::vm::{GuestFiles, Vm};
 use crate::{println, time};
 use alloc::format;
 use alloc::string::String;
@@ -20,7 +20,7 @@ use spin::Mutex;
 
 /// Builds the guest table from the configuration and starts the autostart guests. Runs on
 /// CPU 0 after every CPU has called `init_cpu`.
-pub fn start(config: &Config, images: Vec<Option<&'static [u8]>>, online: usize) {
+pub fn start(config: &Config, images: Vec<Option<GuestFiles>>, online: usize) {
     // Give the APs a moment to register; a CPU that could not enable virtualization is left
     // out of every affinity mask, so nothing is ever queued where it cannot run.
     for _ in 0..1000 {
@@ -34,7 +34,7 @@ pub fn start(config: &Config, images: Vec<Option<&'static [u8]>>, online: usize)
     let mut console = Console::new(4096);
     let mut guests = Vec::new();
     for (cfg, image) in config.guests.iter().zip(images) {
-        let Some(image) = image else { continue };
+        let Some(files) = image else { continue };
         let affinity = match &cfg.affinity {
             None => all_cpus,
             Some(list) => {
@@ -56,7 +56,7 @@ pub fn start(config: &Config, images: Vec<Option<&'static [u8]>>, online: usize)
         guests.push(Guest {
             cfg: cfg.clone(),
             index,
-            image,
+            files,
             affinity,
             vcpus: (0..cfg.vcpus).map(|v| Mutex::new(VcpuSlot { backend: None, state: VcpuState::new(v, 0, &HostCpu) })).collect(),
             devices: GuestDevices::new(time::now_ns, time::unix_seconds),
@@ -121,7 +121,7 @@ pub(super) fn boot_guest(g: &Guest) {
     let h = hv();
     let cpu = this_cpu();
     let mut ctl = g.ctl.lock();
-    let vm = match Vm::new(&g.cfg, g.image, cpu.backend.npt_format(), next_tag(h)) {
+    let vm = match Vm::new(&g.cfg, g.files, cpu.backend.npt_format(), next_tag(h)) {
         Ok(vm) => vm,
         Err(e) => {
             log::error!("guest {}: cannot start: {e}", g.cfg.name);
@@ -156,7 +156,7 @@ pub(super) fn boot_guest(g: &Guest) {
         vm.ram_bytes() >> 20,
         g.cfg.vcpus,
         if g.cfg.vcpus == 1 { "" } else { "s" },
-        g.image.len(),
+        g.files.kernel.len(),
         vm.entry,
         if ctl.boots > 1 { format!(", boot {}", ctl.boots) } else { String::new() }
     );

@@ -552,14 +552,14 @@ fn zero_page(image: &[u8], hdr: &SetupHeader, load_addr: u64, initrd: Option<Gpa
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::super::{BOOT_CS, BOOT_DS, ENTRY_CR0, ENTRY_CR4, ENTRY_EFER, GDT_LIMIT, IDENTITY_MAPPED, LOW_LAYOUT};
     use super::*;
     use crate::vm::memmap::{E820Kind, EBDA_START, GIB};
 
     /// A synthetic bzImage with every header field set explicitly.
     #[derive(Clone)]
-    struct Synth {
+    pub(crate) struct Synth {
         setup_sects: u8,
         boot_flag: u16,
         jump: [u8; 2],
@@ -582,7 +582,7 @@ mod tests {
     const KVER_AT: usize = 0x400;
 
     impl Synth {
-        fn new() -> Synth {
+        pub(crate) fn new() -> Synth {
             Synth {
                 setup_sects: 4,
                 boot_flag: 0xAA55,
@@ -607,7 +607,7 @@ mod tests {
             (if self.setup_sects == 0 { 4 } else { self.setup_sects as usize } + 1) * 512
         }
 
-        fn build(&self) -> Vec<u8> {
+        pub(crate) fn build(&self) -> Vec<u8> {
             let setup = self.setup_len();
             let mut v = vec![0u8; setup + self.kernel_len];
             let mut put = |at: usize, b: &[u8]| v[at..at + b.len()].copy_from_slice(b);

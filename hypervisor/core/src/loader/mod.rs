@@ -31,10 +31,16 @@
 pub mod acpi;
 pub mod bzimage;
 
-use crate::vm::memmap::{GpaRange, EBDA_START, MMIO_HOLE_END, MMIO_HOLE_START};
+use crate::config::{
+    GuestConfig, ImageFitError, ImageFormat, DEFAULT_CMDLINE, FLAT_INITIAL_SP, FLAT_LOAD_ADDRESS,
+};
+use crate::vm::memmap::{
+    GpaRange, MemMapError, MemoryMap, EBDA_START, MMIO_HOLE_END, MMIO_HOLE_START,
+};
 use crate::vm::regs::{Cr0, Cr4, Efer, Rflags};
 use alloc::vec;
 use alloc::vec::Vec;
+use core::fmt;
 
 /// The GDT: 4 descriptors of 8 bytes.
 pub const GDT_GPA: u64 = 0x500;
@@ -186,6 +192,193 @@ impl Write {
             Write::Bytes { bytes, .. } => Some(bytes),
             Write::Image { offset, len, .. } => image.get(*offset..offset.checked_add(*len)?),
             Write::Initrd { len, .. } => initrd.filter(|i| i.len() == *len),
+        }
+    }
+}
+
+/// Where a guest's first vCPU starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Real mode at CS:IP = 0:ip, stack at SP (a flat image, like a boot sector).
+    RealMode { ip: u16, sp: u16 },
+    /// 64-bit mode with the given state (a bzImage).
+    Long64(Entry64),
+}
+
+impl fmt::Display for Start {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Start::RealMode { ip, sp } => write!(f, "real mode at 0000:{ip:04x}, SP {sp:#x}"),
+            Start::Long64(e) => write!(f, "64-bit mode at {:#x}, RSI {:#x}", e.rip, e.rsi),
+        }
+    }
+}
+
+/// A segment register as loaded at reset or entry: selector and the hidden part (SDM Vol. 3A
+/// 3.4.3 "Segment Registers"), the latter described by the descriptor it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentState {
+    pub selector: u16,
+    pub desc: Descriptor,
+}
+
+impl SegmentState {
+    pub fn base(&self) -> u64 {
+        u64::from(self.desc.base)
+    }
+    /// The byte limit both VMCS and VMCB keep (the granularity already applied).
+    pub fn limit(&self) -> u32 {
+        self.desc.limit_bytes() as u32
+    }
+}
+
+/// Every register a vCPU starts with, whatever the vendor: the VMX and SVM backends copy it
+/// into their VMCS/VMCB and differ only in how they encode segment attributes
+/// ([`Descriptor::vmx_access_rights`], [`Descriptor::svm_attributes`]). LDTR is unusable and
+/// TR a busy 32/64-bit TSS at 0 (VM entry wants a usable TR, SDM Vol. 3C 27.3.1.2; Bochs's SVM
+/// wants one that is not a 16-bit TSS before long mode); IDTR is base 0 limit 0xFFFF, as
+/// after reset (SDM Vol. 3A 10.1.1 Table 10-1) and left for the guest to load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InitialState {
+    pub cs: SegmentState,
+    /// DS, ES, SS, FS and GS.
+    pub data: SegmentState,
+    pub gdt_base: u64,
+    pub gdt_limit: u16,
+    /// What the guest reads: a VMX backend adds the bits IA32_VMX_CR0/CR4_FIXED0 force.
+    pub cr0: u64,
+    pub cr3: u64,
+    pub cr4: u64,
+    /// Without EFER.SVME, which an SVM backend adds for VMRUN.
+    pub efer: u64,
+    pub rip: u64,
+    pub rsp: u64,
+    pub rflags: u64,
+    pub rsi: u64,
+}
+
+/// A real-mode code segment at reset (SDM Vol. 3A Table 10-1): base 0, limit 0xFFFF,
+/// present, execute/read, accessed.
+const REAL_CODE: u64 = 0x0000_9B00_0000_FFFF;
+/// A real-mode data segment: base 0, limit 0xFFFF, present, read/write, accessed.
+const REAL_DATA: u64 = 0x0000_9300_0000_FFFF;
+
+impl Start {
+    /// The full register state this start means.
+    pub fn initial_state(&self) -> InitialState {
+        match *self {
+            Start::RealMode { ip, sp } => InitialState {
+                cs: SegmentState {
+                    selector: 0,
+                    desc: Descriptor::decode(REAL_CODE),
+                },
+                data: SegmentState {
+                    selector: 0,
+                    desc: Descriptor::decode(REAL_DATA),
+                },
+                gdt_base: 0,
+                gdt_limit: 0xFFFF,
+                cr0: Cr0::ET.bits(),
+                cr3: 0,
+                cr4: 0,
+                efer: 0,
+                rip: u64::from(ip),
+                rsp: u64::from(sp),
+                rflags: Rflags::FIXED1.bits(),
+                rsi: 0,
+            },
+            Start::Long64(e) => InitialState {
+                cs: SegmentState {
+                    selector: e.cs,
+                    desc: Descriptor::decode(GDT_CODE64),
+                },
+                data: SegmentState {
+                    selector: e.ds,
+                    desc: Descriptor::decode(GDT_DATA),
+                },
+                gdt_base: e.gdt_base,
+                gdt_limit: e.gdt_limit,
+                cr0: e.cr0,
+                cr3: e.cr3,
+                cr4: e.cr4,
+                efer: e.efer,
+                rip: e.rip,
+                rsp: e.rsp,
+                rflags: e.rflags,
+                rsi: e.rsi,
+            },
+        }
+    }
+}
+
+/// A guest's image, ready to be copied in: what goes where, and how it starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prepared {
+    /// Lowest address first; each inside the guest's RAM.
+    pub writes: Vec<Write>,
+    pub start: Start,
+}
+
+/// Why a guest's image cannot be loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadError {
+    Memory(MemMapError),
+    Flat(ImageFitError),
+    BzImage(bzimage::BzImageError),
+    /// The config names an initrd but none was given (the caller could not find it).
+    MissingInitrd,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LoadError::Memory(e) => write!(f, "{e}"),
+            LoadError::Flat(e) => write!(f, "{e}"),
+            LoadError::BzImage(e) => write!(f, "bzImage: {e}"),
+            LoadError::MissingInitrd => write!(f, "the initrd is missing"),
+        }
+    }
+}
+
+/// Decides how `cfg`'s guest is loaded from its `kernel` (and `initrd`) bytes: the one rule
+/// `boot validate` applies on the host before packing and the hypervisor applies at every
+/// boot of the guest. A flat image goes to [`FLAT_LOAD_ADDRESS`] (checked by
+/// [`crate::config::image_fits`]); a bzImage is parsed and placed by [`bzimage::plan`] with
+/// the config's command line ([`DEFAULT_CMDLINE`] if it has none).
+pub fn prepare(
+    cfg: &GuestConfig,
+    kernel: &[u8],
+    initrd: Option<&[u8]>,
+) -> Result<Prepared, LoadError> {
+    let map = MemoryMap::new(u64::from(cfg.memory_mib) << 20).map_err(LoadError::Memory)?;
+    match cfg.format {
+        ImageFormat::Flat => {
+            cfg.image_fits(kernel.len() as u64)
+                .map_err(LoadError::Flat)?;
+            Ok(Prepared {
+                writes: vec![Write::Image {
+                    gpa: FLAT_LOAD_ADDRESS,
+                    offset: 0,
+                    len: kernel.len(),
+                }],
+                start: Start::RealMode {
+                    ip: FLAT_LOAD_ADDRESS as u16,
+                    sp: FLAT_INITIAL_SP as u16,
+                },
+            })
+        }
+        ImageFormat::BzImage => {
+            if cfg.initrd.is_some() && initrd.is_none() {
+                return Err(LoadError::MissingInitrd);
+            }
+            let hdr = bzimage::parse(kernel).map_err(LoadError::BzImage)?;
+            let cmdline = cfg.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE);
+            let plan =
+                bzimage::plan(kernel, &hdr, initrd, cmdline, &map).map_err(LoadError::BzImage)?;
+            Ok(Prepared {
+                writes: plan.writes,
+                start: Start::Long64(plan.entry),
+            })
         }
     }
 }
@@ -400,6 +593,211 @@ mod tests {
         assert_eq!(e.rflags & Rflags::IF.bits(), 0);
         assert_eq!((e.rip, e.rsi, e.rsp, e.cr3), (0x100_0200, 0x7000, 0x9000, 0x9000));
         assert_eq!((e.gdt_base, e.gdt_limit, e.cs, e.ds), (0x500, 31, 0x10, 0x18));
+    }
+
+    fn guest(extra: &str) -> GuestConfig {
+        let text = alloc::format!("[[guest]]\nname = \"g\"\nkernel = \"k\"\n{extra}");
+        let mut c = crate::config::Config::parse("t.toml", &text).unwrap();
+        assert!(c.guest_errors.is_empty(), "{:?}", c.guest_errors);
+        c.guests.remove(0)
+    }
+
+    fn cmdline_of(p: &Prepared) -> &[u8] {
+        p.writes
+            .iter()
+            .find_map(|w| match w {
+                Write::Bytes {
+                    gpa: CMDLINE_GPA,
+                    bytes,
+                } => Some(&bytes[..]),
+                _ => None,
+            })
+            .expect("a command line write")
+    }
+
+    /// A flat image is copied whole to 0x8000 and entered in real mode there, like a boot
+    /// sector; one that does not fit is refused with the config's own rule.
+    #[test]
+    fn prepare_loads_a_flat_image_at_0x8000_in_real_mode() {
+        let g = guest("memory_mib = 4\n");
+        let p = prepare(&g, &[0x90; 300], None).unwrap();
+        assert_eq!(
+            p.writes,
+            vec![Write::Image {
+                gpa: 0x8000,
+                offset: 0,
+                len: 300
+            }]
+        );
+        assert_eq!(
+            p.start,
+            Start::RealMode {
+                ip: 0x8000,
+                sp: 0x7000
+            }
+        );
+        assert_eq!(p.start.to_string(), "real mode at 0000:8000, SP 0x7000");
+        let e = prepare(&g, &alloc::vec![0; 0x9_9000], None).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                LoadError::Flat(ImageFitError::PastConventionalMemory { .. })
+            ),
+            "{e:?}"
+        );
+        assert_eq!(
+            prepare(&g, &[], None),
+            Err(LoadError::Flat(ImageFitError::Empty))
+        );
+    }
+
+    /// A bzImage is placed by the boot protocol and entered at load address + 0x200 in 64-bit
+    /// mode with RSI = the zero page (boot.rst, "64-bit Boot Protocol"); the config's command
+    /// line goes to the kernel, `console=ttyS0` when it has none.
+    #[test]
+    fn prepare_plans_a_bzimage_with_the_configs_command_line() {
+        let image = bzimage::tests::Synth::new().build();
+        let g = guest("format = \"bzimage\"\nmemory_mib = 64\ncmdline = \"console=ttyS0 quiet\"\n");
+        let p = prepare(&g, &image, None).unwrap();
+        let Start::Long64(e) = p.start else {
+            panic!("{:?}", p.start)
+        };
+        assert_eq!(
+            (e.rip, e.rsi, e.cr3),
+            (0x100_0200, ZERO_PAGE_GPA, PAGE_TABLES_GPA)
+        );
+        assert_eq!(p.start.to_string(), "64-bit mode at 0x1000200, RSI 0x7000");
+        assert_eq!(cmdline_of(&p), b"console=ttyS0 quiet\0");
+        assert!(
+            p.writes.iter().any(|w| matches!(
+                w,
+                Write::Image {
+                    gpa: 0x100_0000,
+                    ..
+                }
+            )),
+            "kernel at 16 MiB"
+        );
+        let plain = prepare(
+            &guest("format = \"bzimage\"\nmemory_mib = 64\n"),
+            &image,
+            None,
+        )
+        .unwrap();
+        assert_eq!(cmdline_of(&plain), b"console=ttyS0\0");
+        // With an initrd, it is written where the plan puts it.
+        let with = guest("format = \"bzimage\"\nmemory_mib = 64\ninitrd = \"i\"\n");
+        let p = prepare(&with, &image, Some(&[5; 1000])).unwrap();
+        assert!(p
+            .writes
+            .iter()
+            .any(|w| matches!(w, Write::Initrd { len: 1000, .. })));
+    }
+
+    /// What cannot be loaded is refused with the reason: not a bzImage, too little RAM, an
+    /// initrd the config names but nobody supplied.
+    #[test]
+    fn prepare_refuses_what_cannot_boot() {
+        let image = bzimage::tests::Synth::new().build();
+        let g = guest("format = \"bzimage\"\nmemory_mib = 64\n");
+        let e = prepare(&g, &[0x90; 4096], None).unwrap_err();
+        assert!(
+            matches!(e, LoadError::BzImage(bzimage::BzImageError::BadBootFlag(_))),
+            "{e:?}"
+        );
+        assert!(e.to_string().starts_with("bzImage: not a bzImage"), "{e}");
+        let small = guest("format = \"bzimage\"\nmemory_mib = 16\n");
+        let e = prepare(&small, &image, None).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                LoadError::BzImage(bzimage::BzImageError::KernelDoesNotFit { .. })
+            ),
+            "{e:?}"
+        );
+        let named = guest("format = \"bzimage\"\nmemory_mib = 64\ninitrd = \"i\"\n");
+        assert_eq!(prepare(&named, &image, None), Err(LoadError::MissingInitrd));
+        assert_eq!(
+            LoadError::MissingInitrd.to_string(),
+            "the initrd is missing"
+        );
+    }
+
+    /// Reset state (SDM Vol. 3A 10.1.1, Table 10-1) for a flat image: real mode, 64 KiB
+    /// segments at base 0 with the attributes both vendors' tables use (0x9B code, 0x93 data).
+    #[test]
+    fn real_mode_start_is_the_reset_state_at_the_image() {
+        let s = Start::RealMode {
+            ip: 0x8000,
+            sp: 0x7000,
+        }
+        .initial_state();
+        assert_eq!((s.cs.selector, s.cs.base(), s.cs.limit()), (0, 0, 0xFFFF));
+        assert_eq!(
+            (s.cs.desc.vmx_access_rights(), s.cs.desc.svm_attributes()),
+            (0x9B, 0x9B)
+        );
+        assert_eq!(
+            (s.data.selector, s.data.base(), s.data.limit()),
+            (0, 0, 0xFFFF)
+        );
+        assert_eq!(
+            (
+                s.data.desc.vmx_access_rights(),
+                s.data.desc.svm_attributes()
+            ),
+            (0x93, 0x93)
+        );
+        assert_eq!(
+            (s.gdt_base, s.gdt_limit, s.cr0, s.cr3, s.cr4, s.efer),
+            (0, 0xFFFF, 0x10, 0, 0, 0)
+        );
+        assert_eq!((s.rip, s.rsp, s.rflags, s.rsi), (0x8000, 0x7000, 2, 0));
+    }
+
+    /// boot.rst "64-bit Boot Protocol": CS = __BOOT_CS flat 64-bit code, DS/ES/SS = __BOOT_DS
+    /// flat data, the GDT loaded, paging on, RSI = boot_params.
+    #[test]
+    fn long_mode_start_loads_the_boot_selectors_from_the_gdt() {
+        let s = Start::Long64(Entry64::new(0x100_0200, ZERO_PAGE_GPA)).initial_state();
+        assert_eq!(
+            (
+                s.cs.selector,
+                s.cs.base(),
+                s.cs.limit(),
+                s.cs.desc.vmx_access_rights()
+            ),
+            (0x10, 0, 0xFFFF_FFFF, 0xA09B)
+        );
+        assert_eq!(
+            (
+                s.data.selector,
+                s.data.base(),
+                s.data.limit(),
+                s.data.desc.svm_attributes()
+            ),
+            (0x18, 0, 0xFFFF_FFFF, 0xC93)
+        );
+        assert_eq!((s.gdt_base, s.gdt_limit), (GDT_GPA, GDT_LIMIT));
+        assert_eq!(
+            (s.cr0, s.cr3, s.cr4, s.efer),
+            (ENTRY_CR0, PAGE_TABLES_GPA, ENTRY_CR4, ENTRY_EFER)
+        );
+        assert_eq!(
+            (s.rip, s.rsp, s.rflags, s.rsi),
+            (0x100_0200, 0x9000, 2, ZERO_PAGE_GPA)
+        );
+        // What the hidden parts say is what the GDT in guest memory says.
+        let g = gdt();
+        let at =
+            |sel: u16| u64::from_le_bytes(g[sel as usize..sel as usize + 8].try_into().unwrap());
+        assert_eq!(
+            (
+                Descriptor::decode(at(s.cs.selector)),
+                Descriptor::decode(at(s.data.selector))
+            ),
+            (s.cs.desc, s.data.desc)
+        );
     }
 
     #[test]

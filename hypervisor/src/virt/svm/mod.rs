@@ -6,7 +6,7 @@ pub mod vmcb;
 
 use super::context::{GuestContext, HwSwitched};
 use crate::memory;
-use crate::vm::{Entry, Vm};
+use crate::vm::Vm;
 use alloc::format;
 use alloc::string::String;
 use bastion_core::virt::svm::{SvmCaps, VM_CR_SVMDIS};
@@ -126,29 +126,40 @@ impl Svm {
         v.w64(NP_ENABLE, 1);
         v.w64(N_CR3, vm.npt.root());
 
-        // Architectural reset-like state (APM 14.1.3), real mode.
-        let Entry::RealMode { ip, sp } = vm.entry;
-        let code = 0x9b; // present, S, code, read/execute, accessed
-        let data = 0x93; // present, S, data, read/write, accessed
-        v.set_segment(CS, 0, code, 0xffff, 0);
+        // What the loader decided: the reset-like state in real mode for a flat image (APM
+        // 14.1.3), 64-bit mode for a bzImage.
+        let st = vm.entry.initial_state();
+        v.set_segment(
+            CS,
+            st.cs.selector,
+            st.cs.desc.svm_attributes(),
+            st.cs.limit(),
+            st.cs.base(),
+        );
         for seg in [DS, ES, SS, FS, GS] {
-            v.set_segment(seg, 0, data, 0xffff, 0);
+            v.set_segment(
+                seg,
+                st.data.selector,
+                st.data.desc.svm_attributes(),
+                st.data.limit(),
+                st.data.base(),
+            );
         }
-        v.set_segment(GDTR, 0, 0, 0xffff, 0);
+        v.set_segment(GDTR, 0, 0, st.gdt_limit as u32, st.gdt_base);
         v.set_segment(IDTR, 0, 0, 0xffff, 0);
         v.set_segment(LDTR, 0, 0x82, 0xffff, 0);
-        // A busy 32-bit TSS, as on VMX: Bochs refuses to enter long mode with a 16-bit TSS in
-        // TR, and nothing is lost by describing the reset TR this way.
+        // A busy 32/64-bit TSS, as on VMX: Bochs refuses to enter long mode with a 16-bit TSS
+        // in TR, and nothing is lost by describing the reset TR this way.
         v.set_segment(TR, 0, 0x8b, 0xffff, 0);
-        v.w64(CR0, 0x10); // ET
-        v.w64(CR3, 0);
-        v.w64(CR4, 0);
+        v.w64(CR0, st.cr0);
+        v.w64(CR3, st.cr3);
+        v.w64(CR4, st.cr4);
         // VMRUN requires EFER.SVME in the guest state (APM 15.5.1); the guest sees EFER
         // without it (EFER accesses are intercepted).
-        v.w64(EFER, EFER_SVME);
-        v.w64(RFLAGS, 2);
-        v.w64(RIP, ip as u64);
-        v.w64(RSP, sp as u64);
+        v.w64(EFER, st.efer | EFER_SVME);
+        v.w64(RFLAGS, st.rflags);
+        v.w64(RIP, st.rip);
+        v.w64(RSP, st.rsp);
         v.w64(DR6, 0xffff_0ff0);
         v.w64(DR7, 0x400);
         v.w64(G_PAT, 0x0007_0406_0007_0406);
@@ -159,7 +170,10 @@ impl Svm {
             iopm,
             msrpm,
             host_vmcb: self.host_vmcb,
-            gprs: Gprs::default(),
+            gprs: Gprs {
+                rsi: st.rsi,
+                ..Gprs::default()
+            },
             nrip_save: self.caps.nrip_save,
             ram: vm.npt.view(),
             flushed_on: 0,

@@ -7,7 +7,7 @@ mod insn;
 
 use super::context::{GuestContext, HwSwitched};
 use crate::memory;
-use crate::vm::{Entry, Vm};
+use crate::vm::Vm;
 use alloc::format;
 use alloc::string::String;
 use bastion_core::virt::vmx::{self as vcaps, adjust_controls, VmxCaps};
@@ -168,6 +168,7 @@ impl Vmx {
             vmptrld(vmcs).map_err(|e| format!("VMPTRLD: {e}"))?;
         }
         self.setup_vmcs(vm, &vcpu).map_err(|(field, e)| format!("VMWRITE of field {field:#x} failed: {e}"))?;
+        vcpu.gprs.rsi = vm.entry.initial_state().rsi;
         log::debug!(
             "VMX: guest CR0 {:#x} (shadow {:#x}, mask {:#x}), CR4 {:#x}, fixed0/1 CR0 {:#x}/{:#x}",
             r(guest::CR0),
@@ -254,24 +255,22 @@ impl Vmx {
 
         write_host_state().map_err(|e| (0, e))?;
 
-        // Guest state: a PC at reset, in real mode (unrestricted guest, 27.3.1.2).
-        let Entry::RealMode { ip, sp } = vm.entry;
-        for (s, b, l, ar) in [
-            (guest::ES_SELECTOR, guest::ES_BASE, guest::ES_LIMIT, guest::ES_ACCESS_RIGHTS),
-            (guest::SS_SELECTOR, guest::SS_BASE, guest::SS_LIMIT, guest::SS_ACCESS_RIGHTS),
-            (guest::DS_SELECTOR, guest::DS_BASE, guest::DS_LIMIT, guest::DS_ACCESS_RIGHTS),
-            (guest::FS_SELECTOR, guest::FS_BASE, guest::FS_LIMIT, guest::FS_ACCESS_RIGHTS),
-            (guest::GS_SELECTOR, guest::GS_BASE, guest::GS_LIMIT, guest::GS_ACCESS_RIGHTS),
+        // Guest state: what the loader decided (real mode at reset for a flat image, thanks to
+        // unrestricted guest, 27.3.1.2; 64-bit mode for a bzImage).
+        let st = vm.entry.initial_state();
+        for (s, b, l, ar, seg) in [
+            (guest::ES_SELECTOR, guest::ES_BASE, guest::ES_LIMIT, guest::ES_ACCESS_RIGHTS, st.data),
+            (guest::SS_SELECTOR, guest::SS_BASE, guest::SS_LIMIT, guest::SS_ACCESS_RIGHTS, st.data),
+            (guest::DS_SELECTOR, guest::DS_BASE, guest::DS_LIMIT, guest::DS_ACCESS_RIGHTS, st.data),
+            (guest::FS_SELECTOR, guest::FS_BASE, guest::FS_LIMIT, guest::FS_ACCESS_RIGHTS, st.data),
+            (guest::GS_SELECTOR, guest::GS_BASE, guest::GS_LIMIT, guest::GS_ACCESS_RIGHTS, st.data),
+            (guest::CS_SELECTOR, guest::CS_BASE, guest::CS_LIMIT, guest::CS_ACCESS_RIGHTS, st.cs),
         ] {
-            w(s, 0)?;
-            w(b, 0)?;
-            w(l, 0xffff)?;
-            w(ar, 0x93)?; // present, S, read/write data, accessed
+            w(s, seg.selector as u64)?;
+            w(b, seg.base())?;
+            w(l, seg.limit() as u64)?;
+            w(ar, seg.desc.vmx_access_rights() as u64)?;
         }
-        w(guest::CS_SELECTOR, 0)?;
-        w(guest::CS_BASE, 0)?;
-        w(guest::CS_LIMIT, 0xffff)?;
-        w(guest::CS_ACCESS_RIGHTS, 0x9b)?; // present, S, execute/read code, accessed
         w(guest::LDTR_SELECTOR, 0)?;
         w(guest::LDTR_BASE, 0)?;
         w(guest::LDTR_LIMIT, 0xffff)?;
@@ -279,22 +278,28 @@ impl Vmx {
         w(guest::TR_SELECTOR, 0)?;
         w(guest::TR_BASE, 0)?;
         w(guest::TR_LIMIT, 0xffff)?;
-        w(guest::TR_ACCESS_RIGHTS, 0x8b)?; // present, busy 32-bit TSS: TR must be usable
-        w(guest::GDTR_BASE, 0)?;
-        w(guest::GDTR_LIMIT, 0xffff)?;
+        w(guest::TR_ACCESS_RIGHTS, 0x8b)?; // present, busy 32/64-bit TSS: TR must be usable
+        w(guest::GDTR_BASE, st.gdt_base)?;
+        w(guest::GDTR_LIMIT, st.gdt_limit as u64)?;
         w(guest::IDTR_BASE, 0)?;
         w(guest::IDTR_LIMIT, 0xffff)?;
-        let cr0 = 0x10; // ET
-        w(guest::CR0, v.real_cr0(cr0))?;
-        w(control::CR0_READ_SHADOW, cr0)?;
-        w(guest::CR4, v.real_cr4(0))?;
-        w(control::CR4_READ_SHADOW, 0)?;
-        w(guest::CR3, 0)?;
+        w(guest::CR0, v.real_cr0(st.cr0))?;
+        w(control::CR0_READ_SHADOW, st.cr0)?;
+        w(guest::CR4, v.real_cr4(st.cr4))?;
+        w(control::CR4_READ_SHADOW, st.cr4)?;
+        w(guest::CR3, st.cr3)?;
         w(guest::DR7, 0x400)?;
-        w(guest::RSP, sp as u64)?;
-        w(guest::RIP, ip as u64)?;
-        w(guest::RFLAGS, 2)?;
-        w(guest::IA32_EFER_FULL, 0)?;
+        w(guest::RSP, st.rsp)?;
+        w(guest::RIP, st.rip)?;
+        w(guest::RFLAGS, st.rflags)?;
+        w(guest::IA32_EFER_FULL, st.efer)?;
+        // "IA-32e mode guest" must equal the EFER.LMA being loaded (27.3.1.1).
+        if st.efer & EFER_LMA != 0 {
+            w(
+                control::VMENTRY_CONTROLS,
+                r(control::VMENTRY_CONTROLS) | EntryCtl::IA32E_MODE_GUEST.bits() as u64,
+            )?;
+        }
         w(guest::IA32_PAT_FULL, 0x0007_0406_0007_0406)?;
         w(guest::IA32_DEBUGCTL_FULL, 0)?;
         w(guest::IA32_SYSENTER_CS, 0)?;
