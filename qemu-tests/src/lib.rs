@@ -585,3 +585,20 @@ pub fn image_with_files(name: &str, config: &str, files: &[(&str, &Path)]) -> Te
     }
     image_with_config_in(dir, config)
 }
+
+/// The Linux guest kit `cargo xtask fetch-linux` leaves under `target/linux`: Debian's cloud
+/// kernel and the busybox initramfs. `None` when it is not there, unless the run requires it
+/// (`cargo xtask test` fetches it and sets `BASTION_REQUIRE_LINUX_KIT=1`), which panics with
+/// the command that fetches it.
+pub fn linux_kit() -> Option<(PathBuf, PathBuf)> {
+    let dir = workspace_root().join("target/linux");
+    let (kernel, initrd) = (dir.join("vmlinuz"), dir.join("initramfs.cpio.gz"));
+    if kernel.exists() && initrd.exists() {
+        return Some((kernel, initrd));
+    }
+    if std::env::var_os("BASTION_REQUIRE_LINUX_KIT").is_some_and(|v| v == "1") {
+        panic!("the Linux guest kit is missing from {}: run `cargo xtask fetch-linux`", dir.display());
+    }
+    eprintln!("skipped: no Linux guest kit in {} (`cargo xtask fetch-linux` fetches it)", dir.display());
+    None
+}
