@@ -61,6 +61,8 @@ pub struct GuestConfig {
     pub on_crash: OnCrash,
     /// What a reboot the guest asks for does (a keyboard-controller reset).
     pub on_reboot: OnReboot,
+    /// What powering its machine off does (ACPI S5): by default the guest stays stopped.
+    pub on_poweroff: OnPowerOff,
 }
 
 /// Where a guest's serial console goes.
@@ -84,6 +86,14 @@ pub enum OnCrash {
 pub enum OnReboot {
     Restart,
     Stop,
+}
+
+/// What happens when a guest powers its machine off: by default it stays off, as a machine
+/// would; `restart` boots it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnPowerOff {
+    Stop,
+    Restart,
 }
 
 /// Legacy UART base ports by name.
@@ -445,6 +455,7 @@ impl GuestConfig {
         "name", "kernel", "format", "initrd", "cmdline", "memory_mib", "vcpus", "affinity", "console", "console_port", "autostart",
         "on_crash",
         "on_reboot",
+        "on_poweroff",
     ];
 
     fn from_table(t: toml::Table, ctx: &GuestCtx) -> Result<GuestConfig, ConfigError> {
@@ -543,6 +554,11 @@ impl GuestConfig {
             Some("stop") => OnReboot::Stop,
             Some(other) => return Err(ctx.error("on_reboot", alloc::format!("unknown value `{other}`, expected `restart` or `stop`"))),
         };
+        let on_poweroff = match get_str(&t, "on_poweroff", ctx)?.as_deref() {
+            None | Some("stop") => OnPowerOff::Stop,
+            Some("restart") => OnPowerOff::Restart,
+            Some(other) => return Err(ctx.error("on_poweroff", alloc::format!("unknown value `{other}`, expected `stop` or `restart`"))),
+        };
         Ok(GuestConfig {
             name,
             kernel,
@@ -556,6 +572,7 @@ impl GuestConfig {
             autostart,
             on_crash,
             on_reboot,
+            on_poweroff,
         })
     }
 }
@@ -649,6 +666,7 @@ mod tests {
         let b = &c.guests[1];
         assert_eq!((b.memory_mib, b.vcpus, b.affinity.clone(), b.console, b.autostart, b.on_crash), (16, 1, None, Console::Virtual, true, OnCrash::Stop));
         assert_eq!(b.on_reboot, OnReboot::Restart, "a reboot restarts by default, as a machine would");
+        assert_eq!(b.on_poweroff, OnPowerOff::Stop, "a machine that was turned off stays off");
     }
 
     #[test]
@@ -680,6 +698,7 @@ mod tests {
             ("[[guest]]\nname = \"a\"\nkernel = \"k\"\nconsole_port = \"com2\"\n", 4, "guest[0].console_port", "goes with"),
             ("[[guest]]\nname = \"a\"\nkernel = \"k\"\non_crash = \"panic\"\n", 4, "guest[0].on_crash", "expected `stop` or `restart`"),
             ("[[guest]]\nname = \"a\"\nkernel = \"k\"\non_reboot = \"halt\"\n", 4, "guest[0].on_reboot", "expected `restart` or `stop`"),
+            ("[[guest]]\nname = \"a\"\nkernel = \"k\"\non_poweroff = \"halt\"\n", 4, "guest[0].on_poweroff", "expected `stop` or `restart`"),
             ("[[guest]]\nname = \"a\"\nkernel = \"k\"\nautostart = 1\n", 4, "guest[0].autostart", "true or false"),
             ("[[guest]]\nname = \"a\"\nkernel = \"k\"\ncmdline = \"quiet\"\n", 4, "guest[0].cmdline", "takes no cmdline"),
         ];
@@ -694,11 +713,12 @@ mod tests {
 
     #[test]
     fn full_guest_entry_parses() {
-        let text = "[[guest]]\nname = \"web\"\nkernel = \"w.bin\"\nvcpus = 2\naffinity = [1]\nconsole = \"passthrough\"\nconsole_port = \"COM2\"\nautostart = false\non_crash = \"restart\"\non_reboot = \"stop\"\n";
+        let text = "[[guest]]\nname = \"web\"\nkernel = \"w.bin\"\nvcpus = 2\naffinity = [1]\nconsole = \"passthrough\"\nconsole_port = \"COM2\"\nautostart = false\non_crash = \"restart\"\non_reboot = \"stop\"\non_poweroff = \"restart\"\n";
         let c = Config::parse("g.toml", text).unwrap();
         assert!(c.guest_errors.is_empty(), "{:?}", c.guest_errors);
         let g = &c.guests[0];
         assert_eq!(g.on_reboot, OnReboot::Stop);
+        assert_eq!(g.on_poweroff, OnPowerOff::Restart);
         assert_eq!((g.vcpus, g.affinity.clone(), g.console, g.autostart, g.on_crash), (2, Some(vec![1]), Console::Passthrough { port: 0x2f8 }, false, OnCrash::Restart));
     }
 

@@ -10,7 +10,7 @@ use crate::{println, time};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use bastion_core::config::{Config, OnCrash, OnReboot};
+use bastion_core::config::{Config, OnCrash, OnPowerOff, OnReboot};
 use bastion_core::console::Console;
 use bastion_core::sched::Scheduler;
 use bastion_core::vm::devices::GuestDevices;
@@ -248,6 +248,9 @@ pub(super) fn reap() {
             // A reboot the guest asked for is no crash: it restarts unless configured not to.
             Some(Cause::Guest(StopReason::Reboot)) if g.cfg.on_reboot == OnReboot::Restart => (Status::Stopped, After::Restart),
             Some(Cause::Guest(StopReason::Reboot)) => (Status::Stopped, ctl.then),
+            // Powering off is the guest's orderly end: it stays off unless configured otherwise.
+            Some(Cause::Guest(StopReason::PowerOff)) if g.cfg.on_poweroff == OnPowerOff::Restart => (Status::Stopped, After::Restart),
+            Some(Cause::Guest(StopReason::PowerOff)) => (Status::Stopped, ctl.then),
             Some(Cause::Guest(_)) if g.cfg.on_crash == OnCrash::Restart => (Status::Crashed, After::Restart),
             Some(Cause::Guest(_)) => (Status::Crashed, ctl.then),
             Some(Cause::Killed) | None => (Status::Stopped, ctl.then),

@@ -51,6 +51,8 @@ pub enum IoOutcome {
     TestExit(u32),
     /// The guest reset the machine (the keyboard controller's reset line).
     Reset,
+    /// The guest turned the machine off (ACPI sleep state S5 through PM1_CNT).
+    PowerOff,
 }
 
 /// A device model as the bus sees it: registers at offsets from the base of its range.

@@ -1,4 +1,5 @@
 //! Device models: pure state machines fed by the exit handler, unit-tested on the host.
+pub mod acpi_pm;
 pub mod bus;
 pub mod i8042;
 pub mod ioapic;

@@ -136,12 +136,16 @@ pub struct AcpiConfig {
     pub oem_id: [u8; 6],
     /// Printable ASCII, padded with spaces (§5.2.6 "OEM Table ID").
     pub oem_table_id: [u8; 8],
+    /// Describe the APICs (the MADT). Without one a guest finds no local or I/O APIC in the
+    /// tables and keeps its interrupts on the 8259 pair (Linux: "APIC: Keep in PIC mode"),
+    /// which is what a guest whose vCPUs offer no local APIC (CPUID.1:EDX.APIC clear) needs.
+    pub madt: bool,
 }
 
 impl AcpiConfig {
     /// `vcpus` vCPUs with the default OEM identifiers.
     pub fn new(vcpus: u32) -> AcpiConfig {
-        AcpiConfig { vcpus, oem_id: DEFAULT_OEM_ID, oem_table_id: DEFAULT_OEM_TABLE_ID }
+        AcpiConfig { vcpus, oem_id: DEFAULT_OEM_ID, oem_table_id: DEFAULT_OEM_TABLE_ID, madt: true }
     }
 }
 
@@ -188,7 +192,8 @@ pub struct AcpiTables {
     pub fadt_gpa: u64,
     pub facs_gpa: u64,
     pub dsdt_gpa: u64,
-    pub madt_gpa: u64,
+    /// `None` when the config asked for no MADT.
+    pub madt_gpa: Option<u64>,
 }
 
 impl AcpiTables {
@@ -210,9 +215,8 @@ const TABLE_ALIGN: u64 = 16;
 const FACS_ALIGN: u64 = 64;
 /// The common header of every SDT (§5.2.6).
 const SDT_HEADER_LEN: usize = 36;
-/// XSDT entries: FADT and MADT.
+/// XSDT entries: FADT and (unless left out) MADT.
 const XSDT_ENTRIES: usize = 2;
-const XSDT_LEN: usize = SDT_HEADER_LEN + 8 * XSDT_ENTRIES;
 /// FADT revision 6 (ACPI 6.0 onwards): up to the Hypervisor Vendor Identity at 268.
 const FADT_LEN: usize = 276;
 const FACS_LEN: usize = 64;
@@ -345,11 +349,12 @@ pub fn build(cfg: &AcpiConfig, base: u64) -> Result<AcpiTables, BuildError> {
     let madt_len = MADT_FIXED_LEN + MADT_LAPIC_LEN * cfg.vcpus as usize + MADT_IOAPIC_LEN + 2 * MADT_ISO_LEN + MADT_LAPIC_NMI_LEN;
     let mut cursor = Cursor { base, end: 0 };
     let rsdp = cursor.place(RSDP_ALIGN, RSDP_LEN);
-    let xsdt = cursor.place(TABLE_ALIGN, XSDT_LEN);
+    let xsdt_entries = if cfg.madt { XSDT_ENTRIES } else { XSDT_ENTRIES - 1 };
+    let xsdt = cursor.place(TABLE_ALIGN, SDT_HEADER_LEN + 8 * xsdt_entries);
     let fadt = cursor.place(TABLE_ALIGN, FADT_LEN);
     let facs = cursor.place(FACS_ALIGN, FACS_LEN);
     let dsdt = cursor.place(TABLE_ALIGN, DSDT_LEN);
-    let madt = cursor.place(TABLE_ALIGN, madt_len);
+    let madt = cfg.madt.then(|| cursor.place(TABLE_ALIGN, madt_len));
     let len = cursor.end as u64;
     if !base.checked_add(len).is_some_and(|end| end <= HIGH_MEMORY_START) {
         return Err(BuildError::DoesNotFit { base, len });
@@ -359,11 +364,14 @@ pub fn build(cfg: &AcpiConfig, base: u64) -> Result<AcpiTables, BuildError> {
     let mut bytes = vec![0u8; cursor.end];
     let mut put = |offset: usize, table: &[u8]| bytes[offset..offset + table.len()].copy_from_slice(table);
     put(rsdp, &rsdp_bytes(cfg, gpa(xsdt)));
-    put(xsdt, &xsdt_bytes(cfg, &[gpa(fadt), gpa(madt)]));
+    let entries: Vec<u64> = [Some(gpa(fadt)), madt.map(gpa)].into_iter().flatten().collect();
+    put(xsdt, &xsdt_bytes(cfg, &entries));
     put(fadt, &fadt_bytes(cfg, gpa(facs), gpa(dsdt)));
     put(facs, &facs_bytes());
     put(dsdt, &dsdt_bytes(cfg));
-    put(madt, &madt_bytes(cfg));
+    if let Some(madt) = madt {
+        put(madt, &madt_bytes(cfg));
+    }
     Ok(AcpiTables {
         base,
         bytes,
@@ -372,7 +380,7 @@ pub fn build(cfg: &AcpiConfig, base: u64) -> Result<AcpiTables, BuildError> {
         fadt_gpa: gpa(fadt),
         facs_gpa: gpa(facs),
         dsdt_gpa: gpa(dsdt),
-        madt_gpa: gpa(madt),
+        madt_gpa: madt.map(gpa),
     })
 }
 
@@ -639,7 +647,7 @@ mod tests {
 
     /// Every SDT's address with its signature.
     fn sdts(t: &AcpiTables) -> [(&'static [u8; 4], u64); 4] {
-        [(b"XSDT", t.xsdt_gpa), (b"FACP", t.fadt_gpa), (b"DSDT", t.dsdt_gpa), (b"APIC", t.madt_gpa)]
+        [(b"XSDT", t.xsdt_gpa), (b"FACP", t.fadt_gpa), (b"DSDT", t.dsdt_gpa), (b"APIC", t.madt_gpa.unwrap())]
     }
 
     fn processors(p: &Parsed) -> Vec<Processor> {
@@ -679,7 +687,7 @@ mod tests {
         assert_eq!(signatures, [Signature::FADT, Signature::MADT]);
         let fadt = parsed.find_table::<Fadt>().unwrap();
         assert_eq!(fadt.physical_start() as u64, t.fadt_gpa);
-        assert_eq!(parsed.find_table::<Madt>().unwrap().physical_start() as u64, t.madt_gpa);
+        assert_eq!(parsed.find_table::<Madt>().unwrap().physical_start() as u64, t.madt_gpa.unwrap());
         assert_eq!(fadt.dsdt_address().unwrap() as u64, t.dsdt_gpa);
         assert_eq!(fadt.facs_address().unwrap() as u64, t.facs_gpa);
         let aml = parsed.dsdt().expect("the DSDT validates");
@@ -687,6 +695,22 @@ mod tests {
         let guest = Guest::with(&t);
         assert_eq!(&guest.bytes()[aml.address..aml.address + DSDT_AML.len()], DSDT_AML);
         assert_eq!(parsed.ssdts().count(), 0);
+    }
+
+    /// A guest without local APICs gets no MADT: the XSDT lists the FADT alone, still
+    /// checksummed and parsed back, one entry shorter.
+    #[test]
+    fn without_apics_there_is_no_madt() {
+        let t = build(&AcpiConfig { madt: false, ..AcpiConfig::new(1) }, BASE).unwrap();
+        assert_eq!(t.madt_gpa, None);
+        let parsed = parse(&t);
+        let signatures: Vec<Signature> = parsed.headers().map(|h| h.signature).collect();
+        assert_eq!(signatures, [Signature::FADT]);
+        assert!(parsed.find_table::<Madt>().is_err());
+        let xsdt = table_at(&t, t.xsdt_gpa);
+        assert_eq!((xsdt.len(), u64_at(xsdt, 36)), (44, t.fadt_gpa));
+        assert!(parsed.dsdt().is_ok());
+        assert!(t.bytes.len() < tables(1).bytes.len());
     }
 
     /// §5.2.12.2: one Processor Local APIC structure per processor, the boot processor first
@@ -821,7 +845,7 @@ mod tests {
             assert_eq!(xsdt.len(), 36 + 16);
             assert_eq!((xsdt[8], u32_at(xsdt, 4)), (1, 52), "XSDT revision 1, Length");
             let entries: Vec<u64> = xsdt[36..].chunks(8).map(|e| u64_at(e, 0)).collect();
-            assert_eq!(entries, [t.fadt_gpa, t.madt_gpa]);
+            assert_eq!(entries, [t.fadt_gpa, t.madt_gpa.unwrap()]);
             for gpa in entries {
                 assert!(t.range().contains(gpa), "{gpa:#x} outside {}", t.range());
                 let end = gpa + u64::from(u32_at(&t.bytes, (gpa - base) as usize + 4));
@@ -919,7 +943,7 @@ mod tests {
             let t = build(&AcpiConfig::new(7), base).unwrap();
             assert_eq!(t.base, base);
             let lens = [36u64, 52, 276, 64, 51, 44 + 7 * 8 + 12 + 20 + 6];
-            let gpas = [t.rsdp_gpa, t.xsdt_gpa, t.fadt_gpa, t.facs_gpa, t.dsdt_gpa, t.madt_gpa];
+            let gpas = [t.rsdp_gpa, t.xsdt_gpa, t.fadt_gpa, t.facs_gpa, t.dsdt_gpa, t.madt_gpa.unwrap()];
             let aligns = [16u64, 16, 16, 64, 16, 16];
             let mut end = base;
             let mut used = vec![false; t.bytes.len()];
@@ -936,7 +960,7 @@ mod tests {
         }
         // At an aligned base nothing pads the RSDP, the XSDT follows at the next 16 bytes.
         let t = tables(2);
-        assert_eq!([t.rsdp_gpa, t.xsdt_gpa, t.fadt_gpa, t.facs_gpa, t.dsdt_gpa, t.madt_gpa].map(|g| g - BASE), [0, 48, 112, 448, 512, 576]);
+        assert_eq!([t.rsdp_gpa, t.xsdt_gpa, t.fadt_gpa, t.facs_gpa, t.dsdt_gpa, t.madt_gpa.unwrap()].map(|g| g - BASE), [0, 48, 112, 448, 512, 576]);
     }
 
     /// §5.2.12 at the byte level for 2 vCPUs: header (revision 6), Local Interrupt Controller
@@ -944,7 +968,7 @@ mod tests {
     #[test]
     fn the_madt_bytes_for_two_vcpus() {
         let t = tables(2);
-        let m = table_at(&t, t.madt_gpa);
+        let m = table_at(&t, t.madt_gpa.unwrap());
         assert_eq!((m.len(), m[8]), (44 + 16 + 12 + 20 + 6, 6));
         assert_eq!((u32_at(m, 36), u32_at(m, 40)), (0xFEE0_0000, 1));
         #[rustfmt::skip]
@@ -981,7 +1005,7 @@ mod tests {
         for n in 1..=MAX_VCPUS {
             let t = tables(n);
             assert!(t.range().end() <= HIGH_MEMORY_START);
-            assert_eq!(table_at(&t, t.madt_gpa).len(), 82 + 8 * n as usize);
+            assert_eq!(table_at(&t, t.madt_gpa.unwrap()).len(), 82 + 8 * n as usize);
             let parsed = parse(&t);
             let cpus = processors(&parsed);
             assert_eq!(cpus.len(), n as usize);
@@ -1047,7 +1071,7 @@ mod tests {
     /// and land in the RSDP and in every SDT header with the OEM revision and creator fields.
     #[test]
     fn oem_identifiers_are_printable_and_in_every_header() {
-        let cfg = AcpiConfig { vcpus: 2, oem_id: *b"ACME~ ", oem_table_id: *b" GUEST42" };
+        let cfg = AcpiConfig { vcpus: 2, oem_id: *b"ACME~ ", oem_table_id: *b" GUEST42", madt: true };
         let t = build(&cfg, BASE).unwrap();
         parse(&t); // the parser accepts them
         assert_eq!(&t.bytes[9..15], b"ACME~ ");

@@ -61,6 +61,8 @@ use core::fmt;
 /// share the setup header's layout from 0x1F1 on.
 pub mod offsets {
     /// zero-page.rst: the high 32 bits of ramdisk_image, ramdisk_size and cmd_line_ptr.
+    /// `acpi_rsdp_addr` (boot protocol 2.14): where the loader put the ACPI RSDP.
+    pub const ACPI_RSDP_ADDR: usize = 0x070;
     pub const EXT_RAMDISK_IMAGE: usize = 0x0C0;
     pub const EXT_RAMDISK_SIZE: usize = 0x0C4;
     pub const EXT_CMD_LINE_PTR: usize = 0x0C8;

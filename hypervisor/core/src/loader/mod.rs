@@ -214,6 +214,10 @@ impl fmt::Display for Start {
     }
 }
 
+/// Where a bzImage guest's ACPI tables go: the BIOS read-only area the OS scans for the RSDP
+/// (ACPI 6.5 §5.2.5.1), which the e820 map reports reserved.
+pub const ACPI_TABLES_GPA: u64 = 0xE_0000;
+
 /// A segment register as loaded at reset or entry: selector and the hidden part (SDM Vol. 3A
 /// 3.4.3 "Segment Registers"), the latter described by the descriptor it came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -325,6 +329,7 @@ pub enum LoadError {
     Memory(MemMapError),
     Flat(ImageFitError),
     BzImage(bzimage::BzImageError),
+    Acpi(acpi::BuildError),
     /// The config names an initrd but none was given (the caller could not find it).
     MissingInitrd,
 }
@@ -335,6 +340,7 @@ impl fmt::Display for LoadError {
             LoadError::Memory(e) => write!(f, "{e}"),
             LoadError::Flat(e) => write!(f, "{e}"),
             LoadError::BzImage(e) => write!(f, "bzImage: {e}"),
+            LoadError::Acpi(e) => write!(f, "ACPI tables: {e}"),
             LoadError::MissingInitrd => write!(f, "the initrd is missing"),
         }
     }
@@ -345,26 +351,14 @@ impl fmt::Display for LoadError {
 /// boot of the guest. A flat image goes to [`FLAT_LOAD_ADDRESS`] (checked by
 /// [`crate::config::image_fits`]); a bzImage is parsed and placed by [`bzimage::plan`] with
 /// the config's command line ([`DEFAULT_CMDLINE`] if it has none).
-pub fn prepare(
-    cfg: &GuestConfig,
-    kernel: &[u8],
-    initrd: Option<&[u8]>,
-) -> Result<Prepared, LoadError> {
+pub fn prepare(cfg: &GuestConfig, kernel: &[u8], initrd: Option<&[u8]>) -> Result<Prepared, LoadError> {
     let map = MemoryMap::new(u64::from(cfg.memory_mib) << 20).map_err(LoadError::Memory)?;
     match cfg.format {
         ImageFormat::Flat => {
-            cfg.image_fits(kernel.len() as u64)
-                .map_err(LoadError::Flat)?;
+            cfg.image_fits(kernel.len() as u64).map_err(LoadError::Flat)?;
             Ok(Prepared {
-                writes: vec![Write::Image {
-                    gpa: FLAT_LOAD_ADDRESS,
-                    offset: 0,
-                    len: kernel.len(),
-                }],
-                start: Start::RealMode {
-                    ip: FLAT_LOAD_ADDRESS as u16,
-                    sp: FLAT_INITIAL_SP as u16,
-                },
+                writes: vec![Write::Image { gpa: FLAT_LOAD_ADDRESS, offset: 0, len: kernel.len() }],
+                start: Start::RealMode { ip: FLAT_LOAD_ADDRESS as u16, sp: FLAT_INITIAL_SP as u16 },
             })
         }
         ImageFormat::BzImage => {
@@ -373,12 +367,22 @@ pub fn prepare(
             }
             let hdr = bzimage::parse(kernel).map_err(LoadError::BzImage)?;
             let cmdline = cfg.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE);
-            let plan =
-                bzimage::plan(kernel, &hdr, initrd, cmdline, &map).map_err(LoadError::BzImage)?;
-            Ok(Prepared {
-                writes: plan.writes,
-                start: Start::Long64(plan.entry),
-            })
+            let plan = bzimage::plan(kernel, &hdr, initrd, cmdline, &map).map_err(LoadError::BzImage)?;
+            // The ACPI tables: the FADT's PM block is how the guest powers off, and its PM
+            // timer a clock to calibrate against. No MADT until the vCPUs have local APICs
+            // (CPUID.1:EDX.APIC is clear): the guest keeps its interrupts on the 8259s.
+            let apic = acpi::AcpiConfig { madt: false, ..acpi::AcpiConfig::new(cfg.vcpus) };
+            let tables = acpi::build(&apic, ACPI_TABLES_GPA).map_err(LoadError::Acpi)?;
+            let mut writes = plan.writes;
+            for w in &mut writes {
+                if let Write::Bytes { gpa: ZERO_PAGE_GPA, bytes } = w {
+                    let at = bzimage::offsets::ACPI_RSDP_ADDR;
+                    bytes[at..at + 8].copy_from_slice(&tables.rsdp_gpa.to_le_bytes());
+                }
+            }
+            writes.push(Write::Bytes { gpa: tables.base, bytes: tables.bytes });
+            writes.sort_by_key(Write::gpa);
+            Ok(Prepared { writes, start: Start::Long64(plan.entry) })
         }
     }
 }
@@ -685,6 +689,21 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cmdline_of(&plain), b"console=ttyS0\0");
+        // ACPI tables at 0xE0000 with the RSDP first, and the zero page's acpi_rsdp_addr
+        // (boot protocol 2.14) pointing there; writes stay sorted and disjoint.
+        let bytes_at = |gpa: u64| {
+            plain.writes.iter().find_map(|w| match w {
+                Write::Bytes { gpa: g, bytes } if *g == gpa => Some(bytes.clone()),
+                _ => None,
+            })
+        };
+        assert_eq!(&bytes_at(ACPI_TABLES_GPA).expect("ACPI tables written")[..8], b"RSD PTR ");
+        let at = bzimage::offsets::ACPI_RSDP_ADDR;
+        let zp = bytes_at(ZERO_PAGE_GPA).unwrap();
+        assert_eq!(u64::from_le_bytes(zp[at..at + 8].try_into().unwrap()), ACPI_TABLES_GPA);
+        for pair in plain.writes.windows(2) {
+            assert!(pair[0].range().end() <= pair[1].gpa(), "{:?} / {:?}", pair[0].range(), pair[1].range());
+        }
         // With an initrd, it is written where the plan puts it.
         let with = guest("format = \"bzimage\"\nmemory_mib = 64\ninitrd = \"i\"\n");
         let p = prepare(&with, &image, Some(&[5; 1000])).unwrap();

@@ -12,6 +12,7 @@
 //! its console plumbing and wake-ups, and tests can use the devices directly.
 
 pub use crate::devices::bus::IoOutcome;
+use crate::devices::acpi_pm::{AcpiPm, PmDevice, PM_BASE, PM_LEN};
 use crate::devices::bus::{Bus, BusDevice, DeviceHandle, Space};
 use crate::devices::i8042::{I8042Port, I8042, KEYBOARD_IRQ};
 use crate::devices::ioapic::IoApic;
@@ -203,6 +204,8 @@ pub struct GuestDevices {
     pub rtc: Arc<Mutex<RtcDevice>>,
     pub i8042: Arc<Mutex<I8042>>,
     pub ioapic: Arc<Mutex<IoApic>>,
+    /// ACPI PM1 event/control blocks and PM timer (what the FADT of `loader::acpi` names).
+    pub pm: Arc<Mutex<PmDevice>>,
     /// The Unix time in seconds now, for the RTC at power-on.
     wall: Clock,
 }
@@ -239,9 +242,11 @@ impl GuestDevices {
         let ioapic = Arc::new(Mutex::new(IoApic::default()));
         let rtc = Arc::new(Mutex::new(RtcDevice { rtc: Rtc::new(wall(), clock()), clock }));
         let i8042 = Arc::new(Mutex::new(I8042::default()));
+        let pm = Arc::new(Mutex::new(PmDevice { pm: AcpiPm::new(clock()), clock }));
         let mut bus = Bus::new();
         let ioapic_dev: DeviceHandle = ioapic.clone();
-        let map: [(Space, u64, u64, DeviceHandle); 10] = [
+        let pm_dev: DeviceHandle = pm.clone();
+        let map: [(Space, u64, u64, DeviceHandle); 11] = [
             (Space::Port, COM1 as u64, 8, ports(COM1, &uart)),
             (Space::Port, 0x20, 2, ports(0x20, &pic)),
             (Space::Port, 0xa0, 2, ports(0xa0, &pic)),
@@ -251,6 +256,7 @@ impl GuestDevices {
             (Space::Port, RTC_PORT as u64, 2, ports(RTC_PORT, &rtc)),
             (Space::Port, 0x60, 1, crate::devices::bus::handle(I8042Port { dev: i8042.clone(), command: false })),
             (Space::Port, 0x64, 1, crate::devices::bus::handle(I8042Port { dev: i8042.clone(), command: true })),
+            (Space::Port, PM_BASE as u64, PM_LEN as u64, pm_dev),
             // The I/O APIC's registers; its interrupt inputs are not wired yet (nothing would
             // receive its messages before there is a local APIC). The LAPIC page stays
             // unclaimed until that model arrives: it floats like the rest of the hole.
@@ -260,7 +266,7 @@ impl GuestDevices {
             // The layout is fixed here; a clash is a programming error that the tests catch.
             bus.insert(space, base, len, dev).expect("the PC device layout has no overlaps");
         }
-        GuestDevices { bus, uart, pic, pit, rtc, i8042, ioapic, wall }
+        GuestDevices { bus, uart, pic, pit, rtc, i8042, ioapic, pm, wall }
     }
 
     /// Puts every device back in its power-on state (a guest reset), keeping the bus.
@@ -274,6 +280,10 @@ impl GuestDevices {
         }
         *self.i8042.lock() = I8042::default();
         *self.ioapic.lock() = IoApic::default();
+        {
+            let mut p = self.pm.lock();
+            p.pm = AcpiPm::new((p.clock)());
+        }
     }
 
     /// Copies device interrupt lines to the PIC inputs; called after anything that may change
@@ -505,7 +515,7 @@ mod tests {
     fn every_pc_device_sits_on_the_bus_at_its_place() {
         let d = GuestDevices::default();
         let ports: Vec<(u64, u64)> = d.bus.ranges(Space::Port).map(|r| (r.base, r.len)).collect();
-        assert_eq!(ports, [(0x20, 2), (0x40, 4), (0x60, 1), (0x61, 1), (0x64, 1), (0x70, 2), (0xa0, 2), (0xf4, 4), (0x3f8, 8)]);
+        assert_eq!(ports, [(0x20, 2), (0x40, 4), (0x60, 1), (0x61, 1), (0x64, 1), (0x70, 2), (0xa0, 2), (0xf4, 4), (0x3f8, 8), (0x600, 12)]);
         let mmio: Vec<(u64, u64)> = d.bus.ranges(Space::Mmio).map(|r| (r.base, r.len)).collect();
         assert_eq!(mmio, [(0xfec0_0000, 0x1000)]);
     }
@@ -550,9 +560,11 @@ mod tests {
         let mut d = GuestDevices::default();
         d.io_write(COM1 + 7, 1, 0x5a); // scratch register
         d.io_write(0x21, 1, 0x00);
+        d.io_write(0x602, 2, 0x0120); // PM1_EN
         d.reset();
         assert_eq!(d.io_read(COM1 + 7, 1), 0, "scratch register back to 0");
-        assert_eq!(d.bus.ranges(Space::Port).count(), 9);
+        assert_eq!(d.io_read(0x602, 2), 0, "PM1_EN back to 0");
+        assert_eq!(d.bus.ranges(Space::Port).count(), 10);
     }
 
     #[test]
@@ -633,5 +645,30 @@ mod tests {
         d.io_write(0x64, 1, 0xaa);
         assert_eq!(d.io_read(0x60, 1), 0x55, "8042 self-test through port 0x60");
         assert_eq!(d.io_write(0x64, 1, 0xfe), IoOutcome::Reset);
+    }
+
+    /// What Linux's ACPI power-off does at the end (`acpi_hw_legacy_sleep`): write SLP_TYP,
+    /// then SLP_TYP | SLP_EN, as 16-bit writes to PM1a_CNT; the PM timer runs on the guest's
+    /// clock; a reset restarts it.
+    std::thread_local! {
+        /// A clock of this test thread's own (tests run in parallel).
+        static MY_NOW: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };
+    }
+    fn my_clock() -> u64 {
+        MY_NOW.with(|n| n.get())
+    }
+
+    #[test]
+    fn the_acpi_pm_block_powers_off_and_times_through_the_port_bus() {
+        MY_NOW.with(|n| n.set(5_000_000));
+        let mut d = GuestDevices::with_clock(my_clock);
+        assert_eq!(d.io_read(0x604, 2) & 1, 1, "SCI_EN: in ACPI mode");
+        assert_eq!(d.io_write(0x604, 2, 5 << 10), IoOutcome::Done);
+        assert_eq!(d.io_write(0x604, 2, (5 << 10) | (1 << 13)), IoOutcome::PowerOff);
+        let t0 = d.io_read(0x608, 4);
+        MY_NOW.with(|n| n.set(6_000_000));
+        assert_eq!(d.io_read(0x608, 4).wrapping_sub(t0), 3_579, "1 ms of PM timer");
+        d.reset();
+        assert!(d.io_read(0x608, 4) < 3, "counts from 0 again after a reset");
     }
 }

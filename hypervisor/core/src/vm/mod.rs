@@ -364,6 +364,8 @@ pub enum StopReason {
     TestExit(u32),
     /// The guest reset its machine (keyboard controller reset): a reboot it asked for.
     Reboot,
+    /// The guest powered its machine off (ACPI S5).
+    PowerOff,
     /// Every vCPU halted with nothing that could ever wake it.
     Halted { interrupts_enabled: bool },
     TripleFault,
@@ -380,6 +382,7 @@ impl fmt::Display for StopReason {
             StopReason::TestExit(0) => write!(f, "test exit: PASS"),
             StopReason::TestExit(c) => write!(f, "test exit: FAIL (code {c:#x})"),
             StopReason::Reboot => write!(f, "rebooted by the guest (keyboard controller reset)"),
+            StopReason::PowerOff => write!(f, "powered off by the guest (ACPI S5)"),
             StopReason::Halted { interrupts_enabled: false } => write!(f, "halted with interrupts disabled"),
             StopReason::Halted { interrupts_enabled: true } => {
                 write!(f, "halted waiting for an interrupt, and no interrupt source exists yet")
@@ -689,6 +692,7 @@ fn handle_io(port: u16, size: u8, write: bool, cpu: &mut dyn Vcpu, io: &mut dyn 
         match io.io_write(port, size, value) {
             IoOutcome::TestExit(code) => Action::Stop(StopReason::TestExit(code)),
             IoOutcome::Reset => Action::Stop(StopReason::Reboot),
+            IoOutcome::PowerOff => Action::Stop(StopReason::PowerOff),
             IoOutcome::Done => done,
         }
     } else {

@@ -102,6 +102,7 @@ pub fn handle(port: u16, size: u8, out: bool, s: &StringIo, next_rip: Option<u64
                 match outcome {
                     IoOutcome::TestExit(code) => return Action::Stop(StopReason::TestExit(code)),
                     IoOutcome::Reset => return Action::Stop(StopReason::Reboot),
+                    IoOutcome::PowerOff => return Action::Stop(StopReason::PowerOff),
                     IoOutcome::Done => {}
                 }
             }
