@@ -7,6 +7,7 @@
 //!   printing a line a second, on 2 CPUs; cpu_share = their progress rates together / (2 × the
 //!   rate of a worker alone on a CPU), max_min = the fastest / the slowest guest's rate (goals on
 //!   Bochs: share ≥ 0.90, max/min ≤ 1.10). Rates count from when every guest has started.
+//!
 //! All runs of one platform use the same duration (`--fair-ms`), in one invocation.
 
 use anyhow::{bail, Result};

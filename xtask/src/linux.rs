@@ -71,9 +71,10 @@ pub fn fetch(root: &Path) -> Result<Kit> {
         bail!(
             "apt-get download {package} busybox-static failed ({status}): offline, or the package lists are old.\n\
              With network access run `apt-get update` (as root) and try again, or put a bzImage at {} and an \
-             initramfs at {} yourself.",
+             initramfs at {} yourself, and a line naming where they came from in {}.",
             kit.vmlinuz.display(),
-            kit.initramfs.display()
+            kit.initramfs.display(),
+            stamp.display()
         );
     }
     for deb in std::fs::read_dir(&debs)?.filter_map(|e| e.ok()).map(|e| e.path()) {
@@ -122,7 +123,9 @@ fn search_cloud_kernel() -> Result<String> {
         .output()
         .context("cannot run apt-cache (the Linux guest kit comes from Debian packages)")?;
     newest(&String::from_utf8_lossy(&out.stdout)).with_context(|| {
-        "apt-cache knows no linux-image-*-cloud-amd64-unsigned package: run `apt-get update` (as root) on a Debian host".to_string()
+        "apt-cache knows no linux-image-*-cloud-amd64-unsigned package: run `apt-get update` (as root, with network \
+         access) on a Debian host"
+            .to_string()
     })
 }
 

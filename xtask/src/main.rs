@@ -46,8 +46,9 @@ enum Cmd {
 
 #[derive(Args)]
 struct BuildArgs {
-    /// The configuration to pack [default: boot/configs/default.toml, with the test guests it
-    /// names]
+    /// The configuration to pack [default: boot/configs/default.toml]. A built-in config (one in
+    /// boot/configs) is staged under the output folder beside the test guests and, if it names
+    /// them, the Linux kit; any other is packed as it is
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Where the kernel, bundle and images go [default: target/bastion]
@@ -231,10 +232,7 @@ struct Artifacts {
 fn build(args: &BuildArgs) -> Result<Artifacts> {
     prepare_boot_cli()?;
     let out = args.out.clone().unwrap_or_else(|| root().join("target/bastion"));
-    let config = match &args.config {
-        Some(c) => c.clone(),
-        None => stage_default_config(&out)?,
-    };
+    let config = config_to_pack(args.config.as_deref(), &out)?;
     // Validate (config and guest kernels) before the slower kernel build: a config error
     // should come first.
     qemu_tests::run_boot(["validate".as_ref(), config.as_os_str()]).map_err(anyhow::Error::msg)?;
@@ -265,19 +263,88 @@ fn build(args: &BuildArgs) -> Result<Artifacts> {
     Ok(a)
 }
 
-/// The built-in default config names guest images built from this repository: build them and
-/// stage the config beside them, so its relative paths resolve.
-fn stage_default_config(out: &Path) -> Result<PathBuf> {
-    let stage = out.join("default");
+/// Where the built-in configs live, in the repository.
+const BUILTIN_CONFIGS: &str = "boot/configs";
+
+/// The config to pack: `given`, or the built-in default. A built-in config names files this
+/// repository makes (the test guests, the Linux kit), so it is staged beside them
+/// ([`stage_builtin_config`]); any other config is the user's, with the user's files, and is
+/// packed as it is.
+fn config_to_pack(given: Option<&Path>, out: &Path) -> Result<PathBuf> {
+    let configs = root().join(BUILTIN_CONFIGS);
+    let config = given.map_or_else(|| configs.join("default.toml"), Path::to_path_buf);
+    // A config that cannot be found is not built in: `boot validate` reports it.
+    let stem = match (std::fs::canonicalize(&configs), std::fs::canonicalize(&config)) {
+        (Ok(configs), Ok(config)) => builtin_stem(&configs, &config),
+        _ => None,
+    };
+    match stem {
+        Some(stem) => stage_builtin_config(&config, &stem, out),
+        None => Ok(config),
+    }
+}
+
+/// The name a built-in config is staged under (its file stem) when `config` is a `.toml` file
+/// directly in `configs`; both paths canonical.
+fn builtin_stem(configs: &Path, config: &Path) -> Option<String> {
+    if config.parent()? != configs || config.extension()? != "toml" {
+        return None;
+    }
+    config.file_stem()?.to_str().map(str::to_string)
+}
+
+/// Whether the config text names files of the Linux kit: a guest kernel or initrd under
+/// `linux/`. A config that does not parse names nothing (`boot validate` reports it).
+fn names_linux_kit(text: &str) -> bool {
+    let Ok(config) = bastion_core::config::Config::parse("config", text) else { return false };
+    let in_kit = |p: &str| p.split('/').find(|c| *c != ".") == Some("linux");
+    config.guests.iter().any(|g| in_kit(&g.kernel) || g.initrd.as_deref().is_some_and(in_kit))
+}
+
+/// Stages a built-in config in `<out>/<stem>/` as `bastion.toml`, so its relative paths
+/// resolve: the test guests built and copied to `guests/`, and, when it names `linux/` files,
+/// the Linux kit (fetched once into target/linux/, [`linux::fetch`]) linked or copied to
+/// `linux/`.
+fn stage_builtin_config(config: &Path, stem: &str, out: &Path) -> Result<PathBuf> {
+    let text = std::fs::read_to_string(config).with_context(|| format!("cannot read config {}", config.display()))?;
+    let stage = out.join(stem);
     let guests_dir = stage.join("guests");
     std::fs::create_dir_all(&guests_dir)?;
     let built = qemu_tests::guests::build_guests().map_err(anyhow::Error::msg)?;
     for g in qemu_tests::guests::GUESTS {
         std::fs::copy(built.join(format!("{g}.bin")), guests_dir.join(format!("{g}.bin")))?;
     }
-    let config = stage.join("bastion.toml");
-    std::fs::copy(root().join("boot/configs/default.toml"), &config)?;
-    Ok(config)
+    if names_linux_kit(&text) {
+        let kit = linux::fetch(&root()).with_context(|| format!("{} runs Linux guests, which need the Linux kit", config.display()))?;
+        let linux_dir = stage.join("linux");
+        std::fs::create_dir_all(&linux_dir)?;
+        for file in [&kit.vmlinuz, &kit.initramfs] {
+            link_or_copy(file, &linux_dir.join(file.file_name().context("a kit file has no name")?))?;
+        }
+        eprintln!(
+            "xtask: {} runs Linux guests ({}); each prints `{}` when its shell is up (without KVM, allow a \
+             minute or two: the BIOS alone takes about a minute to load the image)",
+            config.display(),
+            kit.package,
+            linux::READY
+        );
+    }
+    let staged = stage.join("bastion.toml");
+    std::fs::write(&staged, text)?;
+    Ok(staged)
+}
+
+/// Makes `to` a hard link to `from` (the kit is large), or a copy where linking fails (another
+/// file system).
+fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
+    match std::fs::remove_file(to) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).with_context(|| format!("cannot replace {}", to.display())),
+        _ => {}
+    }
+    if std::fs::hard_link(from, to).is_err() {
+        std::fs::copy(from, to).with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+    }
+    Ok(())
 }
 
 /// Installs missing emulator packages when we are root on a Debian-like system; otherwise
@@ -638,6 +705,87 @@ mod tests {
                 Err(e) => assert_eq!(e.kind(), kind, "{args:?}: {e}"),
             }
         }
+    }
+
+    #[test]
+    fn only_toml_files_directly_in_the_configs_folder_are_built_in() {
+        let configs = Path::new("/repo/boot/configs");
+        assert_eq!(builtin_stem(configs, &configs.join("linux.toml")).as_deref(), Some("linux"));
+        assert_eq!(builtin_stem(configs, &configs.join("default.toml")).as_deref(), Some("default"));
+        for other in ["/repo/boot/configs/sub/x.toml", "/repo/boot/x.toml", "/home/me/linux.toml", "/repo/boot/configs/notes.txt", "/"] {
+            assert_eq!(builtin_stem(configs, Path::new(other)), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn the_linux_kit_is_fetched_only_for_guests_that_name_it() {
+        let guest = |k: &str, extra: &str| format!("[[guest]]\nname = \"g\"\nkernel = \"{k}\"\n{extra}");
+        assert!(names_linux_kit(&guest("linux/vmlinuz", "format = \"bzimage\"\n")));
+        assert!(names_linux_kit(&guest("./linux/vmlinuz", "format = \"bzimage\"\n")));
+        assert!(names_linux_kit(&guest("my/bzImage", "format = \"bzimage\"\ninitrd = \"linux/initramfs.cpio.gz\"\n")));
+        assert!(!names_linux_kit(&guest("guests/echo.bin", "")));
+        assert!(!names_linux_kit(&guest("mylinux/vmlinuz", "format = \"bzimage\"\n")));
+        assert!(!names_linux_kit(&format!("# not linux/vmlinuz\n{}", guest("guests/echo.bin", ""))), "comments name nothing");
+        assert!(!names_linux_kit("[[guest]]\nkernel = \"linux/vmlinuz\"\nnot toml"), "a broken config is left to boot validate");
+        let builtin = |name: &str| std::fs::read_to_string(root().join(BUILTIN_CONFIGS).join(name)).unwrap();
+        assert!(names_linux_kit(&builtin("linux.toml")));
+        assert!(!names_linux_kit(&builtin("default.toml")));
+    }
+
+    fn parse_builtin(name: &str) -> bastion_core::config::Config {
+        let path = root().join(BUILTIN_CONFIGS).join(name);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let config = bastion_core::config::Config::parse(&path.display().to_string(), &text).unwrap_or_else(|e| panic!("{e}"));
+        assert!(config.guest_errors.is_empty(), "{:?}", config.guest_errors);
+        config
+    }
+
+    #[test]
+    fn the_linux_config_runs_two_linux_guests_and_echo() {
+        use bastion_core::config::ImageFormat;
+        let config = parse_builtin("linux.toml");
+        let guests: Vec<_> = config.guests.iter().map(|g| (g.name.as_str(), g.format, g.memory_mib, g.vcpus, g.kernel.as_str())).collect();
+        assert_eq!(
+            guests,
+            [
+                ("linux1", ImageFormat::BzImage, 128, 1, "linux/vmlinuz"),
+                ("linux2", ImageFormat::BzImage, 128, 1, "linux/vmlinuz"),
+                ("echo", ImageFormat::Flat, 4, 1, "guests/echo.bin"),
+            ]
+        );
+        for g in &config.guests[..2] {
+            assert_eq!(g.initrd.as_deref(), Some("linux/initramfs.cpio.gz"));
+            assert_eq!(g.cmdline.as_deref(), Some("console=ttyS0 pci=off 8250.nr_uarts=1 reboot=k panic=-1 cryptomgr.notests=1"));
+            assert!(g.autostart);
+        }
+        assert!(!config.hypervisor.exit_when_idle);
+        // What `cargo xtask run` gives QEMU by default holds every guest with room to spare for
+        // Bastion, the bootloader and the bundle (about 13 MiB with the kit).
+        let Cmd::Run(r) = parse(&["run"]).unwrap().command else { panic!() };
+        let guests_mib: u32 = config.guests.iter().map(|g| g.memory_mib).sum();
+        assert!(guests_mib + 128 <= r.memory, "{guests_mib} MiB of guests in {} MiB", r.memory);
+    }
+
+    /// Every built-in config names only files its staging provides: the test guests and the
+    /// Linux kit.
+    #[test]
+    fn built_in_configs_name_only_staged_files() {
+        let mut staged: Vec<String> = qemu_tests::guests::GUESTS.iter().map(|g| format!("guests/{g}.bin")).collect();
+        staged.extend(["linux/vmlinuz".to_string(), "linux/initramfs.cpio.gz".to_string()]);
+        let mut seen = 0;
+        for e in std::fs::read_dir(root().join(BUILTIN_CONFIGS)).unwrap() {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            if !name.ends_with(".toml") {
+                continue;
+            }
+            seen += 1;
+            for g in parse_builtin(&name).guests {
+                for f in std::iter::once(&g.kernel).chain(g.initrd.as_ref()) {
+                    assert!(staged.contains(f), "{name}: guest {} names {f}, which staging does not provide", g.name);
+                }
+            }
+        }
+        assert!(seen >= 2, "default.toml and linux.toml at least");
     }
 
     #[test]
