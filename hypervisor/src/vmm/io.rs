@@ -128,7 +128,13 @@ pub(super) fn uart_output_waiting(g: &Guest) -> bool {
 pub(super) fn feed_pending_input(g: &Guest) {
     let mut pending = g.pending_input.lock();
     if !pending.is_empty() {
-        let n = g.devices.uart.lock().receive(&pending);
+        // Only what fits: the rest waits here, as behind a line with flow control, so the
+        // guest never sees an overrun (LSR.OE) for input that is not lost (Linux logs one).
+        let n = {
+            let mut uart = g.devices.uart.lock();
+            let room = uart.rx_space().min(pending.len());
+            uart.receive(&pending[..room])
+        };
         pending.drain(..n);
         wake_if_interrupted(g, &g.devices.update_irqs());
     }
