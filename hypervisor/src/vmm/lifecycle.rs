@@ -95,7 +95,10 @@ pub fn start(config: &Config, images: Vec<Option<GuestFiles>>, online: usize) {
     log::info!("memory: {} KiB free before any guest starts", crate::memory::free_frames() * 4);
     for g in &h.guests {
         if g.cfg.autostart {
-            boot_guest(g);
+            if !boot_guest(g) {
+                // It could not start: no input focus for it (the console skips it).
+                let _ = h.console.lock().set_accepts_input(g.index, false);
+            }
         } else {
             log::info!("guest {}: not started (autostart = false); `reset {}` in the monitor starts it", g.cfg.name, g.cfg.name);
             // Not running: no input focus until it starts.
@@ -116,8 +119,9 @@ pub(super) fn next_tag(h: &Hv) -> u16 {
     (h.next_tag.fetch_add(1, Ordering::Relaxed) % h.max_tag.max(1) as u64) as u16 + 1
 }
 
-/// Creates the guest's memory and vCPUs and hands them to the scheduler.
-pub(super) fn boot_guest(g: &Guest) {
+/// Creates the guest's memory and vCPUs and hands them to the scheduler; `false` (logged, the
+/// guest marked crashed) when it cannot start.
+pub(super) fn boot_guest(g: &Guest) -> bool {
     let h = hv();
     let cpu = this_cpu();
     let mut ctl = g.ctl.lock();
@@ -126,7 +130,7 @@ pub(super) fn boot_guest(g: &Guest) {
         Err(e) => {
             log::error!("guest {}: cannot start: {e}", g.cfg.name);
             ctl.status = Status::Crashed;
-            return;
+            return false;
         }
     };
     for (i, slot) in g.vcpus.iter().enumerate() {
@@ -143,7 +147,7 @@ pub(super) fn boot_guest(g: &Guest) {
                 }
                 vm.destroy();
                 ctl.status = Status::Crashed;
-                return;
+                return false;
             }
         }
         slot.state = VcpuState::new(i as u32, time::tsc_khz().min(u32::MAX as u64) as u32, &HostCpu);
@@ -183,6 +187,7 @@ pub(super) fn boot_guest(g: &Guest) {
     for c in kicks {
         kick(c);
     }
+    true
 }
 
 /// Begins stopping a guest: no vCPU of it runs again; CPU 0 frees it once all are off-CPU.
@@ -286,8 +291,8 @@ pub(super) fn reap() {
             if status == Status::Crashed {
                 log::warn!("guest {}: restarting (on_crash = \"restart\")", g.cfg.name);
             }
-            boot_guest(g);
-            console_update(|c| c.set_accepts_input(g.index, true));
+            let started = boot_guest(g);
+            console_update(|c| c.set_accepts_input(g.index, started));
         }
     }
 }

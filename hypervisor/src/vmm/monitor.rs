@@ -108,8 +108,8 @@ pub(super) fn run_command(c: Command) {
             let status = g.ctl.lock().status;
             if status.is_final() {
                 println!("{}: starting", g.cfg.name);
-                boot_guest(g);
-                perform_console(|c| c.set_accepts_input(g.index, true));
+                let started = boot_guest(g);
+                perform_console(|c| c.set_accepts_input(g.index, started));
             } else {
                 println!("{}: resetting", g.cfg.name);
                 stop_guest(g, Cause::Reset, After::Restart, (0, 0));
