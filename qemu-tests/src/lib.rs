@@ -602,3 +602,31 @@ pub fn linux_kit() -> Option<(PathBuf, PathBuf)> {
     eprintln!("skipped: no Linux guest kit in {} (`cargo xtask fetch-linux` fetches it)", dir.display());
     None
 }
+
+/// Free host memory (KiB) in a transcript: before any guest started (`memory: N KiB free
+/// before any guest starts`) and after the last guest stopped (the last `guest X: stopped:
+/// ... N KiB free` line); `None` if either line is missing.
+pub fn free_kib_before_and_after(transcript: &str) -> Option<(u64, u64)> {
+    let kib = |l: &str| l.split(" KiB free").next().and_then(|x| x.rsplit(' ').next()).and_then(|n| n.parse::<u64>().ok());
+    let before = transcript.lines().find(|l| l.contains("KiB free before any guest starts")).and_then(kib)?;
+    let after = transcript.lines().filter(|l| l.contains("stopped:") && l.contains("KiB free")).last().and_then(kib)?;
+    Some((before, after))
+}
+
+/// Once every guest has stopped, Bastion must have every frame back that guests used (RAM,
+/// page tables, VMCS/VMCB, bitmaps): the free figure equals the one before any guest started.
+pub fn assert_all_memory_returned(transcript: &str) {
+    let (before, after) = free_kib_before_and_after(transcript).unwrap_or_else(|| panic!("no memory figures in:\n{transcript}"));
+    assert_eq!(after, before, "memory leaked by stopped guests:\n{transcript}");
+}
+
+#[cfg(test)]
+mod memory_figure_tests {
+    #[test]
+    fn free_memory_is_read_from_the_first_and_last_lines() {
+        let t = "memory: 500 KiB free before any guest starts\nguest a: stopped: x; memory freed, 400 KiB free\n\
+                 guest b: stopped: y; memory freed, 499 KiB free\n";
+        assert_eq!(super::free_kib_before_and_after(t), Some((500, 499)));
+        assert_eq!(super::free_kib_before_and_after("guest b: stopped: y; memory freed, 499 KiB free"), None);
+    }
+}

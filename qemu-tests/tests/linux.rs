@@ -128,10 +128,7 @@ fn scenario(p: Platform, boot_timeout: Duration) {
     assert!(out.contains("ACPI: PM-Timer IO Port: 0x608"), "Linux found Bastion's ACPI tables: {out}");
     assert!(!out.contains("Kernel panic") && !out.contains("guest tux1: stopped: powered"), "{out}");
     assert_eq!(out.matches("guest broken: starting").count(), 0, "{out}");
-    let kib = |l: &str| l.split(" KiB free").next().and_then(|x| x.rsplit(' ').next()).and_then(|n| n.parse::<u64>().ok());
-    let before = out.lines().find(|l| l.contains("KiB free before any guest starts")).and_then(kib).unwrap_or_else(|| panic!("{out}"));
-    let after = out.lines().filter(|l| l.contains("stopped:") && l.contains("KiB free")).last().and_then(kib).unwrap_or_else(|| panic!("{out}"));
-    assert_eq!(after, before, "memory leaked by stopped guests:\n{out}");
+    qemu_tests::assert_all_memory_returned(&out);
 }
 
 #[test]

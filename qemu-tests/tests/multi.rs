@@ -187,10 +187,7 @@ fn console_focus_echo_and_monitor(p: Platform) {
     let outcome = emu.expect_exit(t).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(outcome.status, bastion_core::exit::ExitStatus::Pass);
     let out = emu.transcript();
-    let kib = |l: &str| l.split(" KiB free").next().and_then(|x| x.rsplit(' ').next()).and_then(|n| n.parse::<u64>().ok());
-    let before = out.lines().find(|l| l.contains("KiB free before any guest starts")).and_then(kib).unwrap_or_else(|| panic!("{out}"));
-    let after = out.lines().filter(|l| l.contains("stopped:") && l.contains("KiB free")).last().and_then(kib).unwrap_or_else(|| panic!("{out}"));
-    assert_eq!(after, before, "memory leaked by stopped guests:\n{out}");
+    qemu_tests::assert_all_memory_returned(&out);
 }
 
 #[test]
