@@ -37,6 +37,10 @@ pub const GS_BASE: u32 = 0xc000_0101;
 pub const KERNEL_GS_BASE: u32 = 0xc000_0102;
 pub const TSC_AUX: u32 = 0xc000_0103;
 pub const AMD_VM_CR: u32 = 0xc001_0114;
+/// K8/family 10h "Interrupt Pending Message" (BKDG for family 0Fh, MSRC001_0055): Linux reads
+/// it on CPUs with AMD erratum 400 (family 0Fh from model 0x40, family 10h) to see whether C1E
+/// is active, and logs an unchecked-MSR warning with a stack trace if it faults.
+pub const AMD_INT_PENDING_MSG: u32 = 0xc001_0055;
 
 /// MSRs the guest reads and writes directly.
 pub const PASSTHROUGH: &[u32] = &[
@@ -86,6 +90,9 @@ impl MsrState {
             IA32_MISC_ENABLE => MsrResult::Value(self.misc_enable),
             // LOCK | SVMDIS: SVM disabled by "firmware" (APM 15.30.1).
             AMD_VM_CR => MsrResult::Value(0x18),
+            // No C1E (bits 28:27 clear) and no pending-message routing: the vCPU's idle is a
+            // VM exit, never the CPU's C1E. Writes still fault (nothing to configure).
+            AMD_INT_PENDING_MSG => MsrResult::Value(0),
             super::pvclock::MSR_WALL_CLOCK_NEW | super::pvclock::MSR_SYSTEM_TIME_NEW => MsrResult::KvmClock,
             _ => MsrResult::Fault,
         }
@@ -119,6 +126,15 @@ mod tests {
             assert_eq!(s.read(msr), MsrResult::Fault, "{msr:#x}");
             assert_eq!(s.write(msr, 0), MsrResult::Fault, "{msr:#x}");
         }
+    }
+
+    /// BKDG family 0Fh MSRC001_0055: C1eOnCmpHalt/SmiOnCmpHalt (bits 28:27) clear means no C1E,
+    /// which is all Linux's erratum-400 check asks; the register is not writable here.
+    #[test]
+    fn amd_interrupt_pending_message_reads_zero_and_is_read_only() {
+        let mut s = MsrState::new();
+        assert_eq!(s.read(AMD_INT_PENDING_MSG), MsrResult::Value(0));
+        assert_eq!(s.write(AMD_INT_PENDING_MSG, 1 << 27), MsrResult::Fault);
     }
 
     #[test]
