@@ -199,6 +199,13 @@ mod tests {
         assert_eq!(read(&mut d, 0, 4), 0x0120_0000);
         // The gap between the control block and the timer reads 0.
         assert_eq!(read(&mut d, 6, 2), 0);
+        // A byte write changes its own byte of a register only.
+        d.write(EN as u64, &[0x21]);
+        assert_eq!(read(&mut d, EN as u64, 2), 0x0121);
+        d.write(EN as u64 + 1, &[0x04]);
+        assert_eq!(read(&mut d, EN as u64, 2), 0x0421);
+        d.write(CNT as u64, &[0x00]);
+        assert_eq!(read(&mut d, CNT as u64, 2), 0x0c01, "SLP_TYP kept by a low-byte write");
     }
 
     /// §4.8.3.2.1 and §7.4.2 (\_S5): SLP_EN with the S5 type powers off; with another type, or
