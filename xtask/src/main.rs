@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 mod console_bench;
 mod linux;
+mod linux_bench;
 
 /// Bastion's developer commands.
 #[derive(Parser)]
@@ -37,7 +38,8 @@ enum Cmd {
     /// Fetch the Linux guest kit (Debian packages, under target/linux), run the host unit tests,
     /// then the emulator tests (qemu-tests)
     Test(TestArgs),
-    /// Measure boot time on every platform, the scheduler's fairness and Bastion's own memory
+    /// Measure boot time on every platform, the scheduler's fairness, Bastion's own memory, the
+    /// console's cost and a Linux guest against the same kernel on bare QEMU
     Bench(BenchArgs),
     /// Fetch Debian's cloud kernel and busybox (apt-get download, nothing installed) and build
     /// the initramfs for Linux guests, under target/linux/
@@ -121,6 +123,9 @@ enum Bench {
     /// What the console costs guests, by their own progress: a CPU-bound guest beside one
     /// that floods the console, and 16 guests printing a line a second (QEMU and Bochs Intel)
     Console,
+    /// Debian's Linux as a Bastion guest against the same kernel booted by QEMU itself (TCG,
+    /// AMD-V): boot and firmware time, shell work timed by the guest, exits of the idle guest
+    Linux,
 }
 
 fn main() {
@@ -523,10 +528,11 @@ fn test(args: &TestArgs) -> Result<()> {
 }
 
 /// Benchmarks. `all` measures everything in one invocation so ratios between them are
-/// meaningful: boot time on every platform, the CPU shares of identical busy guests, then
-/// Bastion's own memory.
+/// meaningful: boot time on every platform, the CPU shares of identical busy guests,
+/// Bastion's own memory, the console's cost, then Linux in Bastion against bare QEMU (which
+/// needs only QEMU, so `bench linux` alone installs nothing else).
 fn bench(args: &BenchArgs) -> Result<()> {
-    ensure_packages(&Platform::ALL)?;
+    ensure_packages(if args.what == Bench::Linux { &[Platform::QemuBios][..] } else { &Platform::ALL })?;
     prepare_boot_cli()?;
     if matches!(args.what, Bench::All | Bench::Boot) {
         boot_times(args)?;
@@ -539,6 +545,9 @@ fn bench(args: &BenchArgs) -> Result<()> {
     }
     if matches!(args.what, Bench::All | Bench::Console) {
         console_bench::console(&[Platform::QemuBios, Platform::BochsIntel], args.fair_ms as u32)?;
+    }
+    if matches!(args.what, Bench::All | Bench::Linux) {
+        linux_bench::linux(&root())?;
     }
     Ok(())
 }
@@ -683,6 +692,8 @@ mod tests {
         assert!(b.what == Bench::Fairness && b.runs == 1 && b.fair_ms == 100);
         let Cmd::Bench(b) = parse(&["bench", "memory"]).unwrap().command else { panic!() };
         assert!(b.what == Bench::Memory);
+        let Cmd::Bench(b) = parse(&["bench", "linux"]).unwrap().command else { panic!() };
+        assert!(b.what == Bench::Linux);
     }
 
     #[test]
@@ -695,7 +706,7 @@ mod tests {
             (&["run", "--cpu", "arm"], ErrorKind::InvalidValue),
             (&["run", "--uefi", "--bochs"], ErrorKind::ArgumentConflict),
             (&["test", "--hostonly"], ErrorKind::UnknownArgument),
-            (&["bench", "linux"], ErrorKind::InvalidValue),
+            (&["bench", "windows"], ErrorKind::InvalidValue),
             (&["bench", "--runs", "0"], ErrorKind::ValueValidation),
             (&["frobnicate"], ErrorKind::InvalidSubcommand),
             (&[], ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand),
