@@ -1,7 +1,9 @@
 //! `cargo xtask bench linux`: Debian's cloud kernel (the Linux kit, [`crate::linux`]) as a
 //! Bastion guest against the same kernel, initramfs and command line booted directly by QEMU
 //! (`-kernel -initrd -append`), in one invocation on the same emulator: QEMU TCG with
-//! `-cpu qemu64,+svm,+npt` (Bastion uses AMD-V there), `-m 512 -smp 2` for both runs.
+//! `-cpu qemu64,+svm,+npt` (Bastion uses AMD-V there). Bastion's host gets `-m 512 -smp 2`;
+//! the bare kernel gets the machine the guest sees, `-m 128 -smp 1` (1 vCPU, 128 MiB), so the
+//! kernels boot the same amount of hardware.
 //!
 //! - `bench: linux-boot bastion=<s> bare=<s> ratio=<x>`: the kernel's own boot, from its entry
 //!   to `/init`'s ready line, as `/proc/uptime` read by `/init` says (`bastion-linux: ready
@@ -41,6 +43,8 @@ const GUEST: &str = "tux";
 /// The emulated machine, the same for both runs.
 const MEMORY_MIB: u32 = 512;
 const SMP: u32 = 2;
+/// The guest's RAM, and the bare kernel's.
+const GUEST_MIB: u32 = 128;
 
 const GOAL_BOOT: f64 = 1.10;
 const GOAL_WORK: f64 = 1.05;
@@ -281,6 +285,11 @@ fn options(qemu_args: Vec<String>) -> RunOptions {
     RunOptions { smp: SMP, memory_mib: MEMORY_MIB, kvm: Some(false), qemu_args, interactive: true, ..RunOptions::default() }
 }
 
+/// The bare kernel's machine: what the Bastion guest has (1 vCPU, [`GUEST_MIB`]).
+fn bare_options(qemu_args: Vec<String>) -> RunOptions {
+    RunOptions { smp: 1, memory_mib: GUEST_MIB, ..options(qemu_args) }
+}
+
 /// The monitor's `stats` for the guest: (exits by reason, total, when the answer arrived).
 fn stats(emu: &mut Emulator) -> Result<(BTreeMap<String, u64>, u64, Instant)> {
     let m = emu.mark();
@@ -296,7 +305,7 @@ fn stats(emu: &mut Emulator) -> Result<(BTreeMap<String, u64>, u64, Instant)> {
 fn bastion(kit: &linux::Kit) -> Result<(Measured, f64)> {
     let cfg = format!(
         "[hypervisor]\n\n[[guest]]\nname = \"{GUEST}\"\nformat = \"bzimage\"\nkernel = \"linux/vmlinuz\"\n\
-         initrd = \"linux/initramfs.cpio.gz\"\nmemory_mib = 128\ncmdline = \"{CMDLINE}\"\n"
+         initrd = \"linux/initramfs.cpio.gz\"\nmemory_mib = {GUEST_MIB}\ncmdline = \"{CMDLINE}\"\n"
     );
     let image = qemu_tests::image_with_files(
         "bench-linux",
@@ -339,7 +348,7 @@ fn bare(kit: &linux::Kit) -> Result<Measured> {
     let path = |p: &Path| p.display().to_string();
     let args = vec!["-kernel".into(), path(&kit.vmlinuz), "-initrd".into(), path(&kit.initramfs), "-append".into(), CMDLINE.into()];
     println!("linux, bare: host load average {}", loadavg());
-    let mut emu = Emulator::start(Platform::QemuBios, &image, &options(args));
+    let mut emu = Emulator::start(Platform::QemuBios, &image, &bare_options(args));
     let m = measure(&mut emu, "bare", Duration::from_secs(300))?;
     emu.kill();
     Ok(m)
@@ -348,7 +357,7 @@ fn bare(kit: &linux::Kit) -> Result<Measured> {
 pub fn linux(root: &Path) -> Result<()> {
     let kit = linux::fetch(root)?;
     println!(
-        "linux: {} on QEMU TCG (-cpu qemu64,+svm,+npt -m {MEMORY_MIB} -smp {SMP}), in Bastion (1 vCPU, 128 MiB) and bare (-kernel)",
+        "linux: {} on QEMU TCG (-cpu qemu64,+svm,+npt), in Bastion (host -m {MEMORY_MIB} -smp {SMP}; guest 1 vCPU, {GUEST_MIB} MiB) and bare (-kernel, -m {GUEST_MIB} -smp 1)",
         kit.package
     );
     let (b, idle) = bastion(&kit)?;

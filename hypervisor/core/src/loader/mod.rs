@@ -565,6 +565,8 @@ mod tests {
         assert_eq!((cs.vmx_access_rights(), cs.svm_attributes()), (0xA09B, 0xA9B));
         assert_eq!((ds.vmx_access_rights(), ds.svm_attributes()), (0xC093, 0xC93));
         let other = Descriptor::decode(0x1234_5678_9ABC_DEF0);
+        let seg = SegmentState { selector: 0x2B, desc: other };
+        assert_eq!((seg.base(), seg.limit()), (0x1278_9ABC, 0x4DEF0), "a segment's base and byte limit come from its descriptor");
         assert_eq!((other.base, other.limit, other.kind, other.dpl, other.available), (0x1278_9ABC, 0x4DEF0, 6, 2, true));
         assert_eq!((other.code_or_data, other.present, other.long, other.default_big, other.granularity), (true, false, true, false, false));
         assert_eq!(other.limit_bytes(), 0x4DEF0);
@@ -697,7 +699,10 @@ mod tests {
                 _ => None,
             })
         };
-        assert_eq!(&bytes_at(ACPI_TABLES_GPA).expect("ACPI tables written")[..8], b"RSD PTR ");
+        let tables = bytes_at(ACPI_TABLES_GPA).expect("ACPI tables written");
+        assert_eq!(&tables[..8], b"RSD PTR ");
+        // No MADT: the vCPUs have no local APIC yet, and a MADT would send Linux looking for one.
+        assert!(tables.windows(4).any(|w| w == b"FACP") && !tables.windows(4).any(|w| w == b"APIC"));
         let at = bzimage::offsets::ACPI_RSDP_ADDR;
         let zp = bytes_at(ZERO_PAGE_GPA).unwrap();
         assert_eq!(u64::from_le_bytes(zp[at..at + 8].try_into().unwrap()), ACPI_TABLES_GPA);
