@@ -21,6 +21,9 @@ pub(super) const IDLE_TICK_NS: u64 = 10_000_000;
 /// in 1.39 ms at 115200 baud); the rule and its proof are in `bastion_core::serial_policy`.
 pub(super) const CONSOLE_TICK_NS: u64 = bastion_core::serial_policy::CONSOLE_TICK_NS;
 
+/// The shortest run a guest timer can ask for (20 kHz at most).
+const MIN_TIMER_BUDGET_NS: u64 = 50_000;
+
 /// How a slice ended.
 pub(super) enum SliceEnd {
     Preempted,
@@ -71,7 +74,14 @@ pub(super) fn run_slice(cpu: &PerCpu, id: VcpuId, slice_ns: u64) {
         // end within CONSOLE_TICK_NS so the UART never sits idle or overflows. Other CPUs
         // pump only when their guests exit anyway, so a CPU-bound neighbour of a printing
         // guest is not interrupted for the console.
-        let budget = if cpu.index == 0 { (deadline - now).min(CONSOLE_TICK_NS) } else { deadline - now };
+        let mut budget = if cpu.index == 0 { (deadline - now).min(CONSOLE_TICK_NS) } else { deadline - now };
+        // A guest timer due before then ends the run at its deadline, so its interrupt is
+        // delivered on time rather than folded into a later one: a guest that keeps time by
+        // counting ticks (Linux before it switches to kvm-clock) would lose the folded ones.
+        // The floor bounds the exit rate a guest can cause with a tiny timer period.
+        if let Some(at) = timer_deadline(&g.devices, vi, now) {
+            budget = budget.min(at.saturating_sub(now).max(MIN_TIMER_BUDGET_NS));
+        }
         let exit = vcpu.run(budget, arm_slice_timer);
         take_host_interrupts();
         serial::pump_if_due(time::now_ns());
