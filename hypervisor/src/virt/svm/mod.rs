@@ -336,7 +336,14 @@ impl SvmVcpu {
         self.gprs.rax = self.vmcb.r64(RAX);
         // Later entries keep this ASID's translations.
         self.vmcb.write(TLB_CONTROL, 0u8);
-        self.vmcb.w64(EVENTINJ, 0);
+        // An event whose delivery the exit interrupted (an interrupt Bastion injected, an
+        // exception the guest raised) is in EXITINTINFO; it must be delivered at the next
+        // VMRUN or the guest loses it — a lost external interrupt leaves its 8259 line in
+        // service for good (APM 15.7.2, 15.20). EXITINTINFO has EVENTINJ's format. A software
+        // interrupt (type 4) is left out: without nRIP save its INTn is simply executed again.
+        let pending = self.vmcb.r64(EXITINTINFO);
+        let valid = pending >> 31 & 1 != 0 && (pending >> 8) & 7 != 4;
+        self.vmcb.w64(EVENTINJ, if valid { pending } else { 0 });
         let exit = self.decode_exit();
         if let Exit::EntryFailed(ref why) = exit.exit {
             return VmExit::event(Exit::EntryFailed(alloc::format!("{why}; {}", self.explain_invalid())));

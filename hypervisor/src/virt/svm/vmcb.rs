@@ -21,6 +21,8 @@ pub const INT_STATE: usize = 0x068;
 pub const EXITCODE: usize = 0x070;
 pub const EXITINFO1: usize = 0x078;
 pub const EXITINFO2: usize = 0x080;
+/// The event being delivered when the exit happened (APM 15.7.2), EVENTINJ's format.
+pub const EXITINTINFO: usize = 0x088;
 pub const NP_ENABLE: usize = 0x090;
 pub const EVENTINJ: usize = 0x0a8;
 pub const N_CR3: usize = 0x0b0;

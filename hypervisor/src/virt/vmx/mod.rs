@@ -583,7 +583,28 @@ impl VmxVcpu {
         }
         self.launched = true;
         self.sync_ia32e_mode();
+        self.reinject_interrupted_event();
         self.decode_exit()
+    }
+
+    /// An event whose delivery the exit interrupted (an interrupt Bastion injected, an
+    /// exception the guest raised) is reported in the IDT-vectoring information (SDM Vol. 3C
+    /// 28.2.4) and must be injected again at the next entry, or the guest loses it — a lost
+    /// external interrupt leaves its 8259 line in service for good. The entry field takes the
+    /// same format (25.8.3) without bit 12 (undefined here, reserved there); software
+    /// interrupts and exceptions need their instruction length back (27.6.1.1).
+    fn reinject_interrupted_event(&mut self) {
+        let idt = r(ro::IDT_VECTORING_INFO);
+        if idt >> 31 & 1 == 0 {
+            return;
+        }
+        if idt & (1 << 11) != 0 {
+            wr(control::VMENTRY_EXCEPTION_ERR_CODE, r(ro::IDT_VECTORING_ERR_CODE));
+        }
+        if matches!((idt >> 8) & 7, 4..=6) {
+            wr(control::VMENTRY_INSTRUCTION_LEN, r(ro::VMEXIT_INSTRUCTION_LEN));
+        }
+        wr(control::VMENTRY_INTERRUPTION_INFO_FIELD, idt & !(1 << 12));
     }
 
     fn entry_insn(&self) -> &'static str {
