@@ -168,18 +168,11 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         .guests
         .iter()
         .map(|g| {
-            let kernel = bundle
-                .file(&g.kernel)
-                .map_err(|e| error!("guest {}: {e}; not started", g.name))
-                .ok()?;
+            let file = |path: &str| bundle.file(path).map_err(|e| error!("guest {}: {e}; not started", g.name)).ok();
+            let kernel = file(&g.kernel)?;
             let initrd = match &g.initrd {
                 None => None,
-                Some(path) => Some(
-                    bundle
-                        .file(path)
-                        .map_err(|e| error!("guest {}: {e}; not started", g.name))
-                        .ok()?,
-                ),
+                Some(path) => Some(file(path)?),
             };
             Some(vm::GuestFiles { kernel, initrd })
         })

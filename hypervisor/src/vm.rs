@@ -98,15 +98,9 @@ impl Vm {
     /// from 4 GiB), in 2 MiB-aligned runs so EPT/NPT can use 2 MiB pages, maps exactly that,
     /// and loads the image. The map is the one source: what is not RAM in it stays unmapped,
     /// so a guest access there is a nested page fault (device memory or a bad access).
-    pub fn new(
-        cfg: &GuestConfig,
-        files: GuestFiles,
-        format: Format,
-        tag: u16,
-    ) -> Result<Vm, String> {
+    pub fn new(cfg: &GuestConfig, files: GuestFiles, format: Format, tag: u16) -> Result<Vm, String> {
         // Decided before any memory is taken: an image that cannot boot costs nothing.
-        let prepared =
-            loader::prepare(cfg, files.kernel, files.initrd).map_err(|e| format!("{e}"))?;
+        let prepared = loader::prepare(cfg, files.kernel, files.initrd).map_err(|e| format!("{e}"))?;
         let bytes = cfg.memory_mib as u64 * 1024 * 1024;
         let map = MemoryMap::new(bytes).map_err(|e| format!("{e}"))?;
         let npt = NestedPageTable::new(format, &mut HostFrames).map_err(|e| format!("{e}"))?;

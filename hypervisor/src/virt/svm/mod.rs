@@ -129,21 +129,8 @@ impl Svm {
         // What the loader decided: the reset-like state in real mode for a flat image (APM
         // 14.1.3), 64-bit mode for a bzImage.
         let st = vm.entry.initial_state();
-        v.set_segment(
-            CS,
-            st.cs.selector,
-            st.cs.desc.svm_attributes(),
-            st.cs.limit(),
-            st.cs.base(),
-        );
-        for seg in [DS, ES, SS, FS, GS] {
-            v.set_segment(
-                seg,
-                st.data.selector,
-                st.data.desc.svm_attributes(),
-                st.data.limit(),
-                st.data.base(),
-            );
+        for (seg, s) in [(CS, st.cs), (DS, st.data), (ES, st.data), (SS, st.data), (FS, st.data), (GS, st.data)] {
+            v.set_segment(seg, s.selector, s.desc.svm_attributes(), s.limit(), s.base());
         }
         v.set_segment(GDTR, 0, 0, st.gdt_limit as u32, st.gdt_base);
         v.set_segment(IDTR, 0, 0, 0xffff, 0);
@@ -170,10 +157,7 @@ impl Svm {
             iopm,
             msrpm,
             host_vmcb: self.host_vmcb,
-            gprs: Gprs {
-                rsi: st.rsi,
-                ..Gprs::default()
-            },
+            gprs: Gprs { rsi: st.rsi, ..Gprs::default() },
             nrip_save: self.caps.nrip_save,
             ram: vm.npt.view(),
             flushed_on: 0,

@@ -295,10 +295,7 @@ impl Vmx {
         w(guest::IA32_EFER_FULL, st.efer)?;
         // "IA-32e mode guest" must equal the EFER.LMA being loaded (27.3.1.1).
         if st.efer & EFER_LMA != 0 {
-            w(
-                control::VMENTRY_CONTROLS,
-                r(control::VMENTRY_CONTROLS) | EntryCtl::IA32E_MODE_GUEST.bits() as u64,
-            )?;
+            w(control::VMENTRY_CONTROLS, r(control::VMENTRY_CONTROLS) | EntryCtl::IA32E_MODE_GUEST.bits() as u64)?;
         }
         w(guest::IA32_PAT_FULL, 0x0007_0406_0007_0406)?;
         w(guest::IA32_DEBUGCTL_FULL, 0)?;
