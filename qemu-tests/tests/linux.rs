@@ -71,6 +71,15 @@ fn scenario(p: Platform, boot_timeout: Duration) {
     // CPUID.1:ECX bit 31 shows as the `hypervisor` flag, on the one vCPU.
     ok(emu.expect_after(m, "[tux1] 1", t));
     ok(emu.expect_after(m, "Switched to clocksource kvm-clock", t));
+    // Interrupts the APIC way (the MADT lists a local APIC and the I/O APIC): the serial
+    // port's IRQ 4 arrives through I/O APIC pin 4, and the local APIC timer ticks.
+    let m = emu.mark();
+    emu.send(b"grep -E 'ttyS0|LOC:' /proc/interrupts\r");
+    let serial = ok(emu.expect_after(m, "IO-APIC", t));
+    assert!(serial.contains("4-edge") && serial.contains("ttyS0"), "{serial}");
+    let loc = ok(emu.expect_after(m, "Local timer interrupts", t));
+    let ticks: u64 = loc.split_whitespace().find_map(|w| w.parse().ok()).unwrap_or(0);
+    assert!(ticks > 0, "the local APIC timer never fired: {loc}");
     // Ctrl-A x3: the focus moves to tux2, and only tux2 answers.
     let m = emu.mark();
     emu.send(b"\x01\x01\x01");

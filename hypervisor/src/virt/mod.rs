@@ -194,6 +194,12 @@ impl Vcpu for GuestVcpu {
     fn request_interrupt_window(&mut self, on: bool) {
         each!(self, v => v.request_interrupt_window(on))
     }
+    fn cr8_tpr(&self) -> u8 {
+        each!(self, v => v.cr8_tpr())
+    }
+    fn set_cr8_tpr(&mut self, tpr: u8) {
+        each!(self, v => v.set_cr8_tpr(tpr))
+    }
 }
 
 /// Reads up to 15 bytes of the guest's instruction at CS:RIP through its own page tables, for

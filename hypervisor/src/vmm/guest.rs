@@ -78,10 +78,9 @@ pub(super) struct GuestCtl {
     pub(super) cause: Option<Cause>,
     /// vCPU and RIP where the stop happened.
     pub(super) at: (u32, u64),
-    /// vCPUs that halted for good (nothing can wake them), and whether any of them had
-    /// interrupts enabled (with no interrupt routed to it).
-    pub(super) halted: u32,
-    pub(super) halted_with_if: bool,
+    /// vCPUs (bit n = vCPU n) that halted with interrupts disabled: nothing wakes them (no
+    /// NMI source reaches a vCPU yet).
+    pub(super) dead: u64,
     pub(super) boots: u32,
     pub(super) started_ns: u64,
 }

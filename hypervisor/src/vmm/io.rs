@@ -14,15 +14,16 @@
 //! # Wake-ups are never lost
 //!
 //! A vCPU that halts with interrupts enabled checks for a pending interrupt and marks itself
-//! waiting while holding its guest's PIC lock; every interrupt source raises its line into the
-//! PIC under that same lock and then wakes waiting vCPUs ([`wake_if_interrupted`]). So either
-//! the halting vCPU sees the interrupt, or the source sees the waiting flag.
+//! waiting while holding its guest's interrupt-chip lock; every interrupt source (a device
+//! line, an IPI, a timer) reaches the chip under that same lock and then wakes waiting vCPUs
+//! ([`wake_if_interrupted`]). So either the halting vCPU sees the interrupt, or the source
+//! sees the waiting flag.
 
 use super::guest::{hv, vcpu_id, Guest};
 use super::percpu::kick;
 use crate::{println, serial, time};
 use alloc::vec::Vec;
-use bastion_core::devices::pic8259::Pic;
+use bastion_core::devices::irq::IrqChip;
 use bastion_core::vm::devices::{DeviceIo, GuestDevices, IoOutcome, COM1};
 use bastion_core::vm::Host;
 use core::sync::atomic::Ordering;
@@ -31,9 +32,11 @@ use core::sync::atomic::Ordering;
 /// moved only beyond it. Larger than one tagged line (`console::MAX_LINE_BYTES` + tag).
 pub(super) const OUTPUT_RESERVE: usize = 2048;
 
-/// The guest side of an exit: the guest's devices, with UART output sent to the console.
+/// The guest side of an exit of vCPU `vcpu`: the guest's devices, with UART output sent to
+/// the console, and the vCPU's own local APIC.
 pub(super) struct GuestIo<'a> {
     pub(super) g: &'a Guest,
+    pub(super) vcpu: usize,
 }
 
 /// Whether a port access touches the guest's UART (so its output or input may have moved).
@@ -46,7 +49,8 @@ impl DeviceIo for GuestIo<'_> {
         let d = &self.g.devices;
         let v = d.port_read(port, size);
         // A device access by any vCPU can raise an interrupt for another (the PIC's INTR
-        // reaches vCPU 0 whoever touched the device): wake its target.
+        // reaches vCPU 0 whoever touched the device, the I/O APIC routes anywhere): wake its
+        // target.
         wake_if_interrupted(self.g, &d.update_irqs());
         if is_uart(port, size) {
             // A read may have made room in the receive FIFO: feed it what was typed meanwhile;
@@ -73,22 +77,25 @@ impl DeviceIo for GuestIo<'_> {
 
     fn mmio_read(&mut self, gpa: u64, data: &mut [u8]) -> bool {
         let d = &self.g.devices;
-        if !GuestDevices::is_device_space(gpa) {
-            return false;
-        }
-        d.bus.read(bastion_core::devices::bus::Space::Mmio, gpa, data);
+        let ok = d.mmio_read_by(self.vcpu, gpa, data);
         wake_if_interrupted(self.g, &d.update_irqs());
-        true
+        ok
     }
 
     fn mmio_write(&mut self, gpa: u64, data: &[u8]) -> bool {
         let d = &self.g.devices;
-        if !GuestDevices::is_device_space(gpa) {
-            return false;
-        }
-        d.bus.write(bastion_core::devices::bus::Space::Mmio, gpa, data);
+        // An IPI or an EOI that lets a level interrupt through again can wake another vCPU.
+        let ok = d.mmio_write_by(self.vcpu, gpa, data);
         wake_if_interrupted(self.g, &d.update_irqs());
-        true
+        ok
+    }
+
+    fn apic_base(&mut self) -> Option<u64> {
+        Some(self.g.devices.irq.lock().apic_base(self.vcpu))
+    }
+
+    fn set_apic_base(&mut self, value: u64) -> bool {
+        self.g.devices.irq.lock().set_apic_base(self.vcpu, value).is_ok()
     }
 }
 
@@ -140,39 +147,23 @@ pub(super) fn feed_pending_input(g: &Guest) {
     }
 }
 
-/// Whether vCPU `vcpu` of a guest has an interrupt to take: the PIC's output is wired to
-/// vCPU 0, as the 8259's INTR pin is to the boot processor on a PC; no other source exists
-/// yet (a virtual local APIC per vCPU will route to the others).
-pub(super) fn interrupt_pending(pic: &Pic, vcpu: usize) -> bool {
-    vcpu == 0 && pic.has_interrupt()
-}
-
-/// `interrupt_pending` after bringing the guest's timers up to now.
+/// Whether vCPU `vcpu` has an interrupt to take, after bringing the guest's timers up to now.
 pub(super) fn interrupt_pending_now(g: &Guest, vcpu: usize) -> bool {
-    interrupt_pending(&g.devices.advance(time::now_ns()), vcpu)
+    g.devices.advance(time::now_ns()).has_interrupt(vcpu)
 }
 
-/// When a guest timer will next raise an interrupt for vCPU `vcpu` (the PIT, through the PIC,
-/// reaches vCPU 0 only).
+/// When a guest timer will next raise an interrupt for vCPU `vcpu`: its local APIC timer, and
+/// for vCPU 0 the PIT and RTC too (vCPU 0 brings them up to date for the whole guest).
 pub(super) fn timer_deadline(d: &GuestDevices, vcpu: usize, now: u64) -> Option<u64> {
-    if vcpu == 0 {
-        d.next_deadline(now)
-    } else {
-        None
-    }
-}
-
-/// Whether any interrupt source can ever reach vCPU `vcpu`.
-pub(super) fn has_interrupt_source(vcpu: usize) -> bool {
-    vcpu == 0
+    d.next_deadline_for(vcpu, now)
 }
 
 /// Wakes every vCPU of the guest that sleeps in HLT and now has an interrupt. Called with the
-/// PIC locked, as is the check before a vCPU blocks, so no wake-up is lost in between.
-pub(super) fn wake_if_interrupted(g: &Guest, pic: &Pic) {
+/// chip locked, as is the check before a vCPU blocks, so no wake-up is lost in between.
+pub(super) fn wake_if_interrupted(g: &Guest, chip: &IrqChip) {
     for (v, waiting) in g.waiting.iter().enumerate() {
         // The flag first: it is one load, and most device accesses happen with no vCPU asleep.
-        if waiting.load(Ordering::SeqCst) && interrupt_pending(pic, v) && waiting.swap(false, Ordering::SeqCst) {
+        if waiting.load(Ordering::SeqCst) && chip.has_interrupt(v) && waiting.swap(false, Ordering::SeqCst) {
             let kick_cpu = hv().sched.lock().wake(vcpu_id(g.index, v), time::now_ns());
             if let Some(c) = kick_cpu {
                 kick(c);

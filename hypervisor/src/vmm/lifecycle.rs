@@ -59,15 +59,14 @@ pub fn start(config: &Config, images: Vec<Option<GuestFiles>>, online: usize) {
             files,
             affinity,
             vcpus: (0..cfg.vcpus).map(|v| Mutex::new(VcpuSlot { backend: None, state: VcpuState::new(v, 0, &HostCpu) })).collect(),
-            devices: GuestDevices::new(time::now_ns, time::unix_seconds),
+            devices: GuestDevices::new(time::now_ns, time::unix_seconds, cfg.vcpus as usize),
             ctl: Mutex::new(GuestCtl {
                 vm: None,
                 status: Status::Stopped,
                 then: After::Nothing,
                 cause: None,
                 at: (0, 0),
-                halted: 0,
-                halted_with_if: false,
+                dead: 0,
                 boots: 0,
                 started_ns: 0,
             }),
@@ -166,8 +165,7 @@ pub(super) fn boot_guest(g: &Guest) -> bool {
     );
     ctl.vm = Some(vm);
     ctl.status = Status::Running;
-    ctl.halted = 0;
-    ctl.halted_with_if = false;
+    ctl.dead = 0;
     ctl.cause = None;
     ctl.started_ns = time::now_ns();
     g.hold.store(false, Ordering::SeqCst);

@@ -3,7 +3,7 @@
 //! also services the console and reaps stopped guests between slices.
 
 use super::guest::{hv, vcpu_id, Cause, After, VcpuSlot, HV, VCPU_STRIDE};
-use super::io::{has_interrupt_source, interrupt_pending, interrupt_pending_now, timer_deadline, GuestIo, HostCpu};
+use super::io::{interrupt_pending_now, timer_deadline, GuestIo, HostCpu};
 use super::lifecycle::{reap, stop_guest};
 use super::monitor::poll_console;
 use super::percpu::{arm_slice_timer, kick, take_host_interrupts, this_cpu, PerCpu};
@@ -57,6 +57,9 @@ pub(super) fn run_slice(cpu: &PerCpu, id: VcpuId, slice_ns: u64) {
     }
     let mut switch_cycles = time::rdtsc() - t0;
     let deadline = time::now_ns() + slice_ns;
+    // The TPR as last loaded into the guest's CR8 view: an exit that finds another value
+    // there means the guest wrote CR8, and the local APIC's TPR follows.
+    let mut tpr_loaded;
     let end = loop {
         if g.hold.load(Ordering::Relaxed) {
             break SliceEnd::Held;
@@ -65,11 +68,14 @@ pub(super) fn run_slice(cpu: &PerCpu, id: VcpuId, slice_ns: u64) {
         if now >= deadline {
             break SliceEnd::Preempted;
         }
-        if vi == 0 {
-            // The PIC's output is wired to vCPU 0, as the 8259's INTR pin is to the boot
-            // processor on a PC; the PIT's ticks reach the PIC first.
-            bastion_core::vm::deliver_interrupt(vcpu, &mut g.devices.advance(now));
+        {
+            // Timers first (PIT ticks, local APIC timers), then whatever the chip holds for
+            // this vCPU: its local APIC's vectors, or the PIC's through LINT0.
+            let mut chip = g.devices.advance(now);
+            bastion_core::vm::deliver_interrupt(vcpu, &mut chip, vi);
+            vcpu.set_cr8_tpr(chip.tpr(vi));
         }
+        tpr_loaded = vcpu.cr8_tpr();
         // CPU 0 services the console (output waiting for the line, and input): its slices
         // end within CONSOLE_TICK_NS so the UART never sits idle or overflows. Other CPUs
         // pump only when their guests exit anyway, so a CPU-bound neighbour of a printing
@@ -83,13 +89,17 @@ pub(super) fn run_slice(cpu: &PerCpu, id: VcpuId, slice_ns: u64) {
             budget = budget.min(at.saturating_sub(now).max(MIN_TIMER_BUDGET_NS));
         }
         let exit = vcpu.run(budget, arm_slice_timer);
+        let tpr = vcpu.cr8_tpr();
+        if tpr != tpr_loaded {
+            g.devices.irq.lock().set_tpr(vi, tpr);
+        }
         take_host_interrupts();
         serial::pump_if_due(time::now_ns());
         g.exits[exit.exit.kind() as usize].fetch_add(1, Ordering::Relaxed);
         if exit.exit == Exit::HostNmi {
             crate::interrupts::count_nmi();
         }
-        let mut io = GuestIo { g };
+        let mut io = GuestIo { g, vcpu: vi };
         let mut ram = crate::vm::GuestRam(vcpu.ram_view());
         let mut env = Env { io: &mut io, mem: &mut ram, host: &HostCpu };
         match handle_exit(&exit, vcpu, state, &mut env) {
@@ -123,15 +133,14 @@ pub(super) fn run_slice(cpu: &PerCpu, id: VcpuId, slice_ns: u64) {
         }
         SliceEnd::Halted { interrupts_enabled } => {
             // A halted vCPU leaves the scheduler until an interrupt for it wakes it (checked
-            // under the PIC lock, the same lock interrupt sources hold to wake it). A vCPU
-            // that no interrupt can ever reach — interrupts disabled, or no source routed to
-            // it — is finished, and the guest with it once all its vCPUs are.
-            let wakeable = interrupts_enabled && has_interrupt_source(vi);
-            if wakeable {
+            // under the chip lock, the same lock interrupt sources hold to wake it); with
+            // interrupts disabled nothing ever does. Once every vCPU sleeps and no interrupt
+            // source can reach any of them, the guest is finished.
+            if interrupts_enabled {
                 // A guest timer that will fire wakes it then, even with no other interrupt.
                 let timer = timer_deadline(&g.devices, vi, now);
-                let pic = g.devices.advance(now);
-                if interrupt_pending(&pic, vi) {
+                let chip = g.devices.advance(now);
+                if chip.has_interrupt(vi) {
                     h.sched.lock().preempt(cpu.index, now);
                 } else {
                     g.waiting[vi].store(true, Ordering::SeqCst);
@@ -142,20 +151,34 @@ pub(super) fn run_slice(cpu: &PerCpu, id: VcpuId, slice_ns: u64) {
                 }
             } else {
                 h.sched.lock().block(id, now);
-                let all = {
-                    let mut ctl = g.ctl.lock();
-                    ctl.halted += 1;
-                    ctl.halted_with_if |= interrupts_enabled;
-                    ctl.halted as usize == g.vcpus.len()
-                };
-                if all {
-                    let interrupts_enabled = g.ctl.lock().halted_with_if;
-                    stop_guest(g, Cause::Guest(StopReason::Halted { interrupts_enabled }), After::Nothing, (vi as u32, rip));
-                }
+                g.ctl.lock().dead |= 1 << vi;
+            }
+            if let Some(interrupts_enabled) = stuck(g) {
+                stop_guest(g, Cause::Guest(StopReason::Halted { interrupts_enabled }), After::Nothing, (vi as u32, rip));
             }
         }
         SliceEnd::Stop(r) => stop_guest(g, Cause::Guest(r), After::Nothing, (vi as u32, rip)),
     }
+}
+
+/// Whether nothing can ever run the guest again: every vCPU is halted, with interrupts
+/// disabled or waiting for an interrupt that no source can send (`IrqChip::has_source`; no
+/// vCPU runs to send an IPI or reprogram a device). Returns whether any of them waits with
+/// interrupts enabled.
+fn stuck(g: &super::guest::Guest) -> Option<bool> {
+    let dead = g.ctl.lock().dead;
+    let chip = g.devices.irq.lock();
+    let mut any_waiting = false;
+    for v in 0..g.vcpus.len() {
+        if dead & (1 << v) != 0 {
+            continue;
+        }
+        if !g.waiting[v].load(Ordering::SeqCst) || chip.has_source(v) {
+            return None;
+        }
+        any_waiting = true;
+    }
+    Some(any_waiting)
 }
 
 /// Every CPU's main loop.

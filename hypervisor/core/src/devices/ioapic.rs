@@ -4,7 +4,7 @@
 //! [`IOAPIC_BASE`] with length [`IOAPIC_MMIO_LEN`] and forwards guest loads and stores there to
 //! its [`BusDevice`] implementation; device models drive the 24 inputs with
 //! [`IoApic::set_irq`]; the interrupt messages the chip sends wait in a queue that the
-//! (future) local APIC model empties with [`IoApic::take_messages`] or [`IoApic::pop_message`],
+//! interrupt router (`irq.rs`) empties with [`IoApic::take_messages`] or [`IoApic::pop_message`],
 //! and a broadcast EOI from a local APIC comes back through [`IoApic::eoi`]. Nothing here
 //! touches hardware, so all of it is tested on the host.
 //!

@@ -231,7 +231,9 @@
 //!
 //! # Left out
 //!
-//! - x2APIC (CPUID hides it) and the IA32_APIC_BASE MSR (relocation, hardware disable).
+//! - x2APIC (CPUID hides it) and the IA32_APIC_BASE MSR: the router (`irq.rs`) keeps the
+//!   enable bit, refuses relocation, and replaces the model with a fresh one on a hardware
+//!   disable.
 //! - INIT and STARTUP handling (11.4.7.3): the router resets or starts the vCPU.
 //! - LINT Remote IRR and level re-assertion: a level-triggered LINT0 fires on rising edges only.
 //! - Thermal, performance-counter and CMCI interrupts: their LVTs are stored, nothing raises them.

@@ -3,6 +3,7 @@ pub mod acpi_pm;
 pub mod bus;
 pub mod i8042;
 pub mod ioapic;
+pub mod irq;
 pub mod lapic;
 pub mod pic8259;
 pub mod pit8254;

@@ -621,6 +621,12 @@ impl Pic {
         self.update_cascade(false);
     }
 
+    /// Whether the master has completed its initialisation sequence (ICW1..ICW4): only then
+    /// can it ever interrupt the CPU.
+    pub fn is_initialised(&self) -> bool {
+        self.master.ready()
+    }
+
     /// True if an unmasked, not-in-service-blocked request exists on an initialised master
     /// (what the master's INT pin, the CPU's INTR, would show).
     pub fn has_interrupt(&self) -> bool {

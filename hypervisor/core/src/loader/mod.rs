@@ -369,10 +369,9 @@ pub fn prepare(cfg: &GuestConfig, kernel: &[u8], initrd: Option<&[u8]>) -> Resul
             let cmdline = cfg.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE);
             let plan = bzimage::plan(kernel, &hdr, initrd, cmdline, &map).map_err(LoadError::BzImage)?;
             // The ACPI tables: the FADT's PM block is how the guest powers off, and its PM
-            // timer a clock to calibrate against. No MADT until the vCPUs have local APICs
-            // (CPUID.1:EDX.APIC is clear): the guest keeps its interrupts on the 8259s.
-            let apic = acpi::AcpiConfig { madt: false, ..acpi::AcpiConfig::new(cfg.vcpus) };
-            let tables = acpi::build(&apic, ACPI_TABLES_GPA).map_err(LoadError::Acpi)?;
+            // timer a clock to calibrate against; the MADT lists a local APIC per vCPU, the
+            // I/O APIC and its overrides (`devices::irq` wires them as it says).
+            let tables = acpi::build(&acpi::AcpiConfig::new(cfg.vcpus), ACPI_TABLES_GPA).map_err(LoadError::Acpi)?;
             let mut writes = plan.writes;
             for w in &mut writes {
                 if let Write::Bytes { gpa: ZERO_PAGE_GPA, bytes } = w {
@@ -701,8 +700,8 @@ mod tests {
         };
         let tables = bytes_at(ACPI_TABLES_GPA).expect("ACPI tables written");
         assert_eq!(&tables[..8], b"RSD PTR ");
-        // No MADT: the vCPUs have no local APIC yet, and a MADT would send Linux looking for one.
-        assert!(tables.windows(4).any(|w| w == b"FACP") && !tables.windows(4).any(|w| w == b"APIC"));
+        // FADT and MADT ("APIC", ACPI 6.5 5.2.12): the guest finds its local and I/O APICs.
+        assert!(tables.windows(4).any(|w| w == b"FACP") && tables.windows(4).any(|w| w == b"APIC"));
         let at = bzimage::offsets::ACPI_RSDP_ADDR;
         let zp = bytes_at(ZERO_PAGE_GPA).unwrap();
         assert_eq!(u64::from_le_bytes(zp[at..at + 8].try_into().unwrap()), ACPI_TABLES_GPA);

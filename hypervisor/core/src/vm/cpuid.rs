@@ -2,9 +2,9 @@
 //! the hypervisor leaves.
 //!
 //! Policy: a guest must never be told about a feature whose use would fault or silently
-//! misbehave under Bastion. So VMX/SVM are hidden (no nested virtualization), as are the
-//! local APIC, MTRRs, machine-check and the power/thermal/perf-monitoring interfaces (none is
-//! virtualized yet). Leaf 1 ECX bit 31 and leaves 0x4000_0000+ say "you run on Bastion"
+//! misbehave under Bastion. So VMX/SVM are hidden (no nested virtualization), as are x2APIC
+//! and the TSC-deadline timer (the local APIC is an xAPIC: `devices::lapic`), MTRRs,
+//! machine-check and the power/thermal/perf-monitoring interfaces (none is virtualized yet). Leaf 1 ECX bit 31 and leaves 0x4000_0000+ say "you run on Bastion"
 //! (the convention Linux's `x86_hyper` detection and others follow).
 
 /// Leaf 0x4000_0000's EBX, ECX, EDX: the 12 bytes "Bastion\0\0\0\0\0".
@@ -83,7 +83,8 @@ pub fn guest_cpuid(
                 ecx |= bit::OSXSAVE;
             }
             ecx |= bit::HYPERVISOR;
-            let edx = edx & !(bit::MCE | bit::APIC | bit::MTRR | bit::MCA | bit::DS | bit::ACPI | bit::HTT | bit::TM | bit::PBE);
+            // The local APIC is Bastion's model, there whatever the host has.
+            let edx = (edx & !(bit::MCE | bit::MTRR | bit::MCA | bit::DS | bit::ACPI | bit::HTT | bit::TM | bit::PBE)) | bit::APIC;
             [eax, ebx, ecx, edx]
         }
         // MONITOR/MWAIT, thermal/power, perf monitoring, topology: not virtualized.
@@ -123,11 +124,19 @@ mod tests {
     }
 
     #[test]
-    fn leaf1_says_hypervisor_and_hides_vmx_apic_and_unvirtualized_features() {
+    fn leaf1_says_hypervisor_offers_an_xapic_and_hides_vmx_and_unvirtualized_features() {
         let [_, ebx, ecx, edx] = guest_cpuid(1, 0, 3, false, 2_000_000, host);
         assert_ne!(ecx & bit::HYPERVISOR, 0);
         assert_eq!(ecx & (bit::VMX | bit::SMX | bit::MONITOR | bit::X2APIC | bit::TSC_DEADLINE), 0);
-        assert_eq!(edx & (bit::APIC | bit::MTRR | bit::MCE | bit::MCA), 0);
+        assert_eq!(edx & (bit::MTRR | bit::MCE | bit::MCA), 0);
+        // SDM Vol. 2A CPUID leaf 1 EDX bit 9: an on-chip APIC, here an xAPIC without x2APIC.
+        assert_ne!(edx & bit::APIC, 0);
+        let no_apic_host = |l: u32, s: u32| {
+            let mut r = host(l, s);
+            r[3] &= !bit::APIC;
+            r
+        };
+        assert_ne!(guest_cpuid(1, 0, 0, false, 2_000_000, no_apic_host)[3] & bit::APIC, 0, "the model is there whatever the host has");
         assert_eq!(ebx >> 24, 3, "APIC ID is the vCPU id");
         assert_eq!(ecx & bit::OSXSAVE, 0, "OSXSAVE follows the guest's CR4, which is clear");
         assert_ne!(guest_cpuid(1, 0, 0, true, 2_000_000, host)[2] & bit::OSXSAVE, 0);

@@ -1,13 +1,15 @@
 //! The devices of one guest and the bus that reaches them: its 16550 at COM1 (the model lives
 //! in `crate::devices::uart16550`), the 8259 pair, the 8254 PIT (ports 0x40-0x43 and 0x61,
 //! counter 0 on IRQ 0), the test-exit port, and on the MMIO side the I/O APIC at its PC
-//! address.
+//! address and each vCPU's local APIC page (`crate::devices::irq` wires those three).
 //!
 //! Every device sits behind its own lock on a [`Bus`] of port and MMIO ranges (overlaps are
 //! refused when the guest is built), so two vCPUs touching different devices never contend.
-//! Interrupt lines are wires *between* devices, not calls from one into another: after an
-//! access, [`GuestDevices`] samples the UART's line and copies it to the PIC input, taking one
-//! device lock after the other, never two at once (so there is no lock order to get wrong).
+//! The interrupt controllers share one lock, the [`IrqChip`]'s, since each of their accesses
+//! can move interrupts between them. Interrupt lines are wires *between* devices, not calls
+//! from one into another: after an access, [`GuestDevices`] samples the devices' lines and
+//! copies them to the chip's ISA inputs, taking one device lock after the other, never two at
+//! once (so there is no lock order to get wrong).
 //! The exit handler reaches all of it through the [`DeviceIo`] trait, so the kernel can add
 //! its console plumbing and wake-ups, and tests can use the devices directly.
 
@@ -15,8 +17,7 @@ pub use crate::devices::bus::IoOutcome;
 use crate::devices::acpi_pm::{AcpiPm, PmDevice, PM_BASE, PM_LEN};
 use crate::devices::bus::{Bus, BusDevice, DeviceHandle, Space};
 use crate::devices::i8042::{I8042Port, I8042, KEYBOARD_IRQ};
-use crate::devices::ioapic::IoApic;
-use crate::devices::pic8259::Pic;
+use crate::devices::irq::IrqChip;
 use crate::devices::pit8254::Pit;
 use crate::devices::rtc::Rtc;
 use crate::devices::uart16550::Uart16550;
@@ -60,6 +61,14 @@ pub trait DeviceIo {
     }
     /// Writes device memory at `gpa`; `false` as for [`mmio_read`](Self::mmio_read).
     fn mmio_write(&mut self, _gpa: u64, _data: &[u8]) -> bool {
+        false
+    }
+    /// The accessing vCPU's IA32_APIC_BASE; `None` where there is no local APIC (RDMSR #GP).
+    fn apic_base(&mut self) -> Option<u64> {
+        None
+    }
+    /// WRMSR IA32_APIC_BASE by the accessing vCPU; `false` means #GP.
+    fn set_apic_base(&mut self, _value: u64) -> bool {
         false
     }
 }
@@ -122,12 +131,31 @@ trait PortDevice {
     fn write_port(&mut self, port: u16, value: u8);
 }
 
-impl PortDevice for Pic {
+/// The chip's PIC pair answers the 8259 ports.
+impl PortDevice for IrqChip {
     fn read_port(&mut self, port: u16) -> u8 {
-        self.read(port)
+        self.pic.read(port)
     }
     fn write_port(&mut self, port: u16, value: u8) {
-        self.write(port, value)
+        self.pic.write(port, value)
+    }
+}
+
+/// The I/O APIC's register window: an access can send messages (an unmasked entry whose line
+/// is asserted, an EOI register write), which reach the local APICs before the lock is let go.
+struct IoApicWindow(Arc<Mutex<IrqChip>>);
+
+impl BusDevice for IoApicWindow {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let mut chip = self.0.lock();
+        chip.ioapic.read(offset, data);
+        chip.route();
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) -> IoOutcome {
+        let mut chip = self.0.lock();
+        let outcome = chip.ioapic.write(offset, data);
+        chip.route();
+        outcome
     }
 }
 
@@ -199,11 +227,11 @@ impl BusDevice for TestExit {
 pub struct GuestDevices {
     pub bus: Bus,
     pub uart: Arc<Mutex<Uart16550>>,
-    pub pic: Arc<Mutex<Pic>>,
+    /// The 8259 pair, the I/O APIC and every vCPU's local APIC.
+    pub irq: Arc<Mutex<IrqChip>>,
     pub pit: Arc<Mutex<PitDevice>>,
     pub rtc: Arc<Mutex<RtcDevice>>,
     pub i8042: Arc<Mutex<I8042>>,
-    pub ioapic: Arc<Mutex<IoApic>>,
     /// ACPI PM1 event/control blocks and PM timer (what the FADT of `loader::acpi` names).
     pub pm: Arc<Mutex<PmDevice>>,
     /// The Unix time in seconds now, for the RTC at power-on.
@@ -227,29 +255,28 @@ fn ports<D: PortDevice + Send + 'static>(base: u16, dev: &Arc<Mutex<D>>) -> Devi
 }
 
 impl GuestDevices {
-    /// A PC's devices at their usual places, whose time comes from `clock`; the RTC shows
-    /// 1970 at power-on.
+    /// A one-vCPU PC's devices at their usual places, whose time comes from `clock`; the RTC
+    /// shows 1970 at power-on.
     pub fn with_clock(clock: Clock) -> Self {
-        GuestDevices::new(clock, no_clock)
+        GuestDevices::new(clock, no_clock, 1)
     }
 
-    /// A PC's devices at their usual places: time-driven ones run on `clock` (ns), and the
-    /// RTC starts at the Unix time `wall` gives (seconds).
-    pub fn new(clock: Clock, wall: Clock) -> Self {
+    /// The devices of a PC with `vcpus` vCPUs at their usual places: time-driven ones run on
+    /// `clock` (ns), and the RTC starts at the Unix time `wall` gives (seconds).
+    pub fn new(clock: Clock, wall: Clock, vcpus: usize) -> Self {
         let uart = Arc::new(Mutex::new(Uart16550::default()));
-        let pic = Arc::new(Mutex::new(Pic::default()));
+        let irq = Arc::new(Mutex::new(IrqChip::new(vcpus, clock)));
         let pit = Arc::new(Mutex::new(PitDevice { pit: Pit::new(), clock }));
-        let ioapic = Arc::new(Mutex::new(IoApic::default()));
         let rtc = Arc::new(Mutex::new(RtcDevice { rtc: Rtc::new(wall(), clock()), clock }));
         let i8042 = Arc::new(Mutex::new(I8042::default()));
         let pm = Arc::new(Mutex::new(PmDevice { pm: AcpiPm::new(clock()), clock }));
         let mut bus = Bus::new();
-        let ioapic_dev: DeviceHandle = ioapic.clone();
+        let ioapic_dev = crate::devices::bus::handle(IoApicWindow(irq.clone()));
         let pm_dev: DeviceHandle = pm.clone();
         let map: [(Space, u64, u64, DeviceHandle); 11] = [
             (Space::Port, COM1 as u64, 8, ports(COM1, &uart)),
-            (Space::Port, 0x20, 2, ports(0x20, &pic)),
-            (Space::Port, 0xa0, 2, ports(0xa0, &pic)),
+            (Space::Port, 0x20, 2, ports(0x20, &irq)),
+            (Space::Port, 0xa0, 2, ports(0xa0, &irq)),
             (Space::Port, *PIT_PORTS.start() as u64, 4, ports(*PIT_PORTS.start(), &pit)),
             (Space::Port, PORT_B as u64, 1, ports(PORT_B, &pit)),
             (Space::Port, TEST_EXIT_PORT as u64, 4, crate::devices::bus::handle(TestExit)),
@@ -257,47 +284,46 @@ impl GuestDevices {
             (Space::Port, 0x60, 1, crate::devices::bus::handle(I8042Port { dev: i8042.clone(), command: false })),
             (Space::Port, 0x64, 1, crate::devices::bus::handle(I8042Port { dev: i8042.clone(), command: true })),
             (Space::Port, PM_BASE as u64, PM_LEN as u64, pm_dev),
-            // The I/O APIC's registers; its interrupt inputs are not wired yet (nothing would
-            // receive its messages before there is a local APIC). The LAPIC page stays
-            // unclaimed until that model arrives: it floats like the rest of the hole.
+            // The I/O APIC's registers. The local APIC page is not on the bus: each vCPU sees
+            // its own there, so the access path asks the chip first (`lapic_mmio`).
             (Space::Mmio, IOAPIC_BASE, IOAPIC_SIZE, ioapic_dev),
         ];
         for (space, base, len, dev) in map {
             // The layout is fixed here; a clash is a programming error that the tests catch.
             bus.insert(space, base, len, dev).expect("the PC device layout has no overlaps");
         }
-        GuestDevices { bus, uart, pic, pit, rtc, i8042, ioapic, pm, wall }
+        GuestDevices { bus, uart, irq, pit, rtc, i8042, pm, wall }
     }
 
     /// Puts every device back in its power-on state (a guest reset), keeping the bus.
     pub fn reset(&self) {
         *self.uart.lock() = Uart16550::default();
-        *self.pic.lock() = Pic::default();
+        self.irq.lock().reset();
         self.pit.lock().pit = Pit::new();
         {
             let mut r = self.rtc.lock();
             r.rtc = Rtc::new((self.wall)(), (r.clock)());
         }
         *self.i8042.lock() = I8042::default();
-        *self.ioapic.lock() = IoApic::default();
         {
             let mut p = self.pm.lock();
             p.pm = AcpiPm::new((p.clock)());
         }
     }
 
-    /// Copies device interrupt lines to the PIC inputs; called after anything that may change
-    /// a line (a register access, host input). Returns the PIC, locked, so the caller can act
-    /// on its new state (wake a vCPU) before anyone else changes it.
-    pub fn update_irqs(&self) -> MutexGuard<'_, Pic> {
+    /// Copies device interrupt lines to the chip's ISA inputs (PIC and I/O APIC); called after
+    /// anything that may change a line (a register access, host input). Returns the chip,
+    /// locked, so the caller can act on its new state (wake a vCPU) before anyone else changes
+    /// it.
+    pub fn update_irqs(&self) -> MutexGuard<'_, IrqChip> {
         let line = self.uart.lock().interrupt_line();
         let rtc = self.rtc_line();
         let kbd = self.i8042.lock().interrupt_line();
-        let mut pic = self.pic.lock();
-        pic.set_irq(UART_IRQ, line);
-        pic.set_irq(KEYBOARD_IRQ, kbd);
-        pic.set_irq(RTC_IRQ, rtc);
-        pic
+        let mut chip = self.irq.lock();
+        chip.set_isa_irq(UART_IRQ, line);
+        chip.set_isa_irq(KEYBOARD_IRQ, kbd);
+        chip.set_isa_irq(RTC_IRQ, rtc);
+        chip
     }
 
     fn rtc_line(&self) -> bool {
@@ -307,33 +333,42 @@ impl GuestDevices {
 
     /// Brings time-driven devices up to `now`: each rising edge of PIT OUT0 since the last call
     /// becomes one edge on IRQ 0 (several missed periods fold into one interrupt, as a PC's
-    /// edge-triggered 8259 would see them). Call before a vCPU that takes the PIC's output
-    /// enters the guest, and when its timer deadline has passed. Returns the PIC, locked.
-    pub fn advance(&self, now: u64) -> MutexGuard<'_, Pic> {
+    /// edge-triggered 8259 and I/O APIC input would see them), and local APIC timers due by
+    /// then fire. Call before a vCPU enters the guest, and when its timer deadline has passed.
+    /// Returns the chip, locked.
+    pub fn advance(&self, now: u64) -> MutexGuard<'_, IrqChip> {
         let edges = self.pit.lock().pit.irq0_edges(now);
         let rtc = {
             let r = self.rtc.lock();
             r.rtc.interrupt_line(now)
         };
-        let mut pic = self.pic.lock();
+        let mut chip = self.irq.lock();
         // The RTC's IRQ 8 is a level the chip holds until register C is read ("Register C").
-        pic.set_irq(RTC_IRQ, rtc);
+        chip.set_isa_irq(RTC_IRQ, rtc);
         if edges > 0 {
-            // Lower, then raise: the 8259 latches a rising edge (8259A datasheet, edge mode).
-            pic.set_irq(PIT_IRQ, false);
-            pic.set_irq(PIT_IRQ, true);
+            chip.pulse_isa_irq(PIT_IRQ);
         }
-        pic
+        chip.advance(now);
+        chip
     }
 
-    /// When the next time-driven interrupt is due (PIT IRQ 0, RTC IRQ 8), if any: a vCPU
-    /// halted with interrupts enabled may sleep until then.
+    /// When the next time-driven interrupt of the platform is due (PIT IRQ 0, RTC IRQ 8), if
+    /// any: a vCPU halted with interrupts enabled may sleep until then.
     pub fn next_deadline(&self, now: u64) -> Option<u64> {
         let pit = self.pit.lock().pit.next_irq0_deadline(now);
         let rtc = self.rtc.lock().rtc.next_deadline(now);
-        match (pit, rtc) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        earliest(pit, rtc)
+    }
+
+    /// When the next timer interrupt for vCPU `vcpu` is due: its local APIC timer, and for
+    /// vCPU 0 also the platform's timers (their interrupts reach whichever vCPU the guest
+    /// routes them to; vCPU 0 brings them up to date, and wakes the target when they fire).
+    pub fn next_deadline_for(&self, vcpu: usize, now: u64) -> Option<u64> {
+        let lapic = self.irq.lock().next_deadline(vcpu, now);
+        if vcpu == 0 {
+            earliest(lapic, self.next_deadline(now))
+        } else {
+            lapic
         }
     }
 
@@ -342,6 +377,39 @@ impl GuestDevices {
         let n = self.uart.lock().receive(bytes);
         drop(self.update_irqs());
         n
+    }
+
+    /// A load from device memory by vCPU `vcpu`: its local APIC page, or the bus. `false`
+    /// when `gpa` is no device space at all.
+    pub fn mmio_read_by(&self, vcpu: usize, gpa: u64, data: &mut [u8]) -> bool {
+        if !Self::is_device_space(gpa) {
+            return false;
+        }
+        {
+            let mut chip = self.irq.lock();
+            if chip.claims(vcpu, gpa) {
+                chip.lapic_read(vcpu, gpa, data);
+                return true;
+            }
+        }
+        self.bus.read(Space::Mmio, gpa, data);
+        true
+    }
+
+    /// A store to device memory by vCPU `vcpu`, as [`mmio_read_by`](Self::mmio_read_by).
+    pub fn mmio_write_by(&self, vcpu: usize, gpa: u64, data: &[u8]) -> bool {
+        if !Self::is_device_space(gpa) {
+            return false;
+        }
+        {
+            let mut chip = self.irq.lock();
+            if chip.claims(vcpu, gpa) {
+                chip.lapic_write(vcpu, gpa, data);
+                return true;
+            }
+        }
+        self.bus.write(Space::Mmio, gpa, data);
+        true
     }
 
     /// Whether `gpa` is device space: the MMIO hole below 4 GiB, where the PC's devices live.
@@ -381,22 +449,32 @@ impl DeviceIo for GuestDevices {
         o
     }
 
+    /// Device memory as vCPU 0 sees it (tests of single-vCPU guests).
     fn mmio_read(&mut self, gpa: u64, data: &mut [u8]) -> bool {
-        if !Self::is_device_space(gpa) {
-            return false;
-        }
-        self.bus.read(Space::Mmio, gpa, data);
+        let ok = self.mmio_read_by(0, gpa, data);
         drop(self.update_irqs());
-        true
+        ok
     }
 
     fn mmio_write(&mut self, gpa: u64, data: &[u8]) -> bool {
-        if !Self::is_device_space(gpa) {
-            return false;
-        }
-        self.bus.write(Space::Mmio, gpa, data);
+        let ok = self.mmio_write_by(0, gpa, data);
         drop(self.update_irqs());
-        true
+        ok
+    }
+
+    fn apic_base(&mut self) -> Option<u64> {
+        Some(self.irq.lock().apic_base(0))
+    }
+
+    fn set_apic_base(&mut self, value: u64) -> bool {
+        self.irq.lock().set_apic_base(0, value).is_ok()
+    }
+}
+
+fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -448,15 +526,15 @@ mod tests {
         // UART: receive interrupts on, OUT2 gates the line to the PIC.
         d.io_write(COM1 + 1, 1, 0x01);
         d.io_write(COM1 + 4, 1, 0x0b);
-        assert!(!d.pic.lock().has_interrupt());
+        assert!(!d.irq.lock().pic.has_interrupt());
         assert_eq!(d.receive_input(b"x"), 1);
-        assert!(d.pic.lock().has_interrupt());
-        assert_eq!(d.pic.lock().acknowledge(), Some(0x24));
+        assert!(d.irq.lock().pic.has_interrupt());
+        assert_eq!(d.irq.lock().pic.acknowledge(), Some(0x24));
         assert_eq!(d.io_read(COM1, 1), b'x' as u32);
         d.io_write(0x20, 1, 0x20); // EOI
-        assert!(!d.pic.lock().has_interrupt(), "the line dropped when the byte was read");
+        assert!(!d.irq.lock().pic.has_interrupt(), "the line dropped when the byte was read");
         d.receive_input(b"y");
-        assert_eq!(d.pic.lock().acknowledge(), Some(0x24), "the next byte interrupts again");
+        assert_eq!(d.irq.lock().pic.acknowledge(), Some(0x24), "the next byte interrupts again");
     }
 
     /// A clock the PIT tests move by hand.
@@ -484,14 +562,14 @@ mod tests {
         let period = deadline - now;
         assert!((9_990_000..=10_010_000).contains(&period), "{period}");
         d.advance(deadline - 1);
-        assert!(!d.pic.lock().has_interrupt(), "no tick before the deadline");
+        assert!(!d.irq.lock().pic.has_interrupt(), "no tick before the deadline");
         d.advance(deadline);
-        assert!(d.pic.lock().has_interrupt());
-        assert_eq!(d.pic.lock().acknowledge(), Some(0x20), "IRQ 0 at the master's base vector");
+        assert!(d.irq.lock().pic.has_interrupt());
+        assert_eq!(d.irq.lock().pic.acknowledge(), Some(0x20), "IRQ 0 at the master's base vector");
         d.io_write(0x20, 1, 0x20);
         // Three periods late: one interrupt for all of them, and the next deadline is ahead.
         d.advance(deadline + 3 * period + 5);
-        assert_eq!(d.pic.lock().acknowledge(), Some(0x20));
+        assert_eq!(d.irq.lock().pic.acknowledge(), Some(0x20));
         d.io_write(0x20, 1, 0x20);
         assert!(d.next_deadline(deadline + 3 * period + 5).unwrap() > deadline + 3 * period + 5);
     }
@@ -556,6 +634,68 @@ mod tests {
     }
 
     #[test]
+    fn the_local_apic_page_answers_in_the_hole_for_the_accessing_vcpu() {
+        // SDM 11.4.1: the APIC registers at 0xFEE0_0000; ID in bits 31:24 of offset 0x20,
+        // version at 0x30 (11.4.8).
+        let d = GuestDevices::new(no_clock, no_clock, 2);
+        let read = |v: usize, off: u64| {
+            let mut b = [0u8; 4];
+            assert!(d.mmio_read_by(v, crate::vm::memmap::LAPIC_BASE + off, &mut b));
+            u32::from_le_bytes(b)
+        };
+        assert_eq!((read(0, 0x20) >> 24, read(1, 0x20) >> 24), (0, 1));
+        assert_eq!(read(1, 0x30), crate::devices::lapic::LAPIC_VERSION);
+        // A vCPU whose APIC is disabled (IA32_APIC_BASE.EN clear) finds the floating hole.
+        d.irq.lock().set_apic_base(1, 0xfee0_0000).unwrap();
+        assert_eq!(read(1, 0x30), 0xffff_ffff);
+    }
+
+    #[test]
+    fn the_uart_interrupt_reaches_the_local_apic_through_io_apic_pin_4() {
+        // Linux in APIC mode: LINT0 masked, ISA IRQ 4 on pin 4 edge/high, fixed, to APIC 0.
+        let mut d = GuestDevices::default();
+        assert!(d.mmio_write(LAPIC_BASE_FOR_TESTS + 0x350, &0x0001_0700u32.to_le_bytes()));
+        assert!(d.mmio_write(IOAPIC_BASE, &[0x10 + 2 * 4 + 1, 0, 0, 0]));
+        assert!(d.mmio_write(IOAPIC_BASE + 0x10, &0u32.to_le_bytes()));
+        assert!(d.mmio_write(IOAPIC_BASE, &[0x10 + 2 * 4, 0, 0, 0]));
+        assert!(d.mmio_write(IOAPIC_BASE + 0x10, &0x34u32.to_le_bytes()));
+        d.io_write(COM1 + 1, 1, 0x01);
+        d.io_write(COM1 + 4, 1, 0x0b);
+        assert!(!d.irq.lock().has_interrupt(0));
+        d.receive_input(b"x");
+        assert_eq!(d.irq.lock().acknowledge(0), Some(0x34));
+        // EOI through the page (11.8.5), the byte read: the line drops, nothing is pending.
+        assert!(d.mmio_write(LAPIC_BASE_FOR_TESTS + 0xb0, &0u32.to_le_bytes()));
+        assert_eq!(d.io_read(COM1, 1), b'x' as u32);
+        assert!(!d.irq.lock().has_interrupt(0));
+        d.receive_input(b"y");
+        assert_eq!(d.irq.lock().acknowledge(0), Some(0x34), "the next byte's edge sends again");
+    }
+
+    const LAPIC_BASE_FOR_TESTS: u64 = crate::vm::memmap::LAPIC_BASE;
+
+    #[test]
+    fn a_vcpus_timer_deadline_is_its_lapic_timer_and_for_vcpu_0_also_the_platforms() {
+        MY_NOW.with(|n| n.set(1_000));
+        let d = GuestDevices::new(my_clock, no_clock, 2);
+        assert_eq!((d.next_deadline_for(0, 1_000), d.next_deadline_for(1, 1_000)), (None, None));
+        let w = |v: usize, off: u64, val: u32| assert!(d.mmio_write_by(v, LAPIC_BASE_FOR_TESTS + off, &val.to_le_bytes()));
+        // LAPIC timer of vCPU 1: divide by 1, vector 0x40, 10 us at the 1 GHz bus (11.5.4).
+        w(1, 0x3e0, 0b1011);
+        w(1, 0x320, 0x40);
+        w(1, 0x380, 10_000);
+        assert_eq!((d.next_deadline_for(0, 1_000), d.next_deadline_for(1, 1_000)), (None, Some(11_000)));
+        // The PIT (counter 0, mode 2, count 2: 1.68 us) is vCPU 0's to bring up to date.
+        d.port_write(0x43, 1, 0x34);
+        d.port_write(0x40, 1, 2);
+        d.port_write(0x40, 1, 0);
+        let pit = d.next_deadline_for(0, 1_000).expect("the PIT runs");
+        assert!(pit < 11_000 && d.next_deadline_for(1, 1_000) == Some(11_000));
+        drop(d.advance(11_000));
+        assert!(d.irq.lock().has_interrupt(1));
+    }
+
+    #[test]
     fn reset_returns_devices_to_power_on_but_keeps_the_bus() {
         let mut d = GuestDevices::default();
         d.io_write(COM1 + 7, 1, 0x5a); // scratch register
@@ -609,7 +749,7 @@ mod tests {
 
     #[test]
     fn the_rtc_shows_the_wall_clock_it_was_given_at_ports_0x70_and_0x71() {
-        let mut d = GuestDevices::new(at_5ms, wall_2026);
+        let mut d = GuestDevices::new(at_5ms, wall_2026, 1);
         // Register B as a PC BIOS leaves it: BCD, 24-hour ("Register B").
         let reg = |d: &mut GuestDevices, i: u32| {
             d.io_write(0x70, 1, i);
@@ -621,7 +761,7 @@ mod tests {
 
     #[test]
     fn the_rtc_periodic_interrupt_reaches_the_slave_pic_as_irq8_with_a_deadline() {
-        let mut d = GuestDevices::new(at_1s, wall_2026);
+        let mut d = GuestDevices::new(at_1s, wall_2026, 1);
         for (p, v) in [(0x20, 0x11), (0x21, 0x20), (0x21, 0x04), (0x21, 0x01), (0xa0, 0x11), (0xa1, 0x28), (0xa1, 0x02), (0xa1, 0x01)] {
             d.io_write(p, 1, v);
         }
@@ -636,7 +776,7 @@ mod tests {
         let at = d.next_deadline(now).expect("a periodic interrupt has a deadline");
         assert!(at - now <= 976_563, "{} ns to the next 1024 Hz tick", at - now);
         drop(d.advance(at));
-        assert_eq!(d.pic.lock().acknowledge(), Some(0x28), "IRQ 8 at the slave's base vector");
+        assert_eq!(d.irq.lock().pic.acknowledge(), Some(0x28), "IRQ 8 at the slave's base vector");
     }
 
     #[test]
@@ -647,9 +787,9 @@ mod tests {
         assert_eq!(d.io_write(0x64, 1, 0xfe), IoOutcome::Reset);
     }
 
-    /// What Linux's ACPI power-off does at the end (`acpi_hw_legacy_sleep`): write SLP_TYP,
-    /// then SLP_TYP | SLP_EN, as 16-bit writes to PM1a_CNT; the PM timer runs on the guest's
-    /// clock; a reset restarts it.
+    // What Linux's ACPI power-off does at the end (`acpi_hw_legacy_sleep`): write SLP_TYP,
+    // then SLP_TYP | SLP_EN, as 16-bit writes to PM1a_CNT; the PM timer runs on the guest's
+    // clock; a reset restarts it.
     std::thread_local! {
         /// A clock of this test thread's own (tests run in parallel).
         static MY_NOW: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };

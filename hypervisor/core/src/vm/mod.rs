@@ -340,6 +340,12 @@ pub trait Vcpu {
     /// Asks for an `Exit::InterruptWindow` as soon as the guest can take an interrupt (or stops
     /// asking).
     fn request_interrupt_window(&mut self, on: bool);
+    /// The task priority as MOV to CR8 left it, in the local APIC's TPR format (CR8[3:0] is
+    /// TPR[7:4], SDM Vol. 3A 11.8.6.1): VMX keeps it in the virtual-APIC page (TPR shadow),
+    /// SVM in V_TPR, so the guest's CR8 never reaches the host's.
+    fn cr8_tpr(&self) -> u8;
+    /// Loads the task priority the guest's CR8 shows from the local APIC's TPR.
+    fn set_cr8_tpr(&mut self, tpr: u8);
 }
 
 /// What the handler needs of the host CPU. The kernel answers with real instructions; tests
@@ -366,7 +372,8 @@ pub enum StopReason {
     Reboot,
     /// The guest powered its machine off (ACPI S5).
     PowerOff,
-    /// Every vCPU halted with nothing that could ever wake it.
+    /// Every vCPU halted with nothing that could ever wake it (`interrupts_enabled`: some
+    /// waited with RFLAGS.IF set, for an interrupt no source can send).
     Halted { interrupts_enabled: bool },
     TripleFault,
     /// Access to guest-physical memory that is neither RAM nor a device.
@@ -385,7 +392,7 @@ impl fmt::Display for StopReason {
             StopReason::PowerOff => write!(f, "powered off by the guest (ACPI S5)"),
             StopReason::Halted { interrupts_enabled: false } => write!(f, "halted with interrupts disabled"),
             StopReason::Halted { interrupts_enabled: true } => {
-                write!(f, "halted waiting for an interrupt, and no interrupt source exists yet")
+                write!(f, "halted waiting for an interrupt that no source can send")
             }
             StopReason::TripleFault => write!(f, "triple fault (shutdown)"),
             StopReason::BadAccess { gpa, write, fetch } => write!(
@@ -434,12 +441,11 @@ impl VcpuState {
     }
 }
 
-/// Delivers the PIC's pending interrupt if the vCPU can take it now, or asks for an exit as
-/// soon as it can (interrupt window). Call before every entry of the vCPU the PIC's output is
-/// wired to (vCPU 0: on a PC the 8259 INTR pin reaches the boot processor). Returns whether an
-/// interrupt was injected.
-pub fn deliver_interrupt(cpu: &mut dyn Vcpu, pic: &mut crate::devices::pic8259::Pic) -> bool {
-    if !pic.has_interrupt() {
+/// Delivers vCPU `v`'s pending external interrupt (its local APIC's, or the PIC's through
+/// LINT0) if the vCPU can take it now, or asks for an exit as soon as it can (interrupt
+/// window). Call before every entry. Returns whether an interrupt was injected.
+pub fn deliver_interrupt(cpu: &mut dyn Vcpu, chip: &mut crate::devices::irq::IrqChip, v: usize) -> bool {
+    if !chip.has_interrupt(v) {
         cpu.request_interrupt_window(false);
         return false;
     }
@@ -448,7 +454,7 @@ pub fn deliver_interrupt(cpu: &mut dyn Vcpu, pic: &mut crate::devices::pic8259::
         return false;
     }
     cpu.request_interrupt_window(false);
-    match pic.acknowledge() {
+    match chip.acknowledge(v) {
         Some(vector) => {
             cpu.inject_interrupt(vector);
             true
@@ -517,6 +523,7 @@ pub fn handle_exit(e: &VmExit, cpu: &mut dyn Vcpu, g: &mut VcpuState, env: &mut 
                 MsrResult::KvmClock if g.tsc_khz == 0 => None,
                 MsrResult::KvmClock if msr == pvclock::MSR_SYSTEM_TIME_NEW => Some(g.msrs.kvm_system_time),
                 MsrResult::KvmClock => Some(g.msrs.kvm_wall_clock),
+                MsrResult::ApicBase => env.io.apic_base(),
                 MsrResult::Done | MsrResult::Fault => None,
             };
             match value {
@@ -548,7 +555,8 @@ pub fn handle_exit(e: &VmExit, cpu: &mut dyn Vcpu, g: &mut VcpuState, env: &mut 
                     kvm_clock_write(msr, value, cpu, g, env);
                     Ok(())
                 }
-                MsrResult::Fault => Err(Fault::Gp),
+                MsrResult::ApicBase if env.io.set_apic_base(value) => Ok(()),
+                MsrResult::Fault | MsrResult::ApicBase => Err(Fault::Gp),
             };
             match outcome {
                 Ok(()) => complete(cpu, e),

@@ -27,6 +27,7 @@ struct FakeCpu {
     window_open: bool,
     window_requested: bool,
     interrupts: Vec<u8>,
+    tpr: u8,
 }
 
 impl Vcpu for FakeCpu {
@@ -57,6 +58,12 @@ impl Vcpu for FakeCpu {
     }
     fn cpl(&self) -> u8 {
         self.cpl
+    }
+    fn cr8_tpr(&self) -> u8 {
+        self.tpr
+    }
+    fn set_cr8_tpr(&mut self, tpr: u8) {
+        self.tpr = tpr;
     }
     fn mode(&self) -> ModeView {
         ModeView { cr0: self.cr0, cr3: self.cr3, cr4: self.cr4, efer: self.efer, cs_l: self.cs_l }
@@ -202,6 +209,12 @@ impl DeviceIo for DrainingIo<'_> {
     fn mmio_write(&mut self, gpa: u64, data: &[u8]) -> bool {
         self.devices.mmio_write(gpa, data)
     }
+    fn apic_base(&mut self) -> Option<u64> {
+        self.devices.apic_base()
+    }
+    fn set_apic_base(&mut self, value: u64) -> bool {
+        self.devices.set_apic_base(value)
+    }
 }
 
 fn guest() -> Guest {
@@ -244,6 +257,27 @@ fn emulated_msr_reads_split_into_edx_eax() {
     run(Exit::Rdmsr, &mut cpu, &mut g);
     assert_eq!((cpu.gprs.rdx, cpu.gprs.rax), (0xabcd, 0x2345_6789), "WRMSR takes EDX:EAX, upper halves ignored");
     assert_eq!(cpu.skipped, 2);
+}
+
+/// SDM Vol. 3A 11.4.4: IA32_APIC_BASE holds the base, BSP (bit 8) and EN (bit 11); Bastion
+/// keeps the base fixed, so a relocation faults rather than silently not moving the page.
+#[test]
+fn apic_base_msr_reads_base_bsp_and_enable_and_faults_on_relocation() {
+    let (mut cpu, mut g) = (FakeCpu::default(), guest());
+    cpu.cr0 = 1;
+    cpu.gprs.rcx = crate::devices::irq::MSR_APIC_BASE as u64;
+    run(Exit::Rdmsr, &mut cpu, &mut g);
+    assert_eq!((cpu.gprs.rdx, cpu.gprs.rax), (0, 0xfee0_0900));
+    assert_eq!(cpu.skipped, 1);
+    cpu.gprs.rax = 0xfed0_0900;
+    run(Exit::Wrmsr, &mut cpu, &mut g);
+    assert_eq!(cpu.injected, [(GP, Some(0))]);
+    assert_eq!(cpu.skipped, 1, "the faulting WRMSR is not skipped");
+    // Clearing EN turns the APIC off: the PIC's INTR goes to the CPU directly.
+    cpu.gprs.rax = 0xfee0_0100;
+    run(Exit::Wrmsr, &mut cpu, &mut g);
+    assert_eq!(cpu.skipped, 2);
+    assert_eq!(g.devices.irq.lock().apic_base(0), 0xfee0_0100);
 }
 
 #[test]
@@ -382,26 +416,43 @@ fn interrupt_window_exit_stops_asking_and_resumes() {
 
 #[test]
 fn pending_pic_interrupt_is_injected_only_through_an_open_window() {
-    use crate::devices::pic8259::Pic;
-    let mut pic = Pic::new();
+    use crate::devices::irq::IrqChip;
+    let mut chip = IrqChip::new(2, || 0);
     let mut cpu = FakeCpu::default();
-    assert!(!deliver_interrupt(&mut cpu, &mut pic), "nothing pending");
+    assert!(!deliver_interrupt(&mut cpu, &mut chip, 0), "nothing pending");
     assert!(!cpu.window_requested);
     for (p, v) in [(0x20, 0x11), (0x21, 0x20), (0x21, 0x04), (0x21, 0x01), (0x21, 0xef)] {
-        pic.write(p, v);
+        chip.pic.write(p, v);
     }
-    pic.set_irq(4, true);
+    chip.set_isa_irq(4, true);
+    // The PIC's INTR reaches the boot processor only (LINT0 ExtINT, virtual wire).
+    assert!(!deliver_interrupt(&mut cpu, &mut chip, 1));
+    assert!(!cpu.window_requested);
     // Interrupts off in the guest: ask for a window, inject nothing.
-    assert!(!deliver_interrupt(&mut cpu, &mut pic));
+    assert!(!deliver_interrupt(&mut cpu, &mut chip, 0));
     assert!(cpu.window_requested && cpu.interrupts.is_empty());
     // Window open: the vector goes in and the request is withdrawn.
     cpu.window_open = true;
-    assert!(deliver_interrupt(&mut cpu, &mut pic));
+    assert!(deliver_interrupt(&mut cpu, &mut chip, 0));
     assert_eq!(cpu.interrupts, [0x24]);
     assert!(!cpu.window_requested);
     // In service until EOI: nothing more to deliver.
-    assert!(!deliver_interrupt(&mut cpu, &mut pic));
+    assert!(!deliver_interrupt(&mut cpu, &mut chip, 0));
     assert_eq!(cpu.interrupts.len(), 1);
+}
+
+/// SDM 11.6.1: a fixed IPI lands in the target's IRR and is injected on the target's entry.
+#[test]
+fn a_local_apic_interrupt_is_injected_into_its_own_vcpu() {
+    use crate::devices::irq::IrqChip;
+    use crate::devices::lapic::{LAPIC_BASE, REG_ICR_HIGH, REG_ICR_LOW};
+    let mut chip = IrqChip::new(2, || 0);
+    chip.lapic_write(0, LAPIC_BASE + REG_ICR_HIGH, &(1u32 << 24).to_le_bytes());
+    chip.lapic_write(0, LAPIC_BASE + REG_ICR_LOW, &0x61u32.to_le_bytes());
+    let mut cpu = FakeCpu { window_open: true, ..FakeCpu::default() };
+    assert!(!deliver_interrupt(&mut cpu, &mut chip, 0));
+    assert!(deliver_interrupt(&mut cpu, &mut chip, 1));
+    assert_eq!(cpu.interrupts, [0x61]);
 }
 
 #[test]
@@ -825,7 +876,7 @@ mod mmio_exits {
     }
 
     fn ioapic_reg(g: &Guest, index: u8) -> u32 {
-        g.devices.ioapic.lock().read_register(index)
+        g.devices.irq.lock().ioapic.read_register(index)
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Test guest `smphalt`: every vCPU halts for good, vCPU 0 with interrupts disabled and the
-//! others with interrupts enabled but no interrupt routed to them (a vCPU other than 0 has
-//! no interrupt source yet). Bastion must see that nothing can ever wake the guest and report
-//! it halted, whatever mix of RFLAGS.IF its vCPUs halted with.
+//! others with interrupts enabled but no interrupt routed to them (their local APIC timers are
+//! off, no I/O APIC entry names them, their LINT0 is masked, and no vCPU is left to send an
+//! IPI). Bastion must see that nothing can ever wake the guest and report it halted, whatever
+//! mix of RFLAGS.IF its vCPUs halted with.
 //!
 //! Output: `smphalt: vcpu <n> halting` per vCPU; it never exits by itself.
 #![no_std]

@@ -523,4 +523,14 @@ impl Vcpu for SvmVcpu {
             self.vmcb.write(INTERCEPT_MISC1, misc & !InterceptMisc1::VINTR.bits());
         }
     }
+    fn cr8_tpr(&self) -> u8 {
+        // V_TPR, INT_CTL bits 3:0: what the guest's MOV CR8 reads and writes with
+        // V_INTR_MASKING set (APM 15.21.4); the TPR's priority class.
+        let ctl: u32 = self.vmcb.read(INT_CTL);
+        ((ctl & 0xf) << 4) as u8
+    }
+    fn set_cr8_tpr(&mut self, tpr: u8) {
+        let ctl: u32 = self.vmcb.read(INT_CTL);
+        self.vmcb.write(INT_CTL, (ctl & !0xf) | u32::from(tpr >> 4));
+    }
 }

@@ -827,4 +827,14 @@ impl Vcpu for VmxVcpu {
             wr(control::PRIMARY_PROCBASED_EXEC_CONTROLS, want);
         }
     }
+    fn cr8_tpr(&self) -> u8 {
+        // VTPR, byte 0x80 of the virtual-APIC page: MOV to CR8 writes CR8[3:0] into bits 7:4
+        // and clears bits 3:0; MOV from CR8 reads bits 7:4 (SDM Vol. 3C 30.3).
+        // SAFETY: the page is this vCPU's own, mapped for its lifetime.
+        unsafe { *(memory::phys_to_virt(self.vapic) as *const u8).add(0x80) }
+    }
+    fn set_cr8_tpr(&mut self, tpr: u8) {
+        // SAFETY: as above; nothing else writes the page while this vCPU's slot is held.
+        unsafe { *(memory::phys_to_virt(self.vapic) as *mut u8).add(0x80) = tpr };
+    }
 }
