@@ -496,9 +496,6 @@ impl GuestConfig {
         // Every vCPU of a guest starts at its entry today; Linux's secondary CPUs must instead
         // wait for the INIT-SIPI-SIPI of its bootstrap processor (SDM Vol. 3A 9.4.4), which
         // comes with SMP guests. One vCPU until then, rather than a guest that cannot boot.
-        if format == ImageFormat::BzImage && vcpus > 1 {
-            return Err(ctx.error("vcpus", alloc::format!("a `bzimage` guest has 1 vCPU for now (secondary CPUs need INIT/SIPI start-up, not yet emulated), not {vcpus}")));
-        }
         let affinity = match t.get("affinity") {
             None => None,
             Some(toml::Value::Array(a)) => {
@@ -687,7 +684,6 @@ mod tests {
             ("[[guest]]\nname = \"a b\"\nkernel = \"k\"\n", 2, "guest[0].name", "not a valid name"),
             ("[[guest]]\nname = \"a\"\nkernel = \"../etc/passwd\"\n", 3, "guest[0].kernel", "relative path"),
             ("[[guest]]\nname = \"a\"\nkernel = \"k\"\nformat = \"elf\"\n", 4, "guest[0].format", "unknown format"),
-            ("[[guest]]\nname = \"a\"\nkernel = \"k\"\nformat = \"bzimage\"\nvcpus = 2\n", 5, "guest[0].vcpus", "a `bzimage` guest has 1 vCPU"),
             ("[[guest]]\nname = \"a\"\nkernel = \"k\"\nmemory_mib = \"lots\"\n", 4, "guest[0].memory_mib", "expected an integer"),
             ("[[guest]]\nname = \"a\"\nkernel = \"k\"\nvcpu = 2\n", 4, "guest[0].vcpu", "unknown field `vcpu`"),
             ("[[guest]]\nname = \"a\"\nkernel = \"k\"\nvcpus = 0\n", 4, "guest[0].vcpus", "out of range"),

@@ -121,6 +121,12 @@ impl GuestVcpu {
         each!(self, v => v.ram)
     }
 
+    /// Restarts the vCPU in a whole new state (an application processor at its STARTUP
+    /// vector); only between `begin_slice` and `end_slice`.
+    pub fn load_state(&mut self, st: &bastion_core::loader::InitialState) -> Result<(), alloc::string::String> {
+        each!(self, v => v.load_state(st))
+    }
+
     /// Frees the control structure.
     pub fn destroy(self) {
         each!(self, v => v.destroy())

@@ -25,6 +25,7 @@ use crate::{println, serial, time};
 use alloc::vec::Vec;
 use bastion_core::devices::irq::IrqChip;
 use bastion_core::vm::devices::{DeviceIo, GuestDevices, IoOutcome, COM1};
+use bastion_core::sched::State as SchedState;
 use bastion_core::vm::Host;
 use core::sync::atomic::Ordering;
 
@@ -51,7 +52,7 @@ impl DeviceIo for GuestIo<'_> {
         // A device access by any vCPU can raise an interrupt for another (the PIC's INTR
         // reaches vCPU 0 whoever touched the device, the I/O APIC routes anywhere): wake its
         // target.
-        wake_if_interrupted(self.g, &d.update_irqs());
+        wake_if_interrupted(self.g, &mut d.update_irqs());
         if is_uart(port, size) {
             // A read may have made room in the receive FIFO: feed it what was typed meanwhile;
             // a guest polling LSR for THRE gets its FIFO drained as far as the line has room.
@@ -64,7 +65,7 @@ impl DeviceIo for GuestIo<'_> {
     fn io_write(&mut self, port: u16, size: u8, value: u32) -> IoOutcome {
         let d = &self.g.devices;
         let outcome = d.port_write(port, size, value);
-        wake_if_interrupted(self.g, &d.update_irqs());
+        wake_if_interrupted(self.g, &mut d.update_irqs());
         if is_uart(port, size) {
             drain_uart(self.g);
         }
@@ -78,7 +79,7 @@ impl DeviceIo for GuestIo<'_> {
     fn mmio_read(&mut self, gpa: u64, data: &mut [u8]) -> bool {
         let d = &self.g.devices;
         let ok = d.mmio_read_by(self.vcpu, gpa, data);
-        wake_if_interrupted(self.g, &d.update_irqs());
+        wake_if_interrupted(self.g, &mut d.update_irqs());
         ok
     }
 
@@ -86,7 +87,7 @@ impl DeviceIo for GuestIo<'_> {
         let d = &self.g.devices;
         // An IPI or an EOI that lets a level interrupt through again can wake another vCPU.
         let ok = d.mmio_write_by(self.vcpu, gpa, data);
-        wake_if_interrupted(self.g, &d.update_irqs());
+        wake_if_interrupted(self.g, &mut d.update_irqs());
         ok
     }
 
@@ -120,7 +121,7 @@ fn move_uart_output(g: &Guest, room: usize) {
     if moved == 0 {
         return;
     }
-    wake_if_interrupted(g, &g.devices.update_irqs());
+    wake_if_interrupted(g, &mut g.devices.update_irqs());
     let lines = hv().console.lock().guest_output(g.index, &out);
     for l in lines {
         println!("{l}");
@@ -143,7 +144,7 @@ pub(super) fn feed_pending_input(g: &Guest) {
             uart.receive(&pending[..room])
         };
         pending.drain(..n);
-        wake_if_interrupted(g, &g.devices.update_irqs());
+        wake_if_interrupted(g, &mut g.devices.update_irqs());
     }
 }
 
@@ -158,15 +159,23 @@ pub(super) fn timer_deadline(d: &GuestDevices, vcpu: usize, now: u64) -> Option<
     d.next_deadline_for(vcpu, now)
 }
 
-/// Wakes every vCPU of the guest that sleeps in HLT and now has an interrupt. Called with the
-/// chip locked, as is the check before a vCPU blocks, so no wake-up is lost in between.
-pub(super) fn wake_if_interrupted(g: &Guest, chip: &IrqChip) {
+/// Wakes every vCPU of the guest that sleeps (in HLT, or waiting for a STARTUP) and now has
+/// what ends its sleep, and makes a vCPU that received something while running on another CPU
+/// exit there at once (the kick IPI), so an IPI or device interrupt is not left for its next
+/// exit. Called with the chip locked, as is the check before a vCPU blocks, so no wake-up is
+/// lost in between.
+pub(super) fn wake_if_interrupted(g: &Guest, chip: &mut IrqChip) {
+    let kicked = chip.take_kicked();
     for (v, waiting) in g.waiting.iter().enumerate() {
         // The flag first: it is one load, and most device accesses happen with no vCPU asleep.
-        if waiting.load(Ordering::SeqCst) && chip.has_interrupt(v) && waiting.swap(false, Ordering::SeqCst) {
+        if waiting.load(Ordering::SeqCst) && chip.wakes(v) && waiting.swap(false, Ordering::SeqCst) {
             let kick_cpu = hv().sched.lock().wake(vcpu_id(g.index, v), time::now_ns());
             if let Some(c) = kick_cpu {
                 kick(c);
+            }
+        } else if v < 64 && kicked & (1 << v) != 0 {
+            if let Some(SchedState::Running { cpu }) = hv().sched.lock().state(vcpu_id(g.index, v)) {
+                kick(cpu);
             }
         }
     }

@@ -33,6 +33,9 @@ pub(super) enum SliceEnd {
     Stop(StopReason),
     /// The guest is being stopped or paused by someone else.
     Held,
+    /// The vCPU waits for a STARTUP IPI (an application processor before the guest starts
+    /// it, or after an INIT).
+    Parked,
 }
 
 pub(super) fn run_slice(cpu: &PerCpu, id: VcpuId, slice_ns: u64) {
@@ -68,12 +71,26 @@ pub(super) fn run_slice(cpu: &PerCpu, id: VcpuId, slice_ns: u64) {
         if now >= deadline {
             break SliceEnd::Preempted;
         }
-        {
+        let start = {
             // Timers first (PIT ticks, local APIC timers), then whatever the chip holds for
-            // this vCPU: its local APIC's vectors, or the PIC's through LINT0.
+            // this vCPU: a STARTUP that ends its wait-for-SIPI, its local APIC's vectors, or
+            // the PIC's through LINT0.
             let mut chip = g.devices.advance(now);
-            bastion_core::vm::deliver_interrupt(vcpu, &mut chip, vi);
+            let parked = chip.is_parked(vi);
+            let start = chip.take_start(vi);
+            if parked && start.is_none() {
+                break SliceEnd::Parked;
+            }
+            if start.is_none() {
+                bastion_core::vm::deliver_interrupt(vcpu, &mut chip, vi);
+            }
             vcpu.set_cr8_tpr(chip.tpr(vi));
+            start
+        };
+        if let Some(vector) = start {
+            if let Err(e) = vcpu.load_state(&bastion_core::loader::sipi_state(vector)) {
+                break SliceEnd::Stop(StopReason::EntryFailed(e));
+            }
         }
         tpr_loaded = vcpu.cr8_tpr();
         // CPU 0 services the console (output waiting for the line, and input): its slices
@@ -131,6 +148,20 @@ pub(super) fn run_slice(cpu: &PerCpu, id: VcpuId, slice_ns: u64) {
                 s.preempt(cpu.index, now);
             }
         }
+        SliceEnd::Parked => {
+            // Asleep like a halted vCPU; only a STARTUP wakes it (`IrqChip::wakes`).
+            let chip = g.devices.irq.lock();
+            if chip.wakes(vi) {
+                h.sched.lock().preempt(cpu.index, now);
+            } else {
+                g.waiting[vi].store(true, Ordering::SeqCst);
+                h.sched.lock().block(id, now);
+            }
+            drop(chip);
+            if let Some(interrupts_enabled) = stuck(g) {
+                stop_guest(g, Cause::Guest(StopReason::Halted { interrupts_enabled }), After::Nothing, (vi as u32, rip));
+            }
+        }
         SliceEnd::Halted { interrupts_enabled } => {
             // A halted vCPU leaves the scheduler until an interrupt for it wakes it (checked
             // under the chip lock, the same lock interrupt sources hold to wake it); with
@@ -140,7 +171,7 @@ pub(super) fn run_slice(cpu: &PerCpu, id: VcpuId, slice_ns: u64) {
                 // A guest timer that will fire wakes it then, even with no other interrupt.
                 let timer = timer_deadline(&g.devices, vi, now);
                 let chip = g.devices.advance(now);
-                if chip.has_interrupt(vi) {
+                if chip.wakes(vi) {
                     h.sched.lock().preempt(cpu.index, now);
                 } else {
                     g.waiting[vi].store(true, Ordering::SeqCst);

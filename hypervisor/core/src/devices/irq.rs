@@ -16,8 +16,14 @@
 //!   (11.6.2.4; ties go to the lowest APIC ID, as the APIC bus arbitration of the P6 family
 //!   did), NMI to the matching vCPUs' NMI flags.
 //! - **IPIs** a local APIC queued (ICR writes) are delivered the same way, with the shorthands
-//!   (11.6.1); INIT and STARTUP are kept per target vCPU for whoever starts application
-//!   processors ([`IrqChip::take_startup`]).
+//!   (11.6.1). INIT puts an application processor into the wait-for-SIPI state, where it
+//!   runs nothing and takes no interrupt; the first STARTUP there records its vector
+//!   ([`IrqChip::take_start`]) and later ones are ignored until the next INIT (SDM Vol. 3A
+//!   9.4.4.1, 11.6.1 "Start-Up"). INIT to the boot processor would restart the firmware,
+//!   which Bastion has none of: it is counted as undeliverable.
+//! - Every vCPU that receives something is marked in a set the caller takes
+//!   ([`IrqChip::take_kicked`]), so that a vCPU running on another CPU can be made to exit
+//!   and take it at once.
 //! - **EOI broadcasts** of level-triggered vectors (11.8.5) go back to the I/O APIC, which
 //!   clears Remote IRR and sends again while the line is still asserted (82093AA 3.2.4).
 //! - **ExtINT**: the PIC's INTR reaches a vCPU whose LINT0 is programmed ExtINT and unmasked
@@ -68,14 +74,6 @@ pub fn isa_pin(irq: u8) -> u8 {
     }
 }
 
-/// What starts an application processor (SDM Vol. 3A 9.4.4): an INIT, then STARTUP with the
-/// page of its real-mode entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Startup {
-    Init,
-    Sipi(u8),
-}
-
 /// The interrupt controllers of one guest and the wires between them.
 #[derive(Debug, Clone)]
 pub struct IrqChip {
@@ -86,8 +84,14 @@ pub struct IrqChip {
     enabled: Vec<bool>,
     /// Per vCPU: an NMI waits for delivery.
     nmi: Vec<bool>,
-    /// Per vCPU: the last INIT or STARTUP sent to it and not yet taken.
-    startup: Vec<Option<Startup>>,
+    /// Per vCPU: in the wait-for-SIPI state (after INIT, and from power-on for the
+    /// application processors of a guest that starts them itself).
+    parked: Vec<bool>,
+    /// Per vCPU: the vector of the STARTUP that ends its wait, not yet taken.
+    sipi: Vec<Option<u8>>,
+    /// vCPUs (bit n = vCPU n) that received an interrupt, NMI, INIT or STARTUP since the last
+    /// [`IrqChip::take_kicked`].
+    kicked: u64,
     /// Messages and IPIs that had nowhere to go (no matching APIC, unsupported delivery mode).
     undeliverable: u64,
     clock: Clock,
@@ -104,7 +108,9 @@ impl IrqChip {
             lapics: (0..n).map(|i| Lapic::with_clock(i as u8, LAPIC_BUS_HZ, clock)).collect(),
             enabled: alloc::vec![true; n],
             nmi: alloc::vec![false; n],
-            startup: alloc::vec![None; n],
+            parked: alloc::vec![false; n],
+            sipi: alloc::vec![None; n],
+            kicked: 0,
             undeliverable: 0,
             clock,
         };
@@ -165,9 +171,42 @@ impl IrqChip {
         (self.accepts_pic(v) && self.pic.has_interrupt()) || self.lapics.get(v).is_some_and(|l| l.pending_vector().is_some())
     }
 
-    /// Whether vCPU `v` has anything that ends a HLT: an interrupt, an NMI, or INIT/STARTUP.
-    pub fn has_wakeup(&self, v: usize) -> bool {
-        self.has_interrupt(v) || self.nmi.get(v) == Some(&true) || self.startup.get(v).is_some_and(|s| s.is_some())
+    /// Whether vCPU `v` should run again: in wait-for-SIPI, a STARTUP came; otherwise an
+    /// interrupt or NMI waits, or an INIT has just parked it (it must stop what it runs).
+    pub fn wakes(&self, v: usize) -> bool {
+        if v >= self.lapics.len() {
+            return false;
+        }
+        if self.parked[v] {
+            return self.sipi[v].is_some();
+        }
+        self.has_interrupt(v) || self.nmi[v]
+    }
+
+    /// Puts application processor `v` into wait-for-SIPI (as power-on does on a PC, where
+    /// only the boot processor runs the firmware).
+    pub fn park(&mut self, v: usize) {
+        if let Some(p) = self.parked.get_mut(v) {
+            *p = true;
+        }
+    }
+
+    /// Whether vCPU `v` waits for a STARTUP.
+    pub fn is_parked(&self, v: usize) -> bool {
+        self.parked.get(v) == Some(&true)
+    }
+
+    /// The STARTUP vector that ends vCPU `v`'s wait-for-SIPI, if one came: the vCPU starts in
+    /// real mode at `vector * 0x1000` (CS = vector << 8, IP = 0; SDM Vol. 3A 11.6.1).
+    pub fn take_start(&mut self, v: usize) -> Option<u8> {
+        let vector = self.sipi.get_mut(v)?.take()?;
+        self.parked[v] = false;
+        Some(vector)
+    }
+
+    /// The vCPUs that received something since the last call (bit n = vCPU n).
+    pub fn take_kicked(&mut self) -> u64 {
+        core::mem::take(&mut self.kicked)
     }
 
     /// Whether anything could still interrupt vCPU `v` if no vCPU ran again: its local APIC
@@ -175,7 +214,7 @@ impl IrqChip {
     /// names it. When every vCPU of a guest is halted and none has a source, nothing can ever
     /// wake the guest.
     pub fn has_source(&self, v: usize) -> bool {
-        if v >= self.lapics.len() {
+        if v >= self.lapics.len() || self.parked[v] {
             return false;
         }
         if self.next_deadline(v, 0).is_some() || (self.accepts_pic(v) && self.pic.is_initialised()) {
@@ -201,11 +240,6 @@ impl IrqChip {
     /// Takes vCPU `v`'s pending NMI.
     pub fn take_nmi(&mut self, v: usize) -> bool {
         self.nmi.get_mut(v).is_some_and(core::mem::take)
-    }
-
-    /// Takes the INIT or STARTUP last sent to vCPU `v`.
-    pub fn take_startup(&mut self, v: usize) -> Option<Startup> {
-        self.startup.get_mut(v)?.take()
     }
 
     /// How many messages and IPIs reached no APIC or asked for a delivery mode nobody serves.
@@ -359,6 +393,11 @@ impl IrqChip {
             self.undeliverable += 1;
             return;
         }
+        for &v in targets {
+            if v < 64 {
+                self.kicked |= 1 << v;
+            }
+        }
         match mode {
             DELIVERY_FIXED => {
                 for &v in targets {
@@ -372,8 +411,27 @@ impl IrqChip {
                 }
             }
             DELIVERY_NMI => targets.iter().for_each(|&v| self.nmi[v] = true),
-            DELIVERY_INIT => targets.iter().for_each(|&v| self.startup[v] = Some(Startup::Init)),
-            DELIVERY_STARTUP => targets.iter().for_each(|&v| self.startup[v] = Some(Startup::Sipi(vector))),
+            DELIVERY_INIT => {
+                for &v in targets {
+                    if v == 0 {
+                        self.undeliverable += 1;
+                    } else {
+                        // INIT resets the APIC too, except its ID (11.4.7.3); LINT1 and SVR
+                        // as firmware left them would be the OS's to set again.
+                        self.parked[v] = true;
+                        self.sipi[v] = None;
+                        self.nmi[v] = false;
+                        self.lapics[v] = Lapic::with_clock(v as u8, LAPIC_BUS_HZ, self.clock);
+                    }
+                }
+            }
+            DELIVERY_STARTUP => {
+                for &v in targets {
+                    if self.parked[v] && self.sipi[v].is_none() {
+                        self.sipi[v] = Some(vector);
+                    }
+                }
+            }
             // SMI (no SMM here), ExtINT through the I/O APIC and the reserved modes.
             _ => self.undeliverable += 1,
         }
@@ -549,22 +607,70 @@ mod tests {
     }
 
     #[test]
-    fn nmi_init_and_startup_ipis_are_kept_for_their_target() {
-        // SDM 9.4.4.1: the BSP sends INIT, then STARTUP with the vector = entry page.
+    fn nmi_ipis_are_kept_for_their_target_and_wake_it() {
         let mut c = chip(2);
         write_reg(&mut c, 0, REG_ICR_HIGH, 1 << 24);
         write_reg(&mut c, 0, REG_ICR_LOW, (u32::from(DELIVERY_NMI)) << 8);
-        assert!(c.has_wakeup(1) && !c.has_interrupt(1));
+        assert!(c.wakes(1) && !c.has_interrupt(1));
+        assert_eq!(c.take_kicked(), 0b10, "the target is marked for a kick");
+        assert_eq!(c.take_kicked(), 0, "taken once");
         assert!(c.take_nmi(1));
         assert!(!c.take_nmi(1), "taken once");
+        assert!(!c.wakes(1));
+    }
+
+    #[test]
+    fn init_parks_an_application_processor_until_the_first_startup() {
+        // SDM 9.4.4.1 (the INIT-SIPI-SIPI sequence) and 11.6.1: INIT puts the AP in
+        // wait-for-SIPI; STARTUP with vector VV starts it at VV000; a second STARTUP is ignored.
+        let mut c = chip(2);
+        write_reg(&mut c, 0, REG_ICR_HIGH, 1 << 24);
         write_reg(&mut c, 0, REG_ICR_LOW, (u32::from(DELIVERY_INIT) << 8) | (1 << 14));
-        assert_eq!(c.take_startup(1), Some(Startup::Init));
+        assert!(c.is_parked(1) && !c.wakes(1));
+        assert_eq!(c.take_kicked(), 0b10, "a running AP must stop at once");
+        // Interrupts do not reach a CPU waiting for SIPI.
+        assert!(!c.has_source(1));
         // The INIT level de-assert that follows does nothing (Table 11-3).
         write_reg(&mut c, 0, REG_ICR_LOW, (u32::from(DELIVERY_INIT) << 8) | (1 << 15));
-        assert_eq!(c.take_startup(1), None);
+        assert!(c.is_parked(1));
         write_reg(&mut c, 0, REG_ICR_LOW, (u32::from(DELIVERY_STARTUP) << 8) | 0x08);
-        assert_eq!(c.take_startup(1), Some(Startup::Sipi(0x08)));
-        assert_eq!(c.take_startup(0), None, "the sender is not a target");
+        write_reg(&mut c, 0, REG_ICR_LOW, (u32::from(DELIVERY_STARTUP) << 8) | 0x09);
+        assert!(c.wakes(1));
+        assert_eq!(c.take_start(1), Some(0x08), "the first STARTUP counts");
+        assert!(!c.is_parked(1));
+        assert_eq!(c.take_start(1), None);
+        // Running now: a STARTUP is ignored (not in wait-for-SIPI).
+        write_reg(&mut c, 0, REG_ICR_LOW, (u32::from(DELIVERY_STARTUP) << 8) | 0x0a);
+        assert_eq!(c.take_start(1), None);
+        assert!(!c.is_parked(0) && c.take_start(0).is_none(), "the sender is not a target");
+    }
+
+    #[test]
+    fn init_resets_the_target_apic_but_its_id_and_never_parks_the_boot_processor() {
+        // SDM 11.4.7.3: INIT resets the local APIC except the APIC ID (and arbitration ID).
+        let mut c = chip(2);
+        write_reg(&mut c, 1, REG_TPR, 0x30);
+        write_reg(&mut c, 0, REG_ICR_HIGH, 1 << 24);
+        write_reg(&mut c, 0, REG_ICR_LOW, (u32::from(DELIVERY_INIT) << 8) | (1 << 14));
+        assert_eq!(c.tpr(1), 0);
+        assert_eq!(read_reg(&mut c, 1, 0x20) >> 24, 1);
+        assert!(!c.lapic(1).unwrap().software_enabled());
+        // INIT to vCPU 0 (all including self from vCPU 1): would rerun firmware; refused.
+        write_reg(&mut c, 1, REG_ICR_LOW, (2 << 18) | (u32::from(DELIVERY_INIT) << 8) | (1 << 14));
+        assert!(!c.is_parked(0));
+        assert_eq!(c.undeliverable(), 1);
+    }
+
+    #[test]
+    fn a_parked_vcpu_is_woken_only_by_a_startup() {
+        let mut c = chip(2);
+        c.park(1);
+        assert!(c.is_parked(1) && !c.wakes(1) && !c.has_source(1));
+        write_reg(&mut c, 0, REG_ICR_HIGH, 1 << 24);
+        write_reg(&mut c, 0, REG_ICR_LOW, (u32::from(DELIVERY_NMI)) << 8);
+        assert!(!c.wakes(1), "an NMI does not end wait-for-SIPI");
+        write_reg(&mut c, 0, REG_ICR_LOW, (u32::from(DELIVERY_STARTUP) << 8) | 0x10);
+        assert!(c.wakes(1));
     }
 
     #[test]

@@ -315,6 +315,17 @@ impl Start {
     }
 }
 
+/// Where an application processor starts after STARTUP with `vector` (SDM Vol. 3A 11.6.1,
+/// 9.4.4.1 "Typical AP Initialization Sequence"): real mode at `vector * 0x1000`, CS =
+/// `vector << 8` with that base and IP = 0, everything else as after INIT (SDM Vol. 3A 10.1.1
+/// Table 10-1, which is also what [`Start::RealMode`] gives).
+pub fn sipi_state(vector: u8) -> InitialState {
+    let mut st = Start::RealMode { ip: 0, sp: 0 }.initial_state();
+    st.cs.selector = u16::from(vector) << 8;
+    st.cs.desc.base = u32::from(vector) << 12;
+    st
+}
+
 /// A guest's image, ready to be copied in: what goes where, and how it starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Prepared {
@@ -748,6 +759,15 @@ mod tests {
 
     /// Reset state (SDM Vol. 3A 10.1.1, Table 10-1) for a flat image: real mode, 64 KiB
     /// segments at base 0 with the attributes both vendors' tables use (0x9B code, 0x93 data).
+    #[test]
+    fn a_startup_ipi_starts_the_ap_in_real_mode_at_the_vectors_page() {
+        // SDM 11.6.1: vector 0x9A -> CS 0x9A00, base 0x9A000, IP 0.
+        let st = sipi_state(0x9a);
+        assert_eq!((st.cs.selector, st.cs.base(), st.rip), (0x9a00, 0x9a000, 0));
+        assert_eq!((st.cr0 & 1, st.efer, st.cs.limit()), (0, 0, 0xffff), "real mode, no long mode");
+        assert_eq!(st.data.base(), 0);
+    }
+
     #[test]
     fn real_mode_start_is_the_reset_state_at_the_image() {
         let s = Start::RealMode {

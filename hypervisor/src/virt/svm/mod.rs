@@ -13,6 +13,7 @@ use bastion_core::virt::svm::{SvmCaps, VM_CR_SVMDIS};
 use bastion_core::virt::svm_exit::{self, SvmExitInfo};
 use bastion_core::vm::msr::{self, EFER_LMA, EFER_SVME};
 use bastion_core::vm::regs::ModeView;
+use bastion_core::loader::InitialState;
 use bastion_core::vm::{Exit, Gprs, Seg, Vcpu, VmExit};
 use core::arch::global_asm;
 use vmcb::*;
@@ -129,27 +130,7 @@ impl Svm {
         // What the loader decided: the reset-like state in real mode for a flat image (APM
         // 14.1.3), 64-bit mode for a bzImage.
         let st = vm.entry.initial_state();
-        for (seg, s) in [(CS, st.cs), (DS, st.data), (ES, st.data), (SS, st.data), (FS, st.data), (GS, st.data)] {
-            v.set_segment(seg, s.selector, s.desc.svm_attributes(), s.limit(), s.base());
-        }
-        v.set_segment(GDTR, 0, 0, st.gdt_limit as u32, st.gdt_base);
-        v.set_segment(IDTR, 0, 0, 0xffff, 0);
-        v.set_segment(LDTR, 0, 0x82, 0xffff, 0);
-        // A busy 32/64-bit TSS, as on VMX: Bochs refuses to enter long mode with a 16-bit TSS
-        // in TR, and nothing is lost by describing the reset TR this way.
-        v.set_segment(TR, 0, 0x8b, 0xffff, 0);
-        v.w64(CR0, st.cr0);
-        v.w64(CR3, st.cr3);
-        v.w64(CR4, st.cr4);
-        // VMRUN requires EFER.SVME in the guest state (APM 15.5.1); the guest sees EFER
-        // without it (EFER accesses are intercepted).
-        v.w64(EFER, st.efer | EFER_SVME);
-        v.w64(RFLAGS, st.rflags);
-        v.w64(RIP, st.rip);
-        v.w64(RSP, st.rsp);
-        v.w64(DR6, 0xffff_0ff0);
-        v.w64(DR7, 0x400);
-        v.w64(G_PAT, 0x0007_0406_0007_0406);
+        write_guest_state(&mut v, &st);
         let ctx = GuestContext::new(HwSwitched { cr2_dr6: true, syscall_msrs: true })?;
         Ok(SvmVcpu {
             ctx,
@@ -163,6 +144,35 @@ impl Svm {
             flushed_on: 0,
         })
     }
+}
+
+/// Loads a whole start state into the VMCB's state save area (APM Vol. 2 15.5.1, Appendix B):
+/// at creation, and when an application processor starts at its STARTUP vector.
+fn write_guest_state(v: &mut Vmcb, st: &InitialState) {
+    for (seg, s) in [(CS, st.cs), (DS, st.data), (ES, st.data), (SS, st.data), (FS, st.data), (GS, st.data)] {
+        v.set_segment(seg, s.selector, s.desc.svm_attributes(), s.limit(), s.base());
+    }
+    v.set_segment(GDTR, 0, 0, st.gdt_limit as u32, st.gdt_base);
+    v.set_segment(IDTR, 0, 0, 0xffff, 0);
+    v.set_segment(LDTR, 0, 0x82, 0xffff, 0);
+    // A busy 32/64-bit TSS, as on VMX: Bochs refuses to enter long mode with a 16-bit TSS
+    // in TR, and nothing is lost by describing the reset TR this way.
+    v.set_segment(TR, 0, 0x8b, 0xffff, 0);
+    v.w64(CR0, st.cr0);
+    v.w64(CR3, st.cr3);
+    v.w64(CR4, st.cr4);
+    // VMRUN requires EFER.SVME in the guest state (APM 15.5.1); the guest sees EFER
+    // without it (EFER accesses are intercepted).
+    v.w64(EFER, st.efer | EFER_SVME);
+    v.w64(RFLAGS, st.rflags);
+    v.w64(RIP, st.rip);
+    v.w64(RSP, st.rsp);
+    v.w64(DR6, 0xffff_0ff0);
+    v.w64(DR7, 0x400);
+    v.w64(G_PAT, 0x0007_0406_0007_0406);
+    // Nothing pending into the new state: no event to inject, no interrupt shadow.
+    v.w64(EVENTINJ, 0);
+    v.w64(INT_STATE, 0);
 }
 
 /// Clears the intercept bits of `msr` in the MSR permission map (APM 15.11: three 2 KiB
@@ -290,6 +300,17 @@ impl SvmVcpu {
     /// Prepares a time slice on the calling CPU: its host VMCB for VMSAVE/VMLOAD, a TLB flush
     /// the first time this vCPU runs there (its ASID may have served another VM), and the
     /// vCPU's context.
+    /// Restarts the vCPU in `st` (an application processor at its STARTUP vector): every
+    /// register of the new state, general registers zeroed, nothing pending.
+    pub fn load_state(&mut self, st: &InitialState) -> Result<(), String> {
+        write_guest_state(&mut self.vmcb, st);
+        // RAX lives in the VMCB (APM 15.5.1); the others in `gprs`.
+        self.gprs = Gprs { rsi: st.rsi, ..Gprs::default() };
+        self.vmcb.w64(RAX, 0);
+        self.request_interrupt_window(false);
+        Ok(())
+    }
+
     pub fn begin_slice(&mut self, cpu: usize, host_vmcb: u64) -> Result<(), String> {
         self.host_vmcb = host_vmcb;
         if self.flushed_on & (1 << cpu) == 0 {

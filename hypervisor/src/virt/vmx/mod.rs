@@ -14,6 +14,7 @@ use bastion_core::virt::vmx::{self as vcaps, adjust_controls, VmxCaps};
 use bastion_core::virt::vmx_exit::{self, VmxExitInfo, ENTRY_FAILURE};
 use bastion_core::vm::msr::{self, EFER_LMA};
 use bastion_core::vm::regs::{Cr4, GuestFeatures, ModeView};
+use bastion_core::loader::InitialState;
 use bastion_core::vm::{Exit, Gprs, Seg, Vcpu, VmExit};
 use core::arch::{asm, global_asm};
 use insn::{vmclear, vmptrld, vmread, vmwrite, vmxon, VmFail};
@@ -257,57 +258,69 @@ impl Vmx {
 
         // Guest state: what the loader decided (real mode at reset for a flat image, thanks to
         // unrestricted guest, 27.3.1.2; 64-bit mode for a bzImage).
-        let st = vm.entry.initial_state();
-        for (s, b, l, ar, seg) in [
-            (guest::ES_SELECTOR, guest::ES_BASE, guest::ES_LIMIT, guest::ES_ACCESS_RIGHTS, st.data),
-            (guest::SS_SELECTOR, guest::SS_BASE, guest::SS_LIMIT, guest::SS_ACCESS_RIGHTS, st.data),
-            (guest::DS_SELECTOR, guest::DS_BASE, guest::DS_LIMIT, guest::DS_ACCESS_RIGHTS, st.data),
-            (guest::FS_SELECTOR, guest::FS_BASE, guest::FS_LIMIT, guest::FS_ACCESS_RIGHTS, st.data),
-            (guest::GS_SELECTOR, guest::GS_BASE, guest::GS_LIMIT, guest::GS_ACCESS_RIGHTS, st.data),
-            (guest::CS_SELECTOR, guest::CS_BASE, guest::CS_LIMIT, guest::CS_ACCESS_RIGHTS, st.cs),
-        ] {
-            w(s, seg.selector as u64)?;
-            w(b, seg.base())?;
-            w(l, seg.limit() as u64)?;
-            w(ar, seg.desc.vmx_access_rights() as u64)?;
-        }
-        w(guest::LDTR_SELECTOR, 0)?;
-        w(guest::LDTR_BASE, 0)?;
-        w(guest::LDTR_LIMIT, 0xffff)?;
-        w(guest::LDTR_ACCESS_RIGHTS, 1 << 16)?; // unusable
-        w(guest::TR_SELECTOR, 0)?;
-        w(guest::TR_BASE, 0)?;
-        w(guest::TR_LIMIT, 0xffff)?;
-        w(guest::TR_ACCESS_RIGHTS, 0x8b)?; // present, busy 32/64-bit TSS: TR must be usable
-        w(guest::GDTR_BASE, st.gdt_base)?;
-        w(guest::GDTR_LIMIT, st.gdt_limit as u64)?;
-        w(guest::IDTR_BASE, 0)?;
-        w(guest::IDTR_LIMIT, 0xffff)?;
-        w(guest::CR0, v.real_cr0(st.cr0))?;
-        w(control::CR0_READ_SHADOW, st.cr0)?;
-        w(guest::CR4, v.real_cr4(st.cr4))?;
-        w(control::CR4_READ_SHADOW, st.cr4)?;
-        w(guest::CR3, st.cr3)?;
-        w(guest::DR7, 0x400)?;
-        w(guest::RSP, st.rsp)?;
-        w(guest::RIP, st.rip)?;
-        w(guest::RFLAGS, st.rflags)?;
-        w(guest::IA32_EFER_FULL, st.efer)?;
-        // "IA-32e mode guest" must equal the EFER.LMA being loaded (27.3.1.1).
-        if st.efer & EFER_LMA != 0 {
-            w(control::VMENTRY_CONTROLS, r(control::VMENTRY_CONTROLS) | EntryCtl::IA32E_MODE_GUEST.bits() as u64)?;
-        }
-        w(guest::IA32_PAT_FULL, 0x0007_0406_0007_0406)?;
-        w(guest::IA32_DEBUGCTL_FULL, 0)?;
-        w(guest::IA32_SYSENTER_CS, 0)?;
-        w(guest::IA32_SYSENTER_ESP, 0)?;
-        w(guest::IA32_SYSENTER_EIP, 0)?;
+        write_guest_state(v, &vm.entry.initial_state())?;
         w(guest::LINK_PTR_FULL, u64::MAX)?;
-        w(guest::INTERRUPTIBILITY_STATE, 0)?;
-        w(guest::ACTIVITY_STATE, 0)?;
-        w(guest::PENDING_DBG_EXCEPTIONS, 0)?;
         Ok(())
     }
+}
+
+/// Loads a whole start state into the current VMCS (SDM Vol. 3C 25.4.1): at creation, and
+/// when an application processor starts at its STARTUP vector.
+fn write_guest_state(v: &VmxVcpu, st: &InitialState) -> Result<(), (u32, VmFail)> {
+    let w = |field: u32, value: u64| -> Result<(), (u32, VmFail)> {
+        // SAFETY: each value below follows the SDM's rules for its field.
+        unsafe { vmwrite(field, value) }.map_err(|e| (field, e))
+    };
+    for (s, b, l, ar, seg) in [
+        (guest::ES_SELECTOR, guest::ES_BASE, guest::ES_LIMIT, guest::ES_ACCESS_RIGHTS, st.data),
+        (guest::SS_SELECTOR, guest::SS_BASE, guest::SS_LIMIT, guest::SS_ACCESS_RIGHTS, st.data),
+        (guest::DS_SELECTOR, guest::DS_BASE, guest::DS_LIMIT, guest::DS_ACCESS_RIGHTS, st.data),
+        (guest::FS_SELECTOR, guest::FS_BASE, guest::FS_LIMIT, guest::FS_ACCESS_RIGHTS, st.data),
+        (guest::GS_SELECTOR, guest::GS_BASE, guest::GS_LIMIT, guest::GS_ACCESS_RIGHTS, st.data),
+        (guest::CS_SELECTOR, guest::CS_BASE, guest::CS_LIMIT, guest::CS_ACCESS_RIGHTS, st.cs),
+    ] {
+        w(s, seg.selector as u64)?;
+        w(b, seg.base())?;
+        w(l, seg.limit() as u64)?;
+        w(ar, seg.desc.vmx_access_rights() as u64)?;
+    }
+    w(guest::LDTR_SELECTOR, 0)?;
+    w(guest::LDTR_BASE, 0)?;
+    w(guest::LDTR_LIMIT, 0xffff)?;
+    w(guest::LDTR_ACCESS_RIGHTS, 1 << 16)?; // unusable
+    w(guest::TR_SELECTOR, 0)?;
+    w(guest::TR_BASE, 0)?;
+    w(guest::TR_LIMIT, 0xffff)?;
+    w(guest::TR_ACCESS_RIGHTS, 0x8b)?; // present, busy 32/64-bit TSS: TR must be usable
+    w(guest::GDTR_BASE, st.gdt_base)?;
+    w(guest::GDTR_LIMIT, st.gdt_limit as u64)?;
+    w(guest::IDTR_BASE, 0)?;
+    w(guest::IDTR_LIMIT, 0xffff)?;
+    w(guest::CR0, v.real_cr0(st.cr0))?;
+    w(control::CR0_READ_SHADOW, st.cr0)?;
+    w(guest::CR4, v.real_cr4(st.cr4))?;
+    w(control::CR4_READ_SHADOW, st.cr4)?;
+    w(guest::CR3, st.cr3)?;
+    w(guest::DR7, 0x400)?;
+    w(guest::RSP, st.rsp)?;
+    w(guest::RIP, st.rip)?;
+    w(guest::RFLAGS, st.rflags)?;
+    w(guest::IA32_EFER_FULL, st.efer)?;
+    // "IA-32e mode guest" must equal the EFER.LMA being loaded (27.3.1.1).
+    let entry = r(control::VMENTRY_CONTROLS) & !(EntryCtl::IA32E_MODE_GUEST.bits() as u64);
+    let lma = if st.efer & EFER_LMA != 0 { EntryCtl::IA32E_MODE_GUEST.bits() as u64 } else { 0 };
+    w(control::VMENTRY_CONTROLS, entry | lma)?;
+    w(guest::IA32_PAT_FULL, 0x0007_0406_0007_0406)?;
+    w(guest::IA32_DEBUGCTL_FULL, 0)?;
+    w(guest::IA32_SYSENTER_CS, 0)?;
+    w(guest::IA32_SYSENTER_ESP, 0)?;
+    w(guest::IA32_SYSENTER_EIP, 0)?;
+    w(guest::INTERRUPTIBILITY_STATE, 0)?;
+    w(guest::ACTIVITY_STATE, 0)?;
+    w(guest::PENDING_DBG_EXCEPTIONS, 0)?;
+    // No event carried over into the new state.
+    w(control::VMENTRY_INTERRUPTION_INFO_FIELD, 0)?;
+    Ok(())
 }
 
 /// Host state (25.5, 28.5): what a VM exit returns to. Written whenever a vCPU is loaded on a
@@ -530,6 +543,16 @@ impl VmxVcpu {
     }
 
     /// Loads the VMCS and the vCPU's context on the calling CPU for a time slice.
+    /// Restarts the vCPU in `st` (an application processor at its STARTUP vector): every
+    /// register of the new state, general registers zeroed, nothing pending. The VMCS must be
+    /// current (between `begin_slice` and `end_slice`).
+    pub fn load_state(&mut self, st: &InitialState) -> Result<(), String> {
+        write_guest_state(self, st).map_err(|(field, e)| format!("VMWRITE of field {field:#x} failed: {e}"))?;
+        self.gprs = Gprs { rsi: st.rsi, ..Gprs::default() };
+        self.request_interrupt_window(false);
+        Ok(())
+    }
+
     pub fn begin_slice(&mut self, cpu: usize) -> Result<(), String> {
         // SAFETY: this VMCS belongs to this vCPU and is clear (end_slice or create_vcpu).
         unsafe { vmptrld(self.vmcs) }.map_err(|e| format!("VMPTRLD: {e}"))?;

@@ -1,0 +1,74 @@
+//! SMP Linux guests: Debian's cloud kernel with 2 and with 4 vCPUs (more vCPUs than the host
+//! has CPUs) boots its application processors through the virtual local APICs' INIT-SIPI-SIPI
+//! (SDM Vol. 3A 9.4.4), as on a PC; `nproc` counts them; parallel work and an mmap/munmap
+//! stress loop (TLB shootdown IPIs, SDM 11.6.1) finish; both guests keep running side by side.
+
+use qemu_tests::{image_with_bundle, linux_kit, Emulator, Failure, Platform, RunOptions};
+use std::time::Duration;
+
+/// The Linux scenario's command line (see `linux.rs`).
+const CMDLINE: &str = "console=ttyS0 pci=off 8250.nr_uarts=1 reboot=k panic=-1 cryptomgr.notests=1";
+
+fn entry(name: &str, vcpus: u32) -> String {
+    format!("\n[[guest]]\nname = \"{name}\"\nformat = \"bzimage\"\nkernel = \"linux/vmlinuz\"\ninitrd = \"linux/initramfs.cpio.gz\"\nmemory_mib = 128\nvcpus = {vcpus}\ncmdline = \"{CMDLINE}\"\n")
+}
+
+fn scenario(p: Platform, boot_timeout: Duration) {
+    let Some((kernel, initrd)) = linux_kit() else { return };
+    let cfg = format!("[hypervisor]\nexit_when_idle = true\n{}{}", entry("smp2", 2), entry("smp4", 4));
+    let read = |p: &std::path::Path| std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let bundle = boot::pack(&[("bastion.toml", cfg.as_bytes()), ("linux/vmlinuz", &read(&kernel)), ("linux/initramfs.cpio.gz", &read(&initrd))]).unwrap();
+    let img = image_with_bundle(&format!("linux-smp-{}", p.name()), &bundle);
+    let opts = RunOptions { memory_mib: 512, interactive: true, ..RunOptions::SMP2 };
+    let mut emu = Emulator::start(p, &img, &opts);
+    let t = Duration::from_secs(300);
+    let ok = |r: Result<String, Failure>| r.unwrap_or_else(|e| panic!("{e}"));
+    ok(emu.expect("[smp2] Enter 'help' for a list of built-in commands.", boot_timeout));
+    ok(emu.expect("[smp4] Enter 'help' for a list of built-in commands.", boot_timeout));
+    for (guest, n) in [("smp2", 2), ("smp4", 4)] {
+        // Linux's own count of the CPUs it brought up (smpboot prints it once all are online).
+        let needle = format!("smp: Brought up 1 node, {n} CPUs");
+        let line = ok(emu.expect(&needle, t));
+        assert!(line.starts_with(&format!("[{guest}] ")), "{line}");
+    }
+
+    // The focus starts on smp2. `nproc` is the number of CPUs online in the guest.
+    let m = emu.mark();
+    emu.send(b"nproc\r");
+    ok(emu.expect_after(m, "[smp2] 2", t));
+    let m = emu.mark();
+    emu.send(b"\x01\x01\x01");
+    ok(emu.expect_after(m, "input focus: smp4", t));
+    emu.send(b"nproc\r");
+    ok(emu.expect_after(m, "[smp4] 4", t));
+    // Four hashing processes at once, then the scheduler's cross-CPU interrupts: rescheduling
+    // IPIs (fixed IPIs between local APICs) must have reached the application processors.
+    let m = emu.mark();
+    emu.send(b"for i in 1 2 3 4; do (dd if=/dev/zero bs=64k count=128 2>/dev/null | md5sum) & done; wait; echo par-$((2*2))-done\r");
+    ok(emu.expect_after(m, "[smp4] par-4-done", t));
+    // md5 of 8 MiB of zeros, four times.
+    assert_eq!(emu.count("[smp4] 96995b58d4cbf6aaa9041b4f00c7f6ae"), 4, "{}", emu.transcript());
+    let m = emu.mark();
+    emu.send(b"grep RES: /proc/interrupts\r");
+    let res = ok(emu.expect_after(m, "Rescheduling interrupts", t));
+    let counts: Vec<u64> = res.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    assert_eq!(counts.len(), 4, "one column per CPU: {res}");
+    assert!(counts[1..].iter().sum::<u64>() > 0, "no IPI reached an application processor: {res}");
+
+    let out = emu.transcript();
+    assert!(!out.contains("Kernel panic"), "{out}");
+    let m = emu.mark();
+    emu.send(b"\x01\x01\x01");
+    ok(emu.expect_after(m, "input focus: monitor", t));
+    emu.send(b"kill smp2\r");
+    ok(emu.expect_after(m, "guest smp2: stopped: killed from the monitor", t));
+    emu.send(b"kill smp4\r");
+    let outcome = emu.expect_exit(t).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(outcome.status, bastion_core::exit::ExitStatus::Pass);
+    qemu_tests::assert_all_memory_returned(&emu.transcript());
+}
+
+#[test]
+fn smp_debian_linux_guests_on_qemu_svm() {
+    scenario(Platform::QemuBios, Duration::from_secs(400));
+}
