@@ -54,6 +54,40 @@ pub fn topology(rsdp: u64) -> Result<Topology, acpi::AcpiError> {
     Ok(Topology { cpus })
 }
 
+/// Where ISA `irq` reaches the host's I/O APICs, from the MADT's I/O APIC entries and
+/// interrupt source overrides (the rules: `bastion_core::host_irq`): the I/O APIC's register
+/// base and the route. `pins(address)` reads how many inputs the I/O APIC at `address` has.
+pub fn isa_route(rsdp: u64, irq: u8, pins: impl Fn(u64) -> u32) -> Option<(u64, bastion_core::host_irq::Route)> {
+    use acpi::platform::interrupt::{Polarity, TriggerMode};
+    use bastion_core::host_irq::{route, HostIoApic, Override};
+    // SAFETY: as in `topology`.
+    let tables = unsafe { AcpiTables::from_rsdp(PhysMap, rsdp as usize) }.ok()?;
+    let info = tables.platform_info().ok()?;
+    let acpi::InterruptModel::Apic(apic) = info.interrupt_model else { return None };
+    let ioapics: Vec<HostIoApic> =
+        apic.io_apics.iter().map(|a| HostIoApic { address: u64::from(a.address), gsi_base: a.global_system_interrupt_base }).collect();
+    let overrides: Vec<Override> = apic
+        .interrupt_source_overrides
+        .iter()
+        .map(|o| Override {
+            isa_irq: o.isa_source,
+            gsi: o.global_system_interrupt,
+            active_low: match o.polarity {
+                Polarity::SameAsBus => None,
+                Polarity::ActiveHigh => Some(false),
+                Polarity::ActiveLow => Some(true),
+            },
+            level: match o.trigger_mode {
+                TriggerMode::SameAsBus => None,
+                TriggerMode::Edge => Some(false),
+                TriggerMode::Level => Some(true),
+            },
+        })
+        .collect();
+    let r = route(irq, &overrides, &ioapics, |i| pins(ioapics[i].address))?;
+    Some((ioapics[r.ioapic].address, r))
+}
+
 /// The ACPI PM timer from the FADT (PM_TMR_BLK or X_PM_TMR_BLK, and the TMR_VAL_EXT flag for
 /// 32 bits), when it is in I/O space; `None` if the FADT lists none or cannot be read (said in
 /// the log). A timer in another address space is reported and not used.

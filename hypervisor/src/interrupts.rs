@@ -236,7 +236,9 @@ extern "C" fn trap(frame: &mut TrapFrame) {
         if v == crate::vmm::HALT_VECTOR {
             crate::cpu::halt_forever();
         }
-        if v != crate::vmm::TIMER_VECTOR && v != crate::vmm::KICK_VECTOR {
+        if v == crate::vmm::SERIAL_VECTOR {
+            crate::serial::rx_interrupt();
+        } else if v != crate::vmm::TIMER_VECTOR && v != crate::vmm::KICK_VECTOR {
             log::warn!("unexpected interrupt, vector {v:#x}");
         }
         return;

@@ -9,6 +9,7 @@ mod acpi_tables;
 mod cpu;
 mod gdt;
 mod interrupts;
+mod ioapic;
 mod lapic;
 mod logger;
 mod memory;
@@ -121,6 +122,15 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         }
     };
 
+    // Console input by interrupt: COM1's IRQ 4 through the host's I/O APIC to this CPU.
+    match rsdp.filter(|_| serial::present() && lapic::ready()).and_then(|r| acpi_tables::isa_route(r, 4, ioapic::pins)) {
+        Some((base, r)) => {
+            ioapic::route(base, &r, vmm::SERIAL_VECTOR, lapic::id() as u8);
+            serial::enable_rx_interrupt();
+            info!("serial: COM1 input by interrupt (IRQ 4 -> I/O APIC {base:#x} pin {}, vector {:#x})", r.pin, vmm::SERIAL_VECTOR);
+        }
+        None => info!("serial: COM1 input polled (no I/O APIC route for IRQ 4)"),
+    }
     info!("==== Bastion {} — x86_64 hypervisor ====", env!("CARGO_PKG_VERSION"));
     info!(
         "cpu:    {} \"{}\" family {:#x} model {:#x} stepping {}",

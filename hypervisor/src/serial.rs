@@ -44,6 +44,11 @@ static CONSOLE: Mutex<Console> =
 static E9: AtomicBool = AtomicBool::new(false);
 /// Output waits in the ring: CPUs pump often until it is empty.
 static PENDING: AtomicBool = AtomicBool::new(false);
+/// COM1's receive interrupt reaches CPU 0 (routed through the host's I/O APIC): input is read
+/// when it arrives, and CPU 0 need not return to the console every tick for it.
+static RX_IRQ: AtomicBool = AtomicBool::new(false);
+/// The receive interrupt fired since the last poll.
+static RX_PENDING: AtomicBool = AtomicBool::new(false);
 /// Bytes lost because the input ring was full (a paste larger than 4 KiB arriving while no
 /// CPU pumped).
 static INPUT_OVERRUNS: AtomicU64 = AtomicU64::new(0);
@@ -69,7 +74,40 @@ fn config(baud: bastion_core::config::SerialBaud) -> uart_16550::Config {
         115_200 => uart_16550::BaudRate::Baud115200,
         b => uart_16550::BaudRate::Custom(b),
     };
-    uart_16550::Config { baud_rate, ..uart_16550::Config::DEFAULT }
+    // The receive interrupt when it is routed, at 8 bytes: half the FIFO left for the exit
+    // and the poll that follows it (`bastion_core::serial_policy`).
+    let interrupts = if RX_IRQ.load(Ordering::Relaxed) { uart_16550::spec::registers::IER::DATA_READY } else { uart_16550::spec::registers::IER::empty() };
+    uart_16550::Config { baud_rate, interrupts, fifo_trigger_level: Some(uart_16550::spec::registers::FifoTriggerLevel::Eight), ..uart_16550::Config::DEFAULT }
+}
+
+/// Whether COM1 is there to take input from.
+pub fn present() -> bool {
+    x86_64::instructions::interrupts::without_interrupts(|| CONSOLE.lock().uart.is_some())
+}
+
+/// Turns on COM1's receive interrupt (its line is routed to CPU 0 by now): with the FIFO at
+/// its 8-byte trigger level, and the character timeout for fewer (PC16550D, "FIFO Interrupt
+/// Mode Operation").
+pub fn enable_rx_interrupt() {
+    RX_IRQ.store(true, Ordering::Relaxed);
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        if let Some(u) = CONSOLE.lock().uart.as_mut() {
+            u.enable_interrupts(uart_16550::spec::registers::IER::DATA_READY);
+        }
+    });
+}
+
+/// The receive interrupt's handler: the next `pump_if_due` polls. (Reading the FIFO here
+/// would take the console lock inside an interrupt; the poll that follows the VM exit or
+/// idle wake-up this interrupt causes does it.)
+pub fn rx_interrupt() {
+    RX_PENDING.store(true, Ordering::Relaxed);
+}
+
+/// Whether CPU 0 must come back to the console every `CONSOLE_TICK_NS` (rule:
+/// `bastion_core::serial_policy::console_tick_needed`).
+pub fn console_tick_needed() -> bool {
+    bastion_core::serial_policy::console_tick_needed(RX_IRQ.load(Ordering::Relaxed), output_pending())
 }
 
 /// Sets COM1's line speed (`[hypervisor] serial_baud`), after what is queued has been sent at
@@ -190,7 +228,8 @@ static LAST_POLL_NS: AtomicU64 = AtomicU64::new(0);
 /// [`pump`], but only when output waits or the last input poll is `POLL_NS` old (the rule and
 /// its proof: `bastion_core::serial_policy`): cheap to call after every VM exit.
 pub fn pump_if_due(now_ns: u64) {
-    if bastion_core::serial_policy::poll_due(now_ns, LAST_POLL_NS.load(Ordering::Relaxed), output_pending()) {
+    let rx = RX_PENDING.swap(false, Ordering::Relaxed);
+    if rx || bastion_core::serial_policy::poll_due(now_ns, LAST_POLL_NS.load(Ordering::Relaxed), output_pending()) {
         LAST_POLL_NS.store(now_ns, Ordering::Relaxed);
         pump();
     }

@@ -46,7 +46,7 @@ fn flood_arrives_whole(p: Platform, expect_backpressure: bool) {
     let out = emu.transcript();
     let numbers: Vec<u32> =
         out.lines().filter_map(|l| l.strip_prefix("[flood] flood: line ")).map(|l| l.split_whitespace().next().unwrap().parse().unwrap()).collect();
-    assert_eq!(numbers, (1..=1200).collect::<Vec<u32>>(), "lines lost, repeated or reordered");
+    assert_eq!(numbers, (1..=2400).collect::<Vec<u32>>(), "lines lost, repeated or reordered");
     let busy: u64 = out
         .lines()
         .find_map(|l| l.strip_prefix("[flood] flood: transmitter busy "))
@@ -60,7 +60,7 @@ fn flood_arrives_whole(p: Platform, expect_backpressure: bool) {
 
 #[test]
 fn a_flooding_guest_meets_backpressure_and_loses_nothing_on_bochs_intel() {
-    // Bochs paces COM1 at the baud rate, as hardware does: 77 KB take about 7 s of line time.
+    // Bochs paces COM1 at the baud rate, as hardware does: 154 KB take about 13 s of line time.
     flood_arrives_whole(Platform::BochsIntel, true);
 }
 

@@ -14,6 +14,7 @@ pub mod console;
 pub mod devices;
 pub mod exit;
 pub mod frame_alloc;
+pub mod host_irq;
 pub mod hostmem;
 pub mod loader;
 pub mod npt;

@@ -9,6 +9,15 @@
 //! 10 bits = 86.8 µs, so the FIFO fills in 1.39 ms. Exits come at least every
 //! CONSOLE_TICK_NS and a poll happens at the first exit once POLL_NS has passed, so the
 //! longest gap between two polls is max(CONSOLE_TICK_NS, POLL_NS) = 1 ms < 1.39 ms.
+//!
+//! That rule costs a guest on CPU 0 a VM exit every millisecond, whether anyone types or not.
+//! Where the host's I/O APIC can route COM1's IRQ 4 to CPU 0 (the kernel's `ioapic.rs`), the
+//! UART interrupts instead: at [`RX_TRIGGER_BYTES`] in the FIFO, or after four character
+//! times without a new byte while the FIFO holds fewer (PC16550D, "FIFO Interrupt Mode
+//! Operation"). The interrupt ends the guest's run at once (host interrupts always exit) and
+//! the poll follows that exit, so the FIFO is emptied within [`RX_TRIGGER_BYTES`] byte times
+//! of the trigger plus that latency; CPU 0 then needs the tick only while output waits for the
+//! line ([`console_tick_needed`]).
 
 /// Longest time CPU 0 runs a guest (or idles) without returning to the console.
 pub const CONSOLE_TICK_NS: u64 = 1_000_000;
@@ -18,6 +27,15 @@ pub const POLL_NS: u64 = 500_000;
 pub const INPUT_RING_BYTES: usize = 4096;
 /// The 16550's receive FIFO.
 pub const RX_FIFO_BYTES: usize = 16;
+/// The receive FIFO's interrupt trigger level the host sets (FCR bits 7:6 = 10).
+pub const RX_TRIGGER_BYTES: usize = 8;
+
+/// Whether CPU 0 must end its guest runs and idle waits within [`CONSOLE_TICK_NS`]: while
+/// input is polled (no receive interrupt), or while output waits for the line (the transmit
+/// side is polled either way).
+pub fn console_tick_needed(rx_interrupt: bool, output_pending: bool) -> bool {
+    !rx_interrupt || output_pending
+}
 
 /// Whether a poll is due at `now` after the last one at `last` (or output is waiting).
 pub fn poll_due(now: u64, last: u64, output_pending: bool) -> bool {
@@ -89,6 +107,64 @@ mod tests {
         // 16-byte FIFO overflows (~115 bytes arrive per 10 ms).
         let (got, lost) = replay(4096, 115_200, 10_000_000);
         assert!(lost > 3000 && got + lost == 4096, "{got} delivered, {lost} lost");
+    }
+
+    /// Replays `n` bytes at `baud` into the FIFO with the receive interrupt on: it fires at
+    /// the trigger level or four character times after the last byte (PC16550D), and the poll
+    /// follows `latency_ns` later (the VM exit it causes). No periodic tick at all. Returns
+    /// (delivered, lost).
+    fn replay_with_interrupts(n: usize, baud: u32, latency_ns: u64) -> (usize, usize) {
+        let per_byte = byte_time_ns(baud);
+        let (mut fifo, mut delivered, mut lost) = (0usize, 0usize, 0usize);
+        let mut poll_at: Option<u64> = None;
+        let mut last_byte_at = 0u64;
+        let step = 1_000;
+        let end = n as u64 * per_byte + 20 * per_byte + latency_ns;
+        let mut t = 0;
+        let mut next = 0usize;
+        while t <= end {
+            while next < n && (next as u64 + 1) * per_byte <= t {
+                if fifo < RX_FIFO_BYTES {
+                    fifo += 1;
+                } else {
+                    lost += 1;
+                }
+                next += 1;
+                last_byte_at = t;
+            }
+            let trigger = fifo >= RX_TRIGGER_BYTES || (fifo > 0 && t >= last_byte_at + 4 * per_byte);
+            if trigger && poll_at.is_none() {
+                poll_at = Some(t + latency_ns);
+            }
+            if poll_at.is_some_and(|p| t >= p) {
+                delivered += fifo;
+                fifo = 0;
+                poll_at = None;
+            }
+            t += step;
+        }
+        (delivered + fifo, lost)
+    }
+
+    #[test]
+    fn with_the_receive_interrupt_a_paste_needs_no_tick_while_the_exit_comes_within_8_bytes() {
+        // Trigger at 8 of 16 bytes: 8 byte times (694 us at 115200) for the exit and poll.
+        assert_eq!(replay_with_interrupts(4096, 115_200, 100_000), (4096, 0));
+        assert_eq!(replay_with_interrupts(4096, 115_200, 600_000), (4096, 0));
+        // A single typed key: the character timeout delivers it.
+        assert_eq!(replay_with_interrupts(1, 115_200, 100_000), (1, 0));
+        // The rule is what makes the difference: a poll 2 ms after the trigger overflows.
+        let (_, lost) = replay_with_interrupts(4096, 115_200, 2_000_000);
+        assert!(lost > 0);
+        assert!(RX_TRIGGER_BYTES < RX_FIFO_BYTES);
+    }
+
+    #[test]
+    fn cpu0_needs_its_tick_only_while_input_is_polled_or_output_waits() {
+        assert!(console_tick_needed(false, false));
+        assert!(console_tick_needed(true, true));
+        assert!(console_tick_needed(false, true));
+        assert!(!console_tick_needed(true, false));
     }
 
     #[test]

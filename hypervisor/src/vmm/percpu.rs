@@ -9,6 +9,9 @@ use bastion_core::virt::VirtCaps;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use spin::Once;
 
+/// Vector of COM1's receive interrupt (through the host's I/O APIC, to CPU 0).
+pub const SERIAL_VECTOR: u8 = 0xe0;
+
 /// Vector of the local APIC timer (time slices on SVM, idle wake-ups).
 pub const TIMER_VECTOR: u8 = 0xef;
 

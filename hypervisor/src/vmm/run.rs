@@ -71,11 +71,11 @@ pub(super) fn run_slice(cpu: &PerCpu, id: VcpuId, slice_ns: u64) {
         if now >= deadline {
             break SliceEnd::Preempted;
         }
-        let start = {
+        let (start, timer) = {
             // Timers first (PIT ticks, local APIC timers), then whatever the chip holds for
             // this vCPU: a STARTUP that ends its wait-for-SIPI, its local APIC's vectors, or
             // the PIC's through LINT0.
-            let mut chip = g.devices.advance(now);
+            let (mut chip, timer) = g.devices.advance_for(vi, now);
             let parked = chip.is_parked(vi);
             let start = chip.take_start(vi);
             if parked && start.is_none() {
@@ -85,7 +85,7 @@ pub(super) fn run_slice(cpu: &PerCpu, id: VcpuId, slice_ns: u64) {
                 bastion_core::vm::deliver_interrupt(vcpu, &mut chip, vi);
             }
             vcpu.set_cr8_tpr(chip.tpr(vi));
-            start
+            (start, timer)
         };
         if let Some(vector) = start {
             if let Err(e) = vcpu.load_state(&bastion_core::loader::sipi_state(vector)) {
@@ -93,16 +93,17 @@ pub(super) fn run_slice(cpu: &PerCpu, id: VcpuId, slice_ns: u64) {
             }
         }
         tpr_loaded = vcpu.cr8_tpr();
-        // CPU 0 services the console (output waiting for the line, and input): its slices
-        // end within CONSOLE_TICK_NS so the UART never sits idle or overflows. Other CPUs
+        // CPU 0 services the console (output waiting for the line, and input unless COM1's
+        // receive interrupt brings it): its runs end within CONSOLE_TICK_NS then, so the UART
+        // never sits idle or overflows. Other CPUs
         // pump only when their guests exit anyway, so a CPU-bound neighbour of a printing
         // guest is not interrupted for the console.
-        let mut budget = if cpu.index == 0 { (deadline - now).min(CONSOLE_TICK_NS) } else { deadline - now };
+        let mut budget = if cpu.index == 0 && serial::console_tick_needed() { (deadline - now).min(CONSOLE_TICK_NS) } else { deadline - now };
         // A guest timer due before then ends the run at its deadline, so its interrupt is
         // delivered on time rather than folded into a later one: a guest that keeps time by
         // counting ticks (Linux before it switches to kvm-clock) would lose the folded ones.
         // The floor bounds the exit rate a guest can cause with a tiny timer period.
-        if let Some(at) = timer_deadline(&g.devices, vi, now) {
+        if let Some(at) = timer {
             budget = budget.min(at.saturating_sub(now).max(MIN_TIMER_BUDGET_NS));
         }
         let exit = vcpu.run(budget, arm_slice_timer);
@@ -260,7 +261,7 @@ pub fn cpu_loop(index: usize) -> ! {
             Decision::Idle => {
                 // Wake for the next guest timer, or the idle tick, whichever comes first; within
                 // the console tick while output waits or on CPU 0 (input).
-                let tick = if serial::output_pending() || index == 0 { CONSOLE_TICK_NS } else { IDLE_TICK_NS };
+                let tick = if (index == 0 && serial::console_tick_needed()) || serial::output_pending() { CONSOLE_TICK_NS } else { IDLE_TICK_NS };
                 let wait = next.map_or(tick, |d| d.saturating_sub(now).min(tick));
                 arm_slice_timer(wait);
                 x86_64::instructions::interrupts::enable_and_hlt();

@@ -92,6 +92,9 @@ pub struct IrqChip {
     /// vCPUs (bit n = vCPU n) that received an interrupt, NMI, INIT or STARTUP since the last
     /// [`IrqChip::take_kicked`].
     kicked: u64,
+    /// The level last driven on each ISA line (bit n = IRQ n): a device access re-samples
+    /// every line, and only a change has anything to do.
+    isa_lines: u16,
     /// Messages and IPIs that had nowhere to go (no matching APIC, unsupported delivery mode).
     undeliverable: u64,
     clock: Clock,
@@ -111,6 +114,7 @@ impl IrqChip {
             parked: alloc::vec![false; n],
             sipi: alloc::vec![None; n],
             kicked: 0,
+            isa_lines: 0,
             undeliverable: 0,
             clock,
         };
@@ -141,8 +145,15 @@ impl IrqChip {
         self.lapics.get(v)
     }
 
-    /// Drives ISA line `irq` (0..=15) to `level`, at the PIC and the I/O APIC.
+    /// Drives ISA line `irq` (0..=15) to `level`, at the PIC and the I/O APIC. Driving a line
+    /// to the level it has does nothing (neither chip sees an edge, and a level input that
+    /// stays asserted is the I/O APIC's to re-send after an EOI).
     pub fn set_isa_irq(&mut self, irq: u8, level: bool) {
+        let bit = 1u16 << (irq & 15);
+        if irq > 15 || (self.isa_lines & bit != 0) == level {
+            return;
+        }
+        self.isa_lines ^= bit;
         self.pic.set_irq(irq, level);
         self.ioapic.set_irq(isa_pin(irq), level);
         self.route();
@@ -151,8 +162,7 @@ impl IrqChip {
     /// One edge on ISA line `irq`: lowered, then raised (the 8259 and an edge-triggered I/O
     /// APIC input both latch the rising edge; 8259A datasheet, 82093AA 3.2.4 bit 15).
     pub fn pulse_isa_irq(&mut self, irq: u8) {
-        self.pic.set_irq(irq, false);
-        self.ioapic.set_irq(isa_pin(irq), false);
+        self.set_isa_irq(irq, false);
         self.set_isa_irq(irq, true);
     }
 
@@ -337,6 +347,10 @@ impl IrqChip {
     /// broadcasts to the I/O APIC, its messages and the IPIs to the local APICs. Bounded: an
     /// EOI re-sends at most one message per pin, and every IPI came from a guest write.
     pub fn route(&mut self) {
+        let queued = |c: &IrqChip| c.ioapic.has_messages() || c.lapics.iter().any(|l| l.has_ipis() || l.has_eoi_broadcast());
+        if !queued(self) {
+            return;
+        }
         loop {
             let mut busy = false;
             for v in 0..self.lapics.len() {
@@ -782,6 +796,24 @@ mod tests {
         write_reg(&mut c, 1, 0x380, 100);
         assert!(c.has_source(1), "an armed timer");
         assert!(!c.has_source(2), "no such vCPU");
+    }
+
+    #[test]
+    fn driving_a_line_to_the_level_it_has_sends_nothing_new() {
+        // An edge input sends on the rising edge only (82093AA 3.2.4 bit 15): re-sampling a
+        // line that stays high (every device access does) must not look like a new edge.
+        let mut c = chip(1);
+        program_pin(&mut c, 4, 0x34, 0);
+        c.set_isa_irq(4, true);
+        assert_eq!(c.acknowledge(0), Some(0x34));
+        write_reg(&mut c, 0, REG_EOI, 0);
+        c.set_isa_irq(4, true);
+        assert!(!c.has_interrupt(0));
+        c.set_isa_irq(4, false);
+        c.set_isa_irq(4, true);
+        assert_eq!(c.acknowledge(0), Some(0x34));
+        c.set_isa_irq(16, true);
+        assert!(!c.has_interrupt(0), "no ISA line 16");
     }
 
     #[test]

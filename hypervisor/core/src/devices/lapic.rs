@@ -807,6 +807,11 @@ impl Lapic {
         self.ipis.pop_front()
     }
 
+    /// Whether an EOI broadcast waits for [`pop_eoi_broadcast`](Self::pop_eoi_broadcast).
+    pub fn has_eoi_broadcast(&self) -> bool {
+        self.eoi_broadcasts.iter().any(|&w| w != 0)
+    }
+
     /// Whether an IPI waits in the queue.
     pub fn has_ipis(&self) -> bool {
         !self.ipis.is_empty()

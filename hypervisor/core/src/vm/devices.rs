@@ -337,10 +337,20 @@ impl GuestDevices {
     /// then fire. Call before a vCPU enters the guest, and when its timer deadline has passed.
     /// Returns the chip, locked.
     pub fn advance(&self, now: u64) -> MutexGuard<'_, IrqChip> {
-        let edges = self.pit.lock().pit.irq0_edges(now);
-        let rtc = {
+        self.advance_for(usize::MAX, now).0
+    }
+
+    /// [`advance`](Self::advance), and [`next_deadline_for`](Self::next_deadline_for) vCPU
+    /// `vcpu` from the same locks: what the run loop needs before every entry.
+    pub fn advance_for(&self, vcpu: usize, now: u64) -> (MutexGuard<'_, IrqChip>, Option<u64>) {
+        let (edges, pit_at) = {
+            let mut p = self.pit.lock();
+            let edges = p.pit.irq0_edges(now);
+            (edges, if vcpu == 0 { p.pit.next_irq0_deadline(now) } else { None })
+        };
+        let (rtc, rtc_at) = {
             let r = self.rtc.lock();
-            r.rtc.interrupt_line(now)
+            (r.rtc.interrupt_line(now), if vcpu == 0 { r.rtc.next_deadline(now) } else { None })
         };
         let mut chip = self.irq.lock();
         // The RTC's IRQ 8 is a level the chip holds until register C is read ("Register C").
@@ -349,7 +359,8 @@ impl GuestDevices {
             chip.pulse_isa_irq(PIT_IRQ);
         }
         chip.advance(now);
-        chip
+        let at = earliest(earliest(pit_at, rtc_at), chip.next_deadline(vcpu, now));
+        (chip, at)
     }
 
     /// When the next time-driven interrupt of the platform is due (PIT IRQ 0, RTC IRQ 8), if
@@ -693,6 +704,12 @@ mod tests {
         assert!(pit < 11_000 && d.next_deadline_for(1, 1_000) == Some(11_000));
         drop(d.advance(11_000));
         assert!(d.irq.lock().has_interrupt(1));
+        // The run loop's combined call gives the same deadlines.
+        let (_, at1) = d.advance_for(1, 11_000);
+        assert_eq!(at1, d.next_deadline_for(1, 11_000));
+        let (_, at0) = d.advance_for(0, 11_000);
+        assert_eq!(at0, d.next_deadline_for(0, 11_000));
+        assert!(at0.is_some(), "the PIT keeps running");
     }
 
     #[test]
