@@ -76,6 +76,7 @@ pub(super) fn run_slice(cpu: &PerCpu, id: VcpuId, slice_ns: u64) {
             // this vCPU: a STARTUP that ends its wait-for-SIPI, its local APIC's vectors, or
             // the PIC's through LINT0.
             let (mut chip, timer) = g.devices.advance_for(vi, now);
+            let mut ram = crate::vm::GuestRam(vcpu.ram_view());
             let parked = chip.is_parked(vi);
             let start = chip.take_start(vi);
             if parked && start.is_none() {
@@ -83,6 +84,7 @@ pub(super) fn run_slice(cpu: &PerCpu, id: VcpuId, slice_ns: u64) {
             }
             if start.is_none() {
                 bastion_core::vm::deliver_interrupt(vcpu, &mut chip, vi);
+                bastion_core::vm::pv_eoi::sync_to_guest(&mut state.pv_eoi, &chip, vi, &mut ram);
             }
             vcpu.set_cr8_tpr(chip.tpr(vi));
             (start, timer)
@@ -110,6 +112,13 @@ pub(super) fn run_slice(cpu: &PerCpu, id: VcpuId, slice_ns: u64) {
         let tpr = vcpu.cr8_tpr();
         if tpr != tpr_loaded {
             g.devices.irq.lock().set_tpr(vi, tpr);
+        }
+        if state.pv_eoi.armed.is_some() {
+            // An interrupt the guest ended through the paravirtual EOI flag ends now, before
+            // anything looks at what the vCPU can take (a HLT that follows must see the
+            // interrupts that EOI lets through, or it would sleep past them).
+            let mut ram = crate::vm::GuestRam(vcpu.ram_view());
+            bastion_core::vm::pv_eoi::sync_from_guest(&mut state.pv_eoi, &mut g.devices.irq.lock(), vi, &mut ram);
         }
         take_host_interrupts();
         serial::pump_if_due(time::now_ns());

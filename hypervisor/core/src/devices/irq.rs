@@ -274,6 +274,32 @@ impl IrqChip {
         }
     }
 
+    /// Whether vCPU `v` may end its current interrupt without an EOI write (the paravirtual
+    /// EOI, `vm::pv_eoi`): the vector in service is edge-triggered, so its EOI concerns no I/O
+    /// APIC, and nothing waits in the IRR that the EOI would let through.
+    pub fn eoi_can_be_skipped(&self, v: usize) -> Option<u8> {
+        let l = self.lapics.get(v).filter(|_| self.enabled[v])?;
+        let vector = l.in_service()?;
+        (!l.irr_pending() && !l.level_triggered(vector)).then_some(vector)
+    }
+
+    /// Whether `vector` is the highest in service on vCPU `v`.
+    pub fn in_service(&self, v: usize) -> Option<u8> {
+        self.lapics.get(v)?.in_service()
+    }
+
+    /// An EOI on vCPU `v` as if written to its EOI register (11.8.5).
+    pub fn eoi(&mut self, v: usize) {
+        let broadcast = match self.lapics.get_mut(v) {
+            Some(l) => l.eoi(),
+            None => return,
+        };
+        if let Some(vector) = broadcast {
+            self.ioapic.eoi(vector);
+        }
+        self.route();
+    }
+
     /// TPR of vCPU `v` (what CR8 shows in its bits 7:4, SDM Vol. 3A 11.8.6.1).
     pub fn tpr(&self, v: usize) -> u8 {
         self.lapics.get(v).map_or(0, |l| l.tpr())
@@ -331,9 +357,7 @@ impl IrqChip {
         let on = value & APIC_BASE_ENABLE != 0;
         if on != self.enabled[v] {
             self.enabled[v] = on;
-            let mut l = Lapic::with_clock(v as u8, LAPIC_BUS_HZ, self.clock);
-            core::mem::swap(&mut l, &mut self.lapics[v]);
-            let _ = l;
+            self.lapics[v] = Lapic::with_clock(v as u8, LAPIC_BUS_HZ, self.clock);
         }
         Ok(())
     }
@@ -343,34 +367,21 @@ impl IrqChip {
         *self = IrqChip::new(self.lapics.len(), self.clock);
     }
 
-    /// Carries everything the models queued for each other until nothing is left: EOI
-    /// broadcasts to the I/O APIC, its messages and the IPIs to the local APICs. Bounded: an
-    /// EOI re-sends at most one message per pin, and every IPI came from a guest write.
+    /// Carries everything the models queued for each other: EOI broadcasts to the I/O APIC,
+    /// then its messages (an EOI can make it send again) and the IPIs to the local APICs. One
+    /// pass is enough: delivering a message or an IPI queues no EOI, message or IPI.
     pub fn route(&mut self) {
-        let queued = |c: &IrqChip| c.ioapic.has_messages() || c.lapics.iter().any(|l| l.has_ipis() || l.has_eoi_broadcast());
-        if !queued(self) {
-            return;
+        for v in 0..self.lapics.len() {
+            while let Some(vector) = self.lapics[v].pop_eoi_broadcast() {
+                self.ioapic.eoi(vector);
+            }
         }
-        loop {
-            let mut busy = false;
-            for v in 0..self.lapics.len() {
-                while let Some(vector) = self.lapics[v].pop_eoi_broadcast() {
-                    self.ioapic.eoi(vector);
-                    busy = true;
-                }
-            }
-            while let Some(m) = self.ioapic.pop_message() {
-                self.deliver_message(m);
-                busy = true;
-            }
-            for v in 0..self.lapics.len() {
-                while let Some(ipi) = self.lapics[v].pop_ipi() {
-                    self.deliver_ipi(v, ipi);
-                    busy = true;
-                }
-            }
-            if !busy {
-                break;
+        while let Some(m) = self.ioapic.pop_message() {
+            self.deliver_message(m);
+        }
+        for v in 0..self.lapics.len() {
+            while let Some(ipi) = self.lapics[v].pop_ipi() {
+                self.deliver_ipi(v, ipi);
             }
         }
     }
@@ -644,10 +655,10 @@ mod tests {
         assert_eq!(c.take_kicked(), 0b10, "a running AP must stop at once");
         // Interrupts do not reach a CPU waiting for SIPI.
         assert!(!c.has_source(1));
-        // The INIT level de-assert that follows does nothing (Table 11-3).
+        write_reg(&mut c, 0, REG_ICR_LOW, (u32::from(DELIVERY_STARTUP) << 8) | 0x08);
+        // An INIT level de-assert does nothing (Table 11-3): the STARTUP stays recorded.
         write_reg(&mut c, 0, REG_ICR_LOW, (u32::from(DELIVERY_INIT) << 8) | (1 << 15));
         assert!(c.is_parked(1));
-        write_reg(&mut c, 0, REG_ICR_LOW, (u32::from(DELIVERY_STARTUP) << 8) | 0x08);
         write_reg(&mut c, 0, REG_ICR_LOW, (u32::from(DELIVERY_STARTUP) << 8) | 0x09);
         assert!(c.wakes(1));
         assert_eq!(c.take_start(1), Some(0x08), "the first STARTUP counts");
@@ -690,9 +701,19 @@ mod tests {
     #[test]
     fn an_ipi_to_nobody_is_counted_as_undeliverable() {
         let mut c = chip(2);
+        assert_eq!(c.undeliverable(), 0);
         write_reg(&mut c, 0, REG_ICR_HIGH, 7 << 24);
         write_reg(&mut c, 0, REG_ICR_LOW, 0x61);
         assert_eq!(c.undeliverable(), 1);
+        write_reg(&mut c, 0, REG_ICR_LOW, 0x62);
+        assert_eq!(c.undeliverable(), 2, "counted, one each");
+        // A mode nobody serves here: SMI (no SMM), ExtINT through the I/O APIC.
+        program_pin(&mut c, 3, (2 << 8) | 0x23, 0);
+        c.set_isa_irq(3, true);
+        program_pin(&mut c, 5, (7 << 8) | 0x25, 0);
+        c.set_isa_irq(5, true);
+        assert_eq!(c.undeliverable(), 4);
+        assert!(!c.has_interrupt(0) && !c.take_nmi(0));
         assert!(!c.has_interrupt(0) && !c.has_interrupt(1));
     }
 
@@ -713,7 +734,7 @@ mod tests {
         assert_eq!(c.apic_base(1), 0xfee0_0800);
         assert_eq!(c.set_apic_base(0, 0xfee0_0900), Ok(()));
         assert_eq!(c.set_apic_base(0, 0xfed0_0900), Err(()), "relocation");
-        assert_eq!(c.set_apic_base(0, 0xfee0_0d00), Err(()), "x2APIC");
+        assert_eq!(c.set_apic_base(0, 0xfee0_0900 | APIC_BASE_EXTD), Err(()), "x2APIC");
         assert_eq!(c.set_apic_base(0, 0xfee0_0901), Err(()), "reserved bit 0");
         assert_eq!(c.set_apic_base(1, 0xfee0_0900), Err(()), "BSP is read-only");
         assert_eq!(c.set_apic_base(0, 1 << 40 | 0xfee0_0900), Err(()), "beyond the address width");
@@ -791,7 +812,13 @@ mod tests {
         assert!(!c.has_source(1), "a masked entry reaches nobody");
         program_pin(&mut c, 4, 0x24, 1);
         assert!(c.has_source(1));
+        // Logical destinations count too (flat model, LDR bit 1 for vCPU 1).
         program_pin(&mut c, 4, RTE_MASKED as u32, 1);
+        write_reg(&mut c, 1, REG_LDR, 2 << 24);
+        program_pin(&mut c, 5, (1 << 11) | 0x25, 0b10);
+        assert!(c.has_source(1));
+        program_pin(&mut c, 5, RTE_MASKED as u32, 0);
+        assert!(!c.has_source(1));
         write_reg(&mut c, 1, 0x320, 0x40);
         write_reg(&mut c, 1, 0x380, 100);
         assert!(c.has_source(1), "an armed timer");
@@ -812,8 +839,26 @@ mod tests {
         c.set_isa_irq(4, false);
         c.set_isa_irq(4, true);
         assert_eq!(c.acknowledge(0), Some(0x34));
+        // ISA has lines 0-15: "IRQ 16" drives nothing, not even an I/O APIC pin 16.
+        program_pin(&mut c, 16, 0x36, 0);
         c.set_isa_irq(16, true);
         assert!(!c.has_interrupt(0), "no ISA line 16");
+        write_reg(&mut c, 0, REG_EOI, 0);
+        program_pin(&mut c, 15, 0x3f, 0);
+        c.set_isa_irq(15, true);
+        assert_eq!(c.acknowledge(0), Some(0x3f), "line 15 is the last ISA line");
+    }
+
+    #[test]
+    fn firmware_leaves_lint1_as_nmi_on_every_vcpu_and_lint0_extint_on_the_bsp_only() {
+        // MP spec 3.6.2.2 / SeaBIOS: LINT0 ExtINT (BSP), LINT1 NMI, APIC software-enabled.
+        let mut c = chip(2);
+        for v in 0..2 {
+            assert_eq!(read_reg(&mut c, v, REG_LVT_LINT1), 0x400, "vCPU {v}");
+            assert_eq!(read_reg(&mut c, v, REG_SVR), 0x1ff);
+        }
+        assert_eq!(read_reg(&mut c, 0, REG_LVT_LINT0), 0x700);
+        assert_eq!(read_reg(&mut c, 1, REG_LVT_LINT0), 0x0001_0000);
     }
 
     #[test]

@@ -807,6 +807,21 @@ impl Lapic {
         self.ipis.pop_front()
     }
 
+    /// Whether any vector waits in the IRR (deliverable now or not).
+    pub fn irr_pending(&self) -> bool {
+        self.irr.iter().any(|&w| w != 0)
+    }
+
+    /// The highest vector in service (ISRV, 11.8.3.1), if any.
+    pub fn in_service(&self) -> Option<u8> {
+        highest(&self.isr)
+    }
+
+    /// Whether `vector` was accepted level-triggered (its TMR bit, 11.8.4).
+    pub fn level_triggered(&self, vector: u8) -> bool {
+        test_bit(&self.tmr, vector)
+    }
+
     /// Whether an EOI broadcast waits for [`pop_eoi_broadcast`](Self::pop_eoi_broadcast).
     pub fn has_eoi_broadcast(&self) -> bool {
         self.eoi_broadcasts.iter().any(|&w| w != 0)

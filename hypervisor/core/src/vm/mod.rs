@@ -15,6 +15,7 @@ pub mod insn;
 pub mod memmap;
 pub mod mmio;
 pub mod msr;
+pub mod pv_eoi;
 pub mod pvclock;
 pub mod regs;
 pub mod string_io;
@@ -432,12 +433,14 @@ pub struct VcpuState {
     pub tsc_khz: u32,
     /// What the guest's CPUID offers, for the register rules.
     pub features: GuestFeatures,
+    /// The paravirtual EOI (`pv_eoi`).
+    pub pv_eoi: pv_eoi::PvEoi,
 }
 
 impl VcpuState {
     pub fn new(vcpu_id: u32, tsc_khz: u32, host: &dyn Host) -> Self {
         let features = GuestFeatures::from_cpuid(|leaf, sub| cpuid::guest_cpuid(leaf, sub, vcpu_id, true, tsc_khz, |l, s| host.cpuid(l, s)));
-        VcpuState { vcpu_id, msrs: MsrState::new(), stats: ExitStats::default(), tsc_khz, features }
+        VcpuState { vcpu_id, msrs: MsrState::new(), stats: ExitStats::default(), tsc_khz, features, pv_eoi: pv_eoi::PvEoi::default() }
     }
 }
 
@@ -524,6 +527,9 @@ pub fn handle_exit(e: &VmExit, cpu: &mut dyn Vcpu, g: &mut VcpuState, env: &mut 
                 MsrResult::KvmClock if msr == pvclock::MSR_SYSTEM_TIME_NEW => Some(g.msrs.kvm_system_time),
                 MsrResult::KvmClock => Some(g.msrs.kvm_wall_clock),
                 MsrResult::ApicBase => env.io.apic_base(),
+                // Like kvmclock, only where the KVM leaves are offered.
+                MsrResult::PvEoi if g.tsc_khz == 0 => None,
+                MsrResult::PvEoi => Some(g.pv_eoi.msr),
                 MsrResult::Done | MsrResult::Fault => None,
             };
             match value {
@@ -556,7 +562,8 @@ pub fn handle_exit(e: &VmExit, cpu: &mut dyn Vcpu, g: &mut VcpuState, env: &mut 
                     Ok(())
                 }
                 MsrResult::ApicBase if env.io.set_apic_base(value) => Ok(()),
-                MsrResult::Fault | MsrResult::ApicBase => Err(Fault::Gp),
+                MsrResult::PvEoi if g.tsc_khz != 0 => g.pv_eoi.write_msr(value).map_err(|()| Fault::Gp),
+                MsrResult::Fault | MsrResult::ApicBase | MsrResult::PvEoi => Err(Fault::Gp),
             };
             match outcome {
                 Ok(()) => complete(cpu, e),

@@ -72,6 +72,8 @@ pub enum MsrResult {
     /// A kvmclock MSR (`pvclock`): the common handler checks that the clock is offered and
     /// writes the structure into guest memory.
     KvmClock,
+    /// MSR_KVM_PV_EOI_EN (`pv_eoi`): offered with the KVM leaves, like kvmclock.
+    PvEoi,
     /// IA32_APIC_BASE: per vCPU, kept by the guest's interrupt chip (`devices::irq`), which
     /// the common handler reaches through `DeviceIo`.
     ApicBase,
@@ -98,6 +100,7 @@ impl MsrState {
             AMD_INT_PENDING_MSG => MsrResult::Value(0),
             super::pvclock::MSR_WALL_CLOCK_NEW | super::pvclock::MSR_SYSTEM_TIME_NEW => MsrResult::KvmClock,
             crate::devices::irq::MSR_APIC_BASE => MsrResult::ApicBase,
+            super::pv_eoi::MSR_PV_EOI_EN => MsrResult::PvEoi,
             _ => MsrResult::Fault,
         }
     }
@@ -115,6 +118,7 @@ impl MsrState {
             }
             super::pvclock::MSR_WALL_CLOCK_NEW | super::pvclock::MSR_SYSTEM_TIME_NEW => MsrResult::KvmClock,
             crate::devices::irq::MSR_APIC_BASE => MsrResult::ApicBase,
+            super::pv_eoi::MSR_PV_EOI_EN => MsrResult::PvEoi,
             _ => MsrResult::Fault,
         }
     }

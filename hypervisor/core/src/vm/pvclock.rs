@@ -3,10 +3,11 @@
 //!
 //! Linux looks for the signature "KVMKVMKVM\0\0\0" at every 0x100 step from CPUID leaf
 //! 0x4000_0000 (`hypervisor_cpuid_base`), so Bastion keeps its own signature at 0x4000_0000 and
-//! puts a KVM-compatible one at [`KVM_BASE`] = 0x4000_0100, with [`KVM_FEATURES`] offering only
-//! the clock: `KVM_FEATURE_CLOCKSOURCE2` (the MSRs at 0x4b564d00/01) and
-//! `KVM_FEATURE_CLOCKSOURCE_STABLE_BIT` (Linux's `Documentation/virt/kvm/x86/cpuid.rst` and
-//! `msr.rst`). Nothing else of KVM's interface is offered, so nothing else is used.
+//! puts a KVM-compatible one at [`KVM_BASE`] = 0x4000_0100, with [`KVM_FEATURES`] offering the
+//! clock, `KVM_FEATURE_CLOCKSOURCE2` (the MSRs at 0x4b564d00/01) and
+//! `KVM_FEATURE_CLOCKSOURCE_STABLE_BIT`, and the paravirtual EOI, `KVM_FEATURE_PV_EOI`
+//! (`vm::pv_eoi`) (Linux's `Documentation/virt/kvm/x86/cpuid.rst` and `msr.rst`). Nothing else
+//! of KVM's interface is offered, so nothing else is used.
 //!
 //! The guest writes a guest-physical address to `MSR_KVM_SYSTEM_TIME_NEW` (bit 0 = enable) and
 //! Bastion writes a `pvclock_vcpu_time_info` there (32 bytes, `pvclock-abi.h`): a TSC value,
@@ -31,6 +32,9 @@ pub const KVM_FEATURES: u32 = 0x4000_0101;
 pub const KVM_SIGNATURE: [u32; 3] = [u32::from_le_bytes(*b"KVMK"), u32::from_le_bytes(*b"VMKV"), u32::from_le_bytes(*b"M\0\0\0")];
 /// `KVM_FEATURE_CLOCKSOURCE2`: the "new" clock MSRs below.
 pub const FEATURE_CLOCKSOURCE2: u32 = 1 << 3;
+/// `KVM_FEATURE_PV_EOI`: the guest may end an interrupt by clearing a flag in its memory
+/// instead of writing the EOI register (`vm::pv_eoi`).
+pub const FEATURE_PV_EOI: u32 = 1 << 6;
 /// `KVM_FEATURE_CLOCKSOURCE_STABLE_BIT`: the TSC-stable flag may be set.
 pub const FEATURE_STABLE_BIT: u32 = 1 << 24;
 pub const MSR_WALL_CLOCK_NEW: u32 = 0x4b56_4d00;
@@ -50,7 +54,7 @@ pub fn cpuid(leaf: u32, tsc_khz: u32) -> Option<[u32; 4]> {
     }
     match leaf {
         KVM_BASE => Some([KVM_FEATURES, KVM_SIGNATURE[0], KVM_SIGNATURE[1], KVM_SIGNATURE[2]]),
-        KVM_FEATURES => Some([FEATURE_CLOCKSOURCE2 | FEATURE_STABLE_BIT, 0, 0, 0]),
+        KVM_FEATURES => Some([FEATURE_CLOCKSOURCE2 | FEATURE_PV_EOI | FEATURE_STABLE_BIT, 0, 0, 0]),
         _ => None,
     }
 }
@@ -120,7 +124,7 @@ mod tests {
         assert_eq!(max, KVM_FEATURES);
         let sig: Vec<u8> = [b, c, d].iter().flat_map(|r| r.to_le_bytes()).collect();
         assert_eq!(&sig, b"KVMKVMKVM\0\0\0", "the bytes Linux's hypervisor_cpuid_base compares");
-        assert_eq!(cpuid(KVM_FEATURES, 2_000_000), Some([(1 << 3) | (1 << 24), 0, 0, 0]));
+        assert_eq!(cpuid(KVM_FEATURES, 2_000_000), Some([(1 << 3) | (1 << 6) | (1 << 24), 0, 0, 0]));
         assert_eq!(cpuid(KVM_BASE + 2, 2_000_000), None);
         assert_eq!(cpuid(KVM_BASE, 0), None, "no clock without a known TSC rate");
     }

@@ -1229,6 +1229,27 @@ mod kvm_clock {
         assert_eq!(&g.ram.0[0x2100..0x210c], &pvclock::wall_clock(1_700_000_000_000_000_000, 500_000));
     }
 
+    /// msr.rst MSR_KVM_PV_EOI_EN: read back as written, bit 1 reserved (#GP), and only
+    /// where the KVM leaves (and KVM_FEATURE_PV_EOI) are offered.
+    #[test]
+    fn the_pv_eoi_msr_reads_back_and_faults_on_its_reserved_bit_or_without_kvm_leaves() {
+        let (mut cpu, mut g) = (FakeCpu::default(), guest());
+        cpu.cr0 = 1;
+        assert_eq!(wrmsr(&mut cpu, &mut g, pv_eoi::MSR_PV_EOI_EN, 0x2000 | 1), Action::Resume);
+        assert_eq!((cpu.skipped, g.state.pv_eoi.msr), (1, 0x2001));
+        cpu.gprs.rcx = pv_eoi::MSR_PV_EOI_EN as u64;
+        run(Exit::Rdmsr, &mut cpu, &mut g);
+        assert_eq!((cpu.gprs.rax, cpu.gprs.rdx), (0x2001, 0));
+        wrmsr(&mut cpu, &mut g, pv_eoi::MSR_PV_EOI_EN, 0x2000 | 3);
+        assert_eq!(cpu.injected, [(GP, Some(0))]);
+        assert_eq!(g.state.pv_eoi.msr, 0x2001, "the faulting write changed nothing");
+        g.state.tsc_khz = 0;
+        cpu.gprs.rcx = pv_eoi::MSR_PV_EOI_EN as u64;
+        run(Exit::Rdmsr, &mut cpu, &mut g);
+        wrmsr(&mut cpu, &mut g, pv_eoi::MSR_PV_EOI_EN, 0x2000 | 1);
+        assert_eq!(cpu.injected.len(), 3, "no KVM leaves, no MSR");
+    }
+
     #[test]
     fn without_a_known_tsc_rate_there_is_no_kvm_clock() {
         let (mut cpu, mut g) = (FakeCpu::default(), guest());
