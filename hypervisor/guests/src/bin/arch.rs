@@ -248,7 +248,7 @@ fn kvm_clock(c: &mut Checks) {
         return c.fail("KVM signature at CPUID 0x40000100", format_args!("{:x?}", bytes));
     }
     c.pass("KVM signature at CPUID 0x40000100");
-    c.expect_eq("kvmclock features: CLOCKSOURCE2 and the stable bit", u64::from(cpuid(0x4000_0101, 0).eax), (1 << 3) | (1 << 24));
+    c.expect_eq("KVM features: CLOCKSOURCE2, PV_EOI and the stable bit", u64::from(cpuid(0x4000_0101, 0).eax), (1 << 3) | (1 << 6) | (1 << 24));
     // The page is this guest's own, written only by the hypervisor through the MSRs.
     let page = core::ptr::addr_of_mut!(PAGE) as u64;
     // SAFETY: the kvmclock MSRs only make the hypervisor write into the page given.
