@@ -72,6 +72,9 @@ impl RunOptions {
         RunOptions { smp: 2, memory_mib: 256, kvm: Some(false), qemu_args: Vec::new(), interactive: false, com2_file: None };
 }
 
+/// QEMU's debug log (`-d cpu_reset,guest_errors`) in the run directory.
+pub const QEMU_DEBUG_LOG: &str = "qemu-debug.log";
+
 /// QEMU's monitor socket in the run directory.
 pub const QEMU_MONITOR_SOCKET: &str = "qemu-monitor.sock";
 
@@ -184,6 +187,10 @@ fn qemu_command(platform: Platform, image: &Path, run_dir: &Path, opts: &RunOpti
     c.arg("-drive").arg(format!("format=raw,file={}", image.display()));
     c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
     c.args(["-serial", "stdio", "-display", "none", "-no-reboot"]);
+    // A machine reset ends QEMU with status 0 and no exit line (-no-reboot): QEMU notes why
+    // ("Triple fault") and the CPUs' registers at reset in this log, which the harness shows
+    // when an emulator ends unexpectedly.
+    c.arg("-d").arg("cpu_reset,guest_errors").arg("-D").arg(run_dir.join(QEMU_DEBUG_LOG));
     // The QEMU monitor on a socket in the run directory: on a hang the harness asks it where
     // the CPUs are (`info registers`).
     c.arg("-monitor").arg(format!("unix:{},server,nowait", run_dir.join(QEMU_MONITOR_SOCKET).display()));
@@ -191,6 +198,11 @@ fn qemu_command(platform: Platform, image: &Path, run_dir: &Path, opts: &RunOpti
         c.arg("-serial").arg(format!("file:{}", f.display()));
     }
     c.args(&opts.qemu_args);
+    // For chasing a rare failure by hand, e.g. BASTION_QEMU_EXTRA="-action shutdown=pause"
+    // keeps a reset machine for the monitor's `info registers` instead of ending QEMU.
+    if let Ok(extra) = std::env::var("BASTION_QEMU_EXTRA") {
+        c.args(extra.split_whitespace());
+    }
     Ok(c)
 }
 

@@ -340,7 +340,7 @@ impl Emulator {
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     let code = self.reap();
-                    return Err(self.failure(&format!("emulator ended ({code:?}) before {what}"), ""));
+                    return Err(self.failure(&format!("emulator ended ({code:?}) before {what}"), &self.log_tails()));
                 }
             }
         }
@@ -429,16 +429,24 @@ impl Emulator {
             let before = self.transcript.len();
             self.wait_end(Duration::from_secs(3));
             diag = self.transcript[before..].join("\n");
-            for name in ["bochs.log", "stderr.log"] {
-                if let Ok(s) = std::fs::read_to_string(self.dir.join(name)) {
-                    let tail: Vec<&str> = s.lines().rev().take(15).collect();
-                    diag.push_str(&format!("\n--- tail of {name}:\n"));
-                    diag.extend(tail.into_iter().rev().map(|l| format!("{l}\n")));
-                }
-            }
+            diag.push_str(&self.log_tails());
         }
         self.kill();
         diag
+    }
+
+    /// The last lines of the emulator's own logs in the run directory (Bochs's log, QEMU's
+    /// debug log with the reason for a reset, stderr).
+    fn log_tails(&self) -> String {
+        let mut out = String::new();
+        for name in ["bochs.log", emulators::QEMU_DEBUG_LOG, "stderr.log"] {
+            if let Ok(s) = std::fs::read_to_string(self.dir.join(name)) {
+                let tail: Vec<&str> = s.lines().rev().take(40).collect();
+                out.push_str(&format!("\n--- tail of {name}:\n"));
+                out.extend(tail.into_iter().rev().map(|l| format!("{l}\n")));
+            }
+        }
+        out
     }
 
     fn failure(&self, what: &str, diag: &str) -> Failure {
