@@ -97,6 +97,54 @@ const SLOT_STACK_FROM_END: usize = 24;
 const SLOT_PML4_FROM_END: usize = 32;
 
 const AP_STACK_FRAMES: u64 = 16; // 64 KiB
+pub const AP_STACK_KIB: u64 = AP_STACK_FRAMES * 4;
+
+/// Where each AP's stack starts (its lowest address, as a kernel virtual address), by CPU
+/// index; 0 for the boot CPU, whose stack the bootloader made with a guard page below it.
+/// AP stacks come zeroed from the frame allocator and have no guard page (the physical map
+/// uses 2 MiB pages), so how deep a stack has ever been is where its lowest non-zero byte is,
+/// and [`check_stack`] notices a CPU that came close to its end before it writes over
+/// whatever lies below.
+static AP_STACK_BOTTOM: [AtomicU64; crate::vmm::MAX_CPUS] = [const { AtomicU64::new(0) }; crate::vmm::MAX_CPUS];
+
+/// Bytes at the bottom of an AP stack that must stay untouched: a CPU that has used them has
+/// had less than this left, and the next deeper path would overflow.
+const STACK_RED_ZONE: usize = 512;
+
+/// Ends the run with a report if CPU `cpu_index` has ever used the last [`STACK_RED_ZONE`]
+/// bytes of its stack. Called once per scheduling round: a handful of loads.
+pub fn check_stack(cpu_index: usize) {
+    let bottom = AP_STACK_BOTTOM.get(cpu_index).map_or(0, |b| b.load(Ordering::Relaxed));
+    if bottom == 0 {
+        return;
+    }
+    let words = bottom as *const u64;
+    // SAFETY: the red zone lies inside this CPU's own stack allocation.
+    let used = (0..STACK_RED_ZONE / 8).any(|i| unsafe { words.add(i).read_volatile() } != 0);
+    if used {
+        crate::platform::exit(
+            bastion_core::exit::ExitStatus::Fail,
+            &alloc::format!("CPU {cpu_index} came within {STACK_RED_ZONE} bytes of the end of its {} KiB stack (a hypervisor bug)", AP_STACK_KIB),
+        );
+    }
+}
+
+/// The deepest each AP's stack has been, in bytes, by CPU index (APs only).
+pub fn stack_peaks() -> Vec<(usize, u64)> {
+    let mut out = Vec::new();
+    for (cpu, b) in AP_STACK_BOTTOM.iter().enumerate() {
+        let bottom = b.load(Ordering::Relaxed);
+        if bottom == 0 {
+            continue;
+        }
+        let len = AP_STACK_FRAMES * 4096;
+        // SAFETY: reads inside the CPU's stack allocation; a CPU running meanwhile only makes
+        // the figure a moment old.
+        let untouched = (0..len).find(|&i| unsafe { (bottom as *const u8).add(i as usize).read_volatile() } != 0).unwrap_or(len);
+        out.push((cpu, len - untouched));
+    }
+    out
+}
 
 /// The low page the trampoline runs in, reserved at boot before low memory is used up.
 static TRAMPOLINE: AtomicU64 = AtomicU64::new(0);
@@ -176,6 +224,7 @@ pub fn start_aps(apic_ids: &[u32]) -> Vec<u32> {
             }
         }
         if came_up {
+            AP_STACK_BOTTOM[cpu_index].store(memory::phys_to_virt(stack) as u64, Ordering::Relaxed);
             up.push(apic);
         } else {
             log::warn!("smp: CPU with APIC ID {apic} did not start");

@@ -21,5 +21,5 @@ mod percpu;
 mod run;
 
 pub use lifecycle::start;
-pub use percpu::{calibrate_timer, init_cpu, HALT_VECTOR, KICK_VECTOR, SERIAL_VECTOR, TIMER_VECTOR};
+pub use percpu::{calibrate_timer, init_cpu, HALT_VECTOR, KICK_VECTOR, MAX_CPUS, SERIAL_VECTOR, TIMER_VECTOR};
 pub use run::cpu_loop;

@@ -254,9 +254,11 @@ pub fn cpu_loop(index: usize) -> ! {
             if h.exit_when_idle && h.guests.iter().all(|g| g.ctl.lock().status.is_final()) {
                 log::info!("all guests have ended; exiting as configured (exit_when_idle)");
                 report_switches();
+                report_stacks();
                 crate::platform::exit(ExitStatus::Pass, "");
             }
         }
+        crate::smp::check_stack(index);
         // Halted vCPUs whose guest timer is due become runnable (on whichever CPU suits them).
         let now = time::now_ns();
         let (decision, kicks, next) = {
@@ -293,6 +295,13 @@ pub(super) fn report_switches() {
         SWITCHES.load(Ordering::Relaxed),
         cycles / slices.max(1)
     );
+}
+
+/// How deep each application processor's stack has been (see `smp::check_stack`).
+fn report_stacks() {
+    for (cpu, peak) in crate::smp::stack_peaks() {
+        log::info!("stack: CPU {cpu} used at most {} KiB of its {} KiB", peak.div_ceil(1024), crate::smp::AP_STACK_KIB);
+    }
 }
 
 /// `[debug] stop_after_ms`: report each guest's share of CPU time, then end the run.
