@@ -84,11 +84,12 @@ macro_rules! each {
 }
 
 impl GuestVcpu {
-    /// Binds the vCPU to the calling CPU for a time slice.
-    pub fn begin_slice(&mut self, cpu: usize, backend: &Backend) -> Result<(), alloc::string::String> {
+    /// Binds the vCPU to the calling CPU for a time slice; `flush`: drop its tag's cached
+    /// translations on this CPU first (`bastion_core::virt::tlb`).
+    pub fn begin_slice(&mut self, backend: &Backend, flush: bool) -> Result<(), alloc::string::String> {
         match (self, backend) {
-            (GuestVcpu::Vmx(v), Backend::Vmx(_)) => v.begin_slice(cpu),
-            (GuestVcpu::Svm(v), Backend::Svm(b)) => v.begin_slice(cpu, b.host_vmcb()),
+            (GuestVcpu::Vmx(v), Backend::Vmx(_)) => v.begin_slice(flush),
+            (GuestVcpu::Svm(v), Backend::Svm(b)) => v.begin_slice(b.host_vmcb(), flush.then(|| b.tlb_flush_control())),
             _ => Err("vCPU and CPU backends differ".into()),
         }
     }

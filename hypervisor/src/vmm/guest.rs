@@ -11,6 +11,7 @@ use alloc::vec::Vec;
 use bastion_core::config::GuestConfig;
 use bastion_core::console::{Console, Event};
 use bastion_core::sched::{Scheduler, VcpuId};
+use bastion_core::virt::tlb::VcpuTlb;
 use bastion_core::vm::devices::GuestDevices;
 use bastion_core::vm::{ExitKind, StopReason, VcpuState};
 use core::sync::atomic::{AtomicBool, AtomicU64};
@@ -88,6 +89,8 @@ pub(super) struct GuestCtl {
 pub(super) struct VcpuSlot {
     pub(super) backend: Option<GuestVcpu>,
     pub(super) state: VcpuState,
+    /// The backend vCPU as the TLB knows it (new with each backend vCPU).
+    pub(super) tlb: VcpuTlb,
 }
 
 pub(super) struct Guest {

@@ -13,6 +13,7 @@ use alloc::vec::Vec;
 use bastion_core::config::{Config, OnCrash, OnPowerOff, OnReboot};
 use bastion_core::console::Console;
 use bastion_core::sched::Scheduler;
+use bastion_core::virt::tlb::VcpuTlb;
 use bastion_core::vm::devices::GuestDevices;
 use bastion_core::vm::{ExitKind, StopReason, VcpuState};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -58,7 +59,7 @@ pub fn start(config: &Config, images: Vec<Option<GuestFiles>>, online: usize) {
             index,
             files,
             affinity,
-            vcpus: (0..cfg.vcpus).map(|v| Mutex::new(VcpuSlot { backend: None, state: VcpuState::new(v, 0, &HostCpu) })).collect(),
+            vcpus: (0..cfg.vcpus).map(|v| Mutex::new(VcpuSlot { backend: None, state: VcpuState::new(v, 0, &HostCpu), tlb: VcpuTlb::new(0, 0) })).collect(),
             devices: GuestDevices::new(time::now_ns, time::unix_seconds, cfg.vcpus as usize),
             ctl: Mutex::new(GuestCtl {
                 vm: None,
@@ -112,8 +113,12 @@ pub fn start(config: &Config, images: Vec<Option<GuestFiles>>, online: usize) {
     console_update(|c| c.announce());
 }
 
+/// Numbers every backend vCPU ever created, for `bastion_core::virt::tlb` (from 1: the
+/// placeholder of a slot without a backend vCPU is 0).
+static VCPU_SERIAL: AtomicU64 = AtomicU64::new(1);
+
 /// A VPID/ASID for a new VM: cycles through 1..=max, so a VM that is reset gets a fresh one
-/// (and each CPU flushes a tag the first time a vCPU uses it there).
+/// (and a CPU flushes a tag before a vCPU that did not use it last there enters with it).
 pub(super) fn next_tag(h: &Hv) -> u16 {
     (h.next_tag.fetch_add(1, Ordering::Relaxed) % h.max_tag.max(1) as u64) as u16 + 1
 }
@@ -135,7 +140,10 @@ pub(super) fn boot_guest(g: &Guest) -> bool {
     for (i, slot) in g.vcpus.iter().enumerate() {
         let mut slot = slot.lock();
         match cpu.backend.create_vcpu(&vm) {
-            Ok(v) => slot.backend = Some(v),
+            Ok(v) => {
+                slot.backend = Some(v);
+                slot.tlb = VcpuTlb::new(VCPU_SERIAL.fetch_add(1, Ordering::Relaxed), vm.tag);
+            }
             Err(e) => {
                 log::error!("guest {}: cannot create vCPU {i}: {e}", g.cfg.name);
                 drop(slot);

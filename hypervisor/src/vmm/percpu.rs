@@ -30,6 +30,8 @@ pub struct PerCpu {
     pub backend: Backend,
     /// The vCPU that ran the last slice here, to count switches between vCPUs.
     pub(super) last_vcpu: AtomicU64,
+    /// Which vCPU entered last here with each VPID/ASID (only this CPU takes the lock).
+    pub(super) tlb_owners: spin::Mutex<bastion_core::virt::tlb::TagOwners>,
 }
 
 pub(super) static CPUS: [Once<PerCpu>; MAX_CPUS] = [const { Once::new() }; MAX_CPUS];
@@ -49,7 +51,7 @@ pub fn init_cpu(index: usize, caps: &VirtCaps) -> Result<(), String> {
         log::info!("virt: guest extended state switched with {}", crate::virt::context::describe());
     }
     let backend = Backend::enable(caps)?;
-    CPUS[index].call_once(|| PerCpu { index, apic_id, backend, last_vcpu: AtomicU64::new(u64::MAX) });
+    CPUS[index].call_once(|| PerCpu { index, apic_id, backend, last_vcpu: AtomicU64::new(u64::MAX), tlb_owners: spin::Mutex::new(bastion_core::virt::tlb::TagOwners::new()) });
     APIC_INDEX[apic_id as usize & 0xff].store(index + 1, Ordering::SeqCst);
     CPUS_READY.fetch_add(1, Ordering::SeqCst);
     Ok(())

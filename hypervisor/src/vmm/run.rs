@@ -43,7 +43,7 @@ pub(super) fn run_slice(cpu: &PerCpu, id: VcpuId, slice_ns: u64) {
     let (gi, vi) = ((id.0 / VCPU_STRIDE) as usize, (id.0 % VCPU_STRIDE) as usize);
     let Some(g) = h.guests.get(gi) else { return };
     let mut slot = g.vcpus[vi].lock();
-    let VcpuSlot { backend, state } = &mut *slot;
+    let VcpuSlot { backend, state, tlb } = &mut *slot;
     let Some(vcpu) = backend.as_mut() else {
         // Torn down meanwhile.
         drop(slot);
@@ -53,7 +53,8 @@ pub(super) fn run_slice(cpu: &PerCpu, id: VcpuId, slice_ns: u64) {
     // Running now: whatever woke it (an interrupt or its deadline), it no longer waits.
     g.waiting[vi].store(false, Ordering::SeqCst);
     let t0 = time::rdtsc();
-    if let Err(e) = vcpu.begin_slice(cpu.index, &cpu.backend) {
+    let flush = cpu.tlb_owners.lock().enter(cpu.index, tlb);
+    if let Err(e) = vcpu.begin_slice(&cpu.backend, flush) {
         drop(slot);
         stop_guest(g, Cause::Guest(StopReason::EntryFailed(e)), After::Nothing, (vi as u32, 0));
         return;

@@ -5,6 +5,7 @@
 
 pub mod svm;
 pub mod svm_exit;
+pub mod tlb;
 pub mod vmx;
 pub mod vmx_exit;
 

@@ -54,6 +54,16 @@ impl Svm {
         self.host_vmcb
     }
 
+    /// The VMCB TLB_CONTROL value that drops one guest's translations (APM 15.16.1): 3
+    /// flushes only this ASID's entries; without flush-by-ASID (QEMU) only 1, the entire TLB.
+    pub fn tlb_flush_control(&self) -> u8 {
+        if self.caps.flush_by_asid {
+            3
+        } else {
+            1
+        }
+    }
+
     pub fn max_asid(&self) -> u16 {
         (self.caps.asids.saturating_sub(1)).min(u16::MAX as u32) as u16
     }
@@ -141,7 +151,6 @@ impl Svm {
             gprs: Gprs { rsi: st.rsi, ..Gprs::default() },
             nrip_save: self.caps.nrip_save,
             ram: vm.npt.view(),
-            flushed_on: 0,
         })
     }
 }
@@ -209,8 +218,6 @@ pub struct SvmVcpu {
     nrip_save: bool,
     /// The guest's RAM, to read instructions the hardware did not decode.
     pub(super) ram: bastion_core::npt::NptView,
-    /// CPUs whose TLB has been flushed for this vCPU's ASID since it was created.
-    flushed_on: u64,
 }
 
 // bastion_svm_run(gprs: *mut Gprs, guest_vmcb_pa: u64, host_vmcb_pa: u64)
@@ -297,9 +304,6 @@ unsafe extern "C" {
 }
 
 impl SvmVcpu {
-    /// Prepares a time slice on the calling CPU: its host VMCB for VMSAVE/VMLOAD, a TLB flush
-    /// the first time this vCPU runs there (its ASID may have served another VM), and the
-    /// vCPU's context.
     /// Restarts the vCPU in `st` (an application processor at its STARTUP vector): every
     /// register of the new state, general registers zeroed, nothing pending.
     pub fn load_state(&mut self, st: &InitialState) -> Result<(), String> {
@@ -311,12 +315,13 @@ impl SvmVcpu {
         Ok(())
     }
 
-    pub fn begin_slice(&mut self, cpu: usize, host_vmcb: u64) -> Result<(), String> {
+    /// Prepares a time slice on the calling CPU: its host VMCB for VMSAVE/VMLOAD, a TLB flush
+    /// (`flush`: the TLB_CONTROL value that drops this ASID's translations) when
+    /// `bastion_core::virt::tlb` says the CPU may hold stale ones, and the vCPU's context.
+    pub fn begin_slice(&mut self, host_vmcb: u64, flush: Option<u8>) -> Result<(), String> {
         self.host_vmcb = host_vmcb;
-        if self.flushed_on & (1 << cpu) == 0 {
-            // 1 = flush the entire TLB: QEMU has no flush-by-ASID (APM 15.16.1).
-            self.vmcb.write(TLB_CONTROL, 1u8);
-            self.flushed_on |= 1 << cpu;
+        if let Some(control) = flush {
+            self.vmcb.write(TLB_CONTROL, control);
         }
         self.ctx.load();
         // VMRUN loads the guest's CR2 from the VMCB (APM 15.5.1) — except in Bochs 2.7, whose

@@ -158,7 +158,6 @@ impl Vmx {
             ram: vm.npt.view(),
             vpid: vm.tag,
             eptp: vm.npt.eptp(),
-            flushed_on: 0,
             timer_rate: self.caps.preemption_timer.then_some(self.caps.preemption_timer_rate),
             invept: self.caps.invept,
             invvpid: self.caps.invvpid,
@@ -428,9 +427,6 @@ pub struct VmxVcpu {
     cr4_mask: u64,
     vpid: u16,
     eptp: u64,
-    /// CPUs whose TLB has been flushed of this VPID since the vCPU was created (a VPID may
-    /// have served an earlier VM).
-    flushed_on: u64,
     /// Preemption-timer rate (TSC >> rate), if the CPU has the timer.
     timer_rate: Option<u8>,
     invept: bool,
@@ -553,12 +549,13 @@ impl VmxVcpu {
         Ok(())
     }
 
-    pub fn begin_slice(&mut self, cpu: usize) -> Result<(), String> {
+    pub fn begin_slice(&mut self, flush: bool) -> Result<(), String> {
         // SAFETY: this VMCS belongs to this vCPU and is clear (end_slice or create_vcpu).
         unsafe { vmptrld(self.vmcs) }.map_err(|e| format!("VMPTRLD: {e}"))?;
         write_host_state().map_err(|e| format!("host state: {e}"))?;
-        if self.flushed_on & (1 << cpu) == 0 {
-            // SAFETY: single-context invalidations of this vCPU's own tags (29.4.3.3).
+        if flush {
+            // SAFETY: single-context invalidations of this vCPU's own tags (29.4.3.3). The
+            // EPT context too: a new VM's EPT root may sit where a freed one was.
             unsafe {
                 if self.invvpid {
                     let _ = insn::invvpid_single(self.vpid);
@@ -567,7 +564,6 @@ impl VmxVcpu {
                     let _ = insn::invept_single(self.eptp);
                 }
             }
-            self.flushed_on |= 1 << cpu;
         }
         self.ctx.load();
         Ok(())
