@@ -10,7 +10,7 @@
 use anyhow::{bail, Context, Result};
 use bastion_core::bundle::{Bundle, CONFIG_FILE};
 use bastion_core::config::{Config, ImageFitError};
-use bastion_core::loader::{self, bzimage::BzImageError, LoadError};
+use bastion_core::loader::{self, bzimage::BzImageError, multiboot::MultibootError, LoadError};
 use bootloader::{BootConfig, DiskImageBuilder};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -61,6 +61,9 @@ fn field_of(e: &LoadError) -> &'static str {
             | BzImageError::CmdlineTooLongForBuffer { .. }
             | BzImageError::CmdlineHasNul { .. },
         ) => "cmdline",
+        LoadError::Multiboot(MultibootError::CmdlineHasNul { what: "command line" }) => "cmdline",
+        LoadError::Multiboot(MultibootError::CmdlineHasNul { .. } | MultibootError::NoRoomFor { what: "a module", .. })
+        | LoadError::MissingModule => "modules",
         LoadError::Memory(_) => "memory_mib",
         _ => "kernel",
     }
@@ -106,8 +109,19 @@ fn load(path: &Path) -> Result<Loaded> {
                 continue;
             }
         };
+        let mut modules = Vec::new();
+        for (i, m) in g.modules.iter().enumerate() {
+            match read_once(&mut files, base, &m.path, "module") {
+                Ok(f) => modules.push(f),
+                Err(e) => error("modules", format!("module {i}: {e}")),
+            }
+        }
+        if modules.len() != g.modules.len() {
+            continue;
+        }
         let name = |i: usize| base.join(&files[i].0).display().to_string();
-        if let Err(e) = loader::prepare(g, &files[kernel].1, initrd.map(|i| files[i].1.as_slice())) {
+        let module_data: Vec<&[u8]> = modules.iter().map(|&i| files[i].1.as_slice()).collect();
+        if let Err(e) = loader::prepare(g, &files[kernel].1, initrd.map(|i| files[i].1.as_slice()), &module_data) {
             let problem = match &e {
                 LoadError::Flat(ImageFitError::Empty) => format!("kernel {} is empty", name(kernel)),
                 LoadError::Flat(e) => format!("kernel {} does not fit the guest: {e}", name(kernel)),
@@ -426,6 +440,47 @@ mod tests {
                 && e.contains("at least 20 MiB"),
             "{e}"
         );
+    }
+
+    /// A Multiboot 1 "a.out kludge" kernel of `len` bytes: loaded at 1 MiB, entered at its start.
+    fn multiboot_kernel(len: usize) -> Vec<u8> {
+        let mut v = vec![0x90u8; len];
+        let (magic, flags) = (0x1BAD_B002u32, 1u32 << 16);
+        let fields = [magic, flags, 0u32.wrapping_sub(magic).wrapping_sub(flags), 0x10_0000, 0x10_0000, 0, 0, 0x10_0000];
+        for (i, w) in fields.iter().enumerate() {
+            v[4 * i..4 * i + 4].copy_from_slice(&w.to_le_bytes());
+        }
+        v
+    }
+
+    /// A multiboot guest's modules are packed with its kernel; one that cannot be read or
+    /// does not fit is refused at `modules`, naming the guest and the module.
+    #[test]
+    fn multiboot_guests_are_packed_with_their_modules() {
+        let k = multiboot_kernel(4096);
+        let write = |extra: &str, files: &[(&str, &[u8])]| {
+            let dir = tempfile::tempdir().unwrap();
+            let cfg = dir.path().join("mb.toml");
+            std::fs::write(&cfg, format!("[[guest]]\nname = \"mb\"\nformat = \"multiboot\"\nkernel = \"k.elf\"\n{extra}")).unwrap();
+            for (name, data) in files {
+                std::fs::write(dir.path().join(name), data).unwrap();
+            }
+            (dir, cfg)
+        };
+        let (_d, cfg) = write("memory_mib = 4\nmodules = [{ path = \"m1\", cmdline = \"one\" }, { path = \"m2\" }]\n", &[("k.elf", &k), ("m1", &[1; 10]), ("m2", &[2; 20])]);
+        let b = bundle_bytes(&cfg).unwrap();
+        let b = Bundle::parse(&b).unwrap();
+        assert_eq!((b.file("k.elf").unwrap(), b.file("m1").unwrap(), b.file("m2").unwrap()), (&k[..], &[1u8; 10][..], &[2u8; 20][..]));
+        let err = |extra: &str, files: &[(&str, &[u8])]| {
+            let (_d, cfg) = write(extra, files);
+            format!("{:#}", validate_config(&cfg).unwrap_err())
+        };
+        let e = err("modules = [{ path = \"gone\" }]\n", &[("k.elf", &k)]);
+        assert!(e.contains("mb.toml:5:1: guest[0].modules: guest `mb`: module 0: cannot read module") && e.contains("gone"), "{e}");
+        let e = err("memory_mib = 2\nmodules = [{ path = \"big\" }]\n", &[("k.elf", &k), ("big", &vec![0; 2 << 20])]);
+        assert!(e.contains("guest[0].modules: guest `mb`: multiboot: no room for a module (2097152 bytes)"), "{e}");
+        let e = err("", &[("k.elf", &[0x90; 4096])]);
+        assert!(e.contains("guest[0].kernel: guest `mb`: kernel ") && e.contains("no Multiboot header"), "{e}");
     }
 
     #[test]

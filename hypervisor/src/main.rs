@@ -184,7 +184,12 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
                 None => None,
                 Some(path) => Some(file(path)?),
             };
-            Some(vm::GuestFiles { kernel, initrd })
+            let mut modules = alloc::vec::Vec::new();
+            for m in &g.modules {
+                modules.push(file(&m.path)?);
+            }
+            // The bundle lives as long as Bastion; so does the list of a guest's modules.
+            Some(vm::GuestFiles { kernel, initrd, modules: alloc::boxed::Box::leak(modules.into_boxed_slice()) })
         })
         .collect();
     match vmm::init_cpu(0, &caps) {

@@ -77,6 +77,8 @@ pub struct RamChunk {
 pub struct GuestFiles {
     pub kernel: &'static [u8],
     pub initrd: Option<&'static [u8]>,
+    /// A multiboot kernel's modules, in the config's order.
+    pub modules: &'static [&'static [u8]],
 }
 
 pub struct Vm {
@@ -100,7 +102,7 @@ impl Vm {
     /// so a guest access there is a nested page fault (device memory or a bad access).
     pub fn new(cfg: &GuestConfig, files: GuestFiles, format: Format, tag: u16) -> Result<Vm, String> {
         // Decided before any memory is taken: an image that cannot boot costs nothing.
-        let prepared = loader::prepare(cfg, files.kernel, files.initrd).map_err(|e| format!("{e}"))?;
+        let prepared = loader::prepare(cfg, files.kernel, files.initrd, files.modules).map_err(|e| format!("{e}"))?;
         let bytes = cfg.memory_mib as u64 * 1024 * 1024;
         let map = MemoryMap::new(bytes).map_err(|e| format!("{e}"))?;
         let npt = NestedPageTable::new(format, &mut HostFrames).map_err(|e| format!("{e}"))?;
@@ -137,8 +139,10 @@ impl Vm {
         for w in &prepared.writes {
             // The plan was made from these very files and this memory map: every write has
             // its bytes and lies in RAM.
-            match w.data(files.kernel, files.initrd) {
-                Some(data) if vm.map.ram_regions().any(|r| r.base <= w.gpa() && w.gpa() + w.len() <= r.end()) => vm.write(w.gpa(), data),
+            let in_ram = vm.map.ram_regions().any(|r| r.base <= w.gpa() && w.gpa() + w.len() <= r.end());
+            match (w, w.data(files.kernel, files.initrd, files.modules)) {
+                (loader::Write::Zero { gpa, len }, _) if in_ram => vm.zero(*gpa, *len),
+                (_, Some(data)) if in_ram => vm.write(w.gpa(), data),
                 _ => {
                     vm.destroy();
                     return Err(format!("the loader's write of {} bytes at {:#x} does not fit the guest's RAM", w.len(), w.gpa()));
@@ -157,6 +161,18 @@ impl Vm {
                 let src = &data[(from - gpa) as usize..(to - gpa) as usize];
                 // SAFETY: [from, to) lies inside this chunk of the VM's own RAM.
                 unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), memory::phys_to_virt(c.hpa + (from - c.gpa)), src.len()) };
+            }
+        }
+    }
+
+    /// Zeroes `len` bytes of guest RAM at `gpa` (the caller checked the range is RAM).
+    fn zero(&self, gpa: u64, len: u64) {
+        let end = gpa + len;
+        for c in &self.ram {
+            let (from, to) = (gpa.max(c.gpa), end.min(c.gpa + c.len));
+            if from < to {
+                // SAFETY: [from, to) lies inside this chunk of the VM's own RAM.
+                unsafe { core::ptr::write_bytes(memory::phys_to_virt(c.hpa + (from - c.gpa)), 0, (to - from) as usize) };
             }
         }
     }

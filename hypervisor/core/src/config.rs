@@ -48,6 +48,8 @@ pub struct GuestConfig {
     pub initrd: Option<String>,
     /// Kernel command line (formats that take one).
     pub cmdline: Option<String>,
+    /// A multiboot kernel's modules, in order (`modules = [{ path, cmdline }]`).
+    pub modules: Vec<ModuleConfig>,
     /// Guest RAM in MiB, mapped from guest-physical 0.
     pub memory_mib: u32,
     /// Number of virtual CPUs.
@@ -63,6 +65,14 @@ pub struct GuestConfig {
     pub on_reboot: OnReboot,
     /// What powering its machine off does (ACPI S5): by default the guest stays stopped.
     pub on_poweroff: OnPowerOff,
+}
+
+/// One module of a multiboot guest: a file in the bundle, and the command line the kernel
+/// sees for it (the module's `string`, exactly as given; empty if none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleConfig {
+    pub path: String,
+    pub cmdline: Option<String>,
 }
 
 /// Where a guest's serial console goes.
@@ -110,6 +120,18 @@ pub enum ImageFormat {
     /// A Linux kernel (bzImage, boot protocol 2.12 or later) with an optional initrd and a
     /// command line, entered at its 64-bit entry point ([`crate::loader::bzimage`]).
     BzImage,
+    /// A Multiboot 1 kernel with a command line and modules, entered in 32-bit protected
+    /// mode ([`crate::loader::multiboot`]).
+    Multiboot,
+    /// The same for Multiboot 2.
+    Multiboot2,
+}
+
+impl ImageFormat {
+    /// Whether the format takes `modules`.
+    pub fn is_multiboot(self) -> bool {
+        matches!(self, ImageFormat::Multiboot | ImageFormat::Multiboot2)
+    }
 }
 
 /// The command line of a `bzimage` guest that gives none: its console on the virtual UART.
@@ -175,7 +197,8 @@ pub fn image_fits(format: ImageFormat, memory_mib: u32, len: u64) -> Result<(), 
             Ok(())
         }
         // Where a bzImage goes depends on its header: `crate::loader::prepare` checks it.
-        ImageFormat::BzImage => Ok(()),
+        // Checked by their loaders, which know where the pieces go.
+        ImageFormat::BzImage | ImageFormat::Multiboot | ImageFormat::Multiboot2 => Ok(()),
     }
 }
 
@@ -445,6 +468,40 @@ fn bundle_path(t: &toml::Table, key: &str, ctx: &GuestCtx) -> Result<Option<Stri
     Ok(Some(p))
 }
 
+/// `modules = [{ path = "...", cmdline = "..." }, ...]`: paths inside the bundle, command
+/// lines optional; nothing else in an entry.
+fn parse_modules(t: &toml::Table, ctx: &GuestCtx) -> Result<Vec<ModuleConfig>, ConfigError> {
+    let Some(v) = t.get("modules") else { return Ok(Vec::new()) };
+    let Some(list) = v.as_array() else {
+        return Err(ctx.error("modules", alloc::format!("expected an array of {{ path, cmdline }} tables, found {}", v.type_str())));
+    };
+    let mut out = Vec::new();
+    for (i, item) in list.iter().enumerate() {
+        let entry = |msg: String| ctx.error("modules", alloc::format!("entry {i}: {msg}"));
+        let Some(m) = item.as_table() else {
+            return Err(entry(alloc::format!("expected a {{ path, cmdline }} table, found {}", item.type_str())));
+        };
+        if let Some(k) = m.keys().find(|k| *k != "path" && *k != "cmdline") {
+            return Err(entry(alloc::format!("unknown field `{k}`, expected `path` or `cmdline`")));
+        }
+        let path = match m.get("path").map(|p| p.as_str()) {
+            None => return Err(entry("missing field `path`".into())),
+            Some(None) => return Err(entry("`path` must be a string".into())),
+            Some(Some(p)) => p,
+        };
+        if path.is_empty() || path.starts_with('/') || path.split('/').any(|c| c == "..") {
+            return Err(entry(alloc::format!("`{path}` must be a relative path inside the bundle, without `..`")));
+        }
+        let cmdline = match m.get("cmdline").map(|c| c.as_str()) {
+            None => None,
+            Some(None) => return Err(entry("`cmdline` must be a string".into())),
+            Some(Some(c)) => Some(String::from(c)),
+        };
+        out.push(ModuleConfig { path: String::from(path), cmdline });
+    }
+    Ok(out)
+}
+
 impl GuestConfig {
     /// [`image_fits`] for this guest's format and RAM.
     pub fn image_fits(&self, len: u64) -> Result<(), ImageFitError> {
@@ -452,7 +509,7 @@ impl GuestConfig {
     }
 
     const FIELDS: &'static [&'static str] = &[
-        "name", "kernel", "format", "initrd", "cmdline", "memory_mib", "vcpus", "affinity", "console", "console_port", "autostart",
+        "name", "kernel", "format", "initrd", "cmdline", "modules", "memory_mib", "vcpus", "affinity", "console", "console_port", "autostart",
         "on_crash",
         "on_reboot",
         "on_poweroff",
@@ -471,10 +528,21 @@ impl GuestConfig {
         let format = match get_str(&t, "format", ctx)?.as_deref() {
             None | Some("flat") => ImageFormat::Flat,
             Some("bzimage") => ImageFormat::BzImage,
-            Some(other) => return Err(ctx.error("format", alloc::format!("unknown format `{other}`, expected `flat` or `bzimage`"))),
+            Some("multiboot") => ImageFormat::Multiboot,
+            Some("multiboot2") => ImageFormat::Multiboot2,
+            Some(other) => {
+                return Err(ctx.error("format", alloc::format!("unknown format `{other}`, expected `flat`, `bzimage`, `multiboot` or `multiboot2`")))
+            }
         };
         let initrd = bundle_path(&t, "initrd", ctx)?;
         let cmdline = get_str(&t, "cmdline", ctx)?;
+        let modules = parse_modules(&t, ctx)?;
+        if !format.is_multiboot() && !modules.is_empty() {
+            return Err(ctx.error("modules", "only `multiboot` and `multiboot2` kernels take modules".into()));
+        }
+        if format.is_multiboot() && initrd.is_some() {
+            return Err(ctx.error("initrd", "a multiboot kernel takes `modules`, not an initrd".into()));
+        }
         if format == ImageFormat::Flat {
             for (key, set) in [("initrd", initrd.is_some()), ("cmdline", cmdline.is_some())] {
                 if set {
@@ -562,6 +630,7 @@ impl GuestConfig {
             format,
             initrd,
             cmdline,
+            modules,
             memory_mib: memory_mib as u32,
             vcpus: vcpus as u32,
             affinity,
@@ -700,6 +769,49 @@ mod tests {
         ];
         for (text, line, field, msg) in cases {
             let c = Config::parse("g.toml", text).unwrap();
+            assert!(c.guests.is_empty(), "{text}");
+            let e = &c.guest_errors[0];
+            assert_eq!((e.line, e.field.as_deref()), (line, Some(field)), "{text}: {e}");
+            assert!(e.message.contains(msg), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn multiboot_guests_take_modules_with_optional_command_lines() {
+        let text = "[[guest]]\nname = \"mb\"\nkernel = \"k.elf\"\nformat = \"multiboot\"\ncmdline = \"-v\"\nmodules = [{ path = \"m/a\", cmdline = \"a 1\" }, { path = \"b\" }]\n[[guest]]\nname = \"mb2\"\nkernel = \"k2\"\nformat = \"multiboot2\"\n";
+        let c = Config::parse("g.toml", text).unwrap();
+        assert!(c.guest_errors.is_empty(), "{:?}", c.guest_errors);
+        let (g, h) = (&c.guests[0], &c.guests[1]);
+        assert_eq!((g.format, h.format), (ImageFormat::Multiboot, ImageFormat::Multiboot2));
+        assert_eq!(g.cmdline.as_deref(), Some("-v"));
+        assert_eq!(
+            g.modules,
+            vec![ModuleConfig { path: "m/a".into(), cmdline: Some("a 1".into()) }, ModuleConfig { path: "b".into(), cmdline: None }]
+        );
+        assert!(h.modules.is_empty());
+        assert!(ImageFormat::Multiboot.is_multiboot() && ImageFormat::Multiboot2.is_multiboot());
+        assert!(!ImageFormat::Flat.is_multiboot() && !ImageFormat::BzImage.is_multiboot());
+    }
+
+    #[test]
+    fn bad_module_lists_name_the_entry_and_the_reason() {
+        let g = |format: &str, extra: &str| alloc::format!("[[guest]]\nname = \"a\"\nkernel = \"k\"\nformat = \"{format}\"\n{extra}");
+        let cases = [
+            (g("bzimage", "modules = [{ path = \"m\" }]\n"), 5, "guest[0].modules", "only `multiboot` and `multiboot2` kernels take modules"),
+            (g("flat", "modules = []\nmodules2 = 1\n"), 6, "guest[0].modules2", "unknown field"),
+            (g("multiboot", "initrd = \"i\"\n"), 5, "guest[0].initrd", "takes `modules`, not an initrd"),
+            (g("multiboot", "modules = \"m\"\n"), 5, "guest[0].modules", "expected an array"),
+            (g("multiboot", "modules = [\"m\"]\n"), 5, "guest[0].modules", "entry 0: expected a { path, cmdline } table"),
+            (g("multiboot", "modules = [{ path = \"m\" }, { cmdline = \"x\" }]\n"), 5, "guest[0].modules", "entry 1: missing field `path`"),
+            (g("multiboot", "modules = [{ path = \"m\", size = 1 }]\n"), 5, "guest[0].modules", "entry 0: unknown field `size`"),
+            (g("multiboot", "modules = [{ path = \"/etc/m\" }]\n"), 5, "guest[0].modules", "entry 0: `/etc/m` must be a relative path"),
+            (g("multiboot", "modules = [{ path = \"a/../../m\" }]\n"), 5, "guest[0].modules", "relative path"),
+            (g("multiboot", "modules = [{ path = 3 }]\n"), 5, "guest[0].modules", "entry 0: `path` must be a string"),
+            (g("multiboot", "modules = [{ path = \"m\", cmdline = 3 }]\n"), 5, "guest[0].modules", "entry 0: `cmdline` must be a string"),
+            (g("multiboot3", ""), 4, "guest[0].format", "expected `flat`, `bzimage`, `multiboot` or `multiboot2`"),
+        ];
+        for (text, line, field, msg) in cases {
+            let c = Config::parse("g.toml", &text).unwrap();
             assert!(c.guests.is_empty(), "{text}");
             let e = &c.guest_errors[0];
             assert_eq!((e.line, e.field.as_deref()), (line, Some(field)), "{text}: {e}");

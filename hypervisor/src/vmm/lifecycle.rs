@@ -160,9 +160,10 @@ pub(super) fn boot_guest(g: &Guest) -> bool {
         slot.state = VcpuState::new(i as u32, time::tsc_khz().min(u32::MAX as u64) as u32, &HostCpu);
     }
     g.devices.reset();
-    if g.cfg.format == bastion_core::config::ImageFormat::BzImage {
+    if g.cfg.format != bastion_core::config::ImageFormat::Flat {
         // A PC runs only its boot processor at power-on; the others wait for the OS's
-        // INIT-SIPI-SIPI (SDM Vol. 3A 9.4). Flat images keep "every vCPU starts at 0000:8000".
+        // INIT-SIPI-SIPI (SDM Vol. 3A 9.4), as Linux and multiboot kernels expect. Flat
+        // images keep "every vCPU starts at 0000:8000".
         let mut chip = g.devices.irq.lock();
         for v in 1..g.vcpus.len() {
             chip.park(v);

@@ -204,7 +204,7 @@ impl AcpiTables {
 }
 
 /// RSDP length with the ACPI 2.0+ extension (§5.2.5.3).
-const RSDP_LEN: usize = 36;
+pub const RSDP_LEN: usize = 36;
 /// The part of the RSDP the legacy checksum covers (ACPI 1.0's structure).
 const RSDP_V1_LEN: usize = 20;
 /// §5.2.5.1: the RSDP is on a 16-byte boundary.

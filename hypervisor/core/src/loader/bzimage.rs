@@ -1404,7 +1404,7 @@ pub(crate) mod tests {
         let kernel = p.writes.iter().find(|w| matches!(w, Write::Image { .. })).unwrap();
         let Write::Image { offset, .. } = *kernel else { unreachable!() };
         assert_eq!(&image[offset + 0x200..offset + 0x202], &[0xFC, 0xFA], "cld; cli at the 64-bit entry");
-        assert_eq!(kernel.data(&image, Some(&initrd)).map(<[u8]>::len), Some(h.kernel_len));
+        assert_eq!(kernel.data(&image, Some(&initrd), &[]).map(<[u8]>::len), Some(h.kernel_len));
         let zp = zero_page_of(&p);
         assert_eq!(&zp[0x1F1..0x1FA], &image[0x1F1..0x1FA]);
         assert_eq!(&zp[0x1FC..0x210], &image[0x1FC..0x210]);

@@ -5,6 +5,8 @@
 //!
 //! - [`bzimage`]: Linux's x86 boot protocol (`Documentation/arch/x86/boot.rst`), entered
 //!   through its 64-bit entry point.
+//! - [`multiboot`]: Multiboot 1 and 2 kernels with modules, entered in 32-bit protected mode
+//!   as GRUB and QEMU enter them.
 //!
 //! This module holds what any loader that starts a guest directly in 64-bit mode needs: the
 //! fixed low-memory layout of the boot structures, a GDT with flat 64-bit descriptors,
@@ -30,6 +32,7 @@
 
 pub mod acpi;
 pub mod bzimage;
+pub mod multiboot;
 
 use crate::config::{
     GuestConfig, ImageFitError, ImageFormat, DEFAULT_CMDLINE, FLAT_INITIAL_SP, FLAT_LOAD_ADDRESS,
@@ -56,6 +59,12 @@ pub const BOOT_DS: u16 = 0x18;
 /// limit 0xF_FFFF pages, base 0 (SDM Vol. 3A 3.4.5 "Segment Descriptors", 5.2.1 "Code-Segment
 /// Descriptor in 64-bit Mode"). Accessed is preset so the CPU never writes the table.
 pub const GDT_CODE64: u64 = 0x00AF_9B00_0000_FFFF;
+/// Flat 32-bit code, DPL 0: P, S, type 0xB (execute/read, accessed), D = 1, G = 1, limit 4 GiB,
+/// base 0: what a multiboot kernel finds in CS (SDM Vol. 3A 3.4.5).
+pub const GDT_CODE32: u64 = 0x00CF_9B00_0000_FFFF;
+/// The selectors a multiboot kernel starts with: GRUB's (the specification leaves them open).
+pub const PROTECTED32_CS: u16 = 0x08;
+pub const PROTECTED32_DS: u16 = 0x10;
 /// Flat data, DPL 0: P, S, type 0x3 (read/write, accessed), D/B = 1, G = 1, limit 4 GiB, base 0.
 pub const GDT_DATA: u64 = 0x00CF_9300_0000_FFFF;
 
@@ -160,19 +169,24 @@ pub enum Write {
     Image { gpa: u64, offset: usize, len: usize },
     /// The whole initrd, `len` bytes.
     Initrd { gpa: u64, len: usize },
+    /// The whole of module `index` (a multiboot guest's), `len` bytes.
+    Module { index: usize, gpa: u64, len: usize },
+    /// `len` zero bytes (a kernel's bss): guest RAM is not zeroed again when a guest restarts.
+    Zero { gpa: u64, len: u64 },
 }
 
 impl Write {
     pub fn gpa(&self) -> u64 {
         match self {
-            Write::Bytes { gpa, .. } | Write::Image { gpa, .. } | Write::Initrd { gpa, .. } => *gpa,
+            Write::Bytes { gpa, .. } | Write::Image { gpa, .. } | Write::Initrd { gpa, .. } | Write::Module { gpa, .. } | Write::Zero { gpa, .. } => *gpa,
         }
     }
 
     pub fn len(&self) -> u64 {
         match self {
             Write::Bytes { bytes, .. } => bytes.len() as u64,
-            Write::Image { len, .. } | Write::Initrd { len, .. } => *len as u64,
+            Write::Image { len, .. } | Write::Initrd { len, .. } | Write::Module { len, .. } => *len as u64,
+            Write::Zero { len, .. } => *len,
         }
     }
 
@@ -185,13 +199,16 @@ impl Write {
         GpaRange { base: self.gpa(), len: self.len() }
     }
 
-    /// The bytes to copy, taken from the image and initrd the plan was made from; `None` if
-    /// they are not those (too short, or no initrd where the plan has one).
-    pub fn data<'a>(&'a self, image: &'a [u8], initrd: Option<&'a [u8]>) -> Option<&'a [u8]> {
+    /// The bytes to copy, taken from the image, initrd and modules the plan was made from;
+    /// `None` if they are not those (too short, or no initrd or module where the plan has
+    /// one), and for [`Write::Zero`], which has no bytes to copy: the caller zeroes.
+    pub fn data<'a>(&'a self, image: &'a [u8], initrd: Option<&'a [u8]>, modules: &[&'a [u8]]) -> Option<&'a [u8]> {
         match self {
             Write::Bytes { bytes, .. } => Some(bytes),
             Write::Image { offset, len, .. } => image.get(*offset..offset.checked_add(*len)?),
             Write::Initrd { len, .. } => initrd.filter(|i| i.len() == *len),
+            Write::Module { index, len, .. } => modules.get(*index).copied().filter(|m| m.len() == *len),
+            Write::Zero { .. } => None,
         }
     }
 }
@@ -203,6 +220,9 @@ pub enum Start {
     RealMode { ip: u16, sp: u16 },
     /// 64-bit mode with the given state (a bzImage).
     Long64(Entry64),
+    /// 32-bit protected mode, paging off, flat segments (a multiboot kernel): EIP, EAX (the
+    /// boot loader's magic) and EBX (the boot information).
+    Protected32 { eip: u32, eax: u32, ebx: u32 },
 }
 
 impl fmt::Display for Start {
@@ -210,6 +230,7 @@ impl fmt::Display for Start {
         match self {
             Start::RealMode { ip, sp } => write!(f, "real mode at 0000:{ip:04x}, SP {sp:#x}"),
             Start::Long64(e) => write!(f, "64-bit mode at {:#x}, RSI {:#x}", e.rip, e.rsi),
+            Start::Protected32 { eip, eax, ebx } => write!(f, "32-bit protected mode at {eip:#x}, EAX {eax:#x}, EBX {ebx:#x}"),
         }
     }
 }
@@ -258,6 +279,8 @@ pub struct InitialState {
     pub rip: u64,
     pub rsp: u64,
     pub rflags: u64,
+    pub rax: u64,
+    pub rbx: u64,
     pub rsi: u64,
 }
 
@@ -289,6 +312,8 @@ impl Start {
                 rip: u64::from(ip),
                 rsp: u64::from(sp),
                 rflags: Rflags::FIXED1.bits(),
+                rax: 0,
+                rbx: 0,
                 rsi: 0,
             },
             Start::Long64(e) => InitialState {
@@ -309,7 +334,35 @@ impl Start {
                 rip: e.rip,
                 rsp: e.rsp,
                 rflags: e.rflags,
+                rax: 0,
+                rbx: 0,
                 rsi: e.rsi,
+            },
+            // Multiboot spec 3.2 "Machine state": CS a 32-bit read/execute segment with offset 0
+            // and limit 0xFFFFFFFF, the data segments read/write with the same, A20 on, CR0.PG
+            // clear and PE set, EFLAGS.VM and IF clear; GDTR and IDTR are left for the kernel
+            // to load (here as after reset), ESP undefined (0).
+            Start::Protected32 { eip, eax, ebx } => InitialState {
+                cs: SegmentState {
+                    selector: PROTECTED32_CS,
+                    desc: Descriptor::decode(GDT_CODE32),
+                },
+                data: SegmentState {
+                    selector: PROTECTED32_DS,
+                    desc: Descriptor::decode(GDT_DATA),
+                },
+                gdt_base: 0,
+                gdt_limit: 0xFFFF,
+                cr0: Cr0::PE.bits() | Cr0::ET.bits(),
+                cr3: 0,
+                cr4: 0,
+                efer: 0,
+                rip: u64::from(eip),
+                rsp: 0,
+                rflags: Rflags::FIXED1.bits(),
+                rax: u64::from(eax),
+                rbx: u64::from(ebx),
+                rsi: 0,
             },
         }
     }
@@ -340,6 +393,9 @@ pub enum LoadError {
     Memory(MemMapError),
     Flat(ImageFitError),
     BzImage(bzimage::BzImageError),
+    Multiboot(multiboot::MultibootError),
+    /// The config names more or fewer modules than were given (the caller could not find one).
+    MissingModule,
     Acpi(acpi::BuildError),
     /// The config names an initrd but none was given (the caller could not find it).
     MissingInitrd,
@@ -351,6 +407,8 @@ impl fmt::Display for LoadError {
             LoadError::Memory(e) => write!(f, "{e}"),
             LoadError::Flat(e) => write!(f, "{e}"),
             LoadError::BzImage(e) => write!(f, "bzImage: {e}"),
+            LoadError::Multiboot(e) => write!(f, "multiboot: {e}"),
+            LoadError::MissingModule => write!(f, "a module is missing"),
             LoadError::Acpi(e) => write!(f, "ACPI tables: {e}"),
             LoadError::MissingInitrd => write!(f, "the initrd is missing"),
         }
@@ -362,7 +420,7 @@ impl fmt::Display for LoadError {
 /// boot of the guest. A flat image goes to [`FLAT_LOAD_ADDRESS`] (checked by
 /// [`crate::config::image_fits`]); a bzImage is parsed and placed by [`bzimage::plan`] with
 /// the config's command line ([`DEFAULT_CMDLINE`] if it has none).
-pub fn prepare(cfg: &GuestConfig, kernel: &[u8], initrd: Option<&[u8]>) -> Result<Prepared, LoadError> {
+pub fn prepare(cfg: &GuestConfig, kernel: &[u8], initrd: Option<&[u8]>, modules: &[&[u8]]) -> Result<Prepared, LoadError> {
     let map = MemoryMap::new(u64::from(cfg.memory_mib) << 20).map_err(LoadError::Memory)?;
     match cfg.format {
         ImageFormat::Flat => {
@@ -393,6 +451,26 @@ pub fn prepare(cfg: &GuestConfig, kernel: &[u8], initrd: Option<&[u8]>) -> Resul
             writes.push(Write::Bytes { gpa: tables.base, bytes: tables.bytes });
             writes.sort_by_key(Write::gpa);
             Ok(Prepared { writes, start: Start::Long64(plan.entry) })
+        }
+        ImageFormat::Multiboot | ImageFormat::Multiboot2 => {
+            if modules.len() != cfg.modules.len() {
+                return Err(LoadError::MissingModule);
+            }
+            let version = if cfg.format == ImageFormat::Multiboot { multiboot::Version::One } else { multiboot::Version::Two };
+            let kernel_info = multiboot::parse(kernel, version).map_err(LoadError::Multiboot)?;
+            // The same ACPI tables as a Linux guest's, where a PC has them: a multiboot kernel
+            // finds its CPUs and interrupt controllers in the MADT (by scanning for the RSDP,
+            // or, with Multiboot 2, through the RSDP copy in the boot information).
+            let tables = acpi::build(&acpi::AcpiConfig::new(cfg.vcpus), ACPI_TABLES_GPA).map_err(LoadError::Acpi)?;
+            let rsdp_at = (tables.rsdp_gpa - tables.base) as usize;
+            let rsdp = tables.bytes.get(rsdp_at..rsdp_at + acpi::RSDP_LEN);
+            let inputs: Vec<multiboot::ModuleInput<'_>> =
+                cfg.modules.iter().zip(modules).map(|(m, data)| multiboot::ModuleInput { len: data.len(), cmdline: m.cmdline.as_deref().unwrap_or("") }).collect();
+            let plan = multiboot::plan(kernel, &kernel_info, cfg.cmdline.as_deref().unwrap_or(""), &inputs, &map, rsdp).map_err(LoadError::Multiboot)?;
+            let mut writes = plan.writes;
+            writes.push(Write::Bytes { gpa: tables.base, bytes: tables.bytes });
+            writes.sort_by_key(Write::gpa);
+            Ok(Prepared { writes, start: Start::Protected32 { eip: plan.entry, eax: plan.magic, ebx: plan.info } })
         }
     }
 }
@@ -636,7 +714,7 @@ mod tests {
     #[test]
     fn prepare_loads_a_flat_image_at_0x8000_in_real_mode() {
         let g = guest("memory_mib = 4\n");
-        let p = prepare(&g, &[0x90; 300], None).unwrap();
+        let p = prepare(&g, &[0x90; 300], None, &[]).unwrap();
         assert_eq!(
             p.writes,
             vec![Write::Image {
@@ -653,7 +731,7 @@ mod tests {
             }
         );
         assert_eq!(p.start.to_string(), "real mode at 0000:8000, SP 0x7000");
-        let e = prepare(&g, &alloc::vec![0; 0x9_9000], None).unwrap_err();
+        let e = prepare(&g, &alloc::vec![0; 0x9_9000], None, &[]).unwrap_err();
         assert!(
             matches!(
                 e,
@@ -662,7 +740,7 @@ mod tests {
             "{e:?}"
         );
         assert_eq!(
-            prepare(&g, &[], None),
+            prepare(&g, &[], None, &[]),
             Err(LoadError::Flat(ImageFitError::Empty))
         );
     }
@@ -674,7 +752,7 @@ mod tests {
     fn prepare_plans_a_bzimage_with_the_configs_command_line() {
         let image = bzimage::tests::Synth::new().build();
         let g = guest("format = \"bzimage\"\nmemory_mib = 64\ncmdline = \"console=ttyS0 quiet\"\n");
-        let p = prepare(&g, &image, None).unwrap();
+        let p = prepare(&g, &image, None, &[]).unwrap();
         let Start::Long64(e) = p.start else {
             panic!("{:?}", p.start)
         };
@@ -698,6 +776,7 @@ mod tests {
             &guest("format = \"bzimage\"\nmemory_mib = 64\n"),
             &image,
             None,
+            &[],
         )
         .unwrap();
         assert_eq!(cmdline_of(&plain), b"console=ttyS0\0");
@@ -721,7 +800,7 @@ mod tests {
         }
         // With an initrd, it is written where the plan puts it.
         let with = guest("format = \"bzimage\"\nmemory_mib = 64\ninitrd = \"i\"\n");
-        let p = prepare(&with, &image, Some(&[5; 1000])).unwrap();
+        let p = prepare(&with, &image, Some(&[5; 1000]), &[]).unwrap();
         assert!(p
             .writes
             .iter()
@@ -734,14 +813,14 @@ mod tests {
     fn prepare_refuses_what_cannot_boot() {
         let image = bzimage::tests::Synth::new().build();
         let g = guest("format = \"bzimage\"\nmemory_mib = 64\n");
-        let e = prepare(&g, &[0x90; 4096], None).unwrap_err();
+        let e = prepare(&g, &[0x90; 4096], None, &[]).unwrap_err();
         assert!(
             matches!(e, LoadError::BzImage(bzimage::BzImageError::BadBootFlag(_))),
             "{e:?}"
         );
         assert!(e.to_string().starts_with("bzImage: not a bzImage"), "{e}");
         let small = guest("format = \"bzimage\"\nmemory_mib = 16\n");
-        let e = prepare(&small, &image, None).unwrap_err();
+        let e = prepare(&small, &image, None, &[]).unwrap_err();
         assert!(
             matches!(
                 e,
@@ -750,7 +829,7 @@ mod tests {
             "{e:?}"
         );
         let named = guest("format = \"bzimage\"\nmemory_mib = 64\ninitrd = \"i\"\n");
-        assert_eq!(prepare(&named, &image, None), Err(LoadError::MissingInitrd));
+        assert_eq!(prepare(&named, &image, None, &[]), Err(LoadError::MissingInitrd));
         assert_eq!(
             LoadError::MissingInitrd.to_string(),
             "the initrd is missing"
@@ -796,6 +875,60 @@ mod tests {
             (0, 0xFFFF, 0x10, 0, 0, 0)
         );
         assert_eq!((s.rip, s.rsp, s.rflags, s.rsi), (0x8000, 0x7000, 2, 0));
+    }
+
+    /// Multiboot spec 3.2 "Machine state": 32-bit protected mode, paging off, flat 4 GiB code
+    /// (read/execute, D = 1, L = 0) and data segments, EAX = the boot loader's magic, EBX =
+    /// the boot information, IF clear.
+    #[test]
+    fn protected_mode_start_is_the_multiboot_machine_state() {
+        let s = Start::Protected32 { eip: 0x10_0040, eax: 0x2BAD_B002, ebx: 0x10_9000 }.initial_state();
+        assert_eq!((s.cs.selector, s.cs.base(), s.cs.limit()), (0x08, 0, 0xFFFF_FFFF));
+        assert!(s.cs.desc.default_big && !s.cs.desc.long && s.cs.desc.kind == 0xB, "32-bit execute/read code");
+        assert_eq!((s.cs.desc.vmx_access_rights(), s.cs.desc.svm_attributes()), (0xC09B, 0xC9B));
+        assert_eq!((s.data.selector, s.data.base(), s.data.limit(), s.data.desc.kind), (0x10, 0, 0xFFFF_FFFF, 0x3));
+        assert_eq!((s.cr0, s.cr3, s.cr4, s.efer), (0x11, 0, 0, 0), "PE and ET, no paging, no long mode");
+        assert_eq!((s.rip, s.rax, s.rbx, s.rflags), (0x10_0040, 0x2BAD_B002, 0x10_9000, 2));
+        assert_eq!(alloc::format!("{}", Start::Protected32 { eip: 0x10_0040, eax: 0x2BAD_B002, ebx: 0x10_9000 }), "32-bit protected mode at 0x100040, EAX 0x2badb002, EBX 0x109000");
+    }
+
+    #[test]
+    fn a_multiboot_guest_is_prepared_with_its_modules_acpi_tables_and_entry_state() {
+        // A Multiboot 2 "address tag" kernel: loaded at 1 MiB from its start, entry 1 MiB.
+        let mut k = alloc::vec![0x90u8; 0x2000];
+        let tags: [u32; 12] = [2 | (0 << 16), 24, 0x10_0000, 0x10_0000, 0, 0, 3, 12, 0x10_0000, 0, 0, 8];
+        let len = 16 + 4 * tags.len() as u32;
+        let head = [multiboot::MB2_HEADER_MAGIC, 0, len, 0u32.wrapping_sub(multiboot::MB2_HEADER_MAGIC).wrapping_sub(len)];
+        for (i, w) in head.iter().chain(&tags).enumerate() {
+            k[4 * i..4 * i + 4].copy_from_slice(&w.to_le_bytes());
+        }
+        let g = guest("format = \"multiboot2\"\nmemory_mib = 8\nvcpus = 2\ncmdline = \"hi\"\nmodules = [{ path = \"a\", cmdline = \"A\" }]\n");
+        let module: &[u8] = &[9; 100];
+        let p = prepare(&g, &k, None, &[module]).unwrap();
+        let Start::Protected32 { eip, eax, ebx } = p.start else { panic!("{}", p.start) };
+        assert_eq!((eip, eax), (0x10_0000, multiboot::MB2_BOOTLOADER_MAGIC));
+        assert!(p.writes.iter().any(|w| matches!(w, Write::Bytes { gpa, .. } if *gpa == u64::from(ebx))), "EBX points at the boot information");
+        let m = p.writes.iter().find(|w| matches!(w, Write::Module { .. })).unwrap();
+        assert_eq!(m.data(&k, None, &[module]), Some(module));
+        assert_eq!(m.data(&k, None, &[]), None, "without the module");
+        // The ACPI tables as for Linux, their RSDP copied into the boot information.
+        let acpi = p.writes.iter().find_map(|w| match w {
+            Write::Bytes { gpa: ACPI_TABLES_GPA, bytes } => Some(bytes.clone()),
+            _ => None,
+        });
+        let acpi = acpi.expect("ACPI tables at 0xE0000");
+        let info = p.writes.iter().find_map(|w| match w {
+            Write::Bytes { gpa, bytes } if *gpa == u64::from(ebx) => Some(bytes.clone()),
+            _ => None,
+        });
+        let info = info.unwrap();
+        let rsdp = &acpi[..acpi::RSDP_LEN];
+        assert_eq!(&rsdp[..8], b"RSD PTR ");
+        assert!(info.windows(acpi::RSDP_LEN).any(|w| w == rsdp), "the ACPI 2.0 RSDP tag");
+        assert!(p.writes.windows(2).all(|w| w[0].range().end() <= w[1].gpa()), "sorted and disjoint");
+        assert_eq!(prepare(&g, &k, None, &[]), Err(LoadError::MissingModule));
+        let e = prepare(&g, &[0x90; 4096], None, &[module]).unwrap_err();
+        assert_eq!(alloc::format!("{e}"), "multiboot: no Multiboot2 header (magic 0xe85250d6, valid checksum) in the first 32768 bytes");
     }
 
     /// boot.rst "64-bit Boot Protocol": CS = __BOOT_CS flat 64-bit code, DS/ES/SS = __BOOT_DS
@@ -848,15 +981,15 @@ mod tests {
         let image = [1u8, 2, 3, 4, 5];
         let initrd = [9u8; 3];
         let b = Write::Bytes { gpa: 0x10, bytes: vec![7, 7] };
-        assert_eq!((b.data(&image, None), b.range()), (Some(&[7u8, 7][..]), GpaRange { base: 0x10, len: 2 }));
+        assert_eq!((b.data(&image, None, &[]), b.range()), (Some(&[7u8, 7][..]), GpaRange { base: 0x10, len: 2 }));
         let i = Write::Image { gpa: 0x100, offset: 1, len: 3 };
-        assert_eq!((i.data(&image, None), i.gpa(), i.len()), (Some(&[2u8, 3, 4][..]), 0x100, 3));
-        assert_eq!(Write::Image { gpa: 0, offset: 3, len: 3 }.data(&image, None), None, "past the image");
-        assert_eq!(Write::Image { gpa: 0, offset: usize::MAX, len: 2 }.data(&image, None), None);
+        assert_eq!((i.data(&image, None, &[]), i.gpa(), i.len()), (Some(&[2u8, 3, 4][..]), 0x100, 3));
+        assert_eq!(Write::Image { gpa: 0, offset: 3, len: 3 }.data(&image, None, &[]), None, "past the image");
+        assert_eq!(Write::Image { gpa: 0, offset: usize::MAX, len: 2 }.data(&image, None, &[]), None);
         let r = Write::Initrd { gpa: 0x200, len: 3 };
-        assert_eq!(r.data(&image, Some(&initrd)), Some(&initrd[..]));
-        assert_eq!(r.data(&image, None), None);
-        assert_eq!(r.data(&image, Some(&initrd[..2])), None, "another initrd");
+        assert_eq!(r.data(&image, Some(&initrd), &[]), Some(&initrd[..]));
+        assert_eq!(r.data(&image, None, &[]), None);
+        assert_eq!(r.data(&image, Some(&initrd[..2]), &[]), None, "another initrd");
         assert!(!r.is_empty() && Write::Bytes { gpa: 0, bytes: vec![] }.is_empty());
     }
 }

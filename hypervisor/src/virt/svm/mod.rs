@@ -148,7 +148,7 @@ impl Svm {
             iopm,
             msrpm,
             host_vmcb: self.host_vmcb,
-            gprs: Gprs { rsi: st.rsi, ..Gprs::default() },
+            gprs: Gprs { rax: st.rax, rbx: st.rbx, rsi: st.rsi, ..Gprs::default() },
             nrip_save: self.caps.nrip_save,
             ram: vm.npt.view(),
         })
@@ -309,7 +309,7 @@ impl SvmVcpu {
     pub fn load_state(&mut self, st: &InitialState) -> Result<(), String> {
         write_guest_state(&mut self.vmcb, st);
         // RAX lives in the VMCB (APM 15.5.1); the others in `gprs`.
-        self.gprs = Gprs { rsi: st.rsi, ..Gprs::default() };
+        self.gprs = Gprs { rax: st.rax, rbx: st.rbx, rsi: st.rsi, ..Gprs::default() };
         self.vmcb.w64(RAX, 0);
         self.request_interrupt_window(false);
         Ok(())

@@ -168,7 +168,8 @@ impl Vmx {
             vmptrld(vmcs).map_err(|e| format!("VMPTRLD: {e}"))?;
         }
         self.setup_vmcs(vm, &vcpu).map_err(|(field, e)| format!("VMWRITE of field {field:#x} failed: {e}"))?;
-        vcpu.gprs.rsi = vm.entry.initial_state().rsi;
+        let st = vm.entry.initial_state();
+        (vcpu.gprs.rax, vcpu.gprs.rbx, vcpu.gprs.rsi) = (st.rax, st.rbx, st.rsi);
         log::debug!(
             "VMX: guest CR0 {:#x} (shadow {:#x}, mask {:#x}), CR4 {:#x}, fixed0/1 CR0 {:#x}/{:#x}",
             r(guest::CR0),
@@ -544,7 +545,7 @@ impl VmxVcpu {
     /// current (between `begin_slice` and `end_slice`).
     pub fn load_state(&mut self, st: &InitialState) -> Result<(), String> {
         write_guest_state(self, st).map_err(|(field, e)| format!("VMWRITE of field {field:#x} failed: {e}"))?;
-        self.gprs = Gprs { rsi: st.rsi, ..Gprs::default() };
+        self.gprs = Gprs { rax: st.rax, rbx: st.rbx, rsi: st.rsi, ..Gprs::default() };
         self.request_interrupt_window(false);
         Ok(())
     }
