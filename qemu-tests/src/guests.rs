@@ -1,5 +1,6 @@
 //! The test guests (`hypervisor/guests`, crate `test-guests`), built from this repository and
-//! turned into the flat binaries Bastion loads at guest-physical 0x8000.
+//! turned into the flat binaries Bastion loads at guest-physical 0x8000. Each is a Multiboot 1
+//! kernel too (boot.s: a header with the address fields, and a 32-bit entry).
 //!
 //! [`test_guests`] builds them once per test process, in `target/guests/` (a target directory
 //! of their own, so the nested cargo never waits on the outer one's lock), and writes
@@ -12,8 +13,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 /// Every test guest, by binary name.
-pub const GUESTS: [&str; 21] = [
-    "modes", "checks", "overrun", "vmx-ud", "halt", "busy", "irqoff", "echo", "crash", "irqecho", "com2", "isolate-a", "isolate-b", "arch", "smphalt", "pit", "worker", "printer", "mmio", "flood", "reboot",
+pub const GUESTS: [&str; 22] = [
+    "modes", "checks", "overrun", "vmx-ud", "halt", "busy", "irqoff", "echo", "crash", "irqecho", "com2", "isolate-a", "isolate-b", "arch", "smphalt", "pit", "worker", "printer", "mmio", "flood", "reboot", "multiboot",
 ];
 
 /// Where the guest image is loaded (and where its first byte, the real-mode entry, runs).

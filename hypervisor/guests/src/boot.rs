@@ -98,6 +98,9 @@ pub struct EntryState {
 extern "C" {
     /// One per vCPU (index = vCPU index), each written once by that vCPU's boot code.
     static boot_entry_states: [EntryState; MAX_VCPUS as usize];
+    /// EAX and EBX at the Multiboot entry (`mb_entry` in boot.s); 0 after a flat start.
+    static boot_multiboot_magic: u32;
+    static boot_multiboot_info: u32;
     /// NUL-terminated guest name, defined by [`guest!`](crate::guest) in the binary.
     static GUEST_NAME: u8;
     /// The binary's `main`, wrapped by [`guest!`](crate::guest); returns the exit code.
@@ -124,6 +127,13 @@ pub fn entry_state_of(vcpu: u32) -> EntryState {
     // any Rust code, never afterwards; a volatile read of plain integers is harmless even
     // while another vCPU is still writing its own slot.
     unsafe { core::ptr::read_volatile((&raw const boot_entry_states).cast::<EntryState>().add(vcpu as usize)) }
+}
+
+/// EAX and EBX as a Multiboot loader left them (the boot loader's magic and the address of
+/// the boot information); `(0, 0)` when the guest started as a flat image.
+pub fn multiboot_registers() -> (u32, u32) {
+    // SAFETY: written once by the boot code before any Rust code runs.
+    unsafe { (core::ptr::read_volatile(&raw const boot_multiboot_magic), core::ptr::read_volatile(&raw const boot_multiboot_info)) }
 }
 
 /// Top of vCPU `vcpu`'s boot stack (real and protected mode).

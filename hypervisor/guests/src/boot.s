@@ -309,6 +309,27 @@
     .code16
     .global _start
 _start:
+    // Every guest is a flat image and a Multiboot kernel at once: a flat image is entered
+    // here in real mode and jumps over the Multiboot header, which must lie 4-byte aligned in
+    // the first 8 KiB of the file (Multiboot spec 3.1.1).
+    jmp .Lrm_start
+
+// The Multiboot 1 header (spec 3.1.2, 3.1.3) with the address fields ("a.out kludge", flag
+// 16): the file is the flat image, loaded at its link address from its first byte up to
+// __image_end, then zeros up to __bss_end; a Multiboot loader enters at `mb_entry`. It puts
+// its boot information and modules after __bss_end (below the EBDA, when they fit).
+    .balign 4
+boot_multiboot_header:
+    .long 0x1BADB002                          // magic
+    .long 0x00010000                          // flags: address fields valid
+    .long -(0x1BADB002 + 0x00010000)          // checksum: magic + flags + checksum = 0
+    .long boot_multiboot_header               // header_addr
+    .long __image_start                       // load_addr
+    .long __image_end                         // load_end_addr
+    .long __bss_end                           // bss_end_addr
+    .long mb_entry                            // entry_addr
+
+.Lrm_start:
     // No PUSH or CALL (and so no CALL-using helper) before SS:SP are this vCPU's own: every
     // vCPU starts with SP = 0x7000, and vCPU 0 may already have return addresses there.
     // Interrupts are disabled (the ABI's IF = 0), so nothing else touches the stack either.
@@ -468,6 +489,28 @@ rm_exc_common:
 // 32-bit protected mode (paging off)
 // =======================================================================================
     .code32
+// The Multiboot entry (spec 3.2 "Machine state"): 32-bit protected mode, paging off, flat
+// segments with the loader's selectors, EAX = 0x2BADB002, EBX = the boot information, GDTR
+// and IDTR undefined, ESP undefined. Only the boot processor enters here (the others wait
+// for INIT-SIPI, as on a PC; this boot code starts none), so the vCPU index is 0 and no
+// other vCPU shares anything yet. Record EAX and EBX for Rust (multiboot.rs), load our GDT
+// and reload CS through it, then continue as a flat image does once in protected mode.
+// Nothing here can fault with flat segments, before pm_entry loads the 32-bit IDT.
+mb_entry:
+    mov dword ptr [boot_multiboot_magic], eax
+    mov dword ptr [boot_multiboot_info], ebx
+    lgdt [boot_gdtr]
+    // jmp far CODE32_SEL:.Lmb_reloaded (EA ptr16:32)
+    .byte 0xEA
+    .long .Lmb_reloaded
+    .word CODE32_SEL
+.Lmb_reloaded:
+    mov eax, 1
+    cpuid
+    shr ebx, 24                     // the initial APIC ID: the vCPU index
+    mov ebp, ebx
+    jmp pm_entry
+
 pm_entry:
     // The 32-bit IDT first, so that even a fault in the segment loads below is reported
     // (DS still has its real-mode base 0, which is all LIDT needs here). Then, SDM Vol. 3A
@@ -773,6 +816,15 @@ boot_lm_idtr:
     .global boot_entry_states
 boot_entry_states:
     .skip MAX_VCPUS * ENTRY_STATE_SIZE
+
+// What a Multiboot loader passed in EAX and EBX (mb_entry); 0 when entered as a flat image.
+    .balign 4
+    .global boot_multiboot_magic
+boot_multiboot_magic:
+    .long 0
+    .global boot_multiboot_info
+boot_multiboot_info:
+    .long 0
 
 // Set to 1 by vCPU 0 once .bss is zeroed and the page tables are built; the other vCPUs
 // wait for it before loading CR3. 0 in the image, so 0 at every start.
