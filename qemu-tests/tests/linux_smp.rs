@@ -1,7 +1,8 @@
 //! SMP Linux guests: Debian's cloud kernel with 2 and with 4 vCPUs (more vCPUs than the host
 //! has CPUs) boots its application processors through the virtual local APICs' INIT-SIPI-SIPI
 //! (SDM Vol. 3A 9.4.4), as on a PC; `nproc` counts them; parallel work and an mmap/munmap
-//! stress loop (TLB shootdown IPIs, SDM 11.6.1) finish; both guests keep running side by side.
+//! stress loop (TLB shootdown IPIs, SDM 11.6.1) finish; NMI IPIs reach every application
+//! processor (the magic SysRq backtrace); both guests keep running side by side.
 
 use qemu_tests::{image_with_bundle, linux_kit, Emulator, Failure, Platform, RunOptions};
 use std::time::Duration;
@@ -54,6 +55,27 @@ fn scenario(p: Platform, boot_timeout: Duration) {
     let counts: Vec<u64> = res.split_whitespace().filter_map(|w| w.parse().ok()).collect();
     assert_eq!(counts.len(), 4, "one column per CPU: {res}");
     assert!(counts[1..].iter().sum::<u64>() > 0, "no IPI reached an application processor: {res}");
+
+    // NMIs between vCPUs (SDM Vol. 3A 11.6.1, delivery mode NMI): the magic SysRq `l` makes
+    // Linux send an NMI IPI to every other CPU, each of which prints its backtrace from its
+    // NMI handler (lib/nmi_backtrace.c) -- or says it was idling, also from the handler.
+    let m = emu.mark();
+    emu.send(b"echo l > /proc/sysrq-trigger\r");
+    // The CPU the shell runs on prints its own backtrace and sends the NMIs.
+    let sending = ok(emu.expect_after(m, "Sending NMI from CPU ", t));
+    let sender: u32 = sending.split("Sending NMI from CPU ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{sending}"));
+    assert!(sending.starts_with("[smp4] ") && sender < 4, "{sending}");
+    for cpu in (0..4).filter(|&c| c != sender) {
+        let line = ok(emu.expect_after(m, &format!("NMI backtrace for cpu {cpu}"), t));
+        assert!(line.starts_with("[smp4] "), "{line}");
+    }
+    let m = emu.mark();
+    emu.send(b"grep NMI: /proc/interrupts\r");
+    let nmi = ok(emu.expect_after(m, "Non-maskable interrupts", t));
+    let counts: Vec<u64> = nmi.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    assert_eq!(counts.len(), 4, "one column per CPU: {nmi}");
+    let others: Vec<u64> = counts.iter().enumerate().filter(|&(c, _)| c as u32 != sender).map(|(_, &n)| n).collect();
+    assert!(others.iter().all(|&n| n >= 1), "every CPU but the sender took an NMI: {nmi}");
 
     let out = emu.transcript();
     assert!(!out.contains("Kernel panic"), "{out}");

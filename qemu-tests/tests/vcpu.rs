@@ -182,3 +182,29 @@ fn pit_ticks_wake_a_halted_vcpu_under_vmx_on_bochs_intel() {
 fn pit_ticks_wake_a_halted_vcpu_under_svm_on_bochs_amd() {
     pit_ticks_wake_a_halted_vcpu(Platform::BochsAmd);
 }
+
+/// NMI IPIs between two vCPUs (the `nmi` guest): one halted with interrupts disabled is woken
+/// by an NMI from the other, and each NMI arrives exactly once.
+fn nmi_ipis(p: Platform) {
+    let cfg = format!("[hypervisor]\nexit_when_idle = true\n{}", config_entry("nmi", "nmi", "vcpus = 2\n"));
+    let text = run_to_exit(p, "nmi", &cfg, &["nmi"]);
+    for line in ["nmi: vcpu 1 halting with interrupts disabled", "nmi: vcpu 1 woken by NMI (1 taken)", "nmi: vcpu 0 took 1 NMI, vcpu 1 took 1", "nmi: PASS"] {
+        assert!(text.contains(&format!("[nmi] {line}")), "no `{line}`:\n{text}");
+    }
+    assert!(text.contains("guest nmi: stopped: test exit: PASS"), "{text}");
+}
+
+#[test]
+fn nmi_ipis_under_svm_on_qemu() {
+    nmi_ipis(Platform::QemuBios);
+}
+
+#[test]
+fn nmi_ipis_under_vmx_on_bochs_intel() {
+    nmi_ipis(Platform::BochsIntel);
+}
+
+#[test]
+fn nmi_ipis_under_svm_on_bochs_amd() {
+    nmi_ipis(Platform::BochsAmd);
+}

@@ -199,6 +199,10 @@ extern "C" fn exception_dispatch(frame: &mut Frame) {
     if frame.vector >= 32 && crate::interrupts::dispatch(frame.vector as u8) {
         return;
     }
+    // An NMI (vector 2) goes to its handler if one is installed, like an interrupt.
+    if frame.vector == 2 && crate::interrupts::dispatch_nmi() {
+        return;
+    }
     let vcpu = crate::boot::vcpu_id() as usize;
     let resume = if frame.vector < 32 { RESUME[vcpu].swap(0, SeqCst) } else { 0 };
     if resume != 0 {

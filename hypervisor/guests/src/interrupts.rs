@@ -137,6 +137,30 @@ pub(crate) fn dispatch(vector: u8) -> bool {
     }
 }
 
+/// The installed NMI handler, a `fn()` as usize; 0 = none.
+static NMI_HANDLER: AtomicUsize = AtomicUsize::new(0);
+
+/// Makes `handler` what an NMI (vector 2, through the boot code's exception gate) runs on
+/// whichever vCPU takes it, instead of being reported as an unexpected exception. The NMI
+/// gate is an interrupt gate too; NMIs stay blocked until the handler's IRETQ (SDM Vol. 3A
+/// 7.7). The same rules as for [`install`]'s handler: no printing, no panic.
+pub fn install_nmi(handler: fn()) {
+    NMI_HANDLER.store(handler as usize, SeqCst);
+}
+
+/// Runs the installed NMI handler; false if none is installed.
+pub(crate) fn dispatch_nmi() -> bool {
+    match NMI_HANDLER.load(SeqCst) {
+        0 => false,
+        h => {
+            // SAFETY: NMI_HANDLER only ever holds 0 or a `fn()` stored by `install_nmi`.
+            let handler: fn() = unsafe { core::mem::transmute::<usize, fn()>(h) };
+            handler();
+            true
+        }
+    }
+}
+
 /// Enables interrupts, halts until one arrives, lets its handler run, and disables them
 /// again: `sti; hlt; cli`. STI delays the recognition of interrupts until after the next
 /// instruction (SDM Vol. 2B STI), so an interrupt that is already pending or arrives right

@@ -201,6 +201,15 @@ impl Vcpu for GuestVcpu {
     fn request_interrupt_window(&mut self, on: bool) {
         each!(self, v => v.request_interrupt_window(on))
     }
+    fn nmi_window_open(&self) -> bool {
+        each!(self, v => v.nmi_window_open())
+    }
+    fn inject_nmi(&mut self) {
+        each!(self, v => v.inject_nmi())
+    }
+    fn request_nmi_window(&mut self, on: bool) {
+        each!(self, v => v.request_nmi_window(on))
+    }
     fn cr8_tpr(&self) -> u8 {
         each!(self, v => v.cr8_tpr())
     }

@@ -112,6 +112,9 @@ pub(super) struct Guest {
     /// Per vCPU: it executed HLT with interrupts enabled and sleeps until an interrupt for it
     /// is pending (or its deadline comes).
     pub(super) waiting: Vec<AtomicBool>,
+    /// Per vCPU: it halted with interrupts disabled, which only an NMI ends (SDM Vol. 2A HLT);
+    /// its `GuestCtl::dead` bit is set meanwhile.
+    pub(super) nmi_only: Vec<AtomicBool>,
 }
 
 pub(super) struct Hv {

@@ -168,7 +168,9 @@ pub(super) fn wake_if_interrupted(g: &Guest, chip: &mut IrqChip) {
     let kicked = chip.take_kicked();
     for (v, waiting) in g.waiting.iter().enumerate() {
         // The flag first: it is one load, and most device accesses happen with no vCPU asleep.
-        if waiting.load(Ordering::SeqCst) && chip.wakes(v) && waiting.swap(false, Ordering::SeqCst) {
+        // A vCPU halted with interrupts disabled takes only an NMI.
+        let wakes = if g.nmi_only[v].load(Ordering::SeqCst) { chip.has_nmi(v) } else { chip.wakes(v) };
+        if waiting.load(Ordering::SeqCst) && wakes && waiting.swap(false, Ordering::SeqCst) {
             let kick_cpu = hv().sched.lock().wake(vcpu_id(g.index, v), time::now_ns());
             if let Some(c) = kick_cpu {
                 kick(c);

@@ -76,6 +76,7 @@ pub fn start(config: &Config, images: Vec<Option<GuestFiles>>, online: usize) {
             tx_lock: Mutex::new(()),
             pending_input: Mutex::new(Vec::new()),
             waiting: (0..cfg.vcpus).map(|_| AtomicBool::new(false)).collect(),
+            nmi_only: (0..cfg.vcpus).map(|_| AtomicBool::new(false)).collect(),
         });
     }
     let max_tag = CPUS[0].get().map_or(1, |c| c.backend.max_tag());
@@ -183,6 +184,9 @@ pub(super) fn boot_guest(g: &Guest) -> bool {
     ctl.vm = Some(vm);
     ctl.status = Status::Running;
     ctl.dead = 0;
+    for f in &g.nmi_only {
+        f.store(false, Ordering::SeqCst);
+    }
     ctl.cause = None;
     ctl.started_ns = time::now_ns();
     g.hold.store(false, Ordering::SeqCst);

@@ -42,6 +42,11 @@ pub(super) fn run_slice(cpu: &PerCpu, id: VcpuId, slice_ns: u64) {
     let h = hv();
     let (gi, vi) = ((id.0 / VCPU_STRIDE) as usize, (id.0 % VCPU_STRIDE) as usize);
     let Some(g) = h.guests.get(gi) else { return };
+    if g.nmi_only[vi].swap(false, Ordering::SeqCst) {
+        // An NMI woke it from a HLT with interrupts disabled: it can run (and halt) again.
+        // Before the slot lock: `ctl` is taken before slot locks elsewhere.
+        g.ctl.lock().dead &= !(1 << vi);
+    }
     let mut slot = g.vcpus[vi].lock();
     let VcpuSlot { backend, state, tlb } = &mut *slot;
     let Some(vcpu) = backend.as_mut() else {
@@ -84,6 +89,8 @@ pub(super) fn run_slice(cpu: &PerCpu, id: VcpuId, slice_ns: u64) {
                 break SliceEnd::Parked;
             }
             if start.is_none() {
+                // An NMI first (it outranks interrupts); an interrupt then waits for a window.
+                bastion_core::vm::deliver_nmi(vcpu, &mut chip, vi);
                 bastion_core::vm::deliver_interrupt(vcpu, &mut chip, vi);
                 bastion_core::vm::pv_eoi::sync_to_guest(&mut state.pv_eoi, &chip, vi, &mut ram);
             }
@@ -192,8 +199,20 @@ pub(super) fn run_slice(cpu: &PerCpu, id: VcpuId, slice_ns: u64) {
                     }
                 }
             } else {
-                h.sched.lock().block(id, now);
+                // Only an NMI ends it (an NMI IPI from another vCPU: nothing else raises one).
+                // Counted dead first, so a guest whose other vCPUs are stuck too is stopped;
+                // an NMI already pending undoes it at once.
                 g.ctl.lock().dead |= 1 << vi;
+                let chip = g.devices.irq.lock();
+                if chip.has_nmi(vi) {
+                    drop(chip);
+                    g.ctl.lock().dead &= !(1 << vi);
+                    h.sched.lock().preempt(cpu.index, now);
+                } else {
+                    g.nmi_only[vi].store(true, Ordering::SeqCst);
+                    g.waiting[vi].store(true, Ordering::SeqCst);
+                    h.sched.lock().block(id, now);
+                }
             }
             if let Some(interrupts_enabled) = stuck(g) {
                 stop_guest(g, Cause::Guest(StopReason::Halted { interrupts_enabled }), After::Nothing, (vi as u32, rip));

@@ -247,6 +247,11 @@ impl IrqChip {
         self.lapics.get_mut(v)?.acknowledge()
     }
 
+    /// Whether vCPU `v` has an NMI to take.
+    pub fn has_nmi(&self, v: usize) -> bool {
+        self.nmi.get(v) == Some(&true)
+    }
+
     /// Takes vCPU `v`'s pending NMI.
     pub fn take_nmi(&mut self, v: usize) -> bool {
         self.nmi.get_mut(v).is_some_and(core::mem::take)

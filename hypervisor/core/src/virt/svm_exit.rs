@@ -212,6 +212,9 @@ pub fn decode(i: &SvmExitInfo, gpr: &dyn Fn(usize) -> u64, insn: &mut dyn FnMut(
         INTR | SMI | PAUSE | BUSLOCK => VmExit::event(Exit::Interrupted),
         NMI => VmExit::event(Exit::HostNmi),
         VINTR => VmExit::event(Exit::InterruptWindow),
+        // Intercepted only while an injected NMI's handler runs: its IRET ends the blocking
+        // (APM 15.21.4; SVM keeps no NMI-blocked state of its own without vNMI).
+        IRET => VmExit::event(Exit::NmiWindow),
         INVALID | 0xffff_ffff => VmExit::event(Exit::EntryFailed(code_name(INVALID).into())),
         _ => unhandled(),
     }
@@ -432,6 +435,7 @@ mod tests {
         assert_eq!(dec(&info(INTR, 0, 0)).exit, Exit::Interrupted);
         assert_eq!(dec(&info(NMI, 0, 0)).exit, Exit::HostNmi);
         assert_eq!(dec(&info(VINTR, 0, 0)).exit, Exit::InterruptWindow);
+        assert_eq!(dec(&info(IRET, 0, 0)).exit, Exit::NmiWindow);
         for c in [VMRUN, VMLOAD, VMSAVE, STGI, CLGI, SKINIT, INVLPGA, MONITOR, MWAIT] {
             assert_eq!(dec(&info(c, 0, 0)), VmExit::event(Exit::VirtInstruction), "code {c:#x}");
         }

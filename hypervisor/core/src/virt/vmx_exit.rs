@@ -247,7 +247,8 @@ pub fn decode(i: &VmxExitInfo, gpr: &dyn Fn(usize) -> u64, insn: &mut dyn FnMut(
         // With an empty exception bitmap only NMIs exit here: interruption type 2 (SDM Vol. 3C
         // 25.9.2, Table 25-18). They are the host's.
         EXCEPTION_OR_NMI if (i.intr_info >> 8) & 7 == 2 && i.intr_info >> 31 != 0 => VmExit::event(Exit::HostNmi),
-        EXTERNAL_INTERRUPT | PREEMPTION_TIMER | IO_SMI | OTHER_SMI | NMI_WINDOW | TPR_BELOW_THRESHOLD | BUS_LOCK => {
+        NMI_WINDOW => VmExit::event(Exit::NmiWindow),
+        EXTERNAL_INTERRUPT | PREEMPTION_TIMER | IO_SMI | OTHER_SMI | TPR_BELOW_THRESHOLD | BUS_LOCK => {
             VmExit::event(Exit::Interrupted)
         }
         // PAUSE exits before the instruction (pause-loop exiting): resuming re-executes it.
@@ -434,10 +435,11 @@ mod tests {
 
     #[test]
     fn asynchronous_exits_complete_nothing() {
-        for r in [EXTERNAL_INTERRUPT, PREEMPTION_TIMER, PAUSE, NMI_WINDOW] {
+        for r in [EXTERNAL_INTERRUPT, PREEMPTION_TIMER, PAUSE] {
             assert_eq!(dec(&info(r, 0)), VmExit::event(Exit::Interrupted), "reason {r}");
         }
         assert_eq!(dec(&info(INTERRUPT_WINDOW, 0)), VmExit::event(Exit::InterruptWindow));
+        assert_eq!(dec(&info(NMI_WINDOW, 0)), VmExit::event(Exit::NmiWindow));
         assert_eq!(dec(&info(TRIPLE_FAULT, 0)), VmExit::event(Exit::TripleFault));
     }
 

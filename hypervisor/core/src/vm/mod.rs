@@ -147,6 +147,9 @@ pub enum Exit {
     HostNmi,
     /// The guest can take an interrupt now (requested with `request_interrupt_window`).
     InterruptWindow,
+    /// The guest's NMIs may be unblocked now: VMX's NMI-window exit, or SVM's IRET intercept
+    /// (the IRET ending an NMI handler, which the SVM backend records before it gets here).
+    NmiWindow,
     /// The hardware refused to enter the guest; the text says why.
     EntryFailed(String),
     /// Anything else, with the backend's own exit code and qualification for the report.
@@ -249,7 +252,7 @@ impl Exit {
             Exit::NestedPageFault { .. } => ExitKind::NestedPageFault,
             Exit::TripleFault => ExitKind::TripleFault,
             Exit::VirtInstruction => ExitKind::VirtInstruction,
-            Exit::Interrupted | Exit::InterruptWindow => ExitKind::Interrupted,
+            Exit::Interrupted | Exit::InterruptWindow | Exit::NmiWindow => ExitKind::Interrupted,
             Exit::HostNmi => ExitKind::HostNmi,
             Exit::EntryFailed(_) => ExitKind::EntryFailed,
             Exit::Unhandled { .. } => ExitKind::Unhandled,
@@ -341,6 +344,16 @@ pub trait Vcpu {
     /// Asks for an `Exit::InterruptWindow` as soon as the guest can take an interrupt (or stops
     /// asking).
     fn request_interrupt_window(&mut self, on: bool);
+    /// True when an NMI can be delivered at the next entry: NMIs are not blocked by an earlier
+    /// NMI whose handler has not yet executed IRET (SDM Vol. 3A 7.7 "Nonmaskable Interrupt
+    /// (NMI)"; APM Vol. 2 8.2.19), nor by MOV SS, and no event is already queued.
+    fn nmi_window_open(&self) -> bool;
+    /// Delivers an NMI (vector 2) at the next entry; the vCPU's NMIs are blocked until its
+    /// handler's IRET.
+    fn inject_nmi(&mut self);
+    /// Asks for an exit as soon as the guest can take an NMI, where the CPU can say when (VMX
+    /// NMI-window exiting); elsewhere the next exit after the IRET serves (or stops asking).
+    fn request_nmi_window(&mut self, on: bool);
     /// The task priority as MOV to CR8 left it, in the local APIC's TPR format (CR8[3:0] is
     /// TPR[7:4], SDM Vol. 3A 11.8.6.1): VMX keeps it in the virtual-APIC page (TPR shadow),
     /// SVM in V_TPR, so the guest's CR8 never reaches the host's.
@@ -416,8 +429,8 @@ pub enum Action {
     Resume,
     /// The guest gave up the rest of its time slice (the yield hypercall).
     Yield,
-    /// The vCPU executed HLT: it waits for an interrupt. With interrupts disabled nothing can
-    /// wake it (no NMI source exists), so it is done for good.
+    /// The vCPU executed HLT: it waits for an interrupt. With interrupts disabled only an NMI
+    /// (an NMI IPI from another vCPU of the guest) can wake it.
     Halt { interrupts_enabled: bool },
     /// Stop the whole guest.
     Stop(StopReason),
@@ -464,6 +477,26 @@ pub fn deliver_interrupt(cpu: &mut dyn Vcpu, chip: &mut crate::devices::irq::Irq
         }
         None => false,
     }
+}
+
+/// Delivers vCPU `v`'s pending NMI (from an NMI IPI, SDM Vol. 3A 11.6.1 delivery mode 100b)
+/// if the vCPU can take one now, or asks for an exit as soon as it can. Call before every
+/// entry, before [`deliver_interrupt`]: an NMI has priority over a maskable interrupt (SDM
+/// Vol. 3A 7.9 "Priority Among Concurrent Events"), and once it is queued the interrupt waits
+/// for the next window. Returns whether an NMI was injected.
+pub fn deliver_nmi(cpu: &mut dyn Vcpu, chip: &mut crate::devices::irq::IrqChip, v: usize) -> bool {
+    if !chip.has_nmi(v) {
+        cpu.request_nmi_window(false);
+        return false;
+    }
+    if !cpu.nmi_window_open() {
+        cpu.request_nmi_window(true);
+        return false;
+    }
+    cpu.request_nmi_window(false);
+    chip.take_nmi(v);
+    cpu.inject_nmi();
+    true
 }
 
 /// Injects exception `vector` with the error code the architecture gives it in the vCPU's
@@ -658,6 +691,11 @@ pub fn handle_exit(e: &VmExit, cpu: &mut dyn Vcpu, g: &mut VcpuState, env: &mut 
         Exit::InterruptWindow => {
             // The run loop delivers the pending interrupt before the next entry.
             cpu.request_interrupt_window(false);
+            Action::Resume
+        }
+        Exit::NmiWindow => {
+            // Likewise for the pending NMI (`deliver_nmi`).
+            cpu.request_nmi_window(false);
             Action::Resume
         }
         Exit::NestedPageFault { gpa, write, fetch } => mmio::handle(*gpa, *write, *fetch, cpu, env),

@@ -27,6 +27,11 @@ struct FakeCpu {
     window_open: bool,
     window_requested: bool,
     interrupts: Vec<u8>,
+    nmi_window_open: bool,
+    nmi_window_requested: bool,
+    /// NMIs injected, and how many of them the "hardware" has delivered.
+    nmis: u32,
+    nmis_delivered: u32,
     tpr: u8,
 }
 
@@ -105,13 +110,30 @@ impl Vcpu for FakeCpu {
         self.injected.push((v, e));
     }
     fn interrupt_window_open(&self) -> bool {
-        self.window_open
+        self.window_open && !self.event_queued()
     }
     fn inject_interrupt(&mut self, vector: u8) {
         self.interrupts.push(vector);
     }
     fn request_interrupt_window(&mut self, on: bool) {
         self.window_requested = on;
+    }
+    fn nmi_window_open(&self) -> bool {
+        self.nmi_window_open && !self.event_queued()
+    }
+    fn inject_nmi(&mut self) {
+        self.nmis += 1;
+    }
+    fn request_nmi_window(&mut self, on: bool) {
+        self.nmi_window_requested = on;
+    }
+}
+
+impl FakeCpu {
+    /// An NMI queued for the next entry occupies the event-injection field, as an exception
+    /// or interrupt does.
+    fn event_queued(&self) -> bool {
+        self.nmis > self.nmis_delivered
     }
 }
 
@@ -415,6 +437,17 @@ fn interrupt_window_exit_stops_asking_and_resumes() {
 }
 
 #[test]
+fn nmi_window_exit_stops_asking_and_resumes() {
+    let (mut cpu, mut g) = (FakeCpu::default(), guest());
+    cpu.nmi_window_requested = true;
+    cpu.window_requested = true;
+    assert_eq!(run(Exit::NmiWindow, &mut cpu, &mut g).0, Action::Resume);
+    assert!(!cpu.nmi_window_requested);
+    assert!(cpu.window_requested, "an interrupt window asked for stays asked for");
+    assert_eq!(g.state.stats.get(ExitKind::Interrupted), 1);
+}
+
+#[test]
 fn pending_pic_interrupt_is_injected_only_through_an_open_window() {
     use crate::devices::irq::IrqChip;
     let mut chip = IrqChip::new(2, || 0);
@@ -451,6 +484,51 @@ fn a_local_apic_interrupt_is_injected_into_its_own_vcpu() {
     chip.lapic_write(0, LAPIC_BASE + REG_ICR_LOW, &0x61u32.to_le_bytes());
     let mut cpu = FakeCpu { window_open: true, ..FakeCpu::default() };
     assert!(!deliver_interrupt(&mut cpu, &mut chip, 0));
+    assert!(deliver_interrupt(&mut cpu, &mut chip, 1));
+    assert_eq!(cpu.interrupts, [0x61]);
+}
+
+/// SDM Vol. 3A 11.6.1: an IPI with delivery mode NMI (100b) is an NMI for the target, whose
+/// vector field is ignored; it is delivered only when the target's NMIs are not blocked by a
+/// handler still running (SDM Vol. 3A 7.7), and not taken from the chip before.
+#[test]
+fn an_nmi_ipi_is_injected_into_its_target_once_nmis_are_unblocked() {
+    use crate::devices::irq::IrqChip;
+    use crate::devices::lapic::{LAPIC_BASE, REG_ICR_HIGH, REG_ICR_LOW};
+    let mut chip = IrqChip::new(2, || 0);
+    let mut cpu = FakeCpu::default();
+    assert!(!deliver_nmi(&mut cpu, &mut chip, 1), "nothing pending");
+    assert!(!cpu.nmi_window_requested);
+    chip.lapic_write(0, LAPIC_BASE + REG_ICR_HIGH, &(1u32 << 24).to_le_bytes());
+    chip.lapic_write(0, LAPIC_BASE + REG_ICR_LOW, &(0x400u32 | 0x61).to_le_bytes());
+    assert!(chip.has_nmi(1) && !chip.has_nmi(0), "to vCPU 1 only");
+    assert!(!chip.has_interrupt(1), "an NMI is no vector in the IRR");
+    // Blocked: ask for the window, keep the NMI.
+    assert!(!deliver_nmi(&mut cpu, &mut chip, 1));
+    assert!(cpu.nmi_window_requested && chip.has_nmi(1) && cpu.nmis == 0);
+    cpu.nmi_window_open = true;
+    assert!(deliver_nmi(&mut cpu, &mut chip, 1));
+    assert_eq!(cpu.nmis, 1);
+    assert!(!cpu.nmi_window_requested && !chip.has_nmi(1), "taken, and no more window wanted");
+    assert!(!deliver_nmi(&mut cpu, &mut chip, 1), "one NMI, one injection");
+    assert_eq!(cpu.nmis, 1);
+}
+
+/// SDM Vol. 3A 7.9: an NMI is served before a maskable interrupt pending at the same time;
+/// the interrupt waits for a window after the NMI is delivered.
+#[test]
+fn an_nmi_goes_before_a_pending_interrupt() {
+    use crate::devices::irq::IrqChip;
+    use crate::devices::lapic::{LAPIC_BASE, REG_ICR_HIGH, REG_ICR_LOW};
+    let mut chip = IrqChip::new(2, || 0);
+    chip.lapic_write(0, LAPIC_BASE + REG_ICR_HIGH, &(1u32 << 24).to_le_bytes());
+    chip.lapic_write(0, LAPIC_BASE + REG_ICR_LOW, &0x61u32.to_le_bytes());
+    chip.lapic_write(0, LAPIC_BASE + REG_ICR_LOW, &0x400u32.to_le_bytes());
+    let mut cpu = FakeCpu { window_open: true, nmi_window_open: true, ..FakeCpu::default() };
+    assert!(deliver_nmi(&mut cpu, &mut chip, 1));
+    assert!(!deliver_interrupt(&mut cpu, &mut chip, 1), "the injection field is taken");
+    assert!(cpu.window_requested && cpu.interrupts.is_empty());
+    cpu.nmis_delivered = cpu.nmis;
     assert!(deliver_interrupt(&mut cpu, &mut chip, 1));
     assert_eq!(cpu.interrupts, [0x61]);
 }

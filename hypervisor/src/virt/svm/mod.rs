@@ -151,6 +151,7 @@ impl Svm {
             gprs: Gprs { rax: st.rax, rbx: st.rbx, rsi: st.rsi, ..Gprs::default() },
             nrip_save: self.caps.nrip_save,
             ram: vm.npt.view(),
+            nmi: NmiBlocking::Open,
         })
     }
 }
@@ -218,6 +219,21 @@ pub struct SvmVcpu {
     nrip_save: bool,
     /// The guest's RAM, to read instructions the hardware did not decode.
     pub(super) ram: bastion_core::npt::NptView,
+    /// Whether the guest's NMIs are blocked by one Bastion injected: SVM keeps no such state
+    /// for the VMM without vNMI, so Bastion tracks it as KVM does (`NmiBlocking`).
+    nmi: NmiBlocking,
+}
+
+/// An injected NMI blocks further NMIs until its handler's IRET has executed (SDM Vol. 3A
+/// 7.7; APM Vol. 2 8.2.19). The IRET is intercepted while blocked; its exit comes before the
+/// IRET runs, so NMIs count as open again only once RIP has moved past it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NmiBlocking {
+    Open,
+    /// An injected NMI's handler runs; IRET is intercepted.
+    Blocked,
+    /// The handler's IRET at this RIP is about to run.
+    AtIret(u64),
 }
 
 // bastion_svm_run(gprs: *mut Gprs, guest_vmcb_pa: u64, host_vmcb_pa: u64)
@@ -312,6 +328,8 @@ impl SvmVcpu {
         self.gprs = Gprs { rax: st.rax, rbx: st.rbx, rsi: st.rsi, ..Gprs::default() };
         self.vmcb.w64(RAX, 0);
         self.request_interrupt_window(false);
+        self.set_iret_intercept(false);
+        self.nmi = NmiBlocking::Open;
         Ok(())
     }
 
@@ -355,10 +373,26 @@ impl SvmVcpu {
         let valid = pending >> 31 & 1 != 0 && (pending >> 8) & 7 != 4;
         self.vmcb.w64(EVENTINJ, if valid { pending } else { 0 });
         let exit = self.decode_exit();
+        if let NmiBlocking::AtIret(at) = self.nmi {
+            if self.vmcb.r64(RIP) != at {
+                self.nmi = NmiBlocking::Open;
+            }
+        }
+        if exit.exit == Exit::NmiWindow {
+            // The NMI handler's IRET (the only IRET intercepted): NMIs unblock once it ran.
+            self.set_iret_intercept(false);
+            self.nmi = NmiBlocking::AtIret(self.vmcb.r64(RIP));
+        }
         if let Exit::EntryFailed(ref why) = exit.exit {
             return VmExit::event(Exit::EntryFailed(alloc::format!("{why}; {}", self.explain_invalid())));
         }
         exit
+    }
+
+    fn set_iret_intercept(&mut self, on: bool) {
+        let misc: u32 = self.vmcb.read(INTERCEPT_MISC1);
+        let bit = InterceptMisc1::IRET.bits();
+        self.vmcb.write(INTERCEPT_MISC1, if on { misc | bit } else { misc & !bit });
     }
 
     /// Reads the exit fields and lets bastion-core decode them.
@@ -548,6 +582,25 @@ impl Vcpu for SvmVcpu {
             self.vmcb.write(INT_CTL, ctl & !(1 << 8));
             self.vmcb.write(INTERCEPT_MISC1, misc & !InterceptMisc1::VINTR.bits());
         }
+    }
+    fn nmi_window_open(&self) -> bool {
+        let blocked = match self.nmi {
+            NmiBlocking::Open => false,
+            NmiBlocking::Blocked => true,
+            NmiBlocking::AtIret(rip) => self.vmcb.r64(RIP) == rip,
+        };
+        // The interrupt shadow (INT_STATE bit 0) covers MOV SS, which blocks NMIs too.
+        !blocked && self.vmcb.r64(INT_STATE) & 1 == 0 && self.vmcb.r64(EVENTINJ) >> 31 & 1 == 0
+    }
+    fn inject_nmi(&mut self) {
+        // EVENTINJ type 2: NMI, vector 2 (APM 15.20).
+        self.vmcb.w64(EVENTINJ, 2 | (2 << 8) | (1 << 31));
+        self.nmi = NmiBlocking::Blocked;
+        self.set_iret_intercept(true);
+    }
+    fn request_nmi_window(&mut self, _on: bool) {
+        // Nothing to arm: while an NMI handler runs its IRET exits anyway (`inject_nmi`), and
+        // an NMI held back by the interrupt shadow goes in at the next exit.
     }
     fn cr8_tpr(&self) -> u8 {
         // V_TPR, INT_CTL bits 3:0: what the guest's MOV CR8 reads and writes with

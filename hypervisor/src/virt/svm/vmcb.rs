@@ -70,6 +70,7 @@ bitflags::bitflags! {
         const NMI = 1 << 1;
         const VINTR = 1 << 4;
         const CPUID = 1 << 18;
+        const IRET = 1 << 20;
         const INVD = 1 << 22;
         const HLT = 1 << 24;
         const INVLPGA = 1 << 26;

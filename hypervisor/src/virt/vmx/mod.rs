@@ -161,6 +161,9 @@ impl Vmx {
             timer_rate: self.caps.preemption_timer.then_some(self.caps.preemption_timer_rate),
             invept: self.caps.invept,
             invvpid: self.caps.invvpid,
+            // Both controls' allowed-1 bits (the capability MSRs' high halves, A.3.1, A.3.2).
+            virtual_nmis: (self.pin >> 32) & u64::from(Pin::VIRTUAL_NMIS.bits()) != 0
+                && (self.proc1 >> 32) & u64::from(Proc::NMI_WINDOW_EXITING.bits()) != 0,
         };
         // SAFETY: the VMCS region was just initialised with the revision identifier.
         unsafe {
@@ -204,7 +207,11 @@ impl Vmx {
         // external interrupts (kicks from other CPUs) exit too and are left pending for the
         // host IDT (no "acknowledge interrupt on exit"), as on SVM.
         let timer = if self.caps.preemption_timer { Pin::VMX_PREEMPTION_TIMER } else { Pin::empty() };
-        w(control::PINBASED_EXEC_CONTROLS, ctl((Pin::EXTERNAL_INTERRUPT_EXITING | Pin::NMI_EXITING | timer).bits(), self.pin, "pin-based")?)?;
+        // Virtual NMIs, where the CPU has them: the VMCS tracks whether the guest's NMI handler
+        // still runs (interruptibility bit 3, cleared by its IRET) and NMI-window exiting says
+        // when an NMI for the guest can go in (25.3, 26.6.1.2).
+        let vnmi = if v.virtual_nmis { Pin::VIRTUAL_NMIS } else { Pin::empty() };
+        w(control::PINBASED_EXEC_CONTROLS, ctl((Pin::EXTERNAL_INTERRUPT_EXITING | Pin::NMI_EXITING | vnmi | timer).bits(), self.pin, "pin-based")?)?;
         w(
             control::PRIMARY_PROCBASED_EXEC_CONTROLS,
             ctl(
@@ -428,6 +435,8 @@ pub struct VmxVcpu {
     cr4_mask: u64,
     vpid: u16,
     eptp: u64,
+    /// Virtual NMIs and NMI-window exiting are on (the CPU has both).
+    virtual_nmis: bool,
     /// Preemption-timer rate (TSC >> rate), if the CPU has the timer.
     timer_rate: Option<u8>,
     invept: bool,
@@ -842,6 +851,29 @@ impl Vcpu for VmxVcpu {
         // Interrupt-window exiting (25.6.2): an exit as soon as RFLAGS.IF = 1 and nothing blocks.
         let c = r(control::PRIMARY_PROCBASED_EXEC_CONTROLS);
         let bit = Proc::INTERRUPT_WINDOW_EXITING.bits() as u64;
+        let want = if on { c | bit } else { c & !bit };
+        if want != c {
+            wr(control::PRIMARY_PROCBASED_EXEC_CONTROLS, want);
+        }
+    }
+    fn nmi_window_open(&self) -> bool {
+        // Blocking by STI (bit 0), MOV SS (bit 1) or NMI (bit 3) keeps an NMI out (SDM Vol. 3C
+        // 25.4.2 Table 25-3; an NMI cannot be injected under the first two, 27.3.1.5).
+        r(guest::INTERRUPTIBILITY_STATE) & 0b1011 == 0 && r(control::VMENTRY_INTERRUPTION_INFO_FIELD) >> 31 & 1 == 0
+    }
+    fn inject_nmi(&mut self) {
+        // Type 2: NMI, vector 2 (25.8.3). With virtual NMIs the entry sets virtual-NMI
+        // blocking until the handler's IRET (26.6.1.2).
+        wr(control::VMENTRY_INTERRUPTION_INFO_FIELD, 2 | (2 << 8) | (1 << 31));
+    }
+    fn request_nmi_window(&mut self, on: bool) {
+        // NMI-window exiting (25.6.2) exists only with virtual NMIs; without them an NMI held
+        // back goes in at the next exit.
+        if !self.virtual_nmis {
+            return;
+        }
+        let c = r(control::PRIMARY_PROCBASED_EXEC_CONTROLS);
+        let bit = Proc::NMI_WINDOW_EXITING.bits() as u64;
         let want = if on { c | bit } else { c & !bit };
         if want != c {
             wr(control::PRIMARY_PROCBASED_EXEC_CONTROLS, want);
