@@ -8,8 +8,11 @@
 //!   newc cpio archive ([`Cpio`], written here: the format is a few lines, and the crates
 //!   that write it pull in far more than it needs) holding busybox and an `/init` that mounts
 //!   proc, sys and devtmpfs, prints [`READY`] with the kernel's uptime, and runs a shell on the
-//!   console.
-//! - Both are made once; `target/linux/KIT` records the kernel package they came from.
+//!   console; and `/bin/tlbstress` (`xtask/guest-tools/tlbstress.c`, built with `cc`), which
+//!   checks TLB shootdowns across the guest's CPUs.
+//! - Both are made once; `target/linux/KIT` records the kernel package they came from and the
+//!   initramfs's contents ([`INITRAMFS_VERSION`]): a kit made before the contents changed gets
+//!   a new initramfs.
 
 use anyhow::{bail, Context, Result};
 use std::io::Write;
@@ -47,18 +50,34 @@ pub fn dir(root: &Path) -> PathBuf {
     root.join("target/linux")
 }
 
+/// What the initramfs holds, as a version: a kit whose stamp names another gets its initramfs
+/// built again (from the packages already unpacked) instead of being used as it is.
+const INITRAMFS_VERSION: &str = "initramfs 2: busybox, /init, tlbstress";
+
+/// The C source of `/bin/tlbstress` (see the file): built here with the host's C compiler as
+/// a static executable, as no Debian package has such a checker.
+const TLBSTRESS_C: &str = include_str!("../guest-tools/tlbstress.c");
+
 /// The kit, fetched and built if it is not there yet.
 pub fn fetch(root: &Path) -> Result<Kit> {
     let dir = dir(root);
     let kit = Kit { vmlinuz: dir.join("vmlinuz"), initramfs: dir.join("initramfs.cpio.gz"), package: String::new() };
     let stamp = dir.join("KIT");
-    if let Ok(package) = std::fs::read_to_string(&stamp) {
-        if kit.vmlinuz.is_file() && kit.initramfs.is_file() {
-            return Ok(Kit { package: package.trim().to_string(), ..kit });
-        }
-    }
     let debs = dir.join("debs");
     let unpacked = dir.join("root");
+    if let Ok(text) = std::fs::read_to_string(&stamp) {
+        let mut lines = text.lines();
+        let package = lines.next().unwrap_or("").trim().to_string();
+        if kit.vmlinuz.is_file() && kit.initramfs.is_file() && lines.next() == Some(INITRAMFS_VERSION) {
+            return Ok(Kit { package, ..kit });
+        }
+        if kit.vmlinuz.is_file() && unpacked.join("bin/busybox").is_file() {
+            write_initramfs(&dir, &unpacked, &kit)?;
+            std::fs::write(&stamp, format!("{package}\n{INITRAMFS_VERSION}\n"))?;
+            eprintln!("xtask: Linux guest initramfs rebuilt: {}", kit.initramfs.display());
+            return Ok(Kit { package, ..kit });
+        }
+    }
     std::fs::create_dir_all(&debs).with_context(|| format!("cannot create {}", debs.display()))?;
     let package = newest_cloud_kernel()?;
     eprintln!("xtask: fetching {package} and busybox-static with apt-get download (nothing is installed)");
@@ -93,14 +112,39 @@ pub fn fetch(root: &Path) -> Result<Kit> {
         .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("vmlinuz-")))
         .with_context(|| format!("{package} has no /boot/vmlinuz-*"))?;
     std::fs::copy(&vmlinuz, &kit.vmlinuz)?;
+    write_initramfs(&dir, &unpacked, &kit)?;
+    std::fs::write(&stamp, format!("{package}\n{INITRAMFS_VERSION}\n"))?;
+    eprintln!("xtask: Linux kit ready: {} and {}", kit.vmlinuz.display(), kit.initramfs.display());
+    Ok(Kit { package, ..kit })
+}
+
+/// Builds `tlbstress` and writes the gzipped initramfs with busybox from `unpacked`.
+fn write_initramfs(dir: &Path, unpacked: &Path, kit: &Kit) -> Result<()> {
     let busybox = std::fs::read(unpacked.join("bin/busybox")).context("busybox-static has no /bin/busybox")?;
-    let cpio = initramfs(&busybox);
+    let tlbstress = build_tlbstress(dir)?;
+    let cpio = initramfs(&busybox, &tlbstress);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     gz.write_all(&cpio)?;
     std::fs::write(&kit.initramfs, gz.finish()?)?;
-    std::fs::write(&stamp, &package)?;
-    eprintln!("xtask: Linux kit ready: {} and {}", kit.vmlinuz.display(), kit.initramfs.display());
-    Ok(Kit { package, ..kit })
+    Ok(())
+}
+
+/// Compiles `guest-tools/tlbstress.c` into a static x86_64 Linux executable with `cc` (the C
+/// compiler Rust already links host programs with; static linking needs `libc6-dev`).
+fn build_tlbstress(dir: &Path) -> Result<Vec<u8>> {
+    let src = dir.join("tlbstress.c");
+    let out = dir.join("tlbstress");
+    std::fs::write(&src, TLBSTRESS_C)?;
+    let status = Command::new("cc")
+        .args(["-static", "-O2", "-pthread", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .context("cannot run cc, which builds the Linux guests' tlbstress tool (Debian: apt-get install gcc libc6-dev)")?;
+    if !status.success() {
+        bail!("cc -static -pthread {} failed ({status}); static linking needs libc6-dev", src.display());
+    }
+    std::fs::read(&out).with_context(|| format!("cannot read {}", out.display()))
 }
 
 /// The newest `linux-image-<version>-cloud-amd64-unsigned` the package lists know; as root,
@@ -143,13 +187,14 @@ fn newest(search: &str) -> Option<String> {
 
 /// The initramfs: busybox, `/init`, the mount points, and `/dev/console` (the kernel opens it
 /// for init's standard streams before devtmpfs is mounted).
-pub fn initramfs(busybox: &[u8]) -> Vec<u8> {
+pub fn initramfs(busybox: &[u8], tlbstress: &[u8]) -> Vec<u8> {
     let mut c = Cpio::default();
     for d in ["bin", "dev", "proc", "sys", "tmp", "root"] {
         c.dir(d);
     }
     c.char_device("dev/console", 5, 1);
     c.file("bin/busybox", 0o755, busybox);
+    c.file("bin/tlbstress", 0o755, tlbstress);
     c.file("init", 0o755, INIT.as_bytes());
     c.finish()
 }
@@ -253,10 +298,12 @@ mod tests {
     }
 
     #[test]
-    fn the_initramfs_holds_busybox_an_executable_init_and_the_console() {
-        let entries = parse(&initramfs(b"BUSYBOX"));
+    fn the_initramfs_holds_busybox_tlbstress_an_executable_init_and_the_console() {
+        let entries = parse(&initramfs(b"BUSYBOX", b"TLBSTRESS"));
         let find = |n: &str| entries.iter().find(|e| e.0 == n).unwrap_or_else(|| panic!("no {n}")).clone();
         assert_eq!(find("bin/busybox").4, b"BUSYBOX");
+        let tlbstress = find("bin/tlbstress");
+        assert_eq!((tlbstress.1, tlbstress.4), (0o100755, b"TLBSTRESS".to_vec()));
         let init = find("init");
         assert_eq!(init.1, 0o100755);
         let script = String::from_utf8(init.4).unwrap();
