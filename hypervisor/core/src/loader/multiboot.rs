@@ -50,21 +50,20 @@ pub const BOOT_LOADER_NAME: &str = "Bastion";
 /// Multiboot 1 header flags (spec 3.1.2). Bits 0-15 are requirements: a boot loader that
 /// does not understand one must refuse the kernel.
 pub mod mb1_flags {
-    /// Modules must be page-aligned.
-    pub const PAGE_ALIGN: u32 = 1 << 0;
-    /// mem_* (and the memory map) must be provided.
-    pub const MEMORY_INFO: u32 = 1 << 1;
-    /// A video mode must be set and described.
-    pub const VIDEO_MODE: u32 = 1 << 2;
-    /// The address fields at offsets 12-28 are valid (the "a.out kludge").
-    pub const ADDRESS_FIELDS: u32 = 1 << 16;
-    /// The requirement bits Bastion honours (video needs a framebuffer guests do not have).
-    pub const UNDERSTOOD: u32 = PAGE_ALIGN | MEMORY_INFO;
+    /// Bit 0: modules must be page-aligned.
+    pub const PAGE_ALIGN: u32 = 0x1;
+    /// Bit 1: mem_* (and the memory map) must be provided.
+    pub const MEMORY_INFO: u32 = 0x2;
+    /// Bit 16: the address fields at offsets 12-28 are valid (the "a.out kludge").
+    pub const ADDRESS_FIELDS: u32 = 0x1_0000;
+    /// The requirement bits Bastion honours: bits 0 and 1. Bit 2 (a video mode) needs a
+    /// framebuffer guests do not have; bits 3-15 are undefined.
+    pub const UNDERSTOOD: u32 = 0x3;
 }
 
 /// Multiboot 1 boot information flags (spec 3.3): which fields are valid.
 pub mod mb1_info {
-    pub const MEMORY: u32 = 1 << 0;
+    pub const MEMORY: u32 = 0x1;
     pub const CMDLINE: u32 = 1 << 2;
     pub const MODULES: u32 = 1 << 3;
     pub const MMAP: u32 = 1 << 6;
@@ -320,7 +319,10 @@ fn address_fields(image: &[u8], header_offset: usize, header_addr: u32, load_add
         return Err(bad("bss_end_addr is below the end of the loaded image"));
     }
     let seg = Segment { gpa: u64::from(load_addr), offset, file_len, mem_len: mem_end - u64::from(load_addr) };
-    if !(seg.gpa..seg.end().max(seg.gpa + 1)).contains(&u64::from(entry_addr)) {
+    if seg.mem_len == 0 {
+        return Err(MultibootError::NothingToLoad);
+    }
+    if !(seg.gpa..seg.end()).contains(&u64::from(entry_addr)) {
         return Err(MultibootError::EntryOutside(u64::from(entry_addr)));
     }
     Ok((vec![seg], entry_addr))
@@ -430,7 +432,8 @@ fn parse_mb2(image: &[u8]) -> Result<Kernel, MultibootError> {
         return Err(MultibootError::BadChecksum { version: v, offset: at });
     }
     let end = at as u64 + u64::from(len);
-    if len < 16 || end > image.len().min(MB2_SEARCH_LEN) as u64 {
+    // At least the four fields and the end tag (spec 3.1.1, 3.1.3).
+    if len < 24 || end > image.len().min(MB2_SEARCH_LEN) as u64 {
         return Err(truncated);
     }
     if arch != 0 {
@@ -441,7 +444,10 @@ fn parse_mb2(image: &[u8]) -> Result<Kernel, MultibootError> {
     let mut entry = None;
     let mut requested = Vec::new();
     let mut tag_at = at + 16;
-    loop {
+    // Every tag takes 8 bytes or more, so a header of `len` bytes holds at most len / 8 of
+    // them: the loop is bounded even if a size field were misread.
+    let mut ended = false;
+    for _ in 0..len / 8 {
         let (Some(tag), Some(flags), Some(size)) = (u16_at(header, tag_at), u16_at(header, tag_at + 2), u32_at(header, tag_at + 4)) else {
             return Err(truncated);
         };
@@ -455,6 +461,7 @@ fn parse_mb2(image: &[u8]) -> Result<Kernel, MultibootError> {
         match tag {
             mb2_header_tag::END => {
                 body(8)?;
+                ended = true;
                 break;
             }
             mb2_header_tag::INFORMATION_REQUEST => {
@@ -500,6 +507,9 @@ fn parse_mb2(image: &[u8]) -> Result<Kernel, MultibootError> {
         }
         // Tags are 8-byte aligned (spec 3.1.3).
         tag_at += (size as usize).div_ceil(8) * 8;
+    }
+    if !ended {
+        return Err(truncated);
     }
     let (layout, segments, entry) = match address {
         Some([header_addr, load_addr, load_end_addr, bss_end_addr]) => {
@@ -989,6 +999,87 @@ mod tests {
         }
     }
 
+    /// Spec 3.1.1: the whole header lies within the first 8192 bytes: the 12 bytes of magic,
+    /// flags and checksum, and with flag 16 the 20 bytes of address fields after them.
+    #[test]
+    fn every_header_field_used_must_lie_in_the_first_8_kib() {
+        let truncated = |at| Err(MultibootError::HeaderTruncated { version: Version::One, offset: at });
+        // Checksum at 0x2000..0x2004: past the area, though in the file.
+        let mut b = vec![0u8; 12 * 1024];
+        mb1_header(&mut b, 0x1ff8, 0, &[]);
+        assert_eq!(parse(&b, Version::One), truncated(0x1ff8));
+        // Checksum ends at 0x2000 exactly: the header is there (and the image is no ELF).
+        let mut b = vec![0u8; 12 * 1024];
+        mb1_header(&mut b, 0x1ff4, 0, &[]);
+        assert!(matches!(parse(&b, Version::One), Err(MultibootError::BadElf(_))));
+        // With address fields: 32 bytes from 0x1fe0 end at 0x2000 exactly; from 0x1fe4 they
+        // would end 4 bytes past it.
+        let mut b = vec![0u8; 12 * 1024];
+        mb1_header(&mut b, 0x1fe0, mb1_flags::ADDRESS_FIELDS, &[0x10_1fe0, 0x10_0000, 0, 0, 0x10_0000]);
+        assert_eq!(parse(&b, Version::One).map(|k| k.header_offset), Ok(0x1fe0));
+        let mut b = vec![0u8; 12 * 1024];
+        mb1_header(&mut b, 0x1fe4, mb1_flags::ADDRESS_FIELDS, &[0x10_1fe4, 0x10_0000, 0, 0, 0x10_0000]);
+        assert_eq!(parse(&b, Version::One), truncated(0x1fe4));
+    }
+
+    #[test]
+    fn address_fields_edge_cases() {
+        // load_end_addr 0 loads from the start offset to the end of the file: here the file
+        // starts 16 bytes before the load address (header_addr - load_addr = 0).
+        let mut b = vec![0u8; 0x1000];
+        mb1_header(&mut b, 16, mb1_flags::ADDRESS_FIELDS, &[0x10_0000, 0x10_0000, 0, 0, 0x10_0000]);
+        let k = parse(&b, Version::One).unwrap();
+        assert_eq!(k.segments, vec![Segment { gpa: 0x10_0000, offset: 16, file_len: 0x1000 - 16, mem_len: 0x1000 - 16 }]);
+        // load_end_addr may equal header_addr: the data ends where the header starts.
+        let mut b = vec![0u8; 0x1000];
+        mb1_header(&mut b, 0x100, mb1_flags::ADDRESS_FIELDS, &[0x10_0100, 0x10_0000, 0x10_0100, 0, 0x10_0000]);
+        assert_eq!(parse(&b, Version::One).unwrap().segments[0].file_len, 0x100);
+        // Nothing to load at all: refused, not entered.
+        let mut b = vec![0u8; 0x1000];
+        mb1_header(&mut b, 0, mb1_flags::ADDRESS_FIELDS, &[0x10_0000, 0x10_0000, 0x10_0000, 0, 0x10_0000]);
+        assert_eq!(parse(&b, Version::One), Err(MultibootError::NothingToLoad));
+        // The entry may be anywhere in the loaded range, bss included, but not at its end.
+        let mut b = vec![0u8; 0x1000];
+        mb1_header(&mut b, 0, mb1_flags::ADDRESS_FIELDS, &[0x10_0000, 0x10_0000, 0, 0x10_2000, 0x10_1fff]);
+        assert_eq!(parse(&b, Version::One).unwrap().entry, 0x10_1fff);
+        let mut b = vec![0u8; 0x1000];
+        mb1_header(&mut b, 0, mb1_flags::ADDRESS_FIELDS, &[0x10_0000, 0x10_0000, 0, 0x10_2000, 0x10_2000]);
+        assert_eq!(parse(&b, Version::One), Err(MultibootError::EntryOutside(0x10_2000)));
+    }
+
+    /// The ELF header's and program header table's bounds (ELF-64 Object File Format 3, 6).
+    #[test]
+    fn elf_headers_are_bounded_exactly() {
+        let one = |wide| elf(wide, 0x10_0000, &[(0x10_0000, 0x10_0000, 0x10, 0x10)]);
+        // A file holding just the ELF header (52 bytes for ELF32) gets past the header check
+        // and fails on the program header table; one byte less fails on the header.
+        let b = one(false);
+        assert_eq!(super::elf(&b[..52]), Err(MultibootError::BadElf("the program header table runs past the end of the file")));
+        assert_eq!(super::elf(&b[..51]), Err(MultibootError::BadElf("the ELF header is truncated")));
+        let b = one(true);
+        assert_eq!(super::elf(&b[..64]), Err(MultibootError::BadElf("the program header table runs past the end of the file")));
+        assert_eq!(super::elf(&b[..63]), Err(MultibootError::BadElf("the ELF header is truncated")));
+        // e_phentsize below the 32-byte entry is refused; larger entries are stepped over.
+        let mut small = one(false);
+        put(&mut small, 42, &31u16.to_le_bytes());
+        assert_eq!(super::elf(&small), Err(MultibootError::BadElf("program header entries are too small")));
+        let mut large = one(false);
+        put(&mut large, 42, &48u16.to_le_bytes());
+        assert!(super::elf(&large).is_ok(), "48-byte entries");
+        // 200 entries of 32 bytes from offset 52 end past the 4 KiB + 16 file.
+        let mut many = one(false);
+        put(&mut many, 44, &200u16.to_le_bytes());
+        assert_eq!(super::elf(&many), Err(MultibootError::BadElf("the program header table runs past the end of the file")));
+        // A table that ends exactly at the end of the file is whole.
+        let mut at_end = one(false);
+        let entry = at_end[52..84].to_vec();
+        let phoff = at_end.len() as u32;
+        at_end.extend_from_slice(&entry);
+        put(&mut at_end, 28, &phoff.to_le_bytes());
+        let (layout, segs, entry_pa) = super::elf(&at_end).unwrap();
+        assert_eq!((layout, segs.len(), entry_pa), (Layout::Elf32, 1, 0x10_0000));
+    }
+
     // ---- Placement and the Multiboot 1 information (spec 3.3) ----
 
     fn cstr_at(info: &[u8], base: u64, addr: u32) -> String {
@@ -1025,6 +1116,62 @@ mod tests {
             ]
         );
         assert!(p.writes.windows(2).all(|w| w[0].range().end() <= w[1].gpa()), "sorted and disjoint");
+    }
+
+    /// Writes carry bytes: a segment with nothing from the file gets only zeros, one without
+    /// bss no zero write, an empty module no copy (but still its entry in the information).
+    /// Segments may touch without overlapping.
+    #[test]
+    fn writes_are_only_made_for_bytes_that_exist() {
+        let mut b = elf(false, 0x10_0000, &[(0x10_0000, 0x10_0000, 0x100, 0x100), (0x10_0100, 0x10_0100, 0, 0x2000)]);
+        mb1_header(&mut b, 0x400, 0, &[]);
+        let k = parse(&b, Version::One).unwrap();
+        let empty = [ModuleInput { len: 0, cmdline: "empty" }];
+        let p = plan(&b, &k, "", &empty, &map(4), None).unwrap();
+        let not_info: Vec<Write> = p.writes.iter().filter(|w| !matches!(w, Write::Bytes { .. })).cloned().collect();
+        assert_eq!(not_info, vec![Write::Image { gpa: 0x10_0000, offset: 0x1000, len: 0x100 }, Write::Zero { gpa: 0x10_0100, len: 0x2000 }]);
+        let (start, end) = p.modules[0];
+        assert_eq!(end, start, "an empty module still has its place");
+        let info = info_block(&p);
+        assert_eq!(rd32(info, 20), 1, "and its entry");
+    }
+
+    /// Spec 3.3's structure, then the module table, the memory map and the strings, with
+    /// nothing in between and nothing overlapping, with or without modules.
+    #[test]
+    fn the_mb1_information_block_is_packed_in_order() {
+        let image = aout(0x3000, 0);
+        let k = parse(&image, Version::One).unwrap();
+        let e820 = map(16).e820().len();
+        for mods in [&[][..], &[ModuleInput { len: 8, cmdline: "m" }][..]] {
+            let p = plan(&image, &k, "ab", mods, &map(16), None).unwrap();
+            let (base, info) = (u64::from(p.info), info_block(&p));
+            let mods_at = 116 + base;
+            let mmap_at = mods_at + 16 * mods.len() as u64;
+            let strings_at = mmap_at + 24 * e820 as u64;
+            assert_eq!((u64::from(rd32(info, 24)), u64::from(rd32(info, 48))), (mods_at, mmap_at), "{} modules", mods.len());
+            assert_eq!(u64::from(rd32(info, 16)), strings_at, "the command line is the first string");
+            // "ab\0", "Bastion\0", and each module's command line.
+            let strings = 3 + 8 + mods.iter().map(|m| m.cmdline.len() + 1).sum::<usize>();
+            assert_eq!(info.len() as u64, strings_at - base + strings as u64);
+            assert_eq!((rd32(info, 0), rd32(info, 4)), (0x24d, 639), "flags and mem_lower intact");
+        }
+    }
+
+    #[test]
+    fn an_acpi_1_rsdp_gets_only_the_old_tag() {
+        let image = mb2_elf(&[]);
+        let k = parse(&image, Version::Two).unwrap();
+        let rsdp: Vec<u8> = (0..20u8).collect();
+        let p = plan(&image, &k, "", &[], &map(8), Some(&rsdp)).unwrap();
+        let info = info_block(&p);
+        let mut at = 8;
+        let mut kinds = Vec::new();
+        while at < info.len() {
+            kinds.push(rd32(info, at));
+            at += (rd32(info, at + 4) as usize).next_multiple_of(8);
+        }
+        assert_eq!(kinds, vec![1, 2, 4, 6, 14, 0]);
     }
 
     #[test]
@@ -1147,6 +1294,22 @@ mod tests {
         // A Multiboot 1 kernel is not a Multiboot 2 one, and the other way round.
         assert!(matches!(parse(&aout(0x1000, 0), Version::Two), Err(MultibootError::NoHeader { .. })));
         assert!(matches!(parse(&mb2_elf(&[]), Version::One), Err(MultibootError::NoHeader { .. })));
+    }
+
+    #[test]
+    fn an_mb2_header_may_end_exactly_at_the_end_of_the_file() {
+        use mb2_header_tag::*;
+        let mut b = vec![0x90u8; 0x40];
+        mb2_header(&mut b, 0x40, 0, &[(ADDRESS, 0, words(&[0x20_0040, u32::MAX, 0, 0])), (ENTRY_ADDRESS, 0, words(&[0x20_0000]))]);
+        let k = parse(&b, Version::Two).unwrap();
+        assert_eq!(k.segments, vec![Segment { gpa: 0x20_0000, offset: 0, file_len: b.len(), mem_len: b.len() as u64 }]);
+        // header_length below the 24 bytes of fields and end tag: refused as truncated.
+        let mut short = mb2_elf(&[]);
+        let len = 16u32;
+        let checksum = 0u32.wrapping_sub(MB2_HEADER_MAGIC).wrapping_sub(len);
+        put(&mut short, 0x808, &len.to_le_bytes());
+        put(&mut short, 0x80c, &checksum.to_le_bytes());
+        assert_eq!(parse(&short, Version::Two), Err(MultibootError::HeaderTruncated { version: Version::Two, offset: 0x800 }));
     }
 
     #[test]
