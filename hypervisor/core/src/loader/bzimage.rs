@@ -280,22 +280,22 @@ impl fmt::Display for BzImageError {
     }
 }
 
+// Offsets are checked against the length before fields are read; a short read gives zeros
+// rather than a panic all the same.
 fn get<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
-    // Offsets are checked against the length before fields are read; a short read gives
-    // zeros rather than a panic all the same.
-    b.get(at..at + N).and_then(|s| s.try_into().ok()).unwrap_or([0; N])
+    super::bytes_at(b, at).unwrap_or([0; N])
 }
 
 fn le16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes(get(b, at))
+    super::u16_at(b, at).unwrap_or(0)
 }
 
 fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(get(b, at))
+    super::u32_at(b, at).unwrap_or(0)
 }
 
 fn le64(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(get(b, at))
+    super::u64_at(b, at).unwrap_or(0)
 }
 
 fn need(image: &[u8], needed: usize, what: &'static str) -> Result<(), BzImageError> {

@@ -45,6 +45,25 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 
+/// `N` bytes of a file from `at`, `None` past its end: the one bounds-checked read the loaders
+/// take header fields with.
+fn bytes_at<const N: usize>(b: &[u8], at: usize) -> Option<[u8; N]> {
+    b.get(at..at.checked_add(N)?)?.try_into().ok()
+}
+
+/// Little-endian fields of a file, `None` past its end.
+pub(crate) fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    bytes_at(b, at).map(u16::from_le_bytes)
+}
+
+pub(crate) fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    bytes_at(b, at).map(u32::from_le_bytes)
+}
+
+pub(crate) fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    bytes_at(b, at).map(u64::from_le_bytes)
+}
+
 /// The GDT: 4 descriptors of 8 bytes.
 pub const GDT_GPA: u64 = 0x500;
 /// Null, null, code, data: the boot protocol's selectors are 0x10 and 0x18.

@@ -26,7 +26,7 @@
 //! hypervisor; here every field is read with a bound check and a bad one is an error naming
 //! it.
 
-use super::Write;
+use super::{u16_at, u32_at, u64_at, Write};
 use crate::vm::memmap::{E820Entry, E820Kind, MemoryMap, PAGE_SIZE};
 use alloc::vec;
 use alloc::vec::Vec;
@@ -237,18 +237,6 @@ impl fmt::Display for MultibootError {
             CmdlineHasNul { what } => write!(f, "the {what} contains a NUL byte"),
         }
     }
-}
-
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(at..at.checked_add(2)?)?.try_into().ok()?))
-}
-
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(at..at.checked_add(4)?)?.try_into().ok()?))
-}
-
-fn u64_at(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(at..at.checked_add(8)?)?.try_into().ok()?))
 }
 
 /// Parses the header `version` of `image` and finds what to load.
