@@ -153,8 +153,10 @@ pub struct Segment {
 }
 
 impl Segment {
+    /// One past the last byte; saturated, so an ELF64 segment that would wrap past 2^64 is
+    /// simply beyond RAM (refused by [`plan`]) instead of an overflow.
     pub fn end(&self) -> u64 {
-        self.gpa + self.mem_len
+        self.gpa.saturating_add(self.mem_len)
     }
 }
 
@@ -1209,6 +1211,10 @@ mod tests {
         assert!(matches!(outside(&[(0x10_0000, 0x10_0000, 16, 16), (0x1_0000_0000, 0x1_0000_0000, 16, 16)], 5 * 1024), Err(MultibootError::SegmentOutsideRam { index: 1, .. })), "above 4 GiB, though RAM");
         assert_eq!(outside(&[(0x10_0000, 0x10_0000, 16, 0x2000), (0x10_1000, 0x10_1000, 16, 16)], 16), Err(MultibootError::SegmentsOverlap { first: 0, second: 1 }));
         assert!(outside(&[(0x1000, 0x1000, 16, 16), (0x10_0000, 0x10_0000, 16, 16)], 16).is_ok(), "low memory is RAM too");
+        assert!(
+            matches!(outside(&[(0x10_0000, 0x10_0000, 16, 16), (u64::MAX - 0xfff, 0x20_0000, 16, 0x2000)], 16), Err(MultibootError::SegmentOutsideRam { index: 1, .. })),
+            "an ELF64 segment whose end would wrap past 2^64"
+        );
     }
 
     #[test]
