@@ -152,29 +152,34 @@ impl Vm {
         Ok(vm)
     }
 
-    /// Copies `data` into guest RAM at `gpa` (the caller checked the range is RAM).
-    fn write(&self, gpa: u64, data: &[u8]) {
-        let end = gpa + data.len() as u64;
-        for c in &self.ram {
-            let (from, to) = (gpa.max(c.gpa), end.min(c.gpa + c.len));
-            if from < to {
-                let src = &data[(from - gpa) as usize..(to - gpa) as usize];
-                // SAFETY: [from, to) lies inside this chunk of the VM's own RAM.
-                unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), memory::phys_to_virt(c.hpa + (from - c.gpa)), src.len()) };
-            }
-        }
-    }
-
-    /// Zeroes `len` bytes of guest RAM at `gpa` (the caller checked the range is RAM).
-    fn zero(&self, gpa: u64, len: u64) {
+    /// The host memory behind guest RAM `gpa..gpa + len`, piece by piece (one per RAM chunk it
+    /// crosses): `f(offset into the range, host pointer, bytes)`. The caller checked the range
+    /// is RAM.
+    fn for_each_piece(&self, gpa: u64, len: u64, mut f: impl FnMut(usize, *mut u8, usize)) {
         let end = gpa + len;
         for c in &self.ram {
             let (from, to) = (gpa.max(c.gpa), end.min(c.gpa + c.len));
             if from < to {
-                // SAFETY: [from, to) lies inside this chunk of the VM's own RAM.
-                unsafe { core::ptr::write_bytes(memory::phys_to_virt(c.hpa + (from - c.gpa)), 0, (to - from) as usize) };
+                f((from - gpa) as usize, memory::phys_to_virt(c.hpa + (from - c.gpa)), (to - from) as usize);
             }
         }
+    }
+
+    /// Copies `data` into guest RAM at `gpa` (the caller checked the range is RAM).
+    fn write(&self, gpa: u64, data: &[u8]) {
+        self.for_each_piece(gpa, data.len() as u64, |at, host, n| {
+            // SAFETY: `host..host + n` lies inside one chunk of the VM's own RAM, and
+            // `at..at + n` inside `data`.
+            unsafe { core::ptr::copy_nonoverlapping(data[at..at + n].as_ptr(), host, n) }
+        });
+    }
+
+    /// Zeroes `len` bytes of guest RAM at `gpa` (the caller checked the range is RAM).
+    fn zero(&self, gpa: u64, len: u64) {
+        self.for_each_piece(gpa, len, |_, host, n| {
+            // SAFETY: `host..host + n` lies inside one chunk of the VM's own RAM.
+            unsafe { core::ptr::write_bytes(host, 0, n) }
+        });
     }
 
     /// Applies the guest's port pass-through to an I/O bitmap of `pages` pages at `phys`.
