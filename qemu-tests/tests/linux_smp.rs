@@ -15,6 +15,11 @@ fn entry(name: &str, vcpus: u32) -> String {
     format!("\n[[guest]]\nname = \"{name}\"\nformat = \"bzimage\"\nkernel = \"linux/vmlinuz\"\ninitrd = \"linux/initramfs.cpio.gz\"\nmemory_mib = 128\nvcpus = {vcpus}\ncmdline = \"{CMDLINE}\"\n")
 }
 
+/// The per-CPU columns of a /proc/interrupts line (`[guest] NAME:  n0  n1 ...  text`).
+fn per_cpu_counts(line: &str) -> Vec<u64> {
+    line.split_whitespace().filter_map(|w| w.parse().ok()).collect()
+}
+
 fn scenario(p: Platform, boot_timeout: Duration) {
     let Some((kernel, initrd)) = linux_kit() else { return };
     let cfg = format!("[hypervisor]\nexit_when_idle = true\n{}{}", entry("smp2", 2), entry("smp4", 4));
@@ -58,7 +63,7 @@ fn scenario(p: Platform, boot_timeout: Duration) {
     let stress = ok(emu.expect_after(m, "tlbstress: ", t));
     assert!(stress.contains("tlbstress: 300 remaps, 3 workers, 0 stale reads"), "{stress}");
     let tlb = ok(emu.expect_after(m, "TLB shootdowns", t));
-    let counts: Vec<u64> = tlb.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    let counts = per_cpu_counts(&tlb);
     assert_eq!(counts.len(), 4, "one column per CPU: {tlb}");
     // Each remap flushes every CPU that runs the process (measured: 334-359 on each worker's
     // CPU for the 300 remaps); a CPU that had switched to a kernel thread at that moment is
@@ -67,7 +72,7 @@ fn scenario(p: Platform, boot_timeout: Duration) {
     let m = emu.mark();
     emu.send(b"grep RES: /proc/interrupts\r");
     let res = ok(emu.expect_after(m, "Rescheduling interrupts", t));
-    let counts: Vec<u64> = res.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    let counts = per_cpu_counts(&res);
     assert_eq!(counts.len(), 4, "one column per CPU: {res}");
     assert!(counts[1..].iter().sum::<u64>() > 0, "no IPI reached an application processor: {res}");
 
@@ -87,7 +92,7 @@ fn scenario(p: Platform, boot_timeout: Duration) {
     let m = emu.mark();
     emu.send(b"grep NMI: /proc/interrupts\r");
     let nmi = ok(emu.expect_after(m, "Non-maskable interrupts", t));
-    let counts: Vec<u64> = nmi.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    let counts = per_cpu_counts(&nmi);
     assert_eq!(counts.len(), 4, "one column per CPU: {nmi}");
     let others: Vec<u64> = counts.iter().enumerate().filter(|&(c, _)| c as u32 != sender).map(|(_, &n)| n).collect();
     assert!(others.iter().all(|&n| n >= 1), "every CPU but the sender took an NMI: {nmi}");
