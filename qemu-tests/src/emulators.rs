@@ -161,13 +161,40 @@ pub fn emulator_command(platform: Platform, image: &Path, run_dir: &Path, opts: 
         ));
     }
     if platform.is_qemu() {
-        qemu_command(platform, image, run_dir, opts)
+        qemu_command(platform, Medium::Disk(image), run_dir, opts)
     } else {
         bochs_command(platform, image, run_dir, opts)
     }
 }
 
-fn qemu_command(platform: Platform, image: &Path, run_dir: &Path, opts: &RunOptions) -> Result<Command, String> {
+/// A Multiboot 1 kernel for QEMU to boot by itself (`-kernel`), with no hypervisor under it:
+/// the test guests run bare this way, on the same emulated CPU as under Bastion.
+#[derive(Debug, Clone)]
+pub struct BareKernel<'a> {
+    pub kernel: &'a Path,
+    /// QEMU hands the kernel "<kernel path> <cmdline>" as its command line.
+    pub cmdline: &'a str,
+    /// Module files and their command lines (QEMU passes "<path> <cmdline>").
+    pub modules: &'a [(&'a Path, &'a str)],
+}
+
+/// Builds the command that boots `kernel` bare under QEMU (SeaBIOS, `-kernel`), with the
+/// same CPU model, debug-exit device and console as [`emulator_command`] gives QEMU.
+pub fn bare_command(kernel: &BareKernel, run_dir: &Path, opts: &RunOptions) -> Result<Command, String> {
+    let missing = missing_packages(&[Platform::QemuBios]);
+    if !missing.is_empty() {
+        return Err(format!("QEMU is not installed; install it with:\n  {}", install_command(&missing)));
+    }
+    qemu_command(Platform::QemuBios, Medium::Kernel(kernel), run_dir, opts)
+}
+
+/// What QEMU boots: Bastion's disk image, or a Multiboot kernel through its own loader.
+enum Medium<'a> {
+    Disk(&'a Path),
+    Kernel(&'a BareKernel<'a>),
+}
+
+fn qemu_command(platform: Platform, medium: Medium, run_dir: &Path, opts: &RunOptions) -> Result<Command, String> {
     let mut c = Command::new("qemu-system-x86_64");
     let kvm = opts.kvm.unwrap_or_else(kvm_usable);
     if kvm {
@@ -184,7 +211,20 @@ fn qemu_command(platform: Platform, image: &Path, run_dir: &Path, opts: &RunOpti
         c.arg("-drive").arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"));
         c.arg("-drive").arg(format!("if=pflash,format=raw,file={}", vars.display()));
     }
-    c.arg("-drive").arg(format!("format=raw,file={}", image.display()));
+    match medium {
+        Medium::Disk(image) => {
+            c.arg("-drive").arg(format!("format=raw,file={}", image.display()));
+        }
+        Medium::Kernel(k) => {
+            c.arg("-kernel").arg(k.kernel).arg("-append").arg(k.cmdline);
+            // -initrd lists a Multiboot kernel's modules, comma-separated (a comma inside a
+            // name is doubled), each "<path> <cmdline>".
+            let modules: Vec<String> = k.modules.iter().map(|(p, c)| format!("{} {c}", p.display()).trim_end().replace(',', ",,")).collect();
+            if !modules.is_empty() {
+                c.arg("-initrd").arg(modules.join(","));
+            }
+        }
+    }
     c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
     c.args(["-serial", "stdio", "-display", "none", "-no-reboot"]);
     // A machine reset ends QEMU with status 0 and no exit line (-no-reboot): QEMU notes why
@@ -274,7 +314,7 @@ mod tests {
     fn qemu_command_has_debug_exit_svm_npt_and_smp() {
         let dir = tempfile::tempdir().unwrap();
         let opts = RunOptions { smp: 4, ..RunOptions::default() };
-        let Ok(c) = qemu_command(Platform::QemuBios, Path::new("/x.img"), dir.path(), &opts) else { panic!() };
+        let Ok(c) = qemu_command(Platform::QemuBios, Medium::Disk(Path::new("/x.img")), dir.path(), &opts) else { panic!() };
         let args: Vec<String> = c.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
         let joined = args.join(" ");
         assert!(joined.contains("-cpu qemu64,+svm,+npt"), "{joined}");

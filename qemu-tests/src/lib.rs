@@ -25,7 +25,7 @@ use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-pub use emulators::{emulator_command, Platform, RunOptions};
+pub use emulators::{bare_command, emulator_command, BareKernel, Platform, RunOptions};
 
 /// The workspace root (this crate lives in `<root>/qemu-tests`).
 pub fn workspace_root() -> PathBuf {
@@ -248,8 +248,20 @@ impl Emulator {
     pub fn start(platform: Platform, image: &TestImage, opts: &RunOptions) -> Emulator {
         let run_dir = image.dir.join(format!("run-{}", platform.name()));
         std::fs::create_dir_all(&run_dir).unwrap();
-        let mut cmd = emulator_command(platform, image_for(platform, image), &run_dir, opts)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let cmd = emulator_command(platform, image_for(platform, image), &run_dir, opts).unwrap_or_else(|e| panic!("{e}"));
+        Emulator::spawn(platform, cmd, run_dir, opts)
+    }
+
+    /// Boots a Multiboot kernel bare under QEMU ([`emulators::bare_command`]); its files go to
+    /// `dir/run-bare`. The run ends with the kernel's own test exit ([`Emulator::expect_bare_exit`]).
+    pub fn start_bare(kernel: &emulators::BareKernel, dir: &Path, opts: &RunOptions) -> Emulator {
+        let run_dir = dir.join("run-bare");
+        std::fs::create_dir_all(&run_dir).unwrap();
+        let cmd = emulators::bare_command(kernel, &run_dir, opts).unwrap_or_else(|e| panic!("{e}"));
+        Emulator::spawn(Platform::QemuBios, cmd, run_dir, opts)
+    }
+
+    fn spawn(platform: Platform, mut cmd: std::process::Command, run_dir: PathBuf, opts: &RunOptions) -> Emulator {
         cmd.stdin(if opts.interactive { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
         cmd.process_group(0);
         // SAFETY: prctl is async-signal-safe; it only sets this child's parent-death signal.
@@ -390,6 +402,20 @@ impl Emulator {
             return Err(self.failure(&format!("QEMU exit status {code:?} disagrees with `{line}`"), ""));
         }
         Ok(Outcome { status, process_code: code })
+    }
+
+    /// For a kernel booted bare ([`Emulator::start_bare`]): waits for QEMU to end and returns
+    /// the code the kernel wrote to the isa-debug-exit port (QEMU exits with `code << 1 | 1`;
+    /// any other ending is a failure).
+    pub fn expect_bare_exit(&mut self, timeout: Duration) -> Result<u32, Failure> {
+        match self.wait_end(timeout) {
+            Some(status) if status > 0 && status & 1 == 1 => Ok((status >> 1) as u32),
+            Some(status) => Err(self.failure(&format!("QEMU ended with status {status}, not through the debug-exit port"), &self.log_tails())),
+            None => {
+                let diag = self.diagnose_and_kill();
+                Err(self.failure("the bare kernel did not exit", &diag))
+            }
+        }
     }
 
     /// Drains output until the emulator ends or `timeout` passes; returns its exit code.

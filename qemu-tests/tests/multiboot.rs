@@ -1,14 +1,21 @@
-//! Multiboot kernels (issue "SMP guests and multiboot kernels"): the `multiboot` test guest,
-//! loaded with `format = "multiboot"` (Multiboot 1, its header's address fields), starts in
-//! 32-bit protected mode with EAX = 0x2BADB002 and EBX = the boot information (Multiboot spec
-//! 3.2) and sees its command line and two modules exactly as the config gives them, its
-//! memory as the guest's e820 map says, and "Bastion" as the boot loader (spec 3.3). The same
-//! file given as `multiboot2` has no Multiboot 2 header: that guest is refused by name while
-//! the other runs.
+//! Multiboot kernels (issue "SMP guests and multiboot kernels").
+//!
+//! The `multiboot` test guest, loaded with `format = "multiboot"` (Multiboot 1, its header's
+//! address fields), starts in 32-bit protected mode with EAX = 0x2BADB002 and EBX = the boot
+//! information (Multiboot spec 3.2) and sees its command line and two modules exactly as the
+//! config gives them, its memory as the guest's e820 map says, and "Bastion" as the boot
+//! loader (spec 3.3). The same file given as `multiboot2` has no Multiboot 2 header: that
+//! guest is refused by name while the others run. Beside them, the `ipi` guest (4 vCPUs)
+//! starts its application processors with INIT-SIPI-SIPI, as a PC kernel does, and checks
+//! that fixed IPIs (physical and logical destination, self and broadcast shorthands) and NMIs
+//! between its vCPUs each arrive once, at their destination (SDM Vol. 3A 9.4.4, 11.6.1).
+//!
+//! The same two files boot bare under QEMU (`-kernel`, its own Multiboot loader) and say the
+//! same, which is what lets benchmarks compare one binary bare and under Bastion.
 
 use bastion_core::exit::ExitStatus;
 use qemu_tests::guests::guest_image;
-use qemu_tests::{image_with_bundle, Emulator, Platform, RunOptions};
+use qemu_tests::{image_with_bundle, BareKernel, Emulator, Platform, RunOptions};
 
 const CMDLINE: &str = "hello multiboot world --x=1";
 const MODULES: [(&str, &str, Option<&str>); 2] = [("mods/alpha.txt", "first module, A", Some("alpha one")), ("mods/beta.txt", "beta!", None)];
@@ -25,10 +32,12 @@ fn multiboot_guest_sees_its_boot_information(p: Platform) {
         }
     }
     cfg += "]\n\n[[guest]]\nname = \"mbtwo\"\nformat = \"multiboot2\"\nkernel = \"guests/multiboot.bin\"\nmemory_mib = 4\n";
+    cfg += "\n[[guest]]\nname = \"ipi\"\nformat = \"multiboot\"\nkernel = \"guests/ipi.bin\"\nmemory_mib = 4\nvcpus = 4\n";
     let kernel = std::fs::read(guest_image("multiboot")).unwrap();
+    let ipi = std::fs::read(guest_image("ipi")).unwrap();
     // Packed without `boot`'s validation, which would refuse the multiboot2 guest: the
     // hypervisor must refuse it itself.
-    let mut files: Vec<(&str, &[u8])> = vec![("bastion.toml", cfg.as_bytes()), ("guests/multiboot.bin", &kernel)];
+    let mut files: Vec<(&str, &[u8])> = vec![("bastion.toml", cfg.as_bytes()), ("guests/multiboot.bin", &kernel), ("guests/ipi.bin", &ipi)];
     files.extend(MODULES.iter().map(|(path, body, _)| (*path, body.as_bytes())));
     let bundle = boot::pack(&files).unwrap();
     let img = image_with_bundle(&format!("multiboot-{}", p.name()), &bundle);
@@ -49,6 +58,8 @@ fn multiboot_guest_sees_its_boot_information(p: Platform) {
     }
     has("guest mb: stopped: test exit: PASS");
     has("guest mbtwo: cannot start: multiboot: no Multiboot2 header");
+    ipi_says_every_ipi_arrived_once(&text, "[ipi] ");
+    has("guest ipi: stopped: test exit: PASS");
     assert!(!text.contains("FAIL"), "{text}");
     assert_eq!(out.status, ExitStatus::Pass, "{text}");
 }
@@ -61,4 +72,61 @@ fn multiboot_guest_sees_its_boot_information_under_svm_on_qemu() {
 #[test]
 fn multiboot_guest_sees_its_boot_information_under_vmx_on_bochs_intel() {
     multiboot_guest_sees_its_boot_information(Platform::BochsIntel);
+}
+
+/// What the `ipi` guest prints when its 4 vCPUs started and every IPI arrived once; each
+/// line starts with `prefix`.
+fn ipi_says_every_ipi_arrived_once(text: &str, prefix: &str) {
+    let has = |line: &str| assert!(text.lines().any(|l| l.contains(&format!("{prefix}ipi: {line}"))), "no `{prefix}ipi: {line}`:\n{text}");
+    has("MADT lists 4 processors");
+    for ap in 1..4 {
+        has(&format!("vcpu {ap} started in real mode with CS 0a00"));
+    }
+    has("3 application processors started");
+    for v in 0..4 {
+        has(&format!("vcpu {v} took fixed 3 nmi 3 self 1 logical {} all 1", u32::from(v != 0)));
+    }
+    has("PASS");
+}
+
+/// The same `multiboot` and `ipi` files boot bare under QEMU's own Multiboot loader
+/// (SeaBIOS, `-kernel`, 4 CPUs) and report what QEMU gave them: QEMU's loader name, the
+/// kernel path before the command line, the modules with their files' paths.
+#[test]
+fn the_multiboot_test_guests_boot_bare_under_qemu() {
+    let dir = qemu_tests::work_dir("multiboot-bare");
+    let mods: Vec<(std::path::PathBuf, &str)> = MODULES
+        .iter()
+        .map(|(path, body, cmdline)| {
+            let file = dir.join(path.rsplit('/').next().unwrap());
+            std::fs::write(&file, body).unwrap();
+            (file, cmdline.unwrap_or(""))
+        })
+        .collect();
+    let modules: Vec<(&std::path::Path, &str)> = mods.iter().map(|(p, c)| (p.as_path(), *c)).collect();
+    let kernel = guest_image("multiboot");
+    let k = BareKernel { kernel: &kernel, cmdline: CMDLINE, modules: &modules };
+    let mut emu = Emulator::start_bare(&k, &dir.join("multiboot"), &RunOptions::default());
+    let code = emu.expect_bare_exit(Platform::QemuBios.boot_timeout()).unwrap_or_else(|e| panic!("{e}"));
+    let text = emu.transcript();
+    let has = |line: &str| assert!(text.lines().any(|l| l == line), "no `{line}`:\n{text}");
+    has("multiboot: magic 0x2badb002");
+    has("multiboot: loader [qemu]");
+    has(&format!("multiboot: cmdline [{} {CMDLINE}]", kernel.display()));
+    has("multiboot: modules 2");
+    for (i, ((file, cmdline), (_, body, _))) in mods.iter().zip(MODULES).enumerate() {
+        let c = format!("{} {cmdline}", file.display());
+        has(&format!("multiboot: module {i} cmdline [{}] {} bytes [{body}]", c.trim_end(), body.len()));
+    }
+    assert_eq!(code, 0, "{text}");
+
+    let kernel = guest_image("ipi");
+    let k = BareKernel { kernel: &kernel, cmdline: "", modules: &[] };
+    let opts = RunOptions { smp: 4, ..RunOptions::default() };
+    let mut emu = Emulator::start_bare(&k, &dir.join("ipi"), &opts);
+    let code = emu.expect_bare_exit(Platform::QemuBios.boot_timeout()).unwrap_or_else(|e| panic!("{e}"));
+    let text = emu.transcript();
+    ipi_says_every_ipi_arrived_once(&text, "");
+    assert!(!text.contains("FAIL"), "{text}");
+    assert_eq!(code, 0, "{text}");
 }

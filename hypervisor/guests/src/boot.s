@@ -305,39 +305,69 @@
 // =======================================================================================
 // 16-bit real mode
 // =======================================================================================
-    .section .text.boot, "ax", @progbits
+// The real-mode entry, assembled twice: at `_start` (0x8000, where a flat image is entered)
+// and at `sipi_entry` (0xA000, where an application processor started with STARTUP vector
+// 0x0A begins: CS = 0x0A00 with base 0xA000, IP = 0, SDM Vol. 3A 9.4.4.1). It keeps what the
+// entry state records and the next instructions would change (SP in BP, SS in SI, CS in DI;
+// none of these moves changes FLAGS, which is recorded later) and far-jumps to the common
+// code with CS = 0, which every absolute address in the boot code assumes.
+.macro RM_ENTRY
+    mov bp, sp
+    mov si, ss
+    mov di, cs
+    // jmp far 0000:.Lrm_start (EA ptr16:16)
+    .byte 0xEA
+    .word .Lrm_start
+    .word 0
+.endm
+
+    .section .text.boot.flat, "ax", @progbits
     .code16
     .global _start
 _start:
-    // Every guest is a flat image and a Multiboot kernel at once: a flat image is entered
-    // here in real mode and jumps over the Multiboot header, which must lie 4-byte aligned in
-    // the first 8 KiB of the file (Multiboot spec 3.1.1).
-    jmp .Lrm_start
+    // Every guest is a flat image and a Multiboot kernel at once. The flat image is entered
+    // here; a Multiboot loader loads the file only from `boot_multiboot_header` (0x9600) on
+    // and enters at `mb_entry` (link.ld has the layout and why).
+    RM_ENTRY
 
 // The Multiboot 1 header (spec 3.1.2, 3.1.3) with the address fields ("a.out kludge", flag
-// 16): the file is the flat image, loaded at its link address from its first byte up to
-// __image_end, then zeros up to __bss_end; a Multiboot loader enters at `mb_entry`. It puts
-// its boot information and modules after __bss_end (below the EBDA, when they fit).
+// 16): the loaded part of the file starts with this header (load_addr = header_addr =
+// 0x9600, at file offset 0x1600, within the first 8 KiB as spec 3.1.1 requires) and runs up
+// to __image_end, then zeros up to __bss_end; a Multiboot loader enters at `mb_entry`. It
+// puts its boot information and modules after __bss_end (below the EBDA, when they fit) or,
+// as QEMU's does, at 0x9000..0x9558, below the header.
+    .section .text.boot.multiboot, "ax", @progbits
     .balign 4
+    .global boot_multiboot_header
 boot_multiboot_header:
     .long 0x1BADB002                          // magic
     .long 0x00010000                          // flags: address fields valid
     .long -(0x1BADB002 + 0x00010000)          // checksum: magic + flags + checksum = 0
     .long boot_multiboot_header               // header_addr
-    .long __image_start                       // load_addr
+    .long boot_multiboot_header               // load_addr
     .long __image_end                         // load_end_addr
     .long __bss_end                           // bss_end_addr
     .long mb_entry                            // entry_addr
 
+// STARTUP vector 0x0A's page (link.ld puts this section at 0xA000): where an application
+// processor begins when a Multiboot-loaded guest starts it with INIT-SIPI-SIPI, as a PC's
+// kernel starts its APs (the `ipi` guest). A flat image's vCPUs all start at `_start`.
+    .section .text.boot.sipi, "ax", @progbits
+    .code16
+    .global sipi_entry
+sipi_entry:
+    RM_ENTRY
+
+    .section .text.boot, "ax", @progbits
+    .code16
 .Lrm_start:
     // No PUSH or CALL (and so no CALL-using helper) before SS:SP are this vCPU's own: every
     // vCPU starts with SP = 0x7000, and vCPU 0 may already have return addresses there.
     // Interrupts are disabled (the ABI's IF = 0), so nothing else touches the stack either.
-    // What the entry state needs is kept in registers CPUID leaves alone: the entry SP in BP
-    // and the entry SS in SI (the other segment registers, CR0 and FLAGS do not change
-    // until they are recorded; CPUID changes no flag, SDM Vol. 2A CPUID).
-    mov bp, sp
-    mov si, ss
+    // What the entry state needs is kept in registers CPUID leaves alone: the entry SP in BP,
+    // the entry SS in SI and the entry CS in DI (RM_ENTRY put them there; the other segment
+    // registers, CR0 and FLAGS do not change until they are recorded; CPUID changes no
+    // flag, SDM Vol. 2A CPUID).
     // CPUID leaf 1: EBX bits 31:24 are the initial APIC ID (SDM Vol. 2A CPUID, Table 3-8),
     // which the hypervisor sets to the vCPU index.
     mov eax, 1
@@ -358,19 +388,20 @@ boot_multiboot_header:
     cli
     cld
 
-    // Record the entry state in this vCPU's `boot_entry_states` slot, for the `modes` guest
-    // to check against the ABI. CS overrides keep the stores right even if DS is not 0.
-    imul di, bx, ENTRY_STATE_SIZE
-    mov word ptr cs:[di + boot_entry_states + 4], bp       // SP
-    mov word ptr cs:[di + boot_entry_states + 6], cx       // FLAGS
-    mov word ptr cs:[di + boot_entry_states + 8], cs
-    mov word ptr cs:[di + boot_entry_states + 10], ds
-    mov word ptr cs:[di + boot_entry_states + 12], es
-    mov word ptr cs:[di + boot_entry_states + 14], fs
-    mov word ptr cs:[di + boot_entry_states + 16], gs
-    mov word ptr cs:[di + boot_entry_states + 18], si      // SS
+    // Record the entry state in this vCPU's `boot_entry_states` slot, for the `modes` and
+    // `ipi` guests to check. CS overrides (CS = 0 since RM_ENTRY's far jump) keep the stores
+    // right even if DS is not 0; EDX (zero-extended from the index) addresses the slot.
+    imul edx, ebx, ENTRY_STATE_SIZE
+    mov word ptr cs:[edx + boot_entry_states + 4], bp      // SP
+    mov word ptr cs:[edx + boot_entry_states + 6], cx      // FLAGS
+    mov word ptr cs:[edx + boot_entry_states + 8], di      // CS
+    mov word ptr cs:[edx + boot_entry_states + 10], ds
+    mov word ptr cs:[edx + boot_entry_states + 12], es
+    mov word ptr cs:[edx + boot_entry_states + 14], fs
+    mov word ptr cs:[edx + boot_entry_states + 16], gs
+    mov word ptr cs:[edx + boot_entry_states + 18], si     // SS
     mov eax, cr0
-    mov dword ptr cs:[di + boot_entry_states + 0], eax     // CR0
+    mov dword ptr cs:[edx + boot_entry_states + 0], eax    // CR0
     // The vCPU index, in EBP from here to the call into Rust.
     mov ebp, ebx
 
@@ -492,10 +523,11 @@ rm_exc_common:
 // The Multiboot entry (spec 3.2 "Machine state"): 32-bit protected mode, paging off, flat
 // segments with the loader's selectors, EAX = 0x2BADB002, EBX = the boot information, GDTR
 // and IDTR undefined, ESP undefined. Only the boot processor enters here (the others wait
-// for INIT-SIPI, as on a PC; this boot code starts none), so the vCPU index is 0 and no
-// other vCPU shares anything yet. Record EAX and EBX for Rust (multiboot.rs), load our GDT
+// for INIT-SIPI, as on a PC, and come in at `sipi_entry` once the guest starts them), so the
+// vCPU index is 0 and no other vCPU shares anything yet. Record EAX and EBX for Rust (multiboot.rs), load our GDT
 // and reload CS through it, then continue as a flat image does once in protected mode.
 // Nothing here can fault with flat segments, before pm_entry loads the 32-bit IDT.
+    .pushsection .text.boot.multiboot, "ax", @progbits
 mb_entry:
     mov dword ptr [boot_multiboot_magic], eax
     mov dword ptr [boot_multiboot_info], ebx
@@ -510,6 +542,7 @@ mb_entry:
     shr ebx, 24                     // the initial APIC ID: the vCPU index
     mov ebp, ebx
     jmp pm_entry
+    .popsection
 
 pm_entry:
     // The 32-bit IDT first, so that even a fault in the segment loads below is reported
@@ -625,7 +658,11 @@ pm_entry:
     rdmsr
     or eax, 1 << 8                  // EFER.LME
     wrmsr
+    // CD and NW are cleared too: a processor that has only ever been reset or INITed may
+    // start with caching disabled (CR0 = 0x60000010 after reset, SDM Vol. 3A 10.1.1 Table
+    // 10-1), which a vCPU never needs.
     mov eax, cr0
+    and eax, 0x9FFFFFFF             // ~(CR0.CD | CR0.NW)
     or eax, 0x80000001              // CR0.PG | CR0.PE
     mov cr0, eax
     // jmp far 0x18:lm_entry (EA ptr16:32)

@@ -112,6 +112,14 @@ pub fn install(handler: fn(vector: u8)) {
             idt[usize::from(IRQ_BASE) + i] = interrupt_gate(stub, cs);
         }
     }
+    load();
+}
+
+/// Loads the IDT [`install`] built on this vCPU (IDTR is per CPU, SDM Vol. 3A 6.10): what
+/// every other vCPU that takes interrupts calls once `install` has run on one of them.
+/// Panics if `install` has not run.
+pub fn load() {
+    assert!(HANDLER.load(SeqCst) != 0, "interrupts::load before interrupts::install");
     // LIDT operand: 16-bit limit, then the 64-bit base (SDM Vol. 2A LGDT/LIDT).
     #[repr(C, packed)]
     struct Idtr {

@@ -1,0 +1,300 @@
+//! Test guest `ipi`: an SMP kernel loaded the standard way. Booted as a Multiboot 1 kernel,
+//! only vCPU 0 runs at first, as on a PC; it finds the other processors in the ACPI MADT,
+//! starts them with INIT-SIPI-SIPI through its local APIC, and then every vCPU sends every
+//! other one interrupts through the local APICs' interrupt command registers (SDM Vol. 3A
+//! 11.6.1), each of which must arrive exactly once, on the right vCPU:
+//!
+//! - INIT with the all-excluding-self shorthand, then STARTUP with vector 0x0A twice to each
+//!   application processor by physical destination (SDM Vol. 3A 9.4.4.1): each starts once,
+//!   in real mode at 0A00:0000 (`sipi_entry` in boot.s); a STARTUP that finds its target
+//!   running is ignored (SDM Vol. 3A 11.6.1, "Start-Up").
+//! - In turn, each vCPU sends each other vCPU a fixed interrupt and an NMI by physical
+//!   destination, then itself a fixed interrupt with the self shorthand, waiting for each to
+//!   arrive before the next (two fixed interrupts of one vector pending at once are one IRR
+//!   bit, and an NMI that comes while one is pending is lost: SDM Vol. 3A 11.8.4, 7.7).
+//! - vCPU 0 sends a fixed interrupt to all the others in logical destination mode (flat
+//!   model, SDM Vol. 3A 11.6.2.2: each vCPU's LDR has the bit of its index) and one to all
+//!   vCPUs with the all-including-self shorthand.
+//!
+//! Output: `ipi: MADT lists <n> processors`, `ipi: vcpu <i> started in real mode with CS
+//! 0a00` per AP, `ipi: <n-1> application processors started`, then per vCPU `ipi: vcpu
+//! <i> took fixed <n-1> nmi <n-1> self 1 logical <0|1> all 1`, then `ipi: PASS`; exit code 0.
+//! A count that differs, an interrupt that never comes (about 5 s of TSC), or a start as a
+//! flat image (every vCPU at once) prints a FAIL line and exits with 1.
+//!
+//! It runs bare as well (`qemu-system-x86_64 -smp 4 -kernel ipi.bin`, with the isa-debug-exit
+//! device at port 0xF4 for the test exit), which is why it masks the 8259s the BIOS left
+//! programmed before it enables interrupts.
+#![no_std]
+#![no_main]
+
+use core::sync::atomic::{AtomicU32, Ordering::SeqCst};
+use test_guests::boot::{entry_state_of, multiboot_registers, vcpu_id, MAX_VCPUS};
+use test_guests::{cpu, interrupts, pic, say};
+
+test_guests::guest!(name = "ipi", main = main);
+
+/// xAPIC registers (SDM Vol. 3A 11.4.1 Table 11-1), identity-mapped by the boot code.
+const APIC: u64 = 0xFEE0_0000;
+const EOI: u64 = 0xB0;
+const LDR: u64 = 0xD0;
+const DFR: u64 = 0xE0;
+const SVR: u64 = 0xF0;
+const ICR_LOW: u64 = 0x300;
+const ICR_HIGH: u64 = 0x310;
+
+/// ICR fields (SDM Vol. 3A 11.6.1, Figure 11-12).
+const FIXED: u32 = 0b000 << 8;
+const NMI: u32 = 0b100 << 8;
+const INIT: u32 = 0b101 << 8;
+const STARTUP: u32 = 0b110 << 8;
+const LOGICAL: u32 = 1 << 11;
+const DELIVERY_PENDING: u32 = 1 << 12;
+const ASSERT: u32 = 1 << 14;
+const SELF: u32 = 0b01 << 18;
+const ALL_INCLUDING_SELF: u32 = 0b10 << 18;
+const ALL_EXCLUDING_SELF: u32 = 0b11 << 18;
+
+/// The STARTUP vector: APs begin at 0x0A000 (`sipi_entry`).
+const SIPI_VECTOR: u32 = 0x0A;
+/// What EAX holds at a Multiboot kernel's entry (spec 3.2).
+const BOOTLOADER_MAGIC: u32 = 0x2BAD_B002;
+
+/// The kinds of interrupt counted, and the vector each arrives with (all in the IDT's
+/// 0x20..0x2F, `interrupts::install`).
+const KINDS: usize = 5;
+const K_FIXED: usize = 0;
+const K_SELF: usize = 1;
+const K_LOGICAL: usize = 2;
+const K_ALL: usize = 3;
+const K_NMI: usize = 4;
+const VECTOR: [u8; 4] = [0x21, 0x22, 0x23, 0x24];
+
+/// Interrupts taken, per vCPU and kind.
+static TAKEN: [[AtomicU32; KINDS]; MAX_VCPUS as usize] = [const { [const { AtomicU32::new(0) }; KINDS] }; MAX_VCPUS as usize];
+/// How often each vCPU reached `main` (must be once).
+static STARTED: [AtomicU32; MAX_VCPUS as usize] = [const { AtomicU32::new(0) }; MAX_VCPUS as usize];
+/// Whose turn it is to send (vCPU index); the number of vCPUs once every one had its turn.
+static TURN: AtomicU32 = AtomicU32::new(0);
+/// The number of vCPUs, set by vCPU 0 from the MADT before it starts the others.
+static VCPUS: AtomicU32 = AtomicU32::new(0);
+
+fn apic_write(reg: u64, value: u32) {
+    // SAFETY: the local APIC's registers, identity-mapped; 32-bit aligned accesses.
+    unsafe { core::ptr::write_volatile((APIC + reg) as *mut u32, value) }
+}
+
+fn apic_read(reg: u64) -> u32 {
+    // SAFETY: as for apic_write.
+    unsafe { core::ptr::read_volatile((APIC + reg) as *const u32) }
+}
+
+/// Writes the ICR (high half first: the write to the low half sends, SDM Vol. 3A 11.6.1)
+/// once the previous IPI has left (delivery status idle).
+fn send(destination: u32, low: u32) {
+    while apic_read(ICR_LOW) & DELIVERY_PENDING != 0 {
+        core::hint::spin_loop();
+    }
+    apic_write(ICR_HIGH, destination << 24);
+    apic_write(ICR_LOW, low);
+}
+
+fn on_interrupt(vector: u8) {
+    if let (Some(kind), Some(t)) = (VECTOR.iter().position(|&v| v == vector), TAKEN.get(vcpu_id() as usize)) {
+        t[kind].fetch_add(1, SeqCst);
+    }
+    apic_write(EOI, 0);
+}
+
+fn on_nmi() {
+    if let Some(t) = TAKEN.get(vcpu_id() as usize) {
+        t[K_NMI].fetch_add(1, SeqCst);
+    }
+}
+
+/// Spins, interrupts enabled, until `done` or about 5 s of TSC at 1 GHz or more have passed.
+fn wait_for(done: impl Fn() -> bool) -> bool {
+    let start = cpu::rdtsc();
+    while !done() {
+        if cpu::rdtsc().wrapping_sub(start) > 5_000_000_000 {
+            return false;
+        }
+        core::hint::spin_loop();
+    }
+    true
+}
+
+/// This vCPU's local APIC, ready for IPIs: software-enabled (SVR bit 8, spurious vector
+/// 0xFF), flat logical model with the bit of its index as logical ID (SDM Vol. 3A 11.6.2.2).
+fn apic_init(vcpu: u32) {
+    apic_write(SVR, 0x1FF);
+    apic_write(DFR, 0xFFFF_FFFF);
+    apic_write(LDR, (1 << vcpu) << 24);
+}
+
+fn read8(addr: u64) -> u8 {
+    // SAFETY: the boot code identity-maps the first 4 GiB; ACPI tables lie in RAM.
+    unsafe { core::ptr::read_volatile(addr as *const u8) }
+}
+
+fn read32(addr: u64) -> u32 {
+    u32::from_le_bytes([read8(addr), read8(addr + 1), read8(addr + 2), read8(addr + 3)])
+}
+
+fn signature(addr: u64, sig: &[u8]) -> bool {
+    sig.iter().enumerate().all(|(i, &b)| read8(addr + i as u64) == b)
+}
+
+/// The APIC IDs of the enabled processors in the MADT (ACPI 6.5 5.2.12.2), found through the
+/// RSDP in 0xE0000..0xFFFFF (ACPI 6.5 5.2.5.1), its RSDT or XSDT; None without one.
+fn madt_apic_ids() -> Option<([u8; 16], usize)> {
+    let rsdp = (0xE_0000..0x10_0000u64).step_by(16).find(|&a| signature(a, b"RSD PTR ") && (0..20).fold(0u8, |s, i| s.wrapping_add(read8(a + i))) == 0)?;
+    // Revision 2 and up: the XSDT's 64-bit address at 24; otherwise the RSDT's at 16.
+    let (sdt, entry) = if read8(rsdp + 15) >= 2 { (u64::from(read32(rsdp + 24)) | u64::from(read32(rsdp + 28)) << 32, 8) } else { (u64::from(read32(rsdp + 16)), 4) };
+    let entries = (u64::from(read32(sdt + 4)).saturating_sub(36) / entry).min(64);
+    let madt = (0..entries).map(|i| u64::from(read32(sdt + 36 + i * entry))).find(|&t| signature(t, b"APIC"))?;
+    let (mut ids, mut n) = ([0u8; 16], 0);
+    let (mut at, end) = (madt + 44, madt + u64::from(read32(madt + 4)));
+    while at + 2 <= end {
+        let (kind, len) = (read8(at), u64::from(read8(at + 1)));
+        // Type 0, processor local APIC: APIC ID at 3, flags at 4 (bit 0: enabled).
+        if kind == 0 && read32(at + 4) & 1 != 0 && n < ids.len() {
+            ids[n] = read8(at + 3);
+            n += 1;
+        }
+        at += len.max(2);
+    }
+    Some((ids, n))
+}
+
+fn main(vcpu: u32) -> u32 {
+    if multiboot_registers().0 != BOOTLOADER_MAGIC {
+        // Started as a flat image: every vCPU is here at once. One line, from vCPU 0.
+        if vcpu == 0 {
+            say!("FAIL not started by a Multiboot loader: load ipi with format = \"multiboot\"");
+            return 1;
+        }
+        cpu::park();
+    }
+    if STARTED[vcpu as usize].fetch_add(1, SeqCst) != 0 {
+        say!("FAIL vcpu {vcpu} started a second time");
+        return 1;
+    }
+    if vcpu == 0 {
+        if let Err(code) = start_application_processors() {
+            return code;
+        }
+    } else {
+        interrupts::load();
+        apic_init(vcpu);
+    }
+    let n = VCPUS.load(SeqCst);
+    // From here on every vCPU takes interrupts: waits spin with IF = 1.
+    // SAFETY: the IDT is loaded and handles every vector that can come.
+    unsafe { core::arch::asm!("sti", options(nomem, nostack)) };
+
+    // Every vCPU's turn: a fixed interrupt and an NMI to each other vCPU, one self IPI.
+    if !wait_for(|| TURN.load(SeqCst) == vcpu) {
+        say!("FAIL vcpu {vcpu} never got its turn (turn {})", TURN.load(SeqCst));
+        return 1;
+    }
+    for to in (0..n).filter(|&t| t != vcpu) {
+        for (kind, low) in [(K_FIXED, FIXED | ASSERT | u32::from(VECTOR[K_FIXED])), (K_NMI, NMI | ASSERT)] {
+            let before = TAKEN[to as usize][kind].load(SeqCst);
+            send(to, low);
+            if !wait_for(|| TAKEN[to as usize][kind].load(SeqCst) != before) {
+                let what = if kind == K_NMI { "NMI" } else { "fixed interrupt" };
+                say!("FAIL vcpu {to} never took the {what} from vcpu {vcpu}");
+                return 1;
+            }
+        }
+    }
+    send(0, FIXED | ASSERT | SELF | u32::from(VECTOR[K_SELF]));
+    if !wait_for(|| TAKEN[vcpu as usize][K_SELF].load(SeqCst) != 0) {
+        say!("FAIL vcpu {vcpu} never took its self IPI");
+        return 1;
+    }
+    TURN.fetch_add(1, SeqCst);
+    if vcpu != 0 {
+        loop {
+            interrupts::halt_until_interrupt();
+        }
+    }
+
+    if !wait_for(|| TURN.load(SeqCst) == n) {
+        say!("FAIL the vCPUs' turns did not end (turn {})", TURN.load(SeqCst));
+        return 1;
+    }
+    // Logical destination: the bits of vCPUs 1..n-1.
+    let others = ((1u32 << n) - 2) & 0xFF;
+    send(others, FIXED | ASSERT | LOGICAL | u32::from(VECTOR[K_LOGICAL]));
+    send(0, FIXED | ASSERT | ALL_INCLUDING_SELF | u32::from(VECTOR[K_ALL]));
+    let arrived = |kind: usize, from: u32| (from..n).all(|v| TAKEN[v as usize][kind].load(SeqCst) != 0);
+    if !wait_for(|| arrived(K_LOGICAL, 1) && arrived(K_ALL, 0)) {
+        say!("FAIL the logical and broadcast IPIs did not all arrive");
+    }
+    // Let a duplicate, if any, arrive before counting.
+    cpu::wait_tsc(20_000_000);
+    let mut ok = true;
+    for v in 0..n {
+        let t = |k: usize| TAKEN[v as usize][k].load(SeqCst);
+        let (fixed, nmi, own, logical, all) = (t(K_FIXED), t(K_NMI), t(K_SELF), t(K_LOGICAL), t(K_ALL));
+        say!("vcpu {v} took fixed {fixed} nmi {nmi} self {own} logical {logical} all {all}");
+        ok &= (fixed, nmi, own, logical, all) == (n - 1, n - 1, 1, u32::from(v != 0), 1) && STARTED[v as usize].load(SeqCst) == 1;
+    }
+    if !ok {
+        say!("FAIL each IPI must arrive exactly once, at its destination");
+        return 1;
+    }
+    say!("PASS");
+    0
+}
+
+/// vCPU 0: reads the MADT, takes interrupts, and starts every other processor it lists with
+/// INIT-SIPI-SIPI (SDM Vol. 3A 9.4.4.1); returns once all of them reached `main`.
+fn start_application_processors() -> Result<(), u32> {
+    let Some((ids, n)) = madt_apic_ids() else {
+        say!("FAIL no ACPI MADT (RSDP searched in 0xE0000..0xFFFFF)");
+        return Err(1);
+    };
+    say!("MADT lists {n} processors");
+    // This guest numbers vCPUs by initial APIC ID (boot.s) and sends by APIC ID.
+    // The flat logical model has 8 destination bits.
+    if !(2..=8).contains(&n) || ids[..n].iter().enumerate().any(|(i, &id)| usize::from(id) != i) {
+        say!("FAIL expected APIC IDs 0..n-1 for 2 to 8 processors, got {:?}", &ids[..n]);
+        return Err(1);
+    }
+    let n = n as u32;
+    VCPUS.store(n, SeqCst);
+    // Mask both 8259s: on bare hardware the BIOS left them programmed (IRQ 0 at vector 8,
+    // which here is #DF), and vCPU 0's LINT0 is in ExtINT mode.
+    pic::set_masks(0xFF, 0xFF);
+    interrupts::install(on_interrupt);
+    interrupts::install_nmi(on_nmi);
+    apic_init(0);
+
+    // INIT to all others (level assert), 10 ms, then two STARTUPs 200 us apart to each.
+    send(0, INIT | ASSERT | ALL_EXCLUDING_SELF);
+    cpu::wait_tsc(10_000_000);
+    for _ in 0..2 {
+        for ap in 1..n {
+            send(ap, STARTUP | ASSERT | SIPI_VECTOR);
+        }
+        cpu::wait_tsc(200_000);
+    }
+    if !wait_for(|| (1..n).all(|v| STARTED[v as usize].load(SeqCst) != 0)) {
+        let started = (1..n).filter(|&v| STARTED[v as usize].load(SeqCst) != 0).count();
+        say!("FAIL only {started} of {} application processors started", n - 1);
+        return Err(1);
+    }
+    for ap in 1..n {
+        let st = entry_state_of(ap);
+        say!("vcpu {ap} started in real mode with CS {:04x}", st.cs);
+        if st.cs != (SIPI_VECTOR << 8) as u16 || st.cr0 & 1 != 0 {
+            say!("FAIL vcpu {ap} must start in real mode with CS {:04x} (CR0 {:#x})", SIPI_VECTOR << 8, st.cr0);
+            return Err(1);
+        }
+    }
+    say!("{} application processors started", n - 1);
+    Ok(())
+}
