@@ -24,6 +24,8 @@
 //!   over all the work against the host's is printed, with a warning when it is 5 % off.
 //! - `bench: linux-idle exits_per_s=<n>`: the Bastion guest idle at its prompt; its VM exits
 //!   from the monitor's `stats NAME` twice, 10 s apart of host wall time.
+//! - `bench: linux-smp parallel-md5 vcpus=<n> s=<t>`: 4 processes hashing 16 MiB each at once
+//!   in a Bastion guest of 1, 2 and 4 vCPUs (one boot each), timed by the guest's uptime.
 //!
 //! The goals (boot ratio ≤ 1.10, work ratios ≤ 1.05, idle ≤ 100 exits/s) are printed beside
 //! the figures, not asserted. Every run has a deadline and its emulator is killed at the end
@@ -338,6 +340,46 @@ fn bastion(kit: &linux::Kit) -> Result<(Measured, f64)> {
     Ok((m, per_s))
 }
 
+/// The parallel work of `linux-smp`: 4 processes hashing 16 MiB each at once.
+const PARALLEL_MD5: Work = Work {
+    name: "parallel-md5",
+    body: "for j in 1 2 3 4; do (dd if=/dev/zero bs=1M count=16 2>/dev/null | md5sum >/dev/null) & done; wait",
+    check: "-",
+    expect: "-",
+};
+/// The guest sizes `linux-smp` runs, one Bastion boot each.
+const SMP_VCPUS: [u32; 3] = [1, 2, 4];
+
+/// `bench: linux-smp parallel-md5 vcpus=<n> s=<t>`: [`PARALLEL_MD5`] timed by the guest's
+/// uptime in a Linux guest of `n` vCPUs, alone on Bastion's 2 host CPUs, for each n in
+/// [`SMP_VCPUS`]: 4 vCPUs on 2 CPUs share them, so the figure for 4 shows what the
+/// oversubscription costs over 2.
+fn smp(kit: &linux::Kit) -> Result<Vec<(u32, f64)>> {
+    let mut out = Vec::new();
+    for n in SMP_VCPUS {
+        let cfg = format!(
+            "[hypervisor]\n\n[[guest]]\nname = \"{GUEST}\"\nformat = \"bzimage\"\nkernel = \"linux/vmlinuz\"\n\
+             initrd = \"linux/initramfs.cpio.gz\"\nmemory_mib = {GUEST_MIB}\nvcpus = {n}\ncmdline = \"{CMDLINE}\"\n"
+        );
+        let image = qemu_tests::image_with_files(
+            &format!("bench-linux-smp{n}"),
+            &cfg,
+            &[("linux/vmlinuz", kit.vmlinuz.as_path()), ("linux/initramfs.cpio.gz", kit.initramfs.as_path())],
+        );
+        let mut emu = Emulator::start(Platform::QemuBios, &image, &options(Vec::new()));
+        harness(emu.expect(SHELL_UP, Duration::from_secs(900)))?;
+        std::thread::sleep(Duration::from_secs(1));
+        let m = emu.mark();
+        emu.send(work_command(&PARALLEL_MD5).as_bytes());
+        let line = harness(emu.expect_after(m, &format!("{MARKER}{} ", PARALLEL_MD5.name), Duration::from_secs(900)))?;
+        let Some((_, a, b, _)) = parse_work(&line) else { bail!("linux-smp, {n} vCPUs: malformed marker `{line}`") };
+        println!("linux-smp, {n} vCPUs: {} took {:.2} s by the guest's uptime ({a:.2} -> {b:.2})", PARALLEL_MD5.name, b - a);
+        emu.kill();
+        out.push((n, b - a));
+    }
+    Ok(out)
+}
+
 /// The same kernel, initramfs and command line booted by QEMU itself. The harness boots a
 /// disk image; QEMU's `-kernel` option ROM boots before any disk, so an empty one does.
 fn bare(kit: &linux::Kit) -> Result<Measured> {
@@ -380,6 +422,9 @@ pub fn linux(root: &Path) -> Result<()> {
         println!("{}", work_line(w.name, b.work[i], q.work[i]));
     }
     println!("{}", idle_line(idle));
+    for (n, secs) in smp(&kit)? {
+        println!("bench: linux-smp {} vcpus={n} s={secs:.2}", PARALLEL_MD5.name);
+    }
     Ok(())
 }
 

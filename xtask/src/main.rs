@@ -13,6 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod console_bench;
+mod cpu_bench;
 mod linux;
 mod linux_bench;
 
@@ -123,6 +124,10 @@ enum Bench {
     /// What the console costs guests, by their own progress: a CPU-bound guest beside one
     /// that floods the console, and 16 guests printing a line a second (QEMU and Bochs Intel)
     Console,
+    /// The `bench` Multiboot guest bare under QEMU and under Bastion (TCG, AMD-V): CPU work
+    /// (integer loop, 8 MiB walk, sieve) and the cost of exits (CPUID, port I/O, hypercall,
+    /// self IPI, IPI to another vCPU)
+    Cpu,
     /// Debian's Linux as a Bastion guest against the same kernel booted by QEMU itself (TCG,
     /// AMD-V): boot and firmware time, shell work timed by the guest, exits of the idle guest
     Linux,
@@ -529,10 +534,11 @@ fn test(args: &TestArgs) -> Result<()> {
 
 /// Benchmarks. `all` measures everything in one invocation so ratios between them are
 /// meaningful: boot time on every platform, the CPU shares of identical busy guests,
-/// Bastion's own memory, the console's cost, then Linux in Bastion against bare QEMU (which
-/// needs only QEMU, so `bench linux` alone installs nothing else).
+/// Bastion's own memory, the console's cost, then the `bench` guest and Linux in Bastion
+/// against bare QEMU (both need only QEMU, so `bench cpu` or `bench linux` alone installs
+/// nothing else).
 fn bench(args: &BenchArgs) -> Result<()> {
-    ensure_packages(if args.what == Bench::Linux { &[Platform::QemuBios][..] } else { &Platform::ALL })?;
+    ensure_packages(if matches!(args.what, Bench::Linux | Bench::Cpu) { &[Platform::QemuBios][..] } else { &Platform::ALL })?;
     prepare_boot_cli()?;
     if matches!(args.what, Bench::All | Bench::Boot) {
         boot_times(args)?;
@@ -545,6 +551,9 @@ fn bench(args: &BenchArgs) -> Result<()> {
     }
     if matches!(args.what, Bench::All | Bench::Console) {
         console_bench::console(&[Platform::QemuBios, Platform::BochsIntel], args.fair_ms as u32)?;
+    }
+    if matches!(args.what, Bench::All | Bench::Cpu) {
+        cpu_bench::cpu()?;
     }
     if matches!(args.what, Bench::All | Bench::Linux) {
         linux_bench::linux(&root())?;

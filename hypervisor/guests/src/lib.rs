@@ -24,6 +24,7 @@
 #[cfg(not(all(target_arch = "x86_64", target_os = "none")))]
 compile_error!("test-guests builds only for x86_64-unknown-none: cargo build -p test-guests --target x86_64-unknown-none --release");
 
+pub mod apic;
 pub mod boot;
 pub mod checks;
 pub mod cpu;

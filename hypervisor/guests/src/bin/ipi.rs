@@ -30,33 +30,11 @@
 
 use core::sync::atomic::{AtomicU32, Ordering::SeqCst};
 use test_guests::boot::{entry_state_of, multiboot_registers, vcpu_id, MAX_VCPUS};
+use test_guests::apic::{self, send, ALL_INCLUDING_SELF, ASSERT, FIXED, LOGICAL, NMI, SELF, SIPI_VECTOR};
 use test_guests::{cpu, interrupts, pic, say};
 
 test_guests::guest!(name = "ipi", main = main);
 
-/// xAPIC registers (SDM Vol. 3A 11.4.1 Table 11-1), identity-mapped by the boot code.
-const APIC: u64 = 0xFEE0_0000;
-const EOI: u64 = 0xB0;
-const LDR: u64 = 0xD0;
-const DFR: u64 = 0xE0;
-const SVR: u64 = 0xF0;
-const ICR_LOW: u64 = 0x300;
-const ICR_HIGH: u64 = 0x310;
-
-/// ICR fields (SDM Vol. 3A 11.6.1, Figure 11-12).
-const FIXED: u32 = 0b000 << 8;
-const NMI: u32 = 0b100 << 8;
-const INIT: u32 = 0b101 << 8;
-const STARTUP: u32 = 0b110 << 8;
-const LOGICAL: u32 = 1 << 11;
-const DELIVERY_PENDING: u32 = 1 << 12;
-const ASSERT: u32 = 1 << 14;
-const SELF: u32 = 0b01 << 18;
-const ALL_INCLUDING_SELF: u32 = 0b10 << 18;
-const ALL_EXCLUDING_SELF: u32 = 0b11 << 18;
-
-/// The STARTUP vector: APs begin at 0x0A000 (`sipi_entry`).
-const SIPI_VECTOR: u32 = 0x0A;
 /// What EAX holds at a Multiboot kernel's entry (spec 3.2).
 const BOOTLOADER_MAGIC: u32 = 0x2BAD_B002;
 
@@ -79,31 +57,11 @@ static TURN: AtomicU32 = AtomicU32::new(0);
 /// The number of vCPUs, set by vCPU 0 from the MADT before it starts the others.
 static VCPUS: AtomicU32 = AtomicU32::new(0);
 
-fn apic_write(reg: u64, value: u32) {
-    // SAFETY: the local APIC's registers, identity-mapped; 32-bit aligned accesses.
-    unsafe { core::ptr::write_volatile((APIC + reg) as *mut u32, value) }
-}
-
-fn apic_read(reg: u64) -> u32 {
-    // SAFETY: as for apic_write.
-    unsafe { core::ptr::read_volatile((APIC + reg) as *const u32) }
-}
-
-/// Writes the ICR (high half first: the write to the low half sends, SDM Vol. 3A 11.6.1)
-/// once the previous IPI has left (delivery status idle).
-fn send(destination: u32, low: u32) {
-    while apic_read(ICR_LOW) & DELIVERY_PENDING != 0 {
-        core::hint::spin_loop();
-    }
-    apic_write(ICR_HIGH, destination << 24);
-    apic_write(ICR_LOW, low);
-}
-
 fn on_interrupt(vector: u8) {
     if let (Some(kind), Some(t)) = (VECTOR.iter().position(|&v| v == vector), TAKEN.get(vcpu_id() as usize)) {
         t[kind].fetch_add(1, SeqCst);
     }
-    apic_write(EOI, 0);
+    apic::eoi();
 }
 
 fn on_nmi() {
@@ -122,49 +80,6 @@ fn wait_for(done: impl Fn() -> bool) -> bool {
         core::hint::spin_loop();
     }
     true
-}
-
-/// This vCPU's local APIC, ready for IPIs: software-enabled (SVR bit 8, spurious vector
-/// 0xFF), flat logical model with the bit of its index as logical ID (SDM Vol. 3A 11.6.2.2).
-fn apic_init(vcpu: u32) {
-    apic_write(SVR, 0x1FF);
-    apic_write(DFR, 0xFFFF_FFFF);
-    apic_write(LDR, (1 << vcpu) << 24);
-}
-
-fn read8(addr: u64) -> u8 {
-    // SAFETY: the boot code identity-maps the first 4 GiB; ACPI tables lie in RAM.
-    unsafe { core::ptr::read_volatile(addr as *const u8) }
-}
-
-fn read32(addr: u64) -> u32 {
-    u32::from_le_bytes([read8(addr), read8(addr + 1), read8(addr + 2), read8(addr + 3)])
-}
-
-fn signature(addr: u64, sig: &[u8]) -> bool {
-    sig.iter().enumerate().all(|(i, &b)| read8(addr + i as u64) == b)
-}
-
-/// The APIC IDs of the enabled processors in the MADT (ACPI 6.5 5.2.12.2), found through the
-/// RSDP in 0xE0000..0xFFFFF (ACPI 6.5 5.2.5.1), its RSDT or XSDT; None without one.
-fn madt_apic_ids() -> Option<([u8; 16], usize)> {
-    let rsdp = (0xE_0000..0x10_0000u64).step_by(16).find(|&a| signature(a, b"RSD PTR ") && (0..20).fold(0u8, |s, i| s.wrapping_add(read8(a + i))) == 0)?;
-    // Revision 2 and up: the XSDT's 64-bit address at 24; otherwise the RSDT's at 16.
-    let (sdt, entry) = if read8(rsdp + 15) >= 2 { (u64::from(read32(rsdp + 24)) | u64::from(read32(rsdp + 28)) << 32, 8) } else { (u64::from(read32(rsdp + 16)), 4) };
-    let entries = (u64::from(read32(sdt + 4)).saturating_sub(36) / entry).min(64);
-    let madt = (0..entries).map(|i| u64::from(read32(sdt + 36 + i * entry))).find(|&t| signature(t, b"APIC"))?;
-    let (mut ids, mut n) = ([0u8; 16], 0);
-    let (mut at, end) = (madt + 44, madt + u64::from(read32(madt + 4)));
-    while at + 2 <= end {
-        let (kind, len) = (read8(at), u64::from(read8(at + 1)));
-        // Type 0, processor local APIC: APIC ID at 3, flags at 4 (bit 0: enabled).
-        if kind == 0 && read32(at + 4) & 1 != 0 && n < ids.len() {
-            ids[n] = read8(at + 3);
-            n += 1;
-        }
-        at += len.max(2);
-    }
-    Some((ids, n))
 }
 
 fn main(vcpu: u32) -> u32 {
@@ -186,7 +101,7 @@ fn main(vcpu: u32) -> u32 {
         }
     } else {
         interrupts::load();
-        apic_init(vcpu);
+        apic::init(vcpu);
     }
     let n = VCPUS.load(SeqCst);
     // From here on every vCPU takes interrupts: waits spin with IF = 1.
@@ -253,7 +168,7 @@ fn main(vcpu: u32) -> u32 {
 /// vCPU 0: reads the MADT, takes interrupts, and starts every other processor it lists with
 /// INIT-SIPI-SIPI (SDM Vol. 3A 9.4.4.1); returns once all of them reached `main`.
 fn start_application_processors() -> Result<(), u32> {
-    let Some((ids, n)) = madt_apic_ids() else {
+    let Some((ids, n)) = apic::madt_apic_ids() else {
         say!("FAIL no ACPI MADT (RSDP searched in 0xE0000..0xFFFFF)");
         return Err(1);
     };
@@ -271,17 +186,9 @@ fn start_application_processors() -> Result<(), u32> {
     pic::set_masks(0xFF, 0xFF);
     interrupts::install(on_interrupt);
     interrupts::install_nmi(on_nmi);
-    apic_init(0);
+    apic::init(0);
 
-    // INIT to all others (level assert), 10 ms, then two STARTUPs 200 us apart to each.
-    send(0, INIT | ASSERT | ALL_EXCLUDING_SELF);
-    cpu::wait_tsc(10_000_000);
-    for _ in 0..2 {
-        for ap in 1..n {
-            send(ap, STARTUP | ASSERT | SIPI_VECTOR);
-        }
-        cpu::wait_tsc(200_000);
-    }
+    apic::start_application_processors(n);
     if !wait_for(|| (1..n).all(|v| STARTED[v as usize].load(SeqCst) != 0)) {
         let started = (1..n).filter(|&v| STARTED[v as usize].load(SeqCst) != 0).count();
         say!("FAIL only {started} of {} application processors started", n - 1);

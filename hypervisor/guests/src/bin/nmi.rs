@@ -12,17 +12,9 @@
 #![no_main]
 
 use core::sync::atomic::{AtomicU32, Ordering::SeqCst};
-use test_guests::{cpu, say};
+use test_guests::{apic, cpu, say};
 
 test_guests::guest!(name = "nmi", main = main);
-
-/// xAPIC registers (SDM Vol. 3A 11.4.1 Table 11-1), identity-mapped by the boot code.
-const APIC: u64 = 0xFEE0_0000;
-const SVR: u64 = 0xF0;
-const ICR_LOW: u64 = 0x300;
-const ICR_HIGH: u64 = 0x310;
-/// ICR: delivery mode NMI (bits 10:8 = 100b), level assert (bit 14); the vector is ignored.
-const ICR_NMI: u32 = 0b100 << 8 | 1 << 14;
 
 /// NMIs taken, per vCPU.
 static TAKEN: [AtomicU32; 2] = [AtomicU32::new(0), AtomicU32::new(0)];
@@ -31,14 +23,9 @@ static HALTING: AtomicU32 = AtomicU32::new(0);
 /// vCPU 0: 1 once the NMI handler is installed.
 static INSTALLED: AtomicU32 = AtomicU32::new(0);
 
-fn apic_write(reg: u64, value: u32) {
-    // SAFETY: the local APIC's registers, identity-mapped; 32-bit aligned accesses.
-    unsafe { core::ptr::write_volatile((APIC + reg) as *mut u32, value) }
-}
-
+/// An NMI IPI (delivery mode 100b, vector ignored) to vCPU `to`.
 fn send_nmi(to: u32) {
-    apic_write(ICR_HIGH, to << 24);
-    apic_write(ICR_LOW, ICR_NMI);
+    apic::send(to, apic::NMI | apic::ASSERT);
 }
 
 fn on_nmi() {
@@ -62,7 +49,7 @@ fn wait_for(seconds: u64, done: impl Fn() -> bool) -> bool {
 
 fn main(vcpu: u32) -> u32 {
     // Software-enable the local APIC (SVR bit 8, spurious vector 0xFF).
-    apic_write(SVR, 0x1FF);
+    apic::write(apic::SVR, 0x1FF);
     if vcpu == 0 {
         test_guests::interrupts::install_nmi(on_nmi);
         INSTALLED.store(1, SeqCst);
