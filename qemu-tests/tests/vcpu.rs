@@ -208,3 +208,40 @@ fn nmi_ipis_under_vmx_on_bochs_intel() {
 fn nmi_ipis_under_svm_on_bochs_amd() {
     nmi_ipis(Platform::BochsAmd);
 }
+
+/// Two vCPUs of one guest share a host CPU and hand a token back and forth 100 times, each
+/// waiting in a PAUSE loop (the `spin` guest). Where the CPU has pause-loop exiting (VMX,
+/// SDM Vol. 3C 25.6.13) or a PAUSE filter (SVM, APM Vol. 2 15.14.4), Bastion turns it on
+/// (its `virt:` line says so) and a spinning vCPU gives up its slice: at least one `pause`
+/// exit per two handoffs (the waiting side spins past the threshold at nearly every one).
+/// Where it does not (QEMU's TCG), no PAUSE exits, and every handoff waits for a slice to end.
+fn pause_loops_yield(p: Platform) {
+    let cfg = format!("[hypervisor]\nexit_when_idle = true\n{}", config_entry("spin", "spin", "vcpus = 2\naffinity = [1]\n"));
+    let text = run_to_exit(p, "spin", &cfg, &["spin"]);
+    assert!(text.contains("[spin] spin: PASS"), "{text}");
+    let stop = text.lines().find(|l| l.contains("guest spin: stopped: test exit: PASS")).unwrap_or_else(|| panic!("no PASS stop:\n{text}"));
+    let pauses: u64 = stop.split("pause ").nth(1).and_then(|s| s.split([',', ';']).next()?.parse().ok()).unwrap_or(0);
+    let figure = text.lines().find(|l| l.contains("handoffs,")).unwrap_or_default();
+    let has = text.contains("pause-loop exiting: yes") || text.contains("PAUSE filter: yes");
+    println!("{}: {figure}; {pauses} pause exits (the CPU has pause-loop exiting or a PAUSE filter: {has})", p.name());
+    if has {
+        assert!(pauses >= 50, "{pauses} pause exits for 100 handoffs:\n{text}");
+    } else {
+        assert_eq!(pauses, 0, "pause exits without the feature:\n{text}");
+    }
+}
+
+#[test]
+fn pause_loops_yield_under_svm_on_qemu() {
+    pause_loops_yield(Platform::QemuBios);
+}
+
+#[test]
+fn pause_loops_yield_under_vmx_on_bochs_intel() {
+    pause_loops_yield(Platform::BochsIntel);
+}
+
+#[test]
+fn pause_loops_yield_under_svm_on_bochs_amd() {
+    pause_loops_yield(Platform::BochsAmd);
+}

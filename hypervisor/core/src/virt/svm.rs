@@ -32,6 +32,10 @@ pub struct SvmCaps {
     pub vmcb_clean: bool,
     pub flush_by_asid: bool,
     pub decode_assists: bool,
+    /// The PAUSE intercept may carry a filter count (Fn8000_000A EDX[10]; APM Vol. 2 15.14.4).
+    pub pause_filter: bool,
+    /// ... and a filter threshold in cycles between PAUSEs (EDX[12]).
+    pub pause_filter_threshold: bool,
 }
 
 impl SvmCaps {
@@ -48,6 +52,8 @@ impl SvmCaps {
             vmcb_clean: bit(5),
             flush_by_asid: bit(6),
             decode_assists: bit(7),
+            pause_filter: bit(10),
+            pause_filter_threshold: bit(12),
         }
     }
 
@@ -77,13 +83,18 @@ impl fmt::Display for SvmCaps {
         }
         write!(
             f,
-            ", NPT: {}, nRIP save: {}, ASIDs: {}, VMCB clean bits: {}, flush by ASID: {}, decode assists: {}",
+            ", NPT: {}, nRIP save: {}, ASIDs: {}, VMCB clean bits: {}, flush by ASID: {}, decode assists: {}, PAUSE filter: {}",
             yn(self.npt),
             yn(self.nrip_save),
             self.asids,
             yn(self.vmcb_clean),
             yn(self.flush_by_asid),
-            yn(self.decode_assists)
+            yn(self.decode_assists),
+            match (self.pause_filter, self.pause_filter_threshold) {
+                (true, true) => "yes, with threshold",
+                (true, false) => "yes",
+                _ => "no",
+            }
         )?;
         if !self.vm_cr_readable {
             write!(f, " (VM_CR not implemented)")?;
@@ -106,6 +117,7 @@ mod tests {
         assert!(c.missing().is_empty());
         let s = c.to_string();
         assert!(s.contains("NPT: yes") && s.contains("nRIP save: no") && s.contains("ASIDs: 16"), "{s}");
+        assert!(!c.pause_filter && s.contains("PAUSE filter: no"), "{s}");
     }
 
     #[test]
@@ -123,6 +135,9 @@ mod tests {
         // "disabled".
         let c = SvmCaps::decode(&SvmRegs { eax: 1, ebx: 0x8000, edx: 0x44f, vm_cr: None });
         assert!(!c.disabled_by_firmware && c.npt && c.nrip_save && c.flush_by_asid && !c.decode_assists);
+        assert!(c.pause_filter && !c.pause_filter_threshold && c.to_string().contains("PAUSE filter: yes (VM_CR"));
+        let t = SvmCaps::decode(&SvmRegs { eax: 1, ebx: 16, edx: 1 << 10 | 1 << 12 | 1, vm_cr: Some(0) });
+        assert!(t.to_string().contains("PAUSE filter: yes, with threshold"), "{t}");
         assert_eq!(c.asids, 32768);
         assert!(c.missing().is_empty());
         assert!(c.to_string().contains("VM_CR not implemented"));

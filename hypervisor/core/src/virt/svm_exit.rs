@@ -209,7 +209,10 @@ pub fn decode(i: &SvmExitInfo, gpr: &dyn Fn(usize) -> u64, insn: &mut dyn FnMut(
         VMRUN | VMLOAD | VMSAVE | STGI | CLGI | SKINIT | INVLPGA | MONITOR | MWAIT | MWAIT_CONDITIONAL | VMGEXIT => {
             VmExit::event(Exit::VirtInstruction)
         }
-        INTR | SMI | PAUSE | BUSLOCK => VmExit::event(Exit::Interrupted),
+        INTR | SMI | BUSLOCK => VmExit::event(Exit::Interrupted),
+        // The PAUSE intercept with a filter count: the count ran out (APM Vol. 2 15.14.4); the
+        // exit comes before the PAUSE, which runs again on resume.
+        PAUSE => VmExit::event(Exit::PauseLoop),
         NMI => VmExit::event(Exit::HostNmi),
         VINTR => VmExit::event(Exit::InterruptWindow),
         // Intercepted only while an injected NMI's handler runs: its IRET ends the blocking
@@ -433,6 +436,7 @@ mod tests {
         assert_eq!(dec(&info(NPF, 16, 0x1000)).exit, Exit::NestedPageFault { gpa: 0x1000, write: false, fetch: true });
         assert_eq!(dec(&info(SHUTDOWN, 0, 0)).exit, Exit::TripleFault);
         assert_eq!(dec(&info(INTR, 0, 0)).exit, Exit::Interrupted);
+        assert_eq!(dec(&info(PAUSE, 0, 0)), VmExit::event(Exit::PauseLoop), "before the PAUSE: nothing to complete");
         assert_eq!(dec(&info(NMI, 0, 0)).exit, Exit::HostNmi);
         assert_eq!(dec(&info(VINTR, 0, 0)).exit, Exit::InterruptWindow);
         assert_eq!(dec(&info(IRET, 0, 0)).exit, Exit::NmiWindow);

@@ -56,6 +56,8 @@ pub struct VmxCaps {
     pub vpid: bool,
     pub invvpid: bool,
     pub unrestricted_guest: bool,
+    /// "PAUSE-loop exiting" may be set (secondary control bit 10, A.3.3; SDM Vol. 3C 25.6.13).
+    pub pause_loop_exiting: bool,
     pub preemption_timer: bool,
     /// The preemption timer counts down once every 2^rate TSC ticks (A.6).
     pub preemption_timer_rate: u8,
@@ -92,6 +94,7 @@ impl VmxCaps {
             vpid,
             invvpid: vpid && cap & (1 << 32) != 0,
             unrestricted_guest: allowed1(p2, 7),
+            pause_loop_exiting: allowed1(p2, 10),
             preemption_timer: allowed1(m.pinbased, 6),
             preemption_timer_rate: (m.misc & 0x1f) as u8,
         }
@@ -152,6 +155,7 @@ impl fmt::Display for VmxCaps {
             write!(f, ", VPID: no")?;
         }
         yes_no(f, "unrestricted guest", self.unrestricted_guest)?;
+        yes_no(f, "pause-loop exiting", self.pause_loop_exiting)?;
         if self.preemption_timer {
             write!(f, ", preemption timer: TSC/{}", 1u64 << self.preemption_timer_rate)
         } else {
@@ -193,6 +197,11 @@ mod tests {
         assert!(s.contains("EPT [4-level WB 2M 1G"), "{s}");
         assert!(s.contains("VPID [INVVPID]") && s.contains("unrestricted guest: yes"), "{s}");
         assert!(s.contains("preemption timer: TSC/1"), "{s}");
+        assert!(c.pause_loop_exiting && s.contains("pause-loop exiting: yes"), "{s}");
+        let mut m = skylake();
+        m.procbased2 &= !(1 << (32 + 10));
+        let c = VmxCaps::decode(&m);
+        assert!(!c.pause_loop_exiting && alloc::string::ToString::to_string(&c).contains("pause-loop exiting: no"));
     }
 
     #[test]

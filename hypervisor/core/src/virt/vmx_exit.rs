@@ -251,8 +251,9 @@ pub fn decode(i: &VmxExitInfo, gpr: &dyn Fn(usize) -> u64, insn: &mut dyn FnMut(
         EXTERNAL_INTERRUPT | PREEMPTION_TIMER | IO_SMI | OTHER_SMI | TPR_BELOW_THRESHOLD | BUS_LOCK => {
             VmExit::event(Exit::Interrupted)
         }
-        // PAUSE exits before the instruction (pause-loop exiting): resuming re-executes it.
-        PAUSE => VmExit::event(Exit::Interrupted),
+        // Only pause-loop exiting makes PAUSE exit here ("PAUSE exiting" stays off); the exit
+        // comes before the instruction, which runs again on resume (SDM Vol. 3C 26.1.3).
+        PAUSE => VmExit::event(Exit::PauseLoop),
         INTERRUPT_WINDOW => VmExit::event(Exit::InterruptWindow),
         TRIPLE_FAULT => VmExit::event(Exit::TripleFault),
         CPUID => VmExit::insn(Exit::Cpuid, next),
@@ -435,9 +436,10 @@ mod tests {
 
     #[test]
     fn asynchronous_exits_complete_nothing() {
-        for r in [EXTERNAL_INTERRUPT, PREEMPTION_TIMER, PAUSE] {
+        for r in [EXTERNAL_INTERRUPT, PREEMPTION_TIMER] {
             assert_eq!(dec(&info(r, 0)), VmExit::event(Exit::Interrupted), "reason {r}");
         }
+        assert_eq!(dec(&info(PAUSE, 0)), VmExit::event(Exit::PauseLoop));
         assert_eq!(dec(&info(INTERRUPT_WINDOW, 0)), VmExit::event(Exit::InterruptWindow));
         assert_eq!(dec(&info(NMI_WINDOW, 0)), VmExit::event(Exit::NmiWindow));
         assert_eq!(dec(&info(TRIPLE_FAULT, 0)), VmExit::event(Exit::TripleFault));

@@ -143,6 +143,11 @@ pub enum Exit {
     VirtInstruction,
     /// An external interrupt, NMI window or timer: nothing for the guest, just resume.
     Interrupted,
+    /// The guest spun in a PAUSE loop longer than the backend's threshold (VMX pause-loop
+    /// exiting, SDM Vol. 3C 26.1.3 and 25.6.13; SVM's PAUSE filter, APM Vol. 2 15.14.4): it is
+    /// most likely waiting for another vCPU that is not running, so it gives up the rest of
+    /// its slice. The exit comes before the PAUSE, which runs again on resume.
+    PauseLoop,
     /// A host NMI arrived while the guest ran. It belongs to the host; the guest resumes.
     HostNmi,
     /// The guest can take an interrupt now (requested with `request_interrupt_window`).
@@ -195,10 +200,11 @@ pub enum ExitKind {
     HostNmi,
     EntryFailed,
     Unhandled,
+    PauseLoop,
 }
 
 impl ExitKind {
-    pub const COUNT: usize = 15;
+    pub const COUNT: usize = 16;
     pub const ALL: [ExitKind; Self::COUNT] = [
         ExitKind::Cpuid,
         ExitKind::Msr,
@@ -215,6 +221,7 @@ impl ExitKind {
         ExitKind::HostNmi,
         ExitKind::EntryFailed,
         ExitKind::Unhandled,
+        ExitKind::PauseLoop,
     ];
 
     pub fn name(self) -> &'static str {
@@ -234,6 +241,7 @@ impl ExitKind {
             ExitKind::HostNmi => "host-nmi",
             ExitKind::EntryFailed => "entry-failed",
             ExitKind::Unhandled => "unhandled",
+            ExitKind::PauseLoop => "pause",
         }
     }
 }
@@ -256,6 +264,7 @@ impl Exit {
             Exit::HostNmi => ExitKind::HostNmi,
             Exit::EntryFailed(_) => ExitKind::EntryFailed,
             Exit::Unhandled { .. } => ExitKind::Unhandled,
+            Exit::PauseLoop => ExitKind::PauseLoop,
         }
     }
 }
@@ -688,6 +697,7 @@ pub fn handle_exit(e: &VmExit, cpu: &mut dyn Vcpu, g: &mut VcpuState, env: &mut 
             Action::Resume
         }
         Exit::Interrupted | Exit::HostNmi => Action::Resume,
+        Exit::PauseLoop => Action::Yield,
         Exit::InterruptWindow => {
             // The run loop delivers the pending interrupt before the next entry.
             cpu.request_interrupt_window(false);

@@ -665,6 +665,22 @@ fn yield_hypercall_ends_the_slice() {
     assert_eq!(run(Exit::Hypercall, &mut cpu, &mut g).0, Action::Resume, "user mode cannot yield the vCPU");
 }
 
+/// A vCPU that spun in a PAUSE loop past the hardware's threshold is waiting for another
+/// (SDM Vol. 3C 25.6.13, APM Vol. 2 15.14.4): it gives up its slice, in user mode too (the
+/// spinning may be a user-space lock), and the PAUSE is not skipped (it runs again).
+#[test]
+fn a_pause_loop_gives_up_the_slice_without_skipping_the_pause() {
+    for cpl in [0, 3] {
+        let (mut cpu, mut g) = (FakeCpu::default(), guest());
+        cpu.cpl = cpl;
+        let rip = cpu.rip;
+        assert_eq!(run(Exit::PauseLoop, &mut cpu, &mut g).0, Action::Yield);
+        assert_eq!((cpu.rip, cpu.skipped), (rip, 0));
+        assert_eq!(g.state.stats.get(ExitKind::PauseLoop), 1);
+    }
+    assert_eq!(Exit::PauseLoop.kind().name(), "pause");
+}
+
 #[test]
 fn host_nmi_resumes_the_guest_and_is_counted() {
     let (mut cpu, mut g) = (FakeCpu::default(), guest());

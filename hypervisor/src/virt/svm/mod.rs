@@ -18,6 +18,11 @@ use bastion_core::vm::{Exit, Gprs, Seg, Vcpu, VmExit};
 use core::arch::global_asm;
 use vmcb::*;
 
+/// The PAUSE filter (APM 15.14.4): PAUSEs before the intercept exits, and the most cycles
+/// between two PAUSEs of one spin loop where the CPU has a threshold (KVM's defaults).
+const PAUSE_FILTER_COUNT_DEFAULT: u16 = 3000;
+const PAUSE_FILTER_THRESHOLD_DEFAULT: u16 = 128;
+
 /// VM_HSAVE_PA: where VMRUN saves host state (APM 15.30.4).
 const MSR_VM_HSAVE_PA: u32 = 0xc001_0117;
 
@@ -128,6 +133,18 @@ impl Svm {
                 | InterceptMisc2::XSETBV)
                 .bits(),
         );
+        if self.caps.pause_filter {
+            // The PAUSE filter: the PAUSE intercept exits only once the count of PAUSEs has run
+            // out (with a threshold, PAUSEs more than that many cycles apart restart it), so a
+            // vCPU spinning on a lock held by a vCPU that is not running gives up its slice
+            // (Exit::PauseLoop) instead of burning it (APM Vol. 2 15.14.4; KVM's defaults).
+            let misc: u32 = v.read(INTERCEPT_MISC1);
+            v.write(INTERCEPT_MISC1, misc | InterceptMisc1::PAUSE.bits());
+            v.write(PAUSE_FILTER_COUNT, PAUSE_FILTER_COUNT_DEFAULT);
+            if self.caps.pause_filter_threshold {
+                v.write(PAUSE_FILTER_THRESHOLD, PAUSE_FILTER_THRESHOLD_DEFAULT);
+            }
+        }
         v.w64(IOPM_BASE_PA, iopm);
         v.w64(MSRPM_BASE_PA, msrpm);
         v.write(GUEST_ASID, vm.tag as u32);

@@ -10,6 +10,9 @@ use crate::memory;
 pub const INTERCEPT_CR: usize = 0x000;
 pub const INTERCEPT_MISC1: usize = 0x00c;
 pub const INTERCEPT_MISC2: usize = 0x010;
+/// PAUSE filter threshold and count (16 bits each; APM 15.14.4).
+pub const PAUSE_FILTER_THRESHOLD: usize = 0x03c;
+pub const PAUSE_FILTER_COUNT: usize = 0x03e;
 pub const IOPM_BASE_PA: usize = 0x040;
 pub const MSRPM_BASE_PA: usize = 0x048;
 pub const TSC_OFFSET: usize = 0x050;
@@ -72,6 +75,7 @@ bitflags::bitflags! {
         const CPUID = 1 << 18;
         const IRET = 1 << 20;
         const INVD = 1 << 22;
+        const PAUSE = 1 << 23;
         const HLT = 1 << 24;
         const INVLPGA = 1 << 26;
         const IOIO = 1 << 27;

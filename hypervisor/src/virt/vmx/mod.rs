@@ -32,6 +32,11 @@ use x86::vmx::vmcs::control::{
     EntryControls as EntryCtl, ExitControls as ExitCtl, PinbasedControls as Pin, PrimaryControls as Proc, SecondaryControls as Proc2,
 };
 
+/// Pause-loop exiting: the most TSC cycles between two PAUSEs of one spin loop, and how long
+/// the loop may spin before it exits (SDM Vol. 3C 25.6.13; KVM's defaults).
+const PLE_GAP: u64 = 128;
+const PLE_WINDOW: u64 = 4096;
+
 const CR0_PE: u64 = 1 << 0;
 const CR0_PG: u64 = 1 << 31;
 
@@ -202,7 +207,10 @@ impl Vmx {
         };
         // Optional secondary features are enabled when allowed, so guests can use RDTSCP,
         // INVPCID and XSAVES (without the control they raise #UD, 25.6.2).
-        let optional = (Proc2::ENABLE_RDTSCP | Proc2::ENABLE_INVPCID | Proc2::ENABLE_XSAVES_XRSTORS).bits() & (self.proc2 >> 32) as u32;
+        // Pause-loop exiting too: a vCPU spinning on a lock held by a vCPU that is not running
+        // gives up its slice (Exit::PauseLoop) instead of burning it (25.6.13).
+        let optional = (Proc2::ENABLE_RDTSCP | Proc2::ENABLE_INVPCID | Proc2::ENABLE_XSAVES_XRSTORS | Proc2::PAUSE_LOOP_EXITING).bits()
+            & (self.proc2 >> 32) as u32;
         // The VMX-preemption timer ends each time slice without a host interrupt (25.5.1);
         // external interrupts (kicks from other CPUs) exit too and are left pending for the
         // host IDT (no "acknowledge interrupt on exit"), as on SVM.
@@ -244,6 +252,13 @@ impl Vmx {
             )?,
         )?;
         w(control::VMENTRY_CONTROLS, ctl((EntryCtl::LOAD_IA32_PAT | EntryCtl::LOAD_IA32_EFER).bits(), self.entry, "VM-entry")?)?;
+        if optional & Proc2::PAUSE_LOOP_EXITING.bits() != 0 {
+            // PAUSEs at most PLE_GAP TSC cycles apart form one loop; the loop exits once it
+            // has lasted PLE_WINDOW cycles (SDM Vol. 3C 25.6.13, 26.1.3). KVM's defaults: a
+            // gap of 128 cycles, a window of 4096.
+            w(control::PLE_GAP, PLE_GAP)?;
+            w(control::PLE_WINDOW, PLE_WINDOW)?;
+        }
         w(control::EXCEPTION_BITMAP, 0)?;
         w(control::IO_BITMAP_A_ADDR_FULL, v.io)?;
         w(control::IO_BITMAP_B_ADDR_FULL, v.io + 4096)?;
