@@ -66,6 +66,20 @@ pub fn wait_tsc(cycles: u64) {
     }
 }
 
+/// Spins (with PAUSE) until `done` returns true, or `seconds` of TSC at 1 GHz have passed
+/// (more real time on a slower TSC, less on a faster one: a bound against hanging, not a
+/// clock); false on the timeout.
+pub fn wait_until(seconds: u64, mut done: impl FnMut() -> bool) -> bool {
+    let start = rdtsc();
+    while !done() {
+        if rdtsc().wrapping_sub(start) > seconds * 1_000_000_000 {
+            return false;
+        }
+        core::hint::spin_loop();
+    }
+    true
+}
+
 /// One CPUID result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cpuid {

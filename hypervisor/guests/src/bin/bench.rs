@@ -147,14 +147,7 @@ fn per_op(ops: u64, mut op: impl FnMut()) -> u64 {
 fn ipi_round_trip(to: u32, shorthand: u32, vector: u8, taken: &AtomicU32) -> bool {
     let before = taken.load(SeqCst);
     apic::send(to, FIXED | ASSERT | shorthand | u32::from(vector));
-    let start = rdtsc();
-    while taken.load(SeqCst) == before {
-        if rdtsc().wrapping_sub(start) > 5_000_000_000 {
-            return false;
-        }
-        core::hint::spin_loop();
-    }
-    true
+    cpu::wait_until(5, || taken.load(SeqCst) != before)
 }
 
 fn main(vcpu: u32) -> u32 {
@@ -209,10 +202,7 @@ fn main(vcpu: u32) -> u32 {
     unsafe { core::arch::asm!("sti", options(nomem, nostack)) };
     let mut ok = true;
     say!("exit self-ipi cycles={}", per_op(IPI_OPS, || ok &= ipi_round_trip(0, SELF, V_SELF, &SELF_TAKEN)));
-    let deadline = rdtsc();
-    while READY.load(SeqCst) == 0 && rdtsc().wrapping_sub(deadline) < 5_000_000_000 {
-        core::hint::spin_loop();
-    }
+    cpu::wait_until(5, || READY.load(SeqCst) != 0);
     say!("exit ipi cycles={}", per_op(IPI_OPS, || ok &= READY.load(SeqCst) != 0 && ipi_round_trip(1, 0, V_OTHER, &OTHER_TAKEN)));
     if !ok {
         say!("FAIL an IPI never arrived (vcpu 1 ready: {})", READY.load(SeqCst));

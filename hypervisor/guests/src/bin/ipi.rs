@@ -70,18 +70,6 @@ fn on_nmi() {
     }
 }
 
-/// Spins, interrupts enabled, until `done` or about 5 s of TSC at 1 GHz or more have passed.
-fn wait_for(done: impl Fn() -> bool) -> bool {
-    let start = cpu::rdtsc();
-    while !done() {
-        if cpu::rdtsc().wrapping_sub(start) > 5_000_000_000 {
-            return false;
-        }
-        core::hint::spin_loop();
-    }
-    true
-}
-
 fn main(vcpu: u32) -> u32 {
     if multiboot_registers().0 != BOOTLOADER_MAGIC {
         // Started as a flat image: every vCPU is here at once. One line, from vCPU 0.
@@ -109,7 +97,7 @@ fn main(vcpu: u32) -> u32 {
     unsafe { core::arch::asm!("sti", options(nomem, nostack)) };
 
     // Every vCPU's turn: a fixed interrupt and an NMI to each other vCPU, one self IPI.
-    if !wait_for(|| TURN.load(SeqCst) == vcpu) {
+    if !cpu::wait_until(5, || TURN.load(SeqCst) == vcpu) {
         say!("FAIL vcpu {vcpu} never got its turn (turn {})", TURN.load(SeqCst));
         return 1;
     }
@@ -117,7 +105,7 @@ fn main(vcpu: u32) -> u32 {
         for (kind, low) in [(K_FIXED, FIXED | ASSERT | u32::from(VECTOR[K_FIXED])), (K_NMI, NMI | ASSERT)] {
             let before = TAKEN[to as usize][kind].load(SeqCst);
             send(to, low);
-            if !wait_for(|| TAKEN[to as usize][kind].load(SeqCst) != before) {
+            if !cpu::wait_until(5, || TAKEN[to as usize][kind].load(SeqCst) != before) {
                 let what = if kind == K_NMI { "NMI" } else { "fixed interrupt" };
                 say!("FAIL vcpu {to} never took the {what} from vcpu {vcpu}");
                 return 1;
@@ -125,7 +113,7 @@ fn main(vcpu: u32) -> u32 {
         }
     }
     send(0, FIXED | ASSERT | SELF | u32::from(VECTOR[K_SELF]));
-    if !wait_for(|| TAKEN[vcpu as usize][K_SELF].load(SeqCst) != 0) {
+    if !cpu::wait_until(5, || TAKEN[vcpu as usize][K_SELF].load(SeqCst) != 0) {
         say!("FAIL vcpu {vcpu} never took its self IPI");
         return 1;
     }
@@ -136,7 +124,7 @@ fn main(vcpu: u32) -> u32 {
         }
     }
 
-    if !wait_for(|| TURN.load(SeqCst) == n) {
+    if !cpu::wait_until(5, || TURN.load(SeqCst) == n) {
         say!("FAIL the vCPUs' turns did not end (turn {})", TURN.load(SeqCst));
         return 1;
     }
@@ -145,7 +133,7 @@ fn main(vcpu: u32) -> u32 {
     send(others, FIXED | ASSERT | LOGICAL | u32::from(VECTOR[K_LOGICAL]));
     send(0, FIXED | ASSERT | ALL_INCLUDING_SELF | u32::from(VECTOR[K_ALL]));
     let arrived = |kind: usize, from: u32| (from..n).all(|v| TAKEN[v as usize][kind].load(SeqCst) != 0);
-    if !wait_for(|| arrived(K_LOGICAL, 1) && arrived(K_ALL, 0)) {
+    if !cpu::wait_until(5, || arrived(K_LOGICAL, 1) && arrived(K_ALL, 0)) {
         say!("FAIL the logical and broadcast IPIs did not all arrive");
     }
     // Let a duplicate, if any, arrive before counting.
@@ -189,7 +177,7 @@ fn start_application_processors() -> Result<(), u32> {
     apic::init(0);
 
     apic::start_application_processors(n);
-    if !wait_for(|| (1..n).all(|v| STARTED[v as usize].load(SeqCst) != 0)) {
+    if !cpu::wait_until(5, || (1..n).all(|v| STARTED[v as usize].load(SeqCst) != 0)) {
         let started = (1..n).filter(|&v| STARTED[v as usize].load(SeqCst) != 0).count();
         say!("FAIL only {started} of {} application processors started", n - 1);
         return Err(1);

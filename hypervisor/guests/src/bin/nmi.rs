@@ -35,18 +35,6 @@ fn on_nmi() {
     }
 }
 
-/// Spins until `done` or about `seconds` of TSC at 1 GHz or more have passed.
-fn wait_for(seconds: u64, done: impl Fn() -> bool) -> bool {
-    let start = cpu::rdtsc();
-    while !done() {
-        if cpu::rdtsc().wrapping_sub(start) > seconds * 1_000_000_000 {
-            return false;
-        }
-        core::hint::spin_loop();
-    }
-    true
-}
-
 fn main(vcpu: u32) -> u32 {
     // Software-enable the local APIC (SVR bit 8, spurious vector 0xFF).
     apic::write(apic::SVR, 0x1FF);
@@ -56,7 +44,7 @@ fn main(vcpu: u32) -> u32 {
     }
     match vcpu {
         0 => {
-            if !wait_for(5, || HALTING.load(SeqCst) != 0) {
+            if !cpu::wait_until(5, || HALTING.load(SeqCst) != 0) {
                 say!("FAIL vcpu 1 never got ready");
                 return 1;
             }
@@ -75,7 +63,7 @@ fn main(vcpu: u32) -> u32 {
                 unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
                 TAKEN[0].load(SeqCst) != 0
             };
-            if !wait_for(5, got_nmi) {
+            if !cpu::wait_until(5, got_nmi) {
                 say!("FAIL vcpu 0 took no NMI back (vcpu 1 took {})", TAKEN[1].load(SeqCst));
                 return 1;
             }
@@ -92,7 +80,7 @@ fn main(vcpu: u32) -> u32 {
         }
         1 => {
             // vCPU 0 installs the handler.
-            if !wait_for(5, || INSTALLED.load(SeqCst) != 0) {
+            if !cpu::wait_until(5, || INSTALLED.load(SeqCst) != 0) {
                 say!("FAIL vcpu 0 never installed the NMI handler");
                 return 1;
             }

@@ -21,31 +21,19 @@ static TURN: AtomicU32 = AtomicU32::new(0);
 /// vCPUs that reached `main`: the handoffs start once both have.
 static PRESENT: AtomicU32 = AtomicU32::new(0);
 
-/// Spins with PAUSE until `done` or about 20 s of TSC at 1 GHz or more have passed.
-fn spin_until(done: impl Fn() -> bool) -> bool {
-    let start = cpu::rdtsc();
-    while !done() {
-        if cpu::rdtsc().wrapping_sub(start) > 20_000_000_000 {
-            return false;
-        }
-        core::hint::spin_loop();
-    }
-    true
-}
-
 fn main(vcpu: u32) -> u32 {
     if vcpu > 1 {
         cpu::park();
     }
     PRESENT.fetch_add(1, SeqCst);
-    if !spin_until(|| PRESENT.load(SeqCst) == 2) {
+    if !cpu::wait_until(20, || PRESENT.load(SeqCst) == 2) {
         say!("FAIL vcpu {vcpu}: the other vCPU never started");
         return 1;
     }
     let start = cpu::rdtsc();
     let mut turn = vcpu;
     while turn < HANDOFFS {
-        if !spin_until(|| TURN.load(SeqCst) == turn) {
+        if !cpu::wait_until(20, || TURN.load(SeqCst) == turn) {
             say!("FAIL vcpu {vcpu} waited for turn {turn} in vain (turn {})", TURN.load(SeqCst));
             return 1;
         }
@@ -55,7 +43,7 @@ fn main(vcpu: u32) -> u32 {
     if vcpu == 1 {
         cpu::park();
     }
-    if !spin_until(|| TURN.load(SeqCst) == HANDOFFS) {
+    if !cpu::wait_until(20, || TURN.load(SeqCst) == HANDOFFS) {
         say!("FAIL the last handoff never came (turn {})", TURN.load(SeqCst));
         return 1;
     }
