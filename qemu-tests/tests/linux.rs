@@ -1,5 +1,6 @@
 //! Debian's unmodified cloud kernel boots to its busybox shell inside Bastion — two such
-//! guests next to the echo guest, on AMD-V (QEMU) and VT-x (Bochs): loaded by the boot
+//! guests next to the echo guest, on AMD-V (QEMU) and VT-x (Bochs, where they have 2 and 4
+//! vCPUs and the 4-vCPU one also runs `linux_smp.rs`'s parallel work and TLB stress): loaded by the boot
 //! protocol's 64-bit entry (`format = "bzimage"`), talking to the virtual 16550 with
 //! interrupts, keeping time with kvm-clock, powering off through ACPI. The monitor lists,
 //! resets and kills them; a guest whose bzImage is corrupt is refused by name while the
@@ -14,8 +15,8 @@ use std::time::Duration;
 /// `reboot=k` so a reboot goes through the 8042; `panic=-1` so a panic reboots at once.
 pub const CMDLINE: &str = "console=ttyS0 pci=off 8250.nr_uarts=1 reboot=k panic=-1 cryptomgr.notests=1";
 
-fn linux_entry(name: &str, kernel: &str) -> String {
-    format!("\n[[guest]]\nname = \"{name}\"\nformat = \"bzimage\"\nkernel = \"{kernel}\"\ninitrd = \"linux/initramfs.cpio.gz\"\nmemory_mib = 128\ncmdline = \"{CMDLINE}\"\n")
+fn linux_entry(name: &str, kernel: &str, vcpus: u32) -> String {
+    format!("\n[[guest]]\nname = \"{name}\"\nformat = \"bzimage\"\nkernel = \"{kernel}\"\ninitrd = \"linux/initramfs.cpio.gz\"\nmemory_mib = 128\nvcpus = {vcpus}\ncmdline = \"{CMDLINE}\"\n")
 }
 
 /// The kernel release `uname -r` must print: the first word of the bzImage's version string,
@@ -27,14 +28,16 @@ fn release_of(image: &[u8]) -> String {
     String::from_utf8(image[at..at + end].to_vec()).unwrap()
 }
 
-fn scenario(p: Platform, boot_timeout: Duration) {
+/// `vcpus`: tux1's and tux2's. The SMP scenario on QEMU is `linux_smp.rs`; on Bochs, where
+/// every Linux boot costs minutes, this one runs with SMP guests and adds its checks.
+fn scenario(p: Platform, boot_timeout: Duration, vcpus: [u32; 2]) {
     let Some((kernel, initrd)) = linux_kit() else { return };
     let cfg = format!(
         "[hypervisor]\nexit_when_idle = true\n{}{}{}{}",
-        linux_entry("tux1", "linux/vmlinuz"),
-        linux_entry("tux2", "linux/vmlinuz"),
+        linux_entry("tux1", "linux/vmlinuz", vcpus[0]),
+        linux_entry("tux2", "linux/vmlinuz", vcpus[1]),
         config_entry("echo", "echo", ""),
-        linux_entry("broken", "linux/broken.bin"),
+        linux_entry("broken", "linux/broken.bin", 1),
     );
     // `boot` refuses a bad kernel on the host, so this bundle is packed by hand: the
     // hypervisor must refuse it too, at boot, naming the guest.
@@ -68,8 +71,8 @@ fn scenario(p: Platform, boot_timeout: Duration) {
     let m = emu.mark();
     emu.send(b"uname -r; grep -c hypervisor /proc/cpuinfo; dmesg | grep -i 'switched to clocksource'\r");
     ok(emu.expect_after(m, &format!("[tux1] {release}"), t));
-    // CPUID.1:ECX bit 31 shows as the `hypervisor` flag, on the one vCPU.
-    ok(emu.expect_after(m, "[tux1] 1", t));
+    // CPUID.1:ECX bit 31 shows as the `hypervisor` flag, on every vCPU.
+    ok(emu.expect_after(m, &format!("[tux1] {}", vcpus[0]), t));
     ok(emu.expect_after(m, "Switched to clocksource kvm-clock", t));
     // Interrupts the APIC way (the MADT lists a local APIC and the I/O APIC): the serial
     // port's IRQ 4 arrives through I/O APIC pin 4, and the local APIC timer ticks.
@@ -88,6 +91,9 @@ fn scenario(p: Platform, boot_timeout: Duration) {
     ok(emu.expect_after(m, "[tux2] two-2", t));
     ok(emu.expect_after(m, &format!("[tux2] {release}"), t));
     assert_eq!(emu.count("[tux1] two-2"), 0, "only the focused guest sees input:\n{}", emu.transcript());
+    if vcpus[1] > 1 {
+        smp_checks(&mut emu, "tux2", vcpus[1], Duration::from_secs(900));
+    }
 
     // tux2 -> echo -> monitor (the broken guest never took input).
     let m = emu.mark();
@@ -105,7 +111,7 @@ fn scenario(p: Platform, boot_timeout: Duration) {
     let m = emu.mark();
     emu.send(b"reset tux1\r");
     ok(emu.expect_after(m, "guest tux1: stopped: reset from the monitor", t));
-    ok(emu.expect_after(m, "guest tux1: starting (128 MiB RAM, 1 vCPU", t));
+    ok(emu.expect_after(m, &format!("guest tux1: starting (128 MiB RAM, {} vCPU", vcpus[0]), t));
     ok(emu.expect_after(m, "[tux1] bastion-linux: ready", boot_timeout));
     // monitor -> tux1 -> tux2: tux2's shell is still the one it had.
     let m = emu.mark();
@@ -140,12 +146,34 @@ fn scenario(p: Platform, boot_timeout: Duration) {
     qemu_tests::assert_all_memory_returned(&out);
 }
 
-#[test]
-fn two_debian_linux_guests_on_qemu_svm() {
-    scenario(Platform::QemuBios, Duration::from_secs(300));
+/// The SMP rules of `linux_smp.rs` in the focused guest `guest` of `n` vCPUs: Linux brought
+/// them all up through INIT-SIPI-SIPI (`nproc`), four hashing processes finish, and the TLB
+/// stress loop's readers on the other CPUs see no stale translation (SDM Vol. 3A 4.10.5).
+fn smp_checks(emu: &mut Emulator, guest: &str, n: u32, t: Duration) {
+    let ok = |r: Result<String, Failure>| r.unwrap_or_else(|e| panic!("{e}"));
+    let m = emu.mark();
+    emu.send(b"nproc\r");
+    ok(emu.expect_after(m, &format!("[{guest}] {n}"), t));
+    let m = emu.mark();
+    emu.send(b"for i in 1 2 3 4; do (dd if=/dev/zero bs=64k count=128 2>/dev/null | md5sum) & done; wait; echo par-$((2*2))-done\r");
+    ok(emu.expect_after(m, &format!("[{guest}] par-4-done"), t));
+    // md5 of 8 MiB of zeros, four times.
+    let sums = emu.transcript().lines().skip(m).filter(|l| l.starts_with(&format!("[{guest}] 96995b58d4cbf6aaa9041b4f00c7f6ae"))).count();
+    assert_eq!(sums, 4, "{}", emu.transcript());
+    let m = emu.mark();
+    emu.send(b"tlbstress\r");
+    let stress = ok(emu.expect_after(m, "tlbstress: ", t));
+    assert!(stress.contains(&format!("tlbstress: 300 remaps, {} workers, 0 stale reads", n - 1)), "{stress}");
 }
 
 #[test]
+fn two_debian_linux_guests_on_qemu_svm() {
+    scenario(Platform::QemuBios, Duration::from_secs(300), [1, 1]);
+}
+
+/// On VT-x the two Linux guests have 2 and 4 vCPUs (more than the host's 2 CPUs): SMP Linux
+/// on Bochs-VMX without a second multi-minute boot.
+#[test]
 fn two_debian_linux_guests_on_bochs_intel() {
-    scenario(Platform::BochsIntel, Duration::from_secs(900));
+    scenario(Platform::BochsIntel, Duration::from_secs(1500), [2, 4]);
 }

@@ -94,6 +94,9 @@ struct TestArgs {
     /// Run only the host unit tests (no emulators)
     #[arg(long)]
     host_only: bool,
+    /// Run only these emulator test files of qemu-tests/tests (names without `.rs`)
+    #[arg(long, value_name = "NAME", value_delimiter = ',')]
+    only: Vec<String>,
 }
 
 #[derive(Args)]
@@ -520,16 +523,71 @@ fn test(args: &TestArgs) -> Result<()> {
     }
     let boot = prepare_boot_cli()?;
     let kernel = qemu_tests::build_kernel().map_err(anyhow::Error::msg)?;
-    let emu = cargo()
-        .args(["test", "-p", "qemu-tests", "--test", "*"])
-        .env("BASTION_KERNEL", &kernel)
-        .env("BASTION_BOOT", &boot)
-        .status()
-        .context("cannot run cargo test")?;
-    if !emu.success() {
+    let mut names = emulator_tests()?;
+    if !args.only.is_empty() {
+        if let Some(unknown) = args.only.iter().find(|n| !names.contains(n)) {
+            bail!("--only {unknown}: no qemu-tests/tests/{unknown}.rs (the files: {})", names.join(", "));
+        }
+        names.retain(|n| args.only.contains(n));
+    }
+    let emu_test = |names: &[String]| {
+        let mut c = cargo();
+        c.args(["test", "-p", "qemu-tests"]).env("BASTION_KERNEL", &kernel).env("BASTION_BOOT", &boot);
+        for n in names {
+            c.args(["--test", n]);
+        }
+        c
+    };
+    // Built once, before two cargo processes would wait on each other's build lock.
+    if !emu_test(&names).arg("--no-run").status().context("cannot run cargo test")?.success() {
+        bail!("the emulator tests do not build");
+    }
+    // The Linux tests are the long pole: Bochs boots Debian's kernel for about 20 minutes on
+    // one host core. They run beside the others, which take one test at a time meanwhile, so
+    // the host's 2 cores run about 2 emulators at once throughout instead of leaving one idle
+    // for the last 15 minutes. Their output is kept in a file and printed when they end.
+    let (long, rest): (Vec<String>, Vec<String>) = names.into_iter().partition(|n| LONG_TESTS.contains(&n.as_str()));
+    let log_path = root().join("target").join("qemu-tests-long.log");
+    let mut background = None;
+    if !long.is_empty() {
+        let log = std::fs::File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
+        let err = log.try_clone()?;
+        let child = emu_test(&long).stdin(std::process::Stdio::null()).stdout(log).stderr(err).spawn().context("cannot run cargo test")?;
+        println!("xtask: emulator tests {} run in the background beside the others; their output follows when they end", long.join(", "));
+        background = Some(child);
+    }
+    let mut ok = true;
+    if !rest.is_empty() {
+        let mut c = emu_test(&rest);
+        if background.is_some() {
+            c.args(["--", "--test-threads=1"]);
+        }
+        ok &= c.status().context("cannot run cargo test")?.success();
+    }
+    if let Some(mut child) = background {
+        let status = child.wait().context("cannot wait for the background emulator tests")?;
+        println!("xtask: output of emulator tests {}:", long.join(", "));
+        print!("{}", std::fs::read_to_string(&log_path).unwrap_or_default());
+        ok &= status.success();
+    }
+    if !ok {
         bail!("emulator tests failed");
     }
     Ok(())
+}
+
+/// Emulator test files that run in the background of the others (see `test`).
+const LONG_TESTS: [&str; 1] = ["linux"];
+
+/// The emulator test files, `qemu-tests/tests/*.rs`, by name, sorted.
+fn emulator_tests() -> Result<Vec<String>> {
+    let dir = root().join("qemu-tests").join("tests");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".rs").map(str::to_string))
+        .collect();
+    names.sort();
+    Ok(names)
 }
 
 /// Benchmarks. `all` measures everything in one invocation so ratios between them are
@@ -694,7 +752,9 @@ mod tests {
         let Cmd::Build(b) = parse(&["build"]).unwrap().command else { panic!() };
         assert!(b.config.is_none() && b.out.is_none());
         let Cmd::Test(t) = parse(&["test", "--host-only"]).unwrap().command else { panic!() };
-        assert!(t.host_only);
+        assert!(t.host_only && t.only.is_empty());
+        let Cmd::Test(t) = parse(&["test", "--only", "linux,multiboot"]).unwrap().command else { panic!() };
+        assert_eq!(t.only, ["linux", "multiboot"]);
         let Cmd::Bench(b) = parse(&["bench"]).unwrap().command else { panic!() };
         assert!(b.what == Bench::All && b.runs == 3 && b.fair_ms == 6000);
         let Cmd::Bench(b) = parse(&["bench", "fairness", "--fair-ms", "100", "--runs", "1"]).unwrap().command else { panic!() };
