@@ -129,6 +129,15 @@ pub fn entry_state_of(vcpu: u32) -> EntryState {
     unsafe { core::ptr::read_volatile((&raw const boot_entry_states).cast::<EntryState>().add(vcpu as usize)) }
 }
 
+/// What EAX holds at a Multiboot 1 kernel's entry (Multiboot spec 3.2).
+pub const MULTIBOOT_MAGIC: u32 = 0x2BAD_B002;
+
+/// Whether a Multiboot 1 loader started this guest (the magic in EAX at `mb_entry`), rather
+/// than the flat-image entry.
+pub fn started_by_multiboot() -> bool {
+    multiboot_registers().0 == MULTIBOOT_MAGIC
+}
+
 /// EAX and EBX as a Multiboot loader left them (the boot loader's magic and the address of
 /// the boot information); `(0, 0)` when the guest started as a flat image.
 pub fn multiboot_registers() -> (u32, u32) {

@@ -41,8 +41,6 @@ const PRIMES_BELOW_LIMIT: u32 = 283_146;
 /// Operations per exit round.
 const EXIT_OPS: u64 = 500;
 const IPI_OPS: u64 = 200;
-/// What EAX holds at a Multiboot kernel's entry (spec 3.2).
-const BOOTLOADER_MAGIC: u32 = 0x2BAD_B002;
 /// Bastion's hypercall VERSION (`bastion_core::vm::hypercall`).
 const HC_VERSION: u64 = 0;
 
@@ -151,7 +149,7 @@ fn ipi_round_trip(to: u32, shorthand: u32, vector: u8, taken: &AtomicU32) -> boo
 }
 
 fn main(vcpu: u32) -> u32 {
-    if multiboot_magic() != BOOTLOADER_MAGIC {
+    if !test_guests::boot::started_by_multiboot() {
         if vcpu == 0 {
             say!("FAIL not started by a Multiboot loader: load bench with format = \"multiboot\"");
             return 1;
@@ -210,8 +208,4 @@ fn main(vcpu: u32) -> u32 {
     }
     say!("PASS");
     0
-}
-
-fn multiboot_magic() -> u32 {
-    test_guests::boot::multiboot_registers().0
 }

@@ -29,14 +29,12 @@
 #![no_main]
 
 use core::sync::atomic::{AtomicU32, Ordering::SeqCst};
-use test_guests::boot::{entry_state_of, multiboot_registers, vcpu_id, MAX_VCPUS};
+use test_guests::boot::{entry_state_of, started_by_multiboot, vcpu_id, MAX_VCPUS};
 use test_guests::apic::{self, send, ALL_INCLUDING_SELF, ASSERT, FIXED, LOGICAL, NMI, SELF, SIPI_VECTOR};
 use test_guests::{cpu, interrupts, pic, say};
 
 test_guests::guest!(name = "ipi", main = main);
 
-/// What EAX holds at a Multiboot kernel's entry (spec 3.2).
-const BOOTLOADER_MAGIC: u32 = 0x2BAD_B002;
 
 /// The kinds of interrupt counted, and the vector each arrives with (all in the IDT's
 /// 0x20..0x2F, `interrupts::install`).
@@ -71,7 +69,7 @@ fn on_nmi() {
 }
 
 fn main(vcpu: u32) -> u32 {
-    if multiboot_registers().0 != BOOTLOADER_MAGIC {
+    if !started_by_multiboot() {
         // Started as a flat image: every vCPU is here at once. One line, from vCPU 0.
         if vcpu == 0 {
             say!("FAIL not started by a Multiboot loader: load ipi with format = \"multiboot\"");

@@ -12,6 +12,7 @@
 #![no_std]
 #![no_main]
 
+use test_guests::boot::MULTIBOOT_MAGIC;
 use test_guests::say;
 
 test_guests::guest!(name = "multiboot", main = main);
@@ -22,8 +23,6 @@ const FLAG_CMDLINE: u32 = 1 << 2;
 const FLAG_MODULES: u32 = 1 << 3;
 const FLAG_MMAP: u32 = 1 << 6;
 const FLAG_LOADER_NAME: u32 = 1 << 9;
-/// What EAX holds at a Multiboot kernel's entry (spec 3.2).
-const BOOTLOADER_MAGIC: u32 = 0x2BAD_B002;
 
 fn read32(addr: u64) -> u32 {
     // SAFETY: the boot code identity-maps the first 4 GiB; the loader's information lies in
@@ -52,8 +51,8 @@ fn main() -> u32 {
     let (magic, info) = test_guests::boot::multiboot_registers();
     say!("magic {magic:#x}");
     say!("information at {info:#x}");
-    if magic != BOOTLOADER_MAGIC {
-        say!("FAIL not started by a Multiboot loader (EAX {magic:#x}, expected {BOOTLOADER_MAGIC:#x})");
+    if magic != MULTIBOOT_MAGIC {
+        say!("FAIL not started by a Multiboot loader (EAX {magic:#x}, expected {MULTIBOOT_MAGIC:#x})");
         return 1;
     }
     let info = u64::from(info);
