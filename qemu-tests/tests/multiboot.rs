@@ -4,8 +4,11 @@
 //! address fields), starts in 32-bit protected mode with EAX = 0x2BADB002 and EBX = the boot
 //! information (Multiboot spec 3.2) and sees its command line and two modules exactly as the
 //! config gives them, its memory as the guest's e820 map says, and "Bastion" as the boot
-//! loader (spec 3.3). The same file given as `multiboot2` has no Multiboot 2 header: that
-//! guest is refused by name while the others run. Beside them, the `ipi` guest (4 vCPUs)
+//! loader (spec 3.3). The same file given as `multiboot2` (its Multiboot 2 header's address,
+//! entry address and information request tags) starts with EAX = 0x36D76289 and sees its own
+//! command line and module in the boot information's tags (Multiboot 2 spec 3.2, 3.6); a
+//! copy whose Multiboot 2 header has a bad checksum is refused by name while the others run.
+//! Beside them, the `ipi` guest (4 vCPUs)
 //! starts its application processors with INIT-SIPI-SIPI, as a PC kernel does, and checks
 //! that fixed IPIs (physical and logical destination, self and broadcast shorthands) and NMIs
 //! between its vCPUs each arrive once, at their destination (SDM Vol. 3A 9.4.4, 11.6.1).
@@ -19,6 +22,9 @@ use qemu_tests::{image_with_bundle, BareKernel, Emulator, Platform, RunOptions};
 
 const CMDLINE: &str = "hello multiboot world --x=1";
 const MODULES: [(&str, &str, Option<&str>); 2] = [("mods/alpha.txt", "first module, A", Some("alpha one")), ("mods/beta.txt", "beta!", None)];
+const MB2_CMDLINE: &str = "two --tags";
+/// Path, contents, command line of the Multiboot 2 guest's module.
+const MB2_MODULE: (&str, &str, &str) = ("mods/gamma.txt", "gamma, by tag", "gamma cmd");
 
 fn multiboot_guest_sees_its_boot_information(p: Platform) {
     let mut cfg = format!(
@@ -31,14 +37,22 @@ fn multiboot_guest_sees_its_boot_information(p: Platform) {
             None => cfg += &format!("{sep}{{ path = \"{path}\" }}"),
         }
     }
-    cfg += "]\n\n[[guest]]\nname = \"mbtwo\"\nformat = \"multiboot2\"\nkernel = \"guests/multiboot.bin\"\nmemory_mib = 4\n";
+    cfg += &format!("]\n\n[[guest]]\nname = \"mbtwo\"\nformat = \"multiboot2\"\nkernel = \"guests/multiboot.bin\"\nmemory_mib = 6\ncmdline = \"{MB2_CMDLINE}\"\n");
+    cfg += &format!("modules = [{{ path = \"{}\", cmdline = \"{}\" }}]\n", MB2_MODULE.0, MB2_MODULE.2);
+    cfg += "\n[[guest]]\nname = \"mbbad\"\nformat = \"multiboot2\"\nkernel = \"guests/bad-mb2.bin\"\nmemory_mib = 4\n";
     cfg += "\n[[guest]]\nname = \"ipi\"\nformat = \"multiboot\"\nkernel = \"guests/ipi.bin\"\nmemory_mib = 4\nvcpus = 4\n";
     let kernel = std::fs::read(guest_image("multiboot")).unwrap();
     let ipi = std::fs::read(guest_image("ipi")).unwrap();
-    // Packed without `boot`'s validation, which would refuse the multiboot2 guest: the
-    // hypervisor must refuse it itself.
-    let mut files: Vec<(&str, &[u8])> = vec![("bastion.toml", cfg.as_bytes()), ("guests/multiboot.bin", &kernel), ("guests/ipi.bin", &ipi)];
+    // The Multiboot 2 header (8-byte aligned in the first 32 KiB, spec 3.1.1) with its
+    // checksum off by one.
+    let mut bad = kernel.clone();
+    let at = (0..bad.len().min(32 * 1024)).step_by(8).find(|&i| bad[i..i + 4] == 0xE852_50D6u32.to_le_bytes()).expect("the multiboot guest has a Multiboot 2 header");
+    bad[at + 12] ^= 1;
+    // Packed without `boot`'s validation, which would refuse the bad guest: the hypervisor
+    // must refuse it itself.
+    let mut files: Vec<(&str, &[u8])> = vec![("bastion.toml", cfg.as_bytes()), ("guests/multiboot.bin", &kernel), ("guests/bad-mb2.bin", &bad), ("guests/ipi.bin", &ipi)];
     files.extend(MODULES.iter().map(|(path, body, _)| (*path, body.as_bytes())));
+    files.push((MB2_MODULE.0, MB2_MODULE.1.as_bytes()));
     let bundle = boot::pack(&files).unwrap();
     let img = image_with_bundle(&format!("multiboot-{}", p.name()), &bundle);
     let mut emu = Emulator::start(p, &img, &RunOptions::default());
@@ -57,7 +71,16 @@ fn multiboot_guest_sees_its_boot_information(p: Platform) {
         has(&format!("[mb] multiboot: module {i} cmdline [{}] {} bytes [{body}]", cmdline.unwrap_or(""), body.len()));
     }
     has("guest mb: stopped: test exit: PASS");
-    has("guest mbtwo: cannot start: multiboot: no Multiboot2 header");
+    has("[mbtwo] multiboot: magic 0x36d76289");
+    has("[mbtwo] multiboot: loader [Bastion]");
+    has(&format!("[mbtwo] multiboot: cmdline [{MB2_CMDLINE}]"));
+    // 6 MiB: 639 KiB low, 5 MiB from 1 MiB, the same three e820 entries.
+    has("[mbtwo] multiboot: memory lower 639 KiB upper 5120 KiB");
+    has("[mbtwo] multiboot: mmap 3 entries, 5759 KiB available");
+    has("[mbtwo] multiboot: modules 1");
+    has(&format!("[mbtwo] multiboot: module 0 cmdline [{}] {} bytes [{}]", MB2_MODULE.2, MB2_MODULE.1.len(), MB2_MODULE.1));
+    has("guest mbtwo: stopped: test exit: PASS");
+    has(&format!("guest mbbad: cannot start: multiboot: the Multiboot2 header at {at:#x} has a bad checksum"));
     ipi_says_every_ipi_arrived_once(&text, "[ipi] ");
     has("guest ipi: stopped: test exit: PASS");
     assert!(!text.contains("FAIL"), "{text}");

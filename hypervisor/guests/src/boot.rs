@@ -131,11 +131,13 @@ pub fn entry_state_of(vcpu: u32) -> EntryState {
 
 /// What EAX holds at a Multiboot 1 kernel's entry (Multiboot spec 3.2).
 pub const MULTIBOOT_MAGIC: u32 = 0x2BAD_B002;
+/// What EAX holds at a Multiboot 2 kernel's entry (Multiboot 2 spec 3.2).
+pub const MULTIBOOT2_MAGIC: u32 = 0x36D7_6289;
 
-/// Whether a Multiboot 1 loader started this guest (the magic in EAX at `mb_entry`), rather
-/// than the flat-image entry.
+/// Whether a Multiboot loader (either version: every guest has both headers) started this
+/// guest (the magic in EAX at `mb_entry`), rather than the flat-image entry.
 pub fn started_by_multiboot() -> bool {
-    multiboot_registers().0 == MULTIBOOT_MAGIC
+    matches!(multiboot_registers().0, MULTIBOOT_MAGIC | MULTIBOOT2_MAGIC)
 }
 
 /// EAX and EBX as a Multiboot loader left them (the boot loader's magic and the address of

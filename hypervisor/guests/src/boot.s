@@ -349,6 +349,40 @@ boot_multiboot_header:
     .long __bss_end                           // bss_end_addr
     .long mb_entry                            // entry_addr
 
+// The Multiboot 2 header (spec 3.1), right after the first one: 8-byte aligned, inside the
+// first 32 KiB (file offset 0x1620). Its address tag (3.1.5) loads the same bytes to the same
+// place (load_addr 0x9600 is 0x20 before this header_addr), the entry address tag (3.1.6)
+// enters at the same `mb_entry` (EAX = 0x36D76289 then, EBX the 8-byte-aligned information,
+// 3.2), and the information request tag (3.1.4, not optional) asks for what the `multiboot`
+// guest prints: command line, boot loader name, modules, basic memory, memory map. A loader
+// that cannot give one of those must refuse the kernel rather than start it without.
+    .balign 8
+    .global boot_multiboot2_header
+boot_multiboot2_header:
+    .long 0xE85250D6                          // magic
+    .long 0                                   // architecture: i386 protected mode
+    .long .Lmb2_end - boot_multiboot2_header  // header_length
+    .long 0x100000000 - (0xE85250D6 + 0 + (.Lmb2_end - boot_multiboot2_header)) // checksum
+    .balign 8
+    .word 1, 0                                // information request, required
+    .long 8 + 5 * 4
+    .long 1, 2, 3, 4, 6                       // cmdline, loader name, modules, meminfo, mmap
+    .balign 8
+    .word 2, 0                                // address
+    .long 24
+    .long boot_multiboot2_header              // header_addr
+    .long boot_multiboot_header               // load_addr
+    .long __image_end                         // load_end_addr
+    .long __bss_end                           // bss_end_addr
+    .balign 8
+    .word 3, 0                                // entry address
+    .long 12
+    .long mb_entry
+    .balign 8
+    .word 0, 0                                // end
+    .long 8
+.Lmb2_end:
+
 // STARTUP vector 0x0A's page (link.ld puts this section at 0xA000): where an application
 // processor begins when a Multiboot-loaded guest starts it with INIT-SIPI-SIPI, as a PC's
 // kernel starts its APs (the `ipi` guest). A flat image's vCPUs all start at `_start`.
@@ -520,8 +554,9 @@ rm_exc_common:
 // 32-bit protected mode (paging off)
 // =======================================================================================
     .code32
-// The Multiboot entry (spec 3.2 "Machine state"): 32-bit protected mode, paging off, flat
-// segments with the loader's selectors, EAX = 0x2BADB002, EBX = the boot information, GDTR
+// The Multiboot entry (spec 3.2 "Machine state", the same in both versions): 32-bit
+// protected mode, paging off, flat segments with the loader's selectors, EAX = 0x2BADB002
+// (Multiboot 1) or 0x36D76289 (Multiboot 2), EBX = the boot information, GDTR
 // and IDTR undefined, ESP undefined. Only the boot processor enters here (the others wait
 // for INIT-SIPI, as on a PC, and come in at `sipi_entry` once the guest starts them), so the
 // vCPU index is 0 and no other vCPU shares anything yet. Record EAX and EBX for Rust (multiboot.rs), load our GDT
