@@ -231,6 +231,9 @@ pub struct Emulator {
     dir: PathBuf,
     /// Bochs's COM1 socket, for typing (interactive runs).
     com1: Option<std::net::TcpStream>,
+    /// What the paused QEMU held after a machine reset ([`Emulator::host_reset_report`]);
+    /// every later failure carries it.
+    reset_report: Option<String>,
 }
 
 /// A harness failure: what was expected, and everything seen so far.
@@ -262,6 +265,12 @@ impl Emulator {
     }
 
     fn spawn(platform: Platform, mut cmd: std::process::Command, run_dir: PathBuf, opts: &RunOptions) -> Emulator {
+        if platform.is_qemu() {
+            // A machine reset (with -no-reboot, a shutdown) pauses QEMU instead of ending it,
+            // so that the harness can read the CPUs and page tables as they were when it
+            // happened (`host_reset_report`). Only for tests: `xtask run` keeps ending.
+            cmd.args(["-action", "shutdown=pause"]);
+        }
         cmd.stdin(if opts.interactive { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
         cmd.process_group(0);
         // SAFETY: prctl is async-signal-safe; it only sets this child's parent-death signal.
@@ -299,7 +308,7 @@ impl Emulator {
         });
         let started = Instant::now();
         let com1 = if opts.interactive && !platform.is_qemu() { Some(connect_bochs_com1(&run_dir)) } else { None };
-        Emulator { platform, child: Some(child), lines: rx, transcript: Vec::new(), times: Vec::new(), started, dir: run_dir, com1 }
+        Emulator { platform, child: Some(child), lines: rx, transcript: Vec::new(), times: Vec::new(), started, dir: run_dir, com1, reset_report: None }
     }
 
     /// Everything printed so far.
@@ -344,8 +353,14 @@ impl Emulator {
             if let Some(v) = found(self) {
                 return Ok(v);
             }
-            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left.min(RESET_POLL)) {
                 Ok(l) => self.push(l),
+                Err(RecvTimeoutError::Timeout) if !left.is_zero() && left > RESET_POLL => {
+                    if self.host_reset_report().is_some() {
+                        return Err(self.failure(&format!("the machine reset while waiting for {what}"), &self.log_tails()));
+                    }
+                }
                 Err(RecvTimeoutError::Timeout) => {
                     let diag = self.diagnose_and_kill();
                     return Err(self.failure(&format!("timed out after {timeout:?} waiting for {what}"), &diag));
@@ -418,10 +433,19 @@ impl Emulator {
         }
     }
 
-    /// Drains output until the emulator ends or `timeout` passes; returns its exit code.
+    /// Drains output until the emulator ends or `timeout` passes; returns its exit code. A
+    /// QEMU paused by a machine reset ends here (killed, its state kept in the run
+    /// directory's `host-reset.txt`), as it would have without `-action shutdown=pause`.
     fn wait_end(&mut self, timeout: Duration) -> Option<i32> {
         let deadline = Instant::now() + timeout;
+        let mut next_check = Instant::now() + RESET_POLL;
         loop {
+            if Instant::now() >= next_check {
+                next_check = Instant::now() + RESET_POLL;
+                if self.host_reset_report().is_some() {
+                    return Some(0);
+                }
+            }
             if let Some(c) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(200)) {
                     self.push(l);
@@ -477,12 +501,13 @@ impl Emulator {
 
     fn failure(&self, what: &str, diag: &str) -> Failure {
         Failure(format!(
-            "[{}] {what}\n--- console ({} lines, full log in {}):\n{}\n{}",
+            "[{}] {what}\n--- console ({} lines, full log in {}):\n{}\n{}{}",
             self.platform.name(),
             self.transcript.len(),
             self.dir.display(),
             self.transcript.join("\n"),
-            if diag.is_empty() { String::new() } else { format!("--- diagnostics:\n{diag}") }
+            if diag.is_empty() { String::new() } else { format!("--- diagnostics:\n{diag}") },
+            self.reset_report.as_deref().map_or(String::new(), |r| format!("\n--- {r}")),
         ))
     }
 
@@ -509,6 +534,101 @@ impl Drop for Emulator {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// How often a wait checks whether QEMU paused on a machine reset.
+const RESET_POLL: Duration = Duration::from_secs(1);
+
+/// QEMU's debug log line for a triple fault (`-d guest_errors`), which resets the machine.
+const QEMU_TRIPLE_FAULT: &str = "Triple fault";
+
+impl Emulator {
+    /// If QEMU paused on a machine reset (a triple fault of a host CPU: Bastion crashed),
+    /// reads what the paused machine still holds, writes it to `host-reset.txt` in the run
+    /// directory, kills QEMU and returns a summary with the file's path; `None` otherwise.
+    ///
+    /// A host triple fault leaves no trace on the serial console: the CPU could not even
+    /// reach its exception handlers. What tells a corrupted page table from an emulator whose
+    /// own state went wrong is whether the tables *in memory* map the addresses that failed:
+    /// for each CPU, the summary walks its CR3 (4-level paging, SDM Vol. 3A 4.5) for RIP and
+    /// the IDT base and shows every entry.
+    fn host_reset_report(&mut self) -> Option<String> {
+        if !self.platform.is_qemu() || self.child.is_none() {
+            return None;
+        }
+        let log = std::fs::read_to_string(self.dir.join(emulators::QEMU_DEBUG_LOG)).ok()?;
+        if !log.contains(QEMU_TRIPLE_FAULT) {
+            return None;
+        }
+        let sock = self.dir.join(emulators::QEMU_MONITOR_SOCKET);
+        let regs = monitor_command(&sock, "info registers -a").unwrap_or_default();
+        let mut walks = String::new();
+        for (cpu, cr3, rip, idt) in cpus_of_registers(&regs) {
+            walks.push_str(&format!("CPU {cpu}: CR3 {cr3:#x} RIP {rip:#x} IDT base {idt:#x}\n"));
+            for (what, va) in [("RIP", rip), ("IDT", idt), ("IDT vector 8 (#DF)", idt + 0x80), ("IDT vector 14 (#PF)", idt + 0xE0)] {
+                walks.push_str(&format!("  {what}: {}\n", page_walk(|pa| read_phys_u64(&sock, pa), cr3, va)));
+            }
+        }
+        let full = format!("{walks}\n--- info registers -a:\n{regs}\n--- {}:\n{log}", emulators::QEMU_DEBUG_LOG);
+        let file = self.dir.join("host-reset.txt");
+        let _ = std::fs::write(&file, &full);
+        self.kill();
+        let report = format!("the machine reset (QEMU: {QEMU_TRIPLE_FAULT}); page walks of the paused machine:\n{walks}(registers and QEMU's log in {})\n", file.display());
+        self.reset_report = Some(report.clone());
+        Some(report)
+    }
+}
+
+/// (CPU index, CR3, RIP, IDT base) of each CPU in QEMU's `info registers -a` answer.
+fn cpus_of_registers(regs: &str) -> Vec<(u32, u64, u64, u64)> {
+    let hex = |block: &str, key: &str| -> Option<u64> {
+        let at = block.find(key)? + key.len();
+        let v: String = block[at..].trim_start().chars().take_while(|c| c.is_ascii_hexdigit()).collect();
+        u64::from_str_radix(&v, 16).ok()
+    };
+    regs.split("CPU#")
+        .skip(1)
+        .filter_map(|block| {
+            let cpu = block.chars().take_while(|c| c.is_ascii_digit()).collect::<String>().parse().ok()?;
+            Some((cpu, hex(block, "CR3=")?, hex(block, "RIP=")?, hex(block, "IDT=")?))
+        })
+        .collect()
+}
+
+/// One quadword of physical memory through QEMU's monitor (`xp /1gx`).
+fn read_phys_u64(sock: &Path, pa: u64) -> Option<u64> {
+    let out = monitor_command(sock, &format!("xp /1gx {pa:#x}"))?;
+    let line = out.lines().find(|l| l.trim_start().starts_with(&format!("{pa:016x}:")))?;
+    u64::from_str_radix(line.split("0x").nth(1)?.trim(), 16).ok()
+}
+
+/// The 4-level walk of `va` from `cr3` (SDM Vol. 3A 4.5, tables 4-15..4-20), each entry as
+/// read by `read`: `PML4[i]=e PDPT[j]=e ...`, ending with the physical address or where and
+/// why it stopped (an entry not present, or memory that could not be read).
+fn page_walk(read: impl Fn(u64) -> Option<u64>, cr3: u64, va: u64) -> String {
+    const ADDR: u64 = 0x000F_FFFF_FFFF_F000;
+    let mut out = String::new();
+    let mut table = cr3 & ADDR;
+    for (level, name, shift) in [(4, "PML4", 39), (3, "PDPT", 30), (2, "PD", 21), (1, "PT", 12)] {
+        let index = (va >> shift) & 0x1FF;
+        let Some(e) = read(table + index * 8) else {
+            out.push_str(&format!("{name}[{index:#x}] at {:#x} unreadable", table + index * 8));
+            return out;
+        };
+        out.push_str(&format!("{name}[{index:#x}]={e:#x} "));
+        if e & 1 == 0 {
+            out.push_str("not present");
+            return out;
+        }
+        // Bit 7 (PS) in a PDPT or PD entry: a 1 GiB or 2 MiB page.
+        if level == 1 || (level < 4 && e & 0x80 != 0) {
+            let offset_mask = (1u64 << shift) - 1;
+            out.push_str(&format!("-> {:#x}", (e & ADDR & !offset_mask) | (va & offset_mask)));
+            return out;
+        }
+        table = e & ADDR;
+    }
+    out
 }
 
 /// Asks QEMU's monitor for every CPU's registers (`info registers -a`), for hang reports.
@@ -652,6 +772,47 @@ pub fn free_kib_before_and_after(transcript: &str) -> Option<(u64, u64)> {
 pub fn assert_all_memory_returned(transcript: &str) {
     let (before, after) = free_kib_before_and_after(transcript).unwrap_or_else(|| panic!("no memory figures in:\n{transcript}"));
     assert_eq!(after, before, "memory leaked by stopped guests:\n{transcript}");
+}
+
+#[cfg(test)]
+mod host_reset_tests {
+    use super::*;
+
+    /// QEMU 7.2's `info registers -a` layout (abridged to the fields read).
+    const REGS: &str = "CPU#0\nRAX=0000000000000000 RBX=0000000000000001\nRIP=0000010000030665 RFL=00000002 [-------] CPL=0 II=0 A20=1 SMM=0 HLT=0\n\
+        GDT=     0000010000100000 00000037\nIDT=     0000010000200000 00000fff\nCR0=80010033 CR2=0000010000200080 CR3=0000000000a01000 CR4=000006a0\n\
+        CPU#1\nRIP=ffffffff81000010 RFL=00000046\nIDT=     fffffe0000000000 00000fff\nCR0=80050033 CR2=0000000000000000 CR3=0000000002345000 CR4=00350ef0\n";
+
+    #[test]
+    fn each_cpus_cr3_rip_and_idt_base_are_read_from_qemus_registers() {
+        assert_eq!(cpus_of_registers(REGS), vec![(0, 0xa01000, 0x10000030665, 0x10000200000), (1, 0x2345000, 0xffffffff81000010, 0xfffffe0000000000)]);
+        assert!(cpus_of_registers("no CPUs here").is_empty());
+    }
+
+    /// A 4-level walk (SDM Vol. 3A 4.5): bits 47:39, 38:30, 29:21, 20:12 index the four
+    /// tables; a PS bit in a PDPT or PD entry ends it at a 1 GiB or 2 MiB page; a clear P bit
+    /// ends it as not present.
+    #[test]
+    fn the_page_walk_follows_each_level_and_stops_where_hardware_would() {
+        let mem: std::collections::HashMap<u64, u64> = [
+            (0x1000 + 2 * 8, 0x2003),         // PML4[2] -> PDPT at 0x2000
+            (0x2000, 0x3003),                 // PDPT[0] -> PD at 0x3000
+            (0x3000, 0x4003),                 // PD[0] -> PT at 0x4000
+            (0x4000 + 0xde * 8, 0x9_9000_0003), // PT[0xde] -> 0x990000000
+            (0x3000 + 8, 0x0060_0083),        // PD[1]: a 2 MiB page at 0x600000
+            (0x2000 + 8, 0x4000_0083),        // PDPT[1]: a 1 GiB page at 0x40000000
+        ]
+        .into_iter()
+        .collect();
+        let read = |pa| mem.get(&pa).copied().or(Some(0));
+        let base = 2u64 << 39;
+        assert_eq!(page_walk(read, 0x1000, base + 0xde123), "PML4[0x2]=0x2003 PDPT[0x0]=0x3003 PD[0x0]=0x4003 PT[0xde]=0x990000003 -> 0x990000123");
+        assert_eq!(page_walk(read, 0x1000, base + 0x20_0456), "PML4[0x2]=0x2003 PDPT[0x0]=0x3003 PD[0x1]=0x600083 -> 0x600456");
+        assert_eq!(page_walk(read, 0x1000, base + 0x4123_4567), "PML4[0x2]=0x2003 PDPT[0x1]=0x40000083 -> 0x41234567");
+        assert_eq!(page_walk(read, 0x1000, base + 0xdf000), "PML4[0x2]=0x2003 PDPT[0x0]=0x3003 PD[0x0]=0x4003 PT[0xdf]=0x0 not present");
+        assert_eq!(page_walk(read, 0x1000, 0), "PML4[0x0]=0x0 not present");
+        assert_eq!(page_walk(|_| None, 0x1000, 0), "PML4[0x0] at 0x1000 unreadable");
+    }
 }
 
 #[cfg(test)]

@@ -153,3 +153,32 @@ fn the_multiboot_test_guests_boot_bare_under_qemu() {
     assert!(!text.contains("FAIL"), "{text}");
     assert_eq!(code, 0, "{text}");
 }
+
+/// A machine that triple-faults (SDM Vol. 3A 6.15, interrupt 8: a fault while delivering a
+/// double fault shuts the processor down; QEMU resets the machine) leaves nothing on the
+/// console. The harness keeps QEMU paused at the reset and reports what the machine still
+/// holds: for each CPU, its CR3, RIP and IDT base and the walk of its page tables in memory
+/// for RIP and the IDT (here the `crash` test kernel, bare: its identity map in 2 MiB pages
+/// from CR3 0x70000, and an IDT of limit 0 at address 0, SDM Vol. 3A 6.10).
+#[test]
+fn a_machine_reset_is_reported_with_each_cpus_page_walks() {
+    let dir = qemu_tests::work_dir("multiboot-reset");
+    let kernel = guest_image("crash");
+    let k = BareKernel { kernel: &kernel, cmdline: "", modules: &[] };
+    let mut emu = Emulator::start_bare(&k, &dir.join("crash"), &RunOptions::default());
+    let err = emu.expect_bare_exit(Platform::QemuBios.boot_timeout()).expect_err("a triple fault is not a test exit").to_string();
+    assert!(err.contains("crash: triple faulting now"), "{err}");
+    assert!(err.contains("the machine reset (QEMU: Triple fault)"), "{err}");
+    assert!(err.contains("CPU 0: CR3 0x70000 RIP 0x"), "{err}");
+    assert!(err.contains("IDT base 0x0\n"), "{err}");
+    // Entries as in memory, with the accessed and dirty bits the CPU set (0x20, 0x40).
+    let walk = |what: &str| err.lines().find(|l| l.starts_with(&format!("  {what}: "))).unwrap_or_else(|| panic!("no {what} walk:\n{err}"));
+    for what in ["RIP", "IDT"] {
+        let w = walk(what);
+        assert!(w.contains(": PML4[0x0]=0x71") && w.contains(" PDPT[0x0]=0x72") && w.contains(" PD[0x0]=0x"), "{err}");
+    }
+    assert!(walk("IDT").ends_with(" -> 0x0"), "{err}");
+    assert!(walk("IDT vector 8 (#DF)").ends_with(" -> 0x80"), "{err}");
+    let saved = std::fs::read_to_string(dir.join("crash/run-bare/host-reset.txt")).unwrap();
+    assert!(saved.contains("info registers -a") && saved.contains("Triple fault"), "{saved}");
+}
