@@ -198,6 +198,9 @@ pub fn decode(i: &SvmExitInfo, gpr: &dyn Fn(usize) -> u64, insn: &mut dyn FnMut(
         MSR => insn_exit(if i.info1 == 1 { Exit::Wrmsr } else { Exit::Rdmsr }, 2),
         HLT => insn_exit(Exit::Hlt, 1),
         VMMCALL => insn_exit(Exit::Hypercall, 3),
+        // An intercept is checked before the instruction's own exceptions (APM 15.7.1): the
+        // handler answers #GP, nothing completes.
+        RDPMC => VmExit::event(Exit::Rdpmc),
         INVD => insn_exit(Exit::Invd, 2),
         WBINVD => insn_exit(Exit::Invd, 2),
         XSETBV => insn_exit(Exit::Xsetbv, 3),
@@ -438,6 +441,7 @@ mod tests {
         assert_eq!(dec(&info(INTR, 0, 0)).exit, Exit::Interrupted);
         assert_eq!(dec(&info(PAUSE, 0, 0)), VmExit::event(Exit::PauseLoop), "before the PAUSE: nothing to complete");
         assert_eq!(dec(&info(NMI, 0, 0)).exit, Exit::HostNmi);
+        assert_eq!(dec(&info(RDPMC, 0, 0)), VmExit::event(Exit::Rdpmc), "faulted, not completed");
         assert_eq!(dec(&info(VINTR, 0, 0)).exit, Exit::InterruptWindow);
         assert_eq!(dec(&info(IRET, 0, 0)).exit, Exit::NmiWindow);
         for c in [VMRUN, VMLOAD, VMSAVE, STGI, CLGI, SKINIT, INVLPGA, MONITOR, MWAIT] {

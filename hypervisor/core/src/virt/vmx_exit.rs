@@ -263,6 +263,8 @@ pub fn decode(i: &VmxExitInfo, gpr: &dyn Fn(usize) -> u64, insn: &mut dyn FnMut(
         WRMSR => VmExit::insn(Exit::Wrmsr, next),
         XSETBV => VmExit::insn(Exit::Xsetbv, next),
         INVD | WBINVD => VmExit::insn(Exit::Invd, next),
+        // The handler answers #GP: nothing completes.
+        RDPMC => VmExit::event(Exit::Rdpmc),
         // Instructions of features the guest's CPUID hides (VMX, SMX, MONITOR/MWAIT, SGX,
         // WAITPKG, TDX): #UD, as on a CPU without them.
         VMCLEAR | VMLAUNCH | VMPTRLD | VMPTRST | VMREAD | VMRESUME | VMWRITE | VMXOFF | VMXON | INVEPT | INVVPID | VMFUNC
@@ -457,6 +459,11 @@ mod tests {
     }
 
     #[test]
+    fn rdpmc_is_its_own_exit_and_does_not_complete() {
+        assert_eq!(dec(&info(RDPMC, 2)), VmExit::event(Exit::Rdpmc));
+    }
+
+    #[test]
     fn hidden_features_instructions_get_ud() {
         for r in [VMXON, VMCLEAR, VMLAUNCH, VMRESUME, VMPTRLD, VMPTRST, VMREAD, VMWRITE, VMXOFF, INVEPT, INVVPID, VMFUNC, GETSEC, MWAIT, MONITOR, ENCLS, UMWAIT, TPAUSE] {
             assert_eq!(dec(&info(r, 0)).exit, Exit::VirtInstruction, "reason {r}");
@@ -588,7 +595,7 @@ mod tests {
 
     #[test]
     fn never_enabled_reasons_stop_with_their_number() {
-        for r in [TASK_SWITCH, INVLPG, RDPMC, RDTSC, DR_ACCESS, EPT_MISCONFIG, INIT, SIPI, APIC_ACCESS, XSAVES, RDRAND] {
+        for r in [TASK_SWITCH, INVLPG, RDTSC, DR_ACCESS, EPT_MISCONFIG, INIT, SIPI, APIC_ACCESS, XSAVES, RDRAND] {
             assert!(matches!(dec(&info(r, 0)).exit, Exit::Unhandled { code, .. } if code == r as u64), "reason {r}");
         }
     }

@@ -141,6 +141,11 @@ pub enum Exit {
     TripleFault,
     /// A VMX or SVM instruction: Bastion offers no nested virtualization.
     VirtInstruction,
+    /// RDPMC: Bastion virtualizes no performance counters (CPUID leaf 0xA reports none), so
+    /// every counter is one the vCPU does not have: #GP (SDM Vol. 2B RDPMC, AMD APM Vol. 3
+    /// RDPMC). Passed through, it would read the host's counters, which count other guests'
+    /// work too.
+    Rdpmc,
     /// An external interrupt, NMI window or timer: nothing for the guest, just resume.
     Interrupted,
     /// The guest spun in a PAUSE loop longer than the backend's threshold (VMX pause-loop
@@ -260,6 +265,8 @@ impl Exit {
             Exit::NestedPageFault { .. } => ExitKind::NestedPageFault,
             Exit::TripleFault => ExitKind::TripleFault,
             Exit::VirtInstruction => ExitKind::VirtInstruction,
+            // Counted with RDMSR/WRMSR: a read of a (performance-counter) model-specific register.
+            Exit::Rdpmc => ExitKind::Msr,
             Exit::Interrupted | Exit::InterruptWindow | Exit::NmiWindow => ExitKind::Interrupted,
             Exit::HostNmi => ExitKind::HostNmi,
             Exit::EntryFailed(_) => ExitKind::EntryFailed,
@@ -694,6 +701,10 @@ pub fn handle_exit(e: &VmExit, cpu: &mut dyn Vcpu, g: &mut VcpuState, env: &mut 
         }
         Exit::VirtInstruction => {
             fault(cpu, Fault::Ud);
+            Action::Resume
+        }
+        Exit::Rdpmc => {
+            fault(cpu, Fault::Gp);
             Action::Resume
         }
         Exit::Interrupted | Exit::HostNmi => Action::Resume,

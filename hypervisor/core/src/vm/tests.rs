@@ -391,6 +391,24 @@ fn virtualization_instructions_get_ud() {
     assert_eq!(cpu.skipped, 0);
 }
 
+/// No performance counter is virtualized (CPUID leaf 0xA is zero), so RDPMC of any counter,
+/// 0 included, is #GP(0) in protected mode (SDM Vol. 2B RDPMC: "#GP(0) if ECX does not
+/// specify a valid counter"), with RIP left at the RDPMC and nothing in EDX:EAX.
+#[test]
+fn rdpmc_is_gp_for_every_counter() {
+    let (mut cpu, mut g) = (FakeCpu::default(), guest());
+    cpu.cr0 = 1;
+    for counter in [0u64, 1, 3, 0x4000_0000, 0xffff_ffff] {
+        cpu.gprs.rcx = counter;
+        (cpu.gprs.rax, cpu.gprs.rdx) = (0x1111, 0x2222);
+        assert_eq!(run(Exit::Rdpmc, &mut cpu, &mut g).0, Action::Resume);
+        assert_eq!((cpu.gprs.rax, cpu.gprs.rdx), (0x1111, 0x2222), "counter {counter:#x}");
+    }
+    assert_eq!(cpu.injected, [(GP, Some(0)); 5]);
+    assert_eq!(cpu.skipped, 0);
+    assert_eq!(Exit::Rdpmc.kind(), ExitKind::Msr);
+}
+
 #[test]
 fn cr_writes_are_checked() {
     let (mut cpu, mut g) = (FakeCpu::default(), guest());

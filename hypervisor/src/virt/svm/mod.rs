@@ -99,13 +99,15 @@ impl Svm {
         // hardware: real CPUs and Bochs check it, and Linux writes it at every context switch.
         v.write(INTERCEPT_CR, (InterceptCr::CR0_WRITE | InterceptCr::CR4_WRITE).bits());
         // INVD is intercepted and performed as WBINVD (it would discard dirty lines of host
-        // memory); NMIs and interrupts belong to the host.
+        // memory); RDPMC is #GP (Exit::Rdpmc: no counters are virtualized, and the host's
+        // count other guests' work); NMIs and interrupts belong to the host.
         v.write(
             INTERCEPT_MISC1,
             (InterceptMisc1::INTR
                 | InterceptMisc1::NMI
                 | InterceptMisc1::CPUID
                 | InterceptMisc1::INVD
+                | InterceptMisc1::RDPMC
                 | InterceptMisc1::HLT
                 | InterceptMisc1::INVLPGA
                 | InterceptMisc1::IOIO

@@ -72,6 +72,7 @@ bitflags::bitflags! {
         const INTR = 1 << 0;
         const NMI = 1 << 1;
         const VINTR = 1 << 4;
+        const RDPMC = 1 << 15;
         const CPUID = 1 << 18;
         const IRET = 1 << 20;
         const INVD = 1 << 22;

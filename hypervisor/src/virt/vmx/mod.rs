@@ -225,8 +225,10 @@ impl Vmx {
             ctl(
                 // TPR shadow: the guest's MOV CR8 reads and writes the virtual TPR in its own
                 // virtual-APIC page instead of the host's TPR (SDM Vol. 3C 30.1.2); TSC
-                // offsetting: the guest's TSC is the host's plus its own offset (26.3).
+                // offsetting: the guest's TSC is the host's plus its own offset (26.3). RDPMC
+                // exits (25.6.2) and is #GP (Exit::Rdpmc): no counters are virtualized.
                 (Proc::HLT_EXITING
+                    | Proc::RDPMC_EXITING
                     | Proc::MWAIT_EXITING
                     | Proc::MONITOR_EXITING
                     | Proc::USE_IO_BITMAPS
