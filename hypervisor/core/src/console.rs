@@ -183,6 +183,9 @@ pub struct GuestRow {
     pub memory_mib: u32,
     /// VM exits so far, all reasons.
     pub exits: u64,
+    /// Why a guest that is no longer running stopped (as its `stopped:` line says); empty
+    /// while it runs.
+    pub reason: String,
 }
 
 /// Per-guest state.
@@ -654,16 +657,19 @@ fn push_escaped(out: &mut String, bytes: &[u8]) {
     }
 }
 
-/// The `list` table: a header, then one row per guest, columns aligned (numbers to the right).
+/// The `list` table: a header, then one row per guest, columns aligned (numbers to the right),
+/// the stop reason of a guest that no longer runs last (`virsh domstate --reason` shows the
+/// same: what ended it, without searching the log).
 ///
 /// ```text
-/// NAME  STATE    VCPUS  CPUS  MEMORY  EXITS
+/// NAME  STATE    VCPUS  CPUS  MEMORY  EXITS  REASON
 /// web   running      2  0,1   64 MiB  12345
+/// db    crashed      1  -      8 MiB    212  triple fault
 /// ```
 pub fn format_list(rows: &[GuestRow]) -> Vec<String> {
-    const HEADER: [&str; 6] = ["NAME", "STATE", "VCPUS", "CPUS", "MEMORY", "EXITS"];
-    const RIGHT: [bool; 6] = [false, false, true, false, true, true];
-    let mut cells: Vec<[String; 6]> = Vec::with_capacity(rows.len() + 1);
+    const HEADER: [&str; 7] = ["NAME", "STATE", "VCPUS", "CPUS", "MEMORY", "EXITS", "REASON"];
+    const RIGHT: [bool; 7] = [false, false, true, false, true, true, false];
+    let mut cells: Vec<[String; 7]> = Vec::with_capacity(rows.len() + 1);
     cells.push(HEADER.map(String::from));
     for row in rows {
         cells.push([
@@ -673,9 +679,10 @@ pub fn format_list(rows: &[GuestRow]) -> Vec<String> {
             escaped(row.cpus.as_bytes()),
             format!("{} MiB", row.memory_mib),
             format!("{}", row.exits),
+            escaped(row.reason.as_bytes()),
         ]);
     }
-    let mut widths = [0usize; 6];
+    let mut widths = [0usize; 7];
     for row in &cells {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.len());
@@ -1252,6 +1259,7 @@ mod tests {
                 cpus: String::from("0,1"),
                 memory_mib: 64,
                 exits: 123456,
+                reason: String::new(),
             },
             GuestRow {
                 name: String::from("database"),
@@ -1260,20 +1268,31 @@ mod tests {
                 cpus: String::from("2"),
                 memory_mib: 1024,
                 exits: 7,
+                reason: String::new(),
+            },
+            GuestRow {
+                name: String::from("db\x1b"),
+                state: "crashed",
+                vcpus: 1,
+                cpus: String::from("-"),
+                memory_mib: 8,
+                exits: 212,
+                reason: String::from("triple fault\x1b[2J"),
             },
         ];
         let lines = format_list(&rows);
         assert_eq!(
             lines,
             vec![
-                "NAME      STATE    VCPUS  CPUS    MEMORY   EXITS",
+                "NAME      STATE    VCPUS  CPUS    MEMORY   EXITS  REASON",
                 "web       running      2  0,1     64 MiB  123456",
                 "database  paused      12  2     1024 MiB       7",
+                "db\\x1b    crashed      1  -        8 MiB     212  triple fault\\x1b[2J",
             ]
         );
         assert_eq!(
             format_list(&[]),
-            vec!["NAME  STATE  VCPUS  CPUS  MEMORY  EXITS", "(no guests)"]
+            vec!["NAME  STATE  VCPUS  CPUS  MEMORY  EXITS  REASON", "(no guests)"]
         );
     }
 

@@ -72,6 +72,17 @@ pub(super) enum Cause {
     Reset,
 }
 
+impl core::fmt::Display for Cause {
+    /// What the `stopped:` line and the monitor's `list` say.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Cause::Guest(r) => write!(f, "{r}"),
+            Cause::Killed => f.write_str("killed from the monitor"),
+            Cause::Reset => f.write_str("reset from the monitor"),
+        }
+    }
+}
+
 pub(super) struct GuestCtl {
     pub(super) vm: Option<Vm>,
     pub(super) status: Status,

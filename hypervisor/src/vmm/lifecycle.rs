@@ -287,12 +287,7 @@ pub(super) fn reap() {
         if let Some(line) = rest {
             println!("{line}");
         }
-        let what = match &cause {
-            Some(Cause::Guest(r)) => format!("{r}"),
-            Some(Cause::Killed) => "killed from the monitor".into(),
-            Some(Cause::Reset) => "reset from the monitor".into(),
-            None => "stopped".into(),
-        };
+        let what = cause.as_ref().map_or_else(|| "stopped".into(), |c| format!("{c}"));
         let line = format!(
             "guest {}: stopped: {what} (vCPU {vcpu}, RIP {rip:#x}); exits {exits}; ran {ran_ms} ms; memory freed, {} KiB free",
             g.cfg.name,

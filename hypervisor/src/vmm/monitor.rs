@@ -79,9 +79,15 @@ pub(super) fn run_command(c: Command) {
                         (0..g.vcpus.len()).filter_map(|v| sched.stats(vcpu_id(g.index, v)).map(|s| s.cpu)).collect();
                     cpus.sort_unstable();
                     cpus.dedup();
+                    let ctl = g.ctl.lock();
+                    let reason = match &ctl.cause {
+                        Some(c) if ctl.status.is_final() => format!("{c}"),
+                        _ => alloc::string::String::new(),
+                    };
                     GuestRow {
                         name: g.cfg.name.clone(),
-                        state: g.ctl.lock().status.name(),
+                        state: ctl.status.name(),
+                        reason,
                         vcpus: g.cfg.vcpus,
                         cpus: if cpus.is_empty() { "-".into() } else { cpus.iter().map(|c| format!("{c}")).collect::<Vec<_>>().join(",") },
                         memory_mib: g.cfg.memory_mib,
