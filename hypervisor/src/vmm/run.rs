@@ -177,6 +177,7 @@ pub(super) fn run_slice(cpu: &PerCpu, id: VcpuId, slice_ns: u64) {
             }
             drop(chip);
             if let Some(interrupts_enabled) = stuck(g) {
+                report_stuck(g, now);
                 stop_guest(g, Cause::Guest(StopReason::Halted { interrupts_enabled }), After::Nothing, (vi as u32, rip));
             }
         }
@@ -215,10 +216,20 @@ pub(super) fn run_slice(cpu: &PerCpu, id: VcpuId, slice_ns: u64) {
                 }
             }
             if let Some(interrupts_enabled) = stuck(g) {
+                report_stuck(g, now);
                 stop_guest(g, Cause::Guest(StopReason::Halted { interrupts_enabled }), After::Nothing, (vi as u32, rip));
             }
         }
         SliceEnd::Stop(r) => stop_guest(g, Cause::Guest(r), After::Nothing, (vi as u32, rip)),
+    }
+}
+
+/// Logs each vCPU's local APIC as the guest is found stuck: what a halted vCPU waited for
+/// (an interrupt held back by the TPR or one in service shows in IRR and PPR).
+fn report_stuck(g: &super::guest::Guest, now: u64) {
+    let chip = g.devices.irq.lock();
+    for v in 0..g.vcpus.len() {
+        log::warn!("guest {}: vCPU {v} local APIC: {}", g.cfg.name, chip.lapic_summary(v, now));
     }
 }
 

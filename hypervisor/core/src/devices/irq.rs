@@ -305,6 +305,11 @@ impl IrqChip {
         self.route();
     }
 
+    /// vCPU `v`'s local APIC state for a report ([`Lapic::summary`]).
+    pub fn lapic_summary(&self, v: usize, now_ns: u64) -> alloc::string::String {
+        self.lapics.get(v).map_or_else(|| alloc::string::String::from("no local APIC"), |l| l.summary(now_ns))
+    }
+
     /// TPR of vCPU `v` (what CR8 shows in its bits 7:4, SDM Vol. 3A 11.8.6.1).
     pub fn tpr(&self, v: usize) -> u8 {
         self.lapics.get(v).map_or(0, |l| l.tpr())

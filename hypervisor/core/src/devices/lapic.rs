@@ -647,6 +647,32 @@ impl Lapic {
         self.svr & SVR_APIC_ENABLED != 0
     }
 
+    /// What an interrupt waits on, for a report: `SVR 0x1ff TPR 0x00 PPR 0x00 IRR 0x2f ISR -
+    /// timer LVT 0x1002f count 0` (the IRR and ISR as their vectors, highest first).
+    pub fn summary(&self, now_ns: u64) -> alloc::string::String {
+        use core::fmt::Write;
+        let vectors = |bits: &[u32; 8]| {
+            let mut s = alloc::string::String::new();
+            for v in (0..=255u8).rev().filter(|&v| test_bit(bits, v)) {
+                let _ = write!(s, "{}{v:#x}", if s.is_empty() { "" } else { "," });
+            }
+            if s.is_empty() {
+                s.push('-');
+            }
+            s
+        };
+        alloc::format!(
+            "SVR {:#x} TPR {:#04x} PPR {:#04x} IRR {} ISR {} timer LVT {:#x} count {}",
+            self.svr,
+            self.tpr,
+            self.ppr(),
+            vectors(&self.irr),
+            vectors(&self.isr),
+            self.lvt[LVT_TIMER],
+            self.current_count(now_ns)
+        )
+    }
+
     /// The TPR (what CR8 reads, shifted: CR8[3:0] = TPR[7:4], 11.8.6).
     pub fn tpr(&self) -> u8 {
         self.tpr
@@ -1253,6 +1279,22 @@ mod tests {
         assert_eq!(rd(&mut a, REG_ID), 0xab00_0000);
         assert_eq!(a.apic_id(), 0xab);
         assert!(a.matches_destination(0xab, false), "the new ID is the physical destination");
+    }
+
+    /// The report of a stuck vCPU names what holds an interrupt back: the IRR and ISR as
+    /// vectors (highest first), TPR and PPR (11.8.3.1: PPR is the in-service vector's class
+    /// when that is above the TPR's), and the timer's LVT and current count.
+    #[test]
+    fn the_summary_shows_pending_and_in_service_vectors_and_the_timer() {
+        let mut a = timer(0x2f, 1000);
+        assert_eq!(a.summary(T0), "SVR 0x1ff TPR 0x00 PPR 0x00 IRR - ISR - timer LVT 0x2f count 1000");
+        a.accept(0x41, false);
+        a.accept(0x30, false);
+        assert_eq!(a.acknowledge(), Some(0x41));
+        a.set_tpr(0x20);
+        assert_eq!(a.summary(T0 + 400), "SVR 0x1ff TPR 0x20 PPR 0x40 IRR 0x30 ISR 0x41 timer LVT 0x2f count 600");
+        a.accept(0x31, false);
+        assert!(a.summary(T0).contains("IRR 0x31,0x30 "), "{}", a.summary(T0));
     }
 
     #[test]
