@@ -110,7 +110,12 @@ fn scenario(p: Platform, boot_timeout: Duration) {
     qemu_tests::assert_all_memory_returned(&emu.transcript());
 }
 
+/// QEMU 7.2's TCG sometimes leaves a host CPU translating through something other than its
+/// page tables right after a #VMEXIT (2 runs in 31: the CPU at the VMRUN return point faults
+/// on its own IDT gates, which its tables in memory map; the harness checks that from the
+/// paused machine). Such a run is retried once, with the report on stderr; any other
+/// failure fails.
 #[test]
 fn smp_debian_linux_guests_on_qemu_svm() {
-    scenario(Platform::QemuBios, Duration::from_secs(400));
+    qemu_tests::retry_once_on_emulator_fault(|| scenario(Platform::QemuBios, Duration::from_secs(400)));
 }
