@@ -13,8 +13,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 /// Every test guest, by binary name.
-pub const GUESTS: [&str; 26] = [
-    "modes", "checks", "overrun", "vmx-ud", "halt", "busy", "irqoff", "echo", "crash", "irqecho", "com2", "isolate-a", "isolate-b", "arch", "smphalt", "pit", "worker", "printer", "mmio", "flood", "reboot", "multiboot", "nmi", "ipi", "bench", "spin",
+pub const GUESTS: [&str; 27] = [
+    "modes", "checks", "overrun", "vmx-ud", "halt", "busy", "irqoff", "echo", "crash", "irqecho", "com2", "isolate-a", "isolate-b", "arch", "smphalt", "pit", "worker", "printer", "mmio", "flood", "reboot", "multiboot", "nmi", "ipi", "bench", "spin", "hostile",
 ];
 
 /// Where the guest image is loaded (and where its first byte, the real-mode entry, runs).

@@ -147,6 +147,38 @@ pub fn multiboot_registers() -> (u32, u32) {
     unsafe { (core::ptr::read_volatile(&raw const boot_multiboot_magic), core::ptr::read_volatile(&raw const boot_multiboot_info)) }
 }
 
+/// The kernel command line a Multiboot loader gave this guest (Multiboot spec 3.3: flag bit
+/// 2, the address at offset 16; Multiboot 2 spec 3.6.2: tag type 1), as text; `None` after a
+/// flat start, without one, or if it is not UTF-8.
+pub fn multiboot_cmdline() -> Option<&'static str> {
+    let (magic, info) = multiboot_registers();
+    let read32 = |a: u64| -> u32 {
+        // SAFETY: the loader's information, in identity-mapped RAM.
+        unsafe { core::ptr::read_volatile(a as *const u32) }
+    };
+    let info = u64::from(info);
+    let at = match magic {
+        MULTIBOOT_MAGIC if read32(info) & 1 << 2 != 0 => u64::from(read32(info + 16)),
+        MULTIBOOT2_MAGIC => {
+            let end = info + u64::from(read32(info)).min(64 * 1024);
+            let mut tag = info + 8;
+            loop {
+                let (kind, size) = (read32(tag), u64::from(read32(tag + 4)));
+                if tag + 8 > end || kind == 0 || size < 8 {
+                    return None;
+                }
+                if kind == 1 {
+                    break tag + 8;
+                }
+                tag += size.div_ceil(8) * 8;
+            }
+        }
+        _ => return None,
+    };
+    // SAFETY: a NUL-terminated string the loader placed in RAM.
+    unsafe { CStr::from_ptr(at as *const core::ffi::c_char) }.to_str().ok()
+}
+
 /// Top of vCPU `vcpu`'s boot stack (real and protected mode).
 pub const fn boot_stack_top(vcpu: u32) -> u64 {
     STACK_TOP - vcpu as u64 * BOOT_STACK_SIZE
