@@ -800,6 +800,15 @@ mod tests {
     }
 
     #[test]
+    fn each_vcpus_summary_is_its_own_local_apics() {
+        let mut c = chip(2);
+        c.set_tpr(1, 0x50);
+        assert!(c.lapic_summary(0, 0).contains(" TPR 0x00 "), "{}", c.lapic_summary(0, 0));
+        assert!(c.lapic_summary(1, 0).contains(" TPR 0x50 "), "{}", c.lapic_summary(1, 0));
+        assert_eq!(c.lapic_summary(2, 0), "no local APIC");
+    }
+
+    #[test]
     fn tpr_loads_and_reads_back_per_vcpu_and_holds_back_lower_classes() {
         // SDM 11.8.3.1: an interrupt whose class is not above the PPR's waits.
         let mut c = chip(2);
