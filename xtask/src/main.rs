@@ -422,6 +422,8 @@ fn run_emulator(args: &RunArgs) -> Result<()> {
         platform.name(),
         if opts.kvm == Some(true) { " with KVM" } else { "" }
     );
+    // The whole command, so it can be run again or adapted by hand.
+    eprintln!("xtask: {}", shell_line(&cmd));
     let status = if platform.is_qemu() {
         cmd.status().context("cannot start the emulator")?
     } else {
@@ -722,8 +724,32 @@ fn boot_times(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// `cmd` as one line for a POSIX shell: the program and each argument, single-quoted when it
+/// holds anything beyond letters, digits and `_./=:,+-@%` (a quote inside as `'\''`).
+fn shell_line(cmd: &std::process::Command) -> String {
+    let quote = |s: &std::ffi::OsStr| {
+        let s = s.to_string_lossy();
+        if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "_./=:,+-@%".contains(c)) {
+            s.into_owned()
+        } else {
+            format!("'{}'", s.replace('\'', "'\\''"))
+        }
+    };
+    std::iter::once(quote(cmd.get_program())).chain(cmd.get_args().map(quote)).collect::<Vec<_>>().join(" ")
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_printed_command_line_quotes_what_a_shell_would_split_or_expand() {
+        let mut c = std::process::Command::new("qemu-system-x86_64");
+        c.args(["-m", "256", "-drive", "format=raw,file=/tmp/a b/c.img", "it's", "", "$HOME", "-serial", "stdio"]);
+        assert_eq!(
+            super::shell_line(&c),
+            "qemu-system-x86_64 -m 256 -drive 'format=raw,file=/tmp/a b/c.img' 'it'\\''s' '' '$HOME' -serial stdio"
+        );
+    }
+
     use super::*;
     use clap::CommandFactory;
 
