@@ -170,7 +170,7 @@ fn a_machine_reset_is_reported_with_each_cpus_page_walks() {
     assert!(err.contains("crash: triple faulting now"), "{err}");
     assert!(err.contains("the machine reset (QEMU: Triple fault)"), "{err}");
     assert!(err.contains("CPU 0: CR3 0x70000 RIP 0x"), "{err}");
-    assert!(err.contains("IDT base 0x0\n"), "{err}");
+    assert!(err.contains("IDT base 0x0 CR2 0x0\n"), "{err}");
     // Entries as in memory, with the accessed and dirty bits the CPU set (0x20, 0x40).
     let walk = |what: &str| err.lines().find(|l| l.starts_with(&format!("  {what}: "))).unwrap_or_else(|| panic!("no {what} walk:\n{err}"));
     for what in ["RIP", "IDT"] {
