@@ -64,7 +64,7 @@ fn isolation_under_svm_on_bochs_amd() {
 /// writes, string I/O, a wake-up by another vCPU's interrupt).
 fn check_arch(text: &str) {
     assert!(!text.contains("arch: FAIL"), "{text}");
-    assert!(text.contains("[arch] arch: rep outsb reached the console"), "{text}");
+    assert!(text.lines().any(|l| l == "[arch] arch: rep outsb"), "{text}");
     assert!(text.contains("arch: PASS an interrupt raised by vCPU 1's device access wakes halted vCPU 0"), "{text}");
     // kvmclock: offered, and its time advances at the TSC rate.
     assert!(text.contains("arch: PASS KVM signature at CPUID 0x40000100"), "{text}");
