@@ -357,7 +357,7 @@ impl Emulator {
             match self.lines.recv_timeout(left.min(RESET_POLL)) {
                 Ok(l) => self.push(l),
                 Err(RecvTimeoutError::Timeout) if !left.is_zero() && left > RESET_POLL => {
-                    if self.host_reset_report().is_some() {
+                    if self.host_reset_report() {
                         return Err(self.failure(&format!("the machine reset while waiting for {what}"), &self.log_tails()));
                     }
                 }
@@ -442,7 +442,7 @@ impl Emulator {
         loop {
             if Instant::now() >= next_check {
                 next_check = Instant::now() + RESET_POLL;
-                if self.host_reset_report().is_some() {
+                if self.host_reset_report() {
                     return Some(0);
                 }
             }
@@ -545,20 +545,21 @@ const QEMU_TRIPLE_FAULT: &str = "Triple fault";
 impl Emulator {
     /// If QEMU paused on a machine reset (a triple fault of a host CPU: Bastion crashed),
     /// reads what the paused machine still holds, writes it to `host-reset.txt` in the run
-    /// directory, kills QEMU and returns a summary with the file's path; `None` otherwise.
+    /// directory, kills QEMU, keeps a summary with the file's path for every later failure
+    /// (`reset_report`) and returns true; false otherwise.
     ///
     /// A host triple fault leaves no trace on the serial console: the CPU could not even
     /// reach its exception handlers. What tells a corrupted page table from an emulator whose
     /// own state went wrong is whether the tables *in memory* map the addresses that failed:
     /// for each CPU, the summary walks its CR3 (4-level paging, SDM Vol. 3A 4.5) for RIP and
     /// the IDT base and shows every entry.
-    fn host_reset_report(&mut self) -> Option<String> {
+    fn host_reset_report(&mut self) -> bool {
         if !self.platform.is_qemu() || self.child.is_none() {
-            return None;
+            return false;
         }
-        let log = std::fs::read_to_string(self.dir.join(emulators::QEMU_DEBUG_LOG)).ok()?;
+        let Ok(log) = std::fs::read_to_string(self.dir.join(emulators::QEMU_DEBUG_LOG)) else { return false };
         if !log.contains(QEMU_TRIPLE_FAULT) {
-            return None;
+            return false;
         }
         let sock = self.dir.join(emulators::QEMU_MONITOR_SOCKET);
         let regs = monitor_command(&sock, "info registers -a").unwrap_or_default();
@@ -580,33 +581,33 @@ impl Emulator {
         let file = self.dir.join("host-reset.txt");
         let _ = std::fs::write(&file, &full);
         self.kill();
-        let report = format!("the machine reset (QEMU: {QEMU_TRIPLE_FAULT}); page walks of the paused machine:\n{walks}(registers and QEMU's log in {})\n", file.display());
-        self.reset_report = Some(report.clone());
-        Some(report)
+        self.reset_report = Some(format!(
+            "the machine reset (QEMU: {QEMU_TRIPLE_FAULT}); page walks of the paused machine:\n{walks}(registers and QEMU's log in {})\n",
+            file.display()
+        ));
+        true
     }
 }
 
 /// What a reset report says when the machine state shows an emulator fault rather than
-/// Bastion's (a page fault on an address the page tables map): [`Failure::is_emulator_fault`].
+/// Bastion's (a page fault on an address the page tables map): [`shows_emulator_fault`].
 pub const EMULATOR_FAULT: &str = "emulator fault";
 
-impl Failure {
-    /// Whether the failure is a machine reset whose report shows the emulator, not Bastion,
-    /// at fault (see [`Emulator::host_reset_report`]). Measured on QEMU 7.2's TCG under SMP
-    /// Linux: a host CPU right after VMRUN faults on its own IDT, whose page tables in memory
-    /// map it, 2 times in 31 runs of linux_smp.
-    pub fn is_emulator_fault(&self) -> bool {
-        self.0.contains(&format!("  {EMULATOR_FAULT}: "))
-    }
+/// Whether a failure's text is a machine reset whose report shows the emulator, not Bastion,
+/// at fault (see `Emulator::host_reset_report`). Measured on QEMU 7.2's TCG under SMP
+/// Linux: a host CPU right after VMRUN faults on its own IDT, whose page tables in memory map
+/// it, 2 times in 31 runs of linux_smp.
+pub fn shows_emulator_fault(failure: &str) -> bool {
+    failure.contains(&format!("  {EMULATOR_FAULT}: "))
 }
 
-/// Runs `test`; if it fails with an [emulator fault](Failure::is_emulator_fault), says so
+/// Runs `test`; if it fails with an [emulator fault](shows_emulator_fault), says so
 /// (the whole report on stderr) and runs it once more. Any other failure, or a second one,
 /// fails the test. For tests where an emulator defect was measured (linux_smp on QEMU TCG).
 pub fn retry_once_on_emulator_fault(test: impl Fn() + std::panic::RefUnwindSafe) {
     let Err(e) = std::panic::catch_unwind(&test) else { return };
     let msg = e.downcast_ref::<String>().map(String::as_str).or_else(|| e.downcast_ref::<&str>().copied()).unwrap_or("");
-    if !msg.contains(&format!("  {EMULATOR_FAULT}: ")) {
+    if !shows_emulator_fault(msg) {
         std::panic::resume_unwind(e);
     }
     eprintln!("=== the first attempt ended in an emulator fault (not Bastion's: see the page walks); running once more ===\n{msg}");
