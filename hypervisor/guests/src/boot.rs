@@ -147,32 +147,40 @@ pub fn multiboot_registers() -> (u32, u32) {
     unsafe { (core::ptr::read_volatile(&raw const boot_multiboot_magic), core::ptr::read_volatile(&raw const boot_multiboot_info)) }
 }
 
+/// A 32-bit word of the boot loader's information, in identity-mapped RAM.
+fn info_u32(at: u64) -> u32 {
+    // SAFETY: the loader's information lies in RAM, identity-mapped; an address outside it
+    // reads whatever the hypervisor answers, never faults.
+    unsafe { core::ptr::read_volatile(at as *const u32) }
+}
+
+/// The tags of the Multiboot 2 information at `info` (Multiboot 2 spec 3.6: total_size,
+/// reserved, then tags, each `type`, `size`, body, 8-byte aligned, up to the end tag), as
+/// (type, address, size), within the first 64 KiB. A tag whose size is below the 8 bytes of
+/// its header is yielded and ends the walk (its successor cannot be found).
+pub fn multiboot2_tags(info: u64) -> impl Iterator<Item = (u32, u64, u64)> {
+    let end = info + u64::from(info_u32(info)).min(64 * 1024);
+    let mut at = Some(info + 8);
+    core::iter::from_fn(move || {
+        let tag = at.filter(|&t| t + 8 <= end)?;
+        let (kind, size) = (info_u32(tag), u64::from(info_u32(tag + 4)));
+        if kind == 0 {
+            return None;
+        }
+        at = (size >= 8).then(|| tag + size.div_ceil(8) * 8);
+        Some((kind, tag, size))
+    })
+}
+
 /// The kernel command line a Multiboot loader gave this guest (Multiboot spec 3.3: flag bit
 /// 2, the address at offset 16; Multiboot 2 spec 3.6.2: tag type 1), as text; `None` after a
 /// flat start, without one, or if it is not UTF-8.
 pub fn multiboot_cmdline() -> Option<&'static str> {
     let (magic, info) = multiboot_registers();
-    let read32 = |a: u64| -> u32 {
-        // SAFETY: the loader's information, in identity-mapped RAM.
-        unsafe { core::ptr::read_volatile(a as *const u32) }
-    };
     let info = u64::from(info);
     let at = match magic {
-        MULTIBOOT_MAGIC if read32(info) & 1 << 2 != 0 => u64::from(read32(info + 16)),
-        MULTIBOOT2_MAGIC => {
-            let end = info + u64::from(read32(info)).min(64 * 1024);
-            let mut tag = info + 8;
-            loop {
-                let (kind, size) = (read32(tag), u64::from(read32(tag + 4)));
-                if tag + 8 > end || kind == 0 || size < 8 {
-                    return None;
-                }
-                if kind == 1 {
-                    break tag + 8;
-                }
-                tag += size.div_ceil(8) * 8;
-            }
-        }
+        MULTIBOOT_MAGIC if info_u32(info) & 1 << 2 != 0 => u64::from(info_u32(info + 16)),
+        MULTIBOOT2_MAGIC => multiboot2_tags(info).find(|&(kind, _, size)| kind == 1 && size >= 8)?.1 + 8,
         _ => return None,
     };
     // SAFETY: a NUL-terminated string the loader placed in RAM.

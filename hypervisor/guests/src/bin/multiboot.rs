@@ -91,16 +91,11 @@ fn read_mb1(info: u64) -> Info {
     out
 }
 
-/// Multiboot 2 spec 3.6: total_size, reserved, then tags (type, size, body), each 8-byte
-/// aligned, up to the end tag (type 0).
+/// Multiboot 2 spec 3.6: a list of tags ([`test_guests::boot::multiboot2_tags`]).
 fn read_mb2(info: u64) -> Info {
-    let total = u64::from(read32(info)).min(64 * 1024);
     let mut out = Info::default();
-    let mut at = info + 8;
-    while at + 8 <= info + total {
-        let (kind, size) = (read32(at), u64::from(read32(at + 4)));
+    for (kind, at, size) in test_guests::boot::multiboot2_tags(info) {
         match kind {
-            0 => break,
             1 => out.cmdline = Some(at as u32 + 8),
             2 => out.loader = Some(at as u32 + 8),
             3 => {
@@ -117,9 +112,7 @@ fn read_mb2(info: u64) -> Info {
         }
         if size < 8 {
             say!("FAIL tag type {kind} at {at:#x} has size {size}");
-            break;
         }
-        at += size.div_ceil(8) * 8;
     }
     out
 }
