@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 mod console_bench;
 mod cpu_bench;
+mod fuzz;
+mod hostile_bench;
 mod linux;
 mod linux_bench;
 
@@ -42,6 +44,8 @@ enum Cmd {
     /// Measure boot time on every platform, the scheduler's fairness, Bastion's own memory, the
     /// console's cost and a Linux guest against the same kernel on bare QEMU
     Bench(BenchArgs),
+    /// Build the libFuzzer targets (hypervisor/core/fuzz) and run each, or one, for a while
+    Fuzz(FuzzArgs),
     /// Fetch Debian's cloud kernel and busybox (apt-get download, nothing installed) and build
     /// the initramfs for Linux guests, under target/linux/
     FetchLinux,
@@ -100,6 +104,19 @@ struct TestArgs {
 }
 
 #[derive(Args)]
+struct FuzzArgs {
+    /// The target to run [default: every one in turn]
+    #[arg(value_name = "TARGET")]
+    target: Option<String>,
+    /// Seconds each target runs
+    #[arg(long, value_name = "S", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    time: u64,
+    /// Stop each target after this many executions, if that comes first
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    runs: Option<u64>,
+}
+
+#[derive(Args)]
 struct BenchArgs {
     /// What to measure
     #[arg(value_enum, default_value_t = Bench::All)]
@@ -110,6 +127,9 @@ struct BenchArgs {
     /// How long the fairness run lasts, in milliseconds
     #[arg(long, value_name = "MS", default_value_t = 6000, value_parser = clap::value_parser!(u64).range(1..))]
     fair_ms: u64,
+    /// Operations the hostile guest runs in `bench hostile`
+    #[arg(long, value_name = "N", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    ops: u64,
 }
 
 /// The benchmarks `cargo xtask bench` knows.
@@ -134,6 +154,9 @@ enum Bench {
     /// Debian's Linux as a Bastion guest against the same kernel booted by QEMU itself (TCG,
     /// AMD-V): boot and firmware time, shell work timed by the guest, exits of the idle guest
     Linux,
+    /// The `hostile` guest's operations (1,000,000 by default, `--ops`) on QEMU (TCG, AMD-V)
+    /// beside a canary counting CPU work, and the canary's rate there over its rate alone
+    Hostile,
 }
 
 fn main() {
@@ -152,6 +175,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Run(args) => run_emulator(&args),
         Cmd::Test(args) => test(&args),
         Cmd::Bench(args) => bench(&args),
+        Cmd::Fuzz(args) => fuzz::fuzz(&root(), args.target.as_deref(), args.time, args.runs),
         Cmd::FetchLinux => linux::fetch(&root()).map(|k| println!("{}\n{}\n({})", k.vmlinuz.display(), k.initramfs.display(), k.package)),
     }
 }
@@ -598,7 +622,7 @@ fn emulator_tests() -> Result<Vec<String>> {
 /// against bare QEMU (both need only QEMU, so `bench cpu` or `bench linux` alone installs
 /// nothing else).
 fn bench(args: &BenchArgs) -> Result<()> {
-    ensure_packages(if matches!(args.what, Bench::Linux | Bench::Cpu) { &[Platform::QemuBios][..] } else { &Platform::ALL })?;
+    ensure_packages(if matches!(args.what, Bench::Linux | Bench::Cpu | Bench::Hostile) { &[Platform::QemuBios][..] } else { &Platform::ALL })?;
     prepare_boot_cli()?;
     if matches!(args.what, Bench::All | Bench::Boot) {
         boot_times(args)?;
@@ -617,6 +641,9 @@ fn bench(args: &BenchArgs) -> Result<()> {
     }
     if matches!(args.what, Bench::All | Bench::Linux) {
         linux_bench::linux(&root())?;
+    }
+    if matches!(args.what, Bench::All | Bench::Hostile) {
+        hostile_bench::hostile(args.ops)?;
     }
     Ok(())
 }

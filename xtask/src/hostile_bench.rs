@@ -1,0 +1,158 @@
+//! `cargo xtask bench hostile`: the `hostile` test guest's seeded stream of privileged and odd
+//! operations (see `hypervisor/guests/src/bin/hostile.rs`) at length, on QEMU TCG with AMD-V
+//! (2 CPUs), beside a `worker` canary that counts units of CPU work and prints its total once a
+//! second of TSC time; then the canary alone on the same machine, in the same invocation.
+//!
+//! Prints `bench: hostile ops=<n> faults=<n> host_faults=0 canary_rate_ratio=<x>`: the
+//! canary's units per second while the hostile guest ran, over its rate alone (goal ≥ 0.9:
+//! a hostile guest must not slow its neighbour by more than the CPU it is given). A host
+//! fault (Bastion's crash line, a panic, or the machine resetting) fails the benchmark; so
+//! does any operation whose answer broke its rule (`mismatches` other than 0).
+//!
+//! Every run has a deadline and its emulator is killed at the end.
+
+use anyhow::{bail, Result};
+use qemu_tests::{Emulator, Platform, RunOptions};
+use std::time::Duration;
+
+/// The goal for the canary's rate next to the hostile guest over its rate alone.
+const GOAL: f64 = 0.9;
+/// The worker's lines (one a second of TSC time) measured alone.
+const ALONE_LINES: usize = 30;
+
+fn config(hostile: Option<(u64, u64)>) -> String {
+    let mut cfg = String::from("[hypervisor]\nexit_when_idle = true\n\n[[guest]]\nname = \"canary\"\nkernel = \"guests/worker.bin\"\nmemory_mib = 4\n");
+    if let Some((seed, ops)) = hostile {
+        // QEMU 7.2's TCG wakes `sti; hlt` wrongly under SVM (hostile.rs explains): no `hlt`.
+        cfg += &format!(
+            "\n[[guest]]\nname = \"hostile\"\nformat = \"multiboot\"\nkernel = \"guests/hostile.bin\"\nmemory_mib = 4\ncmdline = \"seed={seed} ops={ops} skip=hlt\"\n"
+        );
+    }
+    cfg
+}
+
+/// The canary's running totals (`[canary] worker: units <n>`), in the order printed, each
+/// with the byte offset of its line in `text`.
+pub fn units(text: &str) -> Vec<(usize, u64)> {
+    let mut at = 0;
+    let mut out = Vec::new();
+    for line in text.split_inclusive('\n') {
+        if let Some(n) = line.split("[canary] worker: units ").nth(1).and_then(|n| n.trim().parse().ok()) {
+            out.push((at, n));
+        }
+        at += line.len();
+    }
+    out
+}
+
+/// Units per line interval (per second of TSC time) over the totals printed between byte
+/// offsets `from` and `to`: the growth from the first to the last, over the intervals between
+/// them. None with fewer than two lines there.
+pub fn rate(totals: &[(usize, u64)], from: usize, to: usize) -> Option<f64> {
+    let inside: Vec<u64> = totals.iter().filter(|(at, _)| *at >= from && *at < to).map(|(_, n)| *n).collect();
+    let (first, last) = (*inside.first()?, *inside.last()?);
+    if inside.len() < 2 {
+        return None;
+    }
+    Some(last.saturating_sub(first) as f64 / (inside.len() - 1) as f64)
+}
+
+/// `key=<n>` from a line such as `hostile: done ops=1 faults=2 mismatches=0 quirks=3`.
+pub fn field(line: &str, key: &str) -> Option<u64> {
+    line.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+}
+
+/// What a transcript shows of the host failing: Bastion's crash report or a panic.
+fn host_fault(text: &str) -> bool {
+    text.contains("BASTION CRASH") || text.contains("PANIC")
+}
+
+pub fn hostile(ops: u64) -> Result<()> {
+    let seed = std::env::var("BASTION_HOSTILE_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1u64);
+    let (hostile, worker) = (qemu_tests::guests::guest_image("hostile"), qemu_tests::guests::guest_image("worker"));
+    let files = [("guests/hostile.bin", hostile.as_path()), ("guests/worker.bin", worker.as_path())];
+    let opts = RunOptions { smp: 2, ..RunOptions::default() };
+    let p = Platform::QemuBios;
+    let e = |f: qemu_tests::Failure| anyhow::anyhow!("{f}");
+
+    // The canary alone: ALONE_LINES seconds after its first line.
+    let image = qemu_tests::image_with_files("bench-hostile-alone", &config(None), &files);
+    let mut emu = Emulator::start(p, &image, &opts);
+    emu.expect("[canary] worker: units ", p.boot_timeout()).map_err(e)?;
+    emu.expect_count("[canary] worker: units ", ALONE_LINES + 1, Duration::from_secs(ALONE_LINES as u64 * 10 + 60)).map_err(e)?;
+    let text = emu.transcript();
+    drop(emu);
+    let alone = units(&text);
+    // The first line's interval includes the guest's start: measured from it, not over it.
+    let Some(alone_rate) = rate(&alone, alone[0].0, text.len()) else { bail!("the canary printed too few lines alone:\n{text}") };
+
+    // Beside the hostile guest, from the line where it starts to the one where it is done.
+    let image = qemu_tests::image_with_files("bench-hostile", &config(Some((seed, ops))), &files);
+    let mut emu = Emulator::start(p, &image, &opts);
+    // ~1,500-3,000 operations a second on TCG; generous so a slow host still finishes.
+    let deadline = Duration::from_secs(120 + ops / 200);
+    let started = std::time::Instant::now();
+    emu.expect("[hostile] hostile: seed ", p.boot_timeout()).map_err(e)?;
+    let done = emu.expect("[hostile] hostile: done ops=", deadline).map_err(e)?;
+    let secs = started.elapsed().as_secs_f64();
+    emu.expect("guest hostile: stopped: ", Duration::from_secs(30)).map_err(e)?;
+    // A machine reset would have ended the waits above with the harness's reset report.
+    let text = emu.transcript();
+    drop(emu);
+    let host_faults = u32::from(host_fault(&text));
+    let from = text.find("[hostile] hostile: seed ").unwrap_or(0);
+    let to = text.find("[hostile] hostile: done ops=").unwrap_or(text.len());
+    let Some(beside_rate) = rate(&units(&text), from, to) else { bail!("the canary printed too few lines beside the hostile guest:\n{text}") };
+    let (Some(n), Some(faults), Some(mismatches)) = (field(&done, "ops"), field(&done, "faults"), field(&done, "mismatches")) else {
+        bail!("no figures in the hostile guest's last line `{}`", done.trim());
+    };
+    let ratio = beside_rate / alone_rate;
+    println!(
+        "hostile, {} with 2 CPUs, seed {seed}: {n} operations in {secs:.0} s ({:.0}/s), {} quirks; canary {beside_rate:.0} units/s beside, {alone_rate:.0} alone (goal ratio ≥ {GOAL})",
+        p.name(),
+        n as f64 / secs,
+        field(&done, "quirks").unwrap_or(0)
+    );
+    println!("bench: hostile ops={n} faults={faults} host_faults={host_faults} canary_rate_ratio={ratio:.3}");
+    if host_faults != 0 || mismatches != 0 || !text.contains("guest hostile: stopped: test exit: PASS") {
+        bail!("the hostile guest harmed the host or got a wrong answer (seed {seed}, {mismatches} mismatches):\n{text}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_canary_rate_is_growth_over_intervals_between_two_offsets() {
+        let text = "[canary] worker: units 10\n[hostile] hostile: seed 1 ops 5\n[canary] worker: units 110\n[canary] worker: units 200\n[canary] worker: units 290\n[hostile] hostile: done ops=5\n[canary] worker: units 1000\n";
+        let totals = units(text);
+        assert_eq!(totals.iter().map(|t| t.1).collect::<Vec<_>>(), [10, 110, 200, 290, 1000]);
+        let (from, to) = (text.find("[hostile] hostile: seed").unwrap(), text.find("hostile: done").unwrap());
+        // 110 -> 290 over two intervals: 90 a line; the lines before and after are not counted.
+        assert_eq!(rate(&totals, from, to), Some(90.0));
+        assert_eq!(rate(&totals, 0, text.len()), Some(990.0 / 4.0));
+        // One line is no interval.
+        assert_eq!(rate(&totals, 0, from), None);
+        assert_eq!(rate(&totals, text.len(), text.len()), None);
+    }
+
+    #[test]
+    fn figures_are_read_by_key() {
+        let line = "[hostile] hostile: done ops=1000000 faults=402311 mismatches=0 quirks=59120";
+        assert_eq!(field(line, "ops"), Some(1_000_000));
+        assert_eq!(field(line, "faults"), Some(402_311));
+        assert_eq!(field(line, "mismatches"), Some(0));
+        assert_eq!(field(line, "seed"), None);
+    }
+
+    #[test]
+    fn the_hostile_guest_runs_beside_the_canary_without_hlt_on_qemu() {
+        let cfg = config(Some((7, 1000)));
+        assert!(cfg.contains("cmdline = \"seed=7 ops=1000 skip=hlt\""), "{cfg}");
+        assert_eq!(cfg.matches("[[guest]]").count(), 2);
+        assert_eq!(config(None).matches("[[guest]]").count(), 1);
+        assert!(host_fault("x\nBASTION CRASH on cpu 0\n") && !host_fault("hostile: done"));
+    }
+}
