@@ -38,8 +38,8 @@ enum Cmd {
     /// Build, then boot in QEMU (default) or Bochs with the serial console on this terminal
     /// (Ctrl-C quits)
     Run(RunArgs),
-    /// Fetch the Linux guest kit (Debian packages, under target/linux), run the host unit tests,
-    /// then the emulator tests (qemu-tests)
+    /// Fetch the Linux guest kit (Debian packages, under target/linux), run the host unit tests
+    /// and each fuzz target for a few seconds, then the emulator tests (qemu-tests)
     Test(TestArgs),
     /// Measure boot time on every platform, the scheduler's fairness, Bastion's own memory, the
     /// console's cost and a Linux guest against the same kernel on bare QEMU
@@ -95,7 +95,7 @@ enum Cpu {
 
 #[derive(Args)]
 struct TestArgs {
-    /// Run only the host unit tests (no emulators)
+    /// Run only the host unit tests and the brief fuzz runs (no emulators)
     #[arg(long)]
     host_only: bool,
     /// Run only these emulator test files of qemu-tests/tests (names without `.rs`)
@@ -530,6 +530,9 @@ impl Drop for RawTerminal {
     }
 }
 
+/// Seconds each fuzz target runs in `cargo xtask test`.
+const FUZZ_SECS_IN_TEST: u64 = 8;
+
 fn test(args: &TestArgs) -> Result<()> {
     if !args.host_only {
         ensure_packages(&Platform::ALL)?;
@@ -543,6 +546,14 @@ fn test(args: &TestArgs) -> Result<()> {
         .context("cannot run cargo test")?;
     if !host.success() {
         bail!("host unit tests failed");
+    }
+    // Every fuzz target briefly, from its seeds and the corpus earlier runs left: a target
+    // that no longer builds, or an invariant that a recent change broke, shows here.
+    if args.only.is_empty() {
+        let bin = fuzz::build(&root())?;
+        for t in fuzz::TARGETS {
+            fuzz::run(&root(), &bin, t, FUZZ_SECS_IN_TEST, None)?;
+        }
     }
     if args.host_only {
         return Ok(());
