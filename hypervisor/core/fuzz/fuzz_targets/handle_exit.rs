@@ -217,7 +217,7 @@ fn exit(u: &mut arbitrary::Unstructured) -> Exit {
         15 => Exit::HostNmi,
         16 => Exit::InterruptWindow,
         17 => Exit::NmiWindow,
-        18 => Exit::EntryFailed("fuzz".into()),
+        18 => if u.arbitrary().unwrap_or(true) { Exit::EntryFailed("fuzz".into()) } else { Exit::StateLost("fuzz".into()) },
         _ => Exit::Unhandled { code: u.arbitrary().unwrap_or(0), info1: 0, info2: 0 },
     }
 }

@@ -162,6 +162,9 @@ pub enum Exit {
     NmiWindow,
     /// The hardware refused to enter the guest; the text says why.
     EntryFailed(String),
+    /// The exit saved something other than the guest's state, so the guest cannot go on (the
+    /// backend says what it saw).
+    StateLost(String),
     /// Anything else, with the backend's own exit code and qualification for the report.
     Unhandled { code: u64, info1: u64, info2: u64 },
 }
@@ -269,7 +272,8 @@ impl Exit {
             Exit::Rdpmc => ExitKind::Msr,
             Exit::Interrupted | Exit::InterruptWindow | Exit::NmiWindow => ExitKind::Interrupted,
             Exit::HostNmi => ExitKind::HostNmi,
-            Exit::EntryFailed(_) => ExitKind::EntryFailed,
+            // Counted with the entry failures: the CPU could not switch between host and guest.
+            Exit::EntryFailed(_) | Exit::StateLost(_) => ExitKind::EntryFailed,
             Exit::Unhandled { .. } => ExitKind::Unhandled,
             Exit::PauseLoop => ExitKind::PauseLoop,
         }
@@ -409,6 +413,8 @@ pub enum StopReason {
     /// Access to guest-physical memory that is neither RAM nor a device.
     BadAccess { gpa: u64, write: bool, fetch: bool },
     EntryFailed(String),
+    /// The exit did not save the guest's state ([`Exit::StateLost`]).
+    StateLost(String),
     Unsupported(String),
     Unhandled { code: u64, info1: u64, info2: u64 },
 }
@@ -431,6 +437,7 @@ impl fmt::Display for StopReason {
                 if *fetch { "executed" } else if *write { "wrote" } else { "read" }
             ),
             StopReason::EntryFailed(s) => write!(f, "VM entry failed: {s}"),
+            StopReason::StateLost(s) => write!(f, "the CPU lost the guest's state at an exit: {s}"),
             StopReason::Unsupported(s) => write!(f, "unsupported: {s}"),
             StopReason::Unhandled { code, info1, info2 } => {
                 write!(f, "unhandled exit {code:#x} (info {info1:#x}, {info2:#x})")
@@ -722,6 +729,7 @@ pub fn handle_exit(e: &VmExit, cpu: &mut dyn Vcpu, g: &mut VcpuState, env: &mut 
         Exit::NestedPageFault { gpa, write, fetch } => mmio::handle(*gpa, *write, *fetch, cpu, env),
         Exit::TripleFault => Action::Stop(StopReason::TripleFault),
         Exit::EntryFailed(s) => Action::Stop(StopReason::EntryFailed(s.clone())),
+        Exit::StateLost(s) => Action::Stop(StopReason::StateLost(s.clone())),
         Exit::Unhandled { code, info1, info2 } => {
             Action::Stop(StopReason::Unhandled { code: *code, info1: *info1, info2: *info2 })
         }

@@ -434,8 +434,14 @@ fn fatal_exits_stop_with_a_report_and_stats_count_everything() {
     let (a, _) = run(Exit::Unhandled { code: 99, info1: 1, info2: 2 }, &mut cpu, &mut g);
     assert_eq!(a, Action::Stop(StopReason::Unhandled { code: 99, info1: 1, info2: 2 }));
     assert_eq!(run(Exit::Interrupted, &mut cpu, &mut g).0, Action::Resume);
-    assert_eq!(g.state.stats.total(), 4);
-    assert_eq!(g.state.stats.to_string(), "total 4: npf 1, triple-fault 1, interrupt 1, unhandled 1");
+    // An exit that saved the host's state instead of the guest's: the guest cannot go on, and
+    // its stop line says what the backend saw. Counted with the entry failures.
+    let (a, _) = run(Exit::StateLost("RIP at VMRUN's return".into()), &mut cpu, &mut g);
+    let Action::Stop(r) = a else { panic!() };
+    assert_eq!(r.to_string(), "the CPU lost the guest's state at an exit: RIP at VMRUN's return");
+    assert_eq!((cpu.skipped, cpu.injected.len()), (0, 0), "nothing of the guest is touched");
+    assert_eq!(g.state.stats.total(), 5);
+    assert_eq!(g.state.stats.to_string(), "total 5: npf 1, triple-fault 1, interrupt 1, entry-failed 1, unhandled 1");
 }
 
 #[test]

@@ -300,6 +300,8 @@ global_asm!(
     "    mov rax, [rsp]",
     "    vmrun rax",
     // Guest GPRs are live; RAX holds the VMCB address again (guest RAX is in the VMCB).
+    ".global bastion_svm_vmrun_return",
+    "bastion_svm_vmrun_return:",
     "    push rdi",
     "    mov rdi, [rsp + 24]",
     "    mov [rdi + 8], rbx",
@@ -336,6 +338,19 @@ global_asm!(
 
 unsafe extern "C" {
     fn bastion_svm_run(gprs: *mut Gprs, guest_vmcb: u64, host_vmcb: u64);
+    /// The host instruction after VMRUN, where #VMEXIT returns (a label, never called).
+    fn bastion_svm_vmrun_return();
+}
+
+/// Whether the state an exit saved as the guest's is the host's own, taken at the instruction
+/// after VMRUN: QEMU 7.2's TCG (measured in the hostile battery and in SMP Linux runs) now and
+/// then translates the host's first memory access after a #VMEXIT through the guest's nested
+/// page tables, faults there, and takes a second #VMEXIT (a nested page fault) that saves the
+/// host's registers over the guest's (APM Vol. 2 15.6: #VMEXIT writes the guest state to the
+/// VMCB). No guest can be at that RIP with the host's CR3, so it is recognised exactly; the
+/// guest's own state is gone and it cannot go on.
+fn saved_host_state(rip: u64, cr3: u64) -> bool {
+    rip == bastion_svm_vmrun_return as *const () as u64 && cr3 == x86_64::registers::control::Cr3::read_raw().0.start_address().as_u64()
 }
 
 impl SvmVcpu {
@@ -391,6 +406,13 @@ impl SvmVcpu {
         let pending = self.vmcb.r64(EXITINTINFO);
         let valid = pending >> 31 & 1 != 0 && (pending >> 8) & 7 != 4;
         self.vmcb.w64(EVENTINJ, if valid { pending } else { 0 });
+        if saved_host_state(self.vmcb.r64(RIP), self.vmcb.r64(CR3) & !0xfff) {
+            return VmExit::event(Exit::StateLost(alloc::format!(
+                "exit code {:#x} saved the hypervisor's own state (RIP {:#x} after VMRUN, the host's CR3): the emulator translated the host through the guest's nested page tables (a QEMU TCG defect)",
+                self.vmcb.r64(EXITCODE),
+                self.vmcb.r64(RIP)
+            )));
+        }
         let exit = self.decode_exit();
         if let NmiBlocking::AtIret(at) = self.nmi {
             if self.vmcb.r64(RIP) != at {
