@@ -114,6 +114,9 @@ struct FuzzArgs {
     /// Stop each target after this many executions, if that comes first
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     runs: Option<u64>,
+    /// Build with AddressSanitizer (cargo-fuzz's default; about half as fast)
+    #[arg(long)]
+    asan: bool,
 }
 
 #[derive(Args)]
@@ -175,7 +178,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Run(args) => run_emulator(&args),
         Cmd::Test(args) => test(&args),
         Cmd::Bench(args) => bench(&args),
-        Cmd::Fuzz(args) => fuzz::fuzz(&root(), args.target.as_deref(), args.time, args.runs),
+        Cmd::Fuzz(args) => fuzz::fuzz(&root(), args.target.as_deref(), args.time, args.runs, args.asan),
         Cmd::FetchLinux => linux::fetch(&root()).map(|k| println!("{}\n{}\n({})", k.vmlinuz.display(), k.initramfs.display(), k.package)),
     }
 }
@@ -550,7 +553,7 @@ fn test(args: &TestArgs) -> Result<()> {
     // Every fuzz target briefly, from its seeds and the corpus earlier runs left: a target
     // that no longer builds, or an invariant that a recent change broke, shows here.
     if args.only.is_empty() {
-        let bin = fuzz::build(&root())?;
+        let bin = fuzz::build(&root(), false)?;
         for t in fuzz::TARGETS {
             fuzz::run(&root(), &bin, t, FUZZ_SECS_IN_TEST, None)?;
         }

@@ -9,19 +9,35 @@ use acpi::{AcpiHandler, PhysicalMapping};
 use bastion_core::loader::acpi::{build, AcpiConfig, BuildError, MAX_VCPUS};
 use core::ptr::NonNull;
 use libfuzzer_sys::fuzz_target;
-use std::rc::Rc;
 
 /// 1 MiB and a page of guest memory (the parser maps a little past the RSDP).
 const GUEST_BYTES: usize = 0x10_1000;
 
-/// Guest memory as words, so that every table the parser maps is aligned as in a guest.
-#[derive(Clone)]
-struct Guest(Rc<Vec<u64>>);
+/// Guest memory: one zeroed 1 MiB buffer for the whole process (allocating and zeroing it
+/// for every run was most of a run's cost), as words so that every table the parser maps is
+/// aligned as in a guest. The handler is a plain pointer to it: the `acpi` crate keeps (never
+/// drops) the handler clone inside one mapping per parse, so a handler owning the memory
+/// would leak it each time.
+#[derive(Clone, Copy)]
+struct Guest(*mut u64);
 
 impl Guest {
+    fn get() -> Guest {
+        thread_local! {
+            static MEMORY: Guest = Guest(Box::leak(vec![0u64; GUEST_BYTES / 8].into_boxed_slice()).as_mut_ptr());
+        }
+        MEMORY.with(|m| *m)
+    }
+
     fn bytes(&self) -> &[u8] {
-        // SAFETY: GUEST_BYTES / 8 initialised words are GUEST_BYTES initialised bytes.
-        unsafe { core::slice::from_raw_parts(self.0.as_ptr().cast::<u8>(), GUEST_BYTES) }
+        // SAFETY: the buffer holds GUEST_BYTES initialised bytes and lives for the process;
+        // runs are sequential, and nothing writes it while a run reads it.
+        unsafe { core::slice::from_raw_parts(self.0.cast::<u8>(), GUEST_BYTES) }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`; the caller holds the only view while it writes.
+        unsafe { core::slice::from_raw_parts_mut(self.0.cast::<u8>(), GUEST_BYTES) }
     }
 }
 
@@ -29,8 +45,8 @@ impl AcpiHandler for Guest {
     unsafe fn map_physical_region<T>(&self, physical_address: usize, size: usize) -> PhysicalMapping<Self, T> {
         assert!(physical_address.checked_add(size).is_some_and(|end| end <= GUEST_BYTES), "the parser read {size} bytes at {physical_address:#x}, outside guest memory");
         let ptr = NonNull::new(self.bytes()[physical_address..].as_ptr().cast::<T>().cast_mut()).unwrap();
-        // SAFETY: `size` bytes from `ptr` are inside the memory `self` keeps alive.
-        unsafe { PhysicalMapping::new(physical_address, ptr, size, size, self.clone()) }
+        // SAFETY: `size` bytes from `ptr` are inside the process-long buffer.
+        unsafe { PhysicalMapping::new(physical_address, ptr, size, size, *self) }
     }
     fn unmap_physical_region<T>(_region: &PhysicalMapping<Self, T>) {}
 }
@@ -64,13 +80,9 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(t.base, base);
     let end = t.base + t.bytes.len() as u64;
     assert!(end <= 0x10_0000, "tables end at {end:#x}, past 1 MiB");
-    let mut words = vec![0u64; GUEST_BYTES / 8];
-    for (i, b) in t.bytes.iter().enumerate() {
-        let at = t.base as usize + i;
-        words[at / 8] |= u64::from(*b) << (8 * (at % 8));
-    }
-    let guest = Guest(Rc::new(words));
-    let mem = guest.bytes().to_vec();
+    let mut guest = Guest::get();
+    guest.bytes_mut()[t.base as usize..end as usize].copy_from_slice(&t.bytes);
+    let mem = &guest.bytes()[..end as usize];
     // Every SDT's checksum byte makes its bytes sum to 0, as long as its header says.
     for gpa in [t.xsdt_gpa, t.fadt_gpa, t.dsdt_gpa].into_iter().chain(t.madt_gpa) {
         let at = gpa as usize;
@@ -92,4 +104,6 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!((p.processor_uid, p.local_apic_id, p.is_ap), (i as u32, i as u32, i != 0));
         }
     }
+    drop(parsed);
+    guest.bytes_mut()[t.base as usize..end as usize].fill(0);
 });
