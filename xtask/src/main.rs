@@ -18,6 +18,7 @@ mod fuzz;
 mod hostile_bench;
 mod linux;
 mod linux_bench;
+mod mutants;
 
 /// Bastion's developer commands.
 #[derive(Parser)]
@@ -46,6 +47,10 @@ enum Cmd {
     Bench(BenchArgs),
     /// Build the libFuzzer targets (hypervisor/core/fuzz) and run each, or one, for a while
     Fuzz(FuzzArgs),
+    /// Mutation testing of bastion-core with cargo-mutants: every mutant of the files given (or
+    /// of the whole crate), or of the lines changed since a git revision, and the share each
+    /// file's unit tests catch
+    Mutants(MutantsArgs),
     /// Fetch Debian's cloud kernel and busybox (apt-get download, nothing installed) and build
     /// the initramfs for Linux guests, under target/linux/
     FetchLinux,
@@ -120,6 +125,22 @@ struct FuzzArgs {
 }
 
 #[derive(Args)]
+struct MutantsArgs {
+    /// Files of hypervisor/core/src (e.g. vm/cpuid.rs) [default: every file of the crate]
+    #[arg(value_name = "FILE")]
+    files: Vec<String>,
+    /// Only the mutants in lines changed since this git revision
+    #[arg(long, value_name = "BASE")]
+    diff: Option<String>,
+    /// Mutants built and tested at once
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    jobs: u32,
+    /// Seconds a mutant's tests may run before it counts as a timeout (not caught)
+    #[arg(long, value_name = "S", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
+    timeout: u32,
+}
+
+#[derive(Args)]
 struct BenchArgs {
     /// What to measure
     #[arg(value_enum, default_value_t = Bench::All)]
@@ -178,6 +199,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Run(args) => run_emulator(&args),
         Cmd::Test(args) => test(&args),
         Cmd::Bench(args) => bench(&args),
+        Cmd::Mutants(args) => mutants::mutants(&root(), &args.files, args.diff.as_deref(), args.jobs, args.timeout),
         Cmd::Fuzz(args) => fuzz::fuzz(&root(), args.target.as_deref(), args.time, args.runs, args.asan),
         Cmd::FetchLinux => linux::fetch(&root()).map(|k| println!("{}\n{}\n({})", k.vmlinuz.display(), k.initramfs.display(), k.package)),
     }

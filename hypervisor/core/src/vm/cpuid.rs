@@ -71,6 +71,12 @@ pub fn guest_cpuid(
         // The KVM-compatible clock leaves (see `pvclock`), when the TSC rate is known.
         super::pvclock::KVM_BASE..=0x4000_01ff => super::pvclock::cpuid(leaf, tsc_khz).unwrap_or([0; 4]),
         0x4000_0001..=0x4fff_ffff => [0; 4],
+        // Neither basic, hypervisor nor extended: an Intel CPU answers with its highest basic
+        // leaf (SDM Vol. 2A CPUID, "If a value entered for CPUID.EAX is higher than the
+        // maximum input value ... the data for the highest basic information leaf is
+        // returned"), which would pass a leaf this policy filters; AMD answers 0 (APM Vol. 3
+        // CPUID), and so does Bastion.
+        0x5000_0000..0x8000_0000 => [0; 4],
         0x8000_0000.. if leaf > max_ext => [0; 4],
         0..0x4000_0000 if leaf > max_basic => [0; 4],
         1 => {
@@ -161,6 +167,88 @@ mod tests {
         assert_eq!(guest_cpuid(0x8000_0001, 0, 0, false, 2_000_000, host)[2] & bit::SVM, 0);
         assert_eq!(guest_cpuid(0x8000_0001, 0, 0, false, 2_000_000, host)[2] & bit::MONITORX, 0, "MONITORX/MWAITX hidden");
         assert_eq!(guest_cpuid(0x8000_000a, 0, 0, false, 2_000_000, host), [0; 4]);
+    }
+
+    /// A host with every feature bit set and leaves up to 0x20 / 0x8000_000a.
+    fn full_host(leaf: u32, _sub: u32) -> [u32; 4] {
+        match leaf {
+            0 => [0x20, 0x756e_6547, 0x6c65_746e, 0x4965_6e69],
+            0x8000_0000 => [0x8000_000a, 0, 0, 0],
+            _ => [u32::MAX; 4],
+        }
+    }
+
+    /// A host with no feature bit set, and the same leaves.
+    fn bare_host(leaf: u32, sub: u32) -> [u32; 4] {
+        match leaf {
+            0 | 0x8000_0000 => full_host(leaf, sub),
+            _ => [0; 4],
+        }
+    }
+
+    /// Leaf 1 bit by bit, with the SDM's bit numbers (Vol. 2A CPUID, Tables 3-10 and 3-11)
+    /// written out here rather than taken from the code's constants. ECX cleared: 3 MONITOR,
+    /// 4 DS-CPL, 5 VMX, 6 SMX, 7 EIST, 8 TM2, 15 PDCM, 21 x2APIC, 24 TSC-Deadline, 27 OSXSAVE
+    /// (follows the guest's CR4); set: 31 (hypervisor present). EDX cleared: 7 MCE, 12 MTRR,
+    /// 14 MCA, 21 DS, 22 ACPI, 28 HTT, 29 TM, 31 PBE; set: 9 APIC. EBX: bits 31:24 the initial
+    /// APIC ID, 23:16 one logical processor, 15:0 the host's (brand index, CLFLUSH size).
+    #[test]
+    fn leaf1_exact_bits() {
+        let cleared_ecx: u32 = (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 15) | (1 << 21) | (1 << 24) | (1 << 27);
+        let cleared_edx: u32 = (1 << 7) | (1 << 12) | (1 << 14) | (1 << 21) | (1 << 22) | (1 << 28) | (1 << 29) | (1 << 31);
+        assert_eq!(guest_cpuid(1, 0, 3, false, 1, full_host), [u32::MAX, 0x0301_ffff, !cleared_ecx, !cleared_edx]);
+        assert_eq!(guest_cpuid(1, 0, 3, true, 1, full_host)[2], !cleared_ecx | (1 << 27));
+        assert_eq!(guest_cpuid(1, 0, 63, false, 1, bare_host), [0, 0x3f01_0000, 1 << 31, 1 << 9]);
+        assert_eq!(guest_cpuid(1, 0, 0, true, 1, bare_host)[2], (1 << 31) | (1 << 27));
+    }
+
+    /// Leaf 7 subleaf 0 (SDM Vol. 2A Table 3-8): EBX bit 2 SGX, ECX bit 5 WAITPKG and bit 30
+    /// SGX_LC hidden (their instructions are not virtualized: ENCLS/ENCLV and UMWAIT/TPAUSE
+    /// exits answer #UD); everything else, and every other subleaf, as the host has it.
+    #[test]
+    fn leaf7_hides_sgx_and_waitpkg_only() {
+        assert_eq!(guest_cpuid(7, 0, 0, false, 1, full_host), [u32::MAX, !(1 << 2), !((1 << 5) | (1 << 30)), u32::MAX]);
+        assert_eq!(guest_cpuid(7, 1, 0, false, 1, full_host), [u32::MAX; 4]);
+        assert_eq!(guest_cpuid(7, 0, 0, false, 1, bare_host), [0; 4]);
+    }
+
+    /// Leaf 0x8000_0001 ECX (APM Vol. 3 CPUID Fn8000_0001_ECX): cleared 2 SVM, 3 ExtApicSpace,
+    /// 12 SKINIT, 13 WDT, 22 TopologyExtensions, 23 PerfCtrExtCore, 29 MONITORX; EAX, EBX and
+    /// EDX (LM, NX, SYSCALL...) as the host has them. Leaf 0x8000_000a (SVM features): zero.
+    #[test]
+    fn leaf_8000_0001_exact_bits() {
+        let cleared: u32 = (1 << 2) | (1 << 3) | (1 << 12) | (1 << 13) | (1 << 22) | (1 << 23) | (1 << 29);
+        assert_eq!(guest_cpuid(0x8000_0001, 0, 0, false, 1, full_host), [u32::MAX, u32::MAX, !cleared, u32::MAX]);
+        assert_eq!(guest_cpuid(0x8000_000a, 0, 0, false, 1, full_host), [0; 4]);
+        assert_eq!(guest_cpuid(0x8000_0008, 0, 0, false, 1, full_host), [u32::MAX; 4], "other extended leaves pass");
+    }
+
+    /// The leaves of what is not virtualized are zero even where the host has them (SDM Vol.
+    /// 2A: 5 MONITOR/MWAIT, 6 thermal and power, 0xA performance monitoring, 0xB and 0x1F
+    /// topology); their neighbours pass.
+    #[test]
+    fn unvirtualized_leaves_are_zero_within_the_hosts_range() {
+        for leaf in [5, 6, 0xa, 0xb, 0x1f] {
+            assert_eq!(guest_cpuid(leaf, 0, 0, false, 1, full_host), [0; 4], "leaf {leaf:#x}");
+        }
+        for leaf in [2, 4, 8, 0xd, 0x1e, 0x20] {
+            assert_eq!(guest_cpuid(leaf, 0, 0, false, 1, full_host), [u32::MAX; 4], "leaf {leaf:#x}");
+        }
+        assert_eq!(guest_cpuid(0x21, 0, 0, false, 1, full_host), [0; 4], "past the host's maximum");
+    }
+
+    /// The hypervisor range: 0x4000_0000 names Bastion with 0x4000_0010 its highest leaf, the
+    /// timing leaf gives the TSC rate, the KVM clock leaves sit at 0x4000_0100, and every other
+    /// leaf up to 0x4fff_ffff is zero; so is 0x5000_0000..0x7fff_ffff (no leaves there on
+    /// either vendor), which an Intel CPU would answer with its highest basic leaf.
+    #[test]
+    fn hypervisor_range_and_the_gap_above_it() {
+        assert_eq!(guest_cpuid(0x4000_0000, 0, 0, false, 1, full_host)[0], 0x4000_0010);
+        assert_eq!(guest_cpuid(0x4000_0010, 0, 0, false, 7, full_host), [7, 0, 0, 0]);
+        for leaf in [0x4000_0001, 0x4000_000f, 0x4000_0011, 0x4000_00ff, 0x4000_0200, 0x4fff_ffff, 0x5000_0000, 0x7fff_ffff] {
+            assert_eq!(guest_cpuid(leaf, 0, 0, false, 1, full_host), [0; 4], "leaf {leaf:#x}");
+        }
+        assert_eq!(guest_cpuid(0x4000_0100, 0, 0, false, 2_000_000, full_host)[1..], super::super::pvclock::KVM_SIGNATURE);
     }
 
     #[test]

@@ -170,6 +170,46 @@ mod tests {
         assert_eq!(s.read(IA32_MISC_ENABLE), MsrResult::Value(0x801));
     }
 
+    /// The architectural numbers, written out from the manuals rather than the constants: SDM
+    /// Vol. 4 Table 2-2 (IA32_TSC 10H, IA32_APIC_BASE 1BH, IA32_FEATURE_CONTROL 3AH,
+    /// IA32_BIOS_SIGN_ID 8BH, IA32_SYSENTER_CS/ESP/EIP 174H-176H, IA32_MISC_ENABLE 1A0H,
+    /// IA32_PAT 277H, IA32_EFER C000_0080H, STAR/LSTAR/CSTAR/FMASK C000_0081H-84H, FS/GS/
+    /// KERNEL_GS base C000_0100H-102H, TSC_AUX C000_0103H); APM Vol. 2 15.30.1 (VM_CR
+    /// C001_0114H); KVM's kvmclock and PV EOI MSRs (Documentation/virt/kvm/x86/msr.rst:
+    /// 4b564d00, 4b564d01, 4b564d04). EFER bits (SDM Vol. 3A 2.2.1; APM Vol. 2 3.1.7): SCE 0,
+    /// LME 8, LMA 10, NXE 11, SVME 12.
+    #[test]
+    fn msr_numbers_and_bits_are_the_manuals() {
+        let mut s = MsrState::new();
+        // Passed through exactly these: the segment bases, SYSCALL/SYSENTER, PAT, TSC_AUX.
+        let mut pass: Vec<u32> = PASSTHROUGH.to_vec();
+        pass.sort();
+        assert_eq!(pass, [0x174, 0x175, 0x176, 0x277, 0xc000_0081, 0xc000_0082, 0xc000_0083, 0xc000_0084, 0xc000_0100, 0xc000_0101, 0xc000_0102, 0xc000_0103]);
+        assert_eq!(READ_ONLY_PASSTHROUGH, [0x10]);
+        assert_eq!((EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE, EFER_SVME), (1, 0x100, 0x400, 0x800, 0x1000));
+        assert_eq!(s.read(0xc000_0080), MsrResult::Efer);
+        assert_eq!(s.write(0xc000_0080, 0), MsrResult::Efer);
+        assert_eq!((s.read(0x10), s.write(0x10, 0)), (MsrResult::Tsc, MsrResult::Tsc));
+        assert_eq!((s.read(0x1b), s.write(0x1b, 0)), (MsrResult::ApicBase, MsrResult::ApicBase));
+        for kvm in [0x4b56_4d00, 0x4b56_4d01] {
+            assert_eq!((s.read(kvm), s.write(kvm, 0)), (MsrResult::KvmClock, MsrResult::KvmClock), "{kvm:#x}");
+        }
+        assert_eq!((s.read(0x4b56_4d04), s.write(0x4b56_4d04, 0)), (MsrResult::PvEoi, MsrResult::PvEoi));
+        // IA32_FEATURE_CONTROL: bit 0 lock, bits 1-2 (VMX inside/outside SMX) clear.
+        assert_eq!(s.read(0x3a), MsrResult::Value(1));
+        // VM_CR: bit 3 LOCK and bit 4 SVMDIS, as firmware that disabled SVM leaves it.
+        assert_eq!(s.read(0xc001_0114), MsrResult::Value((1 << 3) | (1 << 4)));
+        assert_eq!(s.write(0xc001_0114, 0), MsrResult::Fault, "VM_CR is locked");
+        // The microcode revision reads 0 (none loaded); the update trigger is accepted.
+        assert_eq!((s.read(0x8b), s.write(0x8b, 0x1234)), (MsrResult::Value(0), MsrResult::Done));
+        // MISC_ENABLE starts with bit 0 (fast-string operation) set, as firmware leaves it.
+        assert_eq!(s.read(0x1a0), MsrResult::Value(1));
+        // The neighbours of each emulated MSR are unknown: #GP.
+        for m in [0xf, 0x11, 0x1a, 0x1c, 0x39, 0x3b, 0x8a, 0x8c, 0x19f, 0x1a1, 0xc000_007f, 0xc000_0085, 0xc000_0104, 0xc001_0113, 0xc001_0115, 0x4b56_4cff, 0x4b56_4d02, 0x4b56_4d05] {
+            assert_eq!((s.read(m), s.write(m, 0)), (MsrResult::Fault, MsrResult::Fault), "{m:#x}");
+        }
+    }
+
     #[test]
     fn passthrough_lists_exclude_efer_and_emulated_msrs() {
         for m in [EFER, IA32_FEATURE_CONTROL, IA32_MISC_ENABLE, AMD_VM_CR] {
