@@ -63,13 +63,17 @@ pub struct RunOptions {
     pub interactive: bool,
     /// Attach a second UART (COM2, 0x2F8) whose output goes to this file.
     pub com2_file: Option<std::path::PathBuf>,
+    /// Attach the image as a USB mass-storage disk (QEMU): an xHCI controller with a
+    /// `usb-storage` device first in the boot order, as a stick in a host's USB port; the
+    /// firmware (SeaBIOS, OVMF) boots it with its own USB driver.
+    pub usb: bool,
 }
 
 impl RunOptions {
     /// 2 CPUs and 256 MiB, no KVM (so runs compare across hosts), not interactive: the
     /// machine of the multi-guest tests.
     pub const SMP2: RunOptions =
-        RunOptions { smp: 2, memory_mib: 256, kvm: Some(false), qemu_args: Vec::new(), interactive: false, com2_file: None };
+        RunOptions { smp: 2, memory_mib: 256, kvm: Some(false), qemu_args: Vec::new(), interactive: false, com2_file: None, usb: false };
 }
 
 /// QEMU's debug log (`-d cpu_reset,guest_errors`) in the run directory.
@@ -84,7 +88,7 @@ pub const BOCHS_COM1_PORT_FILE: &str = "com1.port";
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { smp: 1, memory_mib: 256, kvm: Some(false), qemu_args: Vec::new(), interactive: false, com2_file: None }
+        RunOptions { smp: 1, memory_mib: 256, kvm: Some(false), qemu_args: Vec::new(), interactive: false, com2_file: None, usb: false }
     }
 }
 
@@ -212,6 +216,10 @@ fn qemu_command(platform: Platform, medium: Medium, run_dir: &Path, opts: &RunOp
         c.arg("-drive").arg(format!("if=pflash,format=raw,file={}", vars.display()));
     }
     match medium {
+        Medium::Disk(image) if opts.usb => {
+            c.arg("-drive").arg(format!("if=none,id=stick,format=raw,file={}", image.display()));
+            c.args(["-device", "qemu-xhci,id=xhci", "-device", "usb-storage,bus=xhci.0,drive=stick,bootindex=0"]);
+        }
         Medium::Disk(image) => {
             c.arg("-drive").arg(format!("format=raw,file={}", image.display()));
         }
@@ -322,6 +330,18 @@ mod tests {
         assert!(joined.contains("-smp 4"), "{joined}");
         assert!(joined.contains("format=raw,file=/x.img"), "{joined}");
         assert!(!joined.contains("pflash"), "BIOS boot must not load OVMF: {joined}");
+    }
+
+    #[test]
+    fn a_usb_run_attaches_the_image_as_a_usb_stick_first_in_the_boot_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = RunOptions { usb: true, ..RunOptions::default() };
+        let Ok(c) = qemu_command(Platform::QemuBios, Medium::Disk(Path::new("/x.img")), dir.path(), &opts) else { panic!() };
+        let args: Vec<String> = c.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        let joined = args.join(" ");
+        assert!(joined.contains("-drive if=none,id=stick,format=raw,file=/x.img"), "{joined}");
+        assert!(joined.contains("-device qemu-xhci,id=xhci -device usb-storage,bus=xhci.0,drive=stick,bootindex=0"), "{joined}");
+        assert_eq!(args.iter().filter(|a| a.contains("/x.img")).count(), 1, "the image only as the stick: {joined}");
     }
 
     #[test]

@@ -79,6 +79,12 @@ fn battery(p: Platform) {
         assert!(done.contains(" mismatches=0 quirks=0"), "seed {seed}:\n{done}");
     }
     assert!(!triple || done.contains("[triple] hostile: ending with a triple fault"), "seed {seed}:\n{done}");
+    // The stop report shows the state the fault left: the IDT the guest loaded with limit 0
+    // (SDM Vol. 3A 6.15: no gate for the #BP, nor the #GP and #DF after it).
+    if triple {
+        let report = done.lines().find(|l| l.contains("guest triple: vCPU 0 triple-faulted: ")).unwrap_or_else(|| panic!("seed {seed}: no fault state:\n{done}"));
+        assert!(report.contains("RIP 0x") && report.contains("/0x0; delivering "), "{report}");
+    }
     assert!(done.contains("[far] hostile: reading past RAM at 0x80000000"), "seed {seed}:\n{done}");
     // Every kind of operation ran, and some of them faulted as their rules say.
     for kind in ["port-io", "msr-unknown", "cr4", "xsetbv", "rdpmc", "vmx-svm-insn", "int-n", "hlt", "mmio-hole", "smc"] {

@@ -78,6 +78,10 @@ struct RunArgs {
     /// Boot in Bochs instead of QEMU
     #[arg(long)]
     bochs: bool,
+    /// Attach the image as a USB stick (QEMU's xHCI controller and usb-storage) instead of a
+    /// disk, BIOS or (with --uefi) UEFI
+    #[arg(long, conflicts_with = "bochs")]
+    usb: bool,
     /// The CPU's vendor: intel (VT-x; Bochs unless KVM is used) or amd (AMD-V)
     #[arg(long, value_enum)]
     cpu: Option<Cpu>,
@@ -463,6 +467,7 @@ fn run_emulator(args: &RunArgs) -> Result<()> {
         qemu_args: Vec::new(),
         interactive: true,
         com2_file: None,
+        usb: args.usb,
     };
     let mut cmd = qemu_tests::emulator_command(platform, &image, &run_dir, &opts).map_err(anyhow::Error::msg)?;
     eprintln!(

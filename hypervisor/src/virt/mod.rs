@@ -128,6 +128,12 @@ impl GuestVcpu {
         each!(self, v => v.load_state(st))
     }
 
+    /// Registers and pending events as a fatal fault left them, for the guest's stop report;
+    /// only between `begin_slice` and `end_slice`.
+    pub fn fault_state(&self) -> alloc::string::String {
+        each!(self, v => v.fault_state())
+    }
+
     /// Frees the control structure.
     pub fn destroy(self) {
         each!(self, v => v.destroy())

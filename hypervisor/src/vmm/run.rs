@@ -143,7 +143,14 @@ pub(super) fn run_slice(cpu: &PerCpu, id: VcpuId, slice_ns: u64) {
             // Halted with an interrupt already pending: deliver it instead of sleeping.
             Action::Halt { interrupts_enabled: true } if interrupt_pending_now(g, vi) => {}
             Action::Halt { interrupts_enabled } => break SliceEnd::Halted { interrupts_enabled },
-            Action::Stop(r) => break SliceEnd::Stop(r),
+            Action::Stop(r) => {
+                if r == StopReason::TripleFault {
+                    // What the guest's last moments looked like: a triple fault is the end of
+                    // an exception that could not be delivered (SDM Vol. 3A 6.15, #DF).
+                    log::warn!("guest {}: vCPU {vi} triple-faulted: {}", g.cfg.name, vcpu.fault_state());
+                }
+                break SliceEnd::Stop(r);
+            }
         }
     };
     let rip = vcpu.rip();

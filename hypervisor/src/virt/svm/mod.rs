@@ -171,6 +171,7 @@ impl Svm {
             nrip_save: self.caps.nrip_save,
             ram: vm.npt.view(),
             nmi: NmiBlocking::Open,
+            entry_event: 0,
         })
     }
 }
@@ -241,6 +242,9 @@ pub struct SvmVcpu {
     /// Whether the guest's NMIs are blocked by one Bastion injected: SVM keeps no such state
     /// for the VMM without vNMI, so Bastion tracks it as KVM does (`NmiBlocking`).
     nmi: NmiBlocking,
+    /// EVENTINJ at the last VMRUN (VMRUN clears it), for the report of a fault that ends the
+    /// guest.
+    entry_event: u64,
 }
 
 /// An injected NMI blocks further NMIs until its handler's IRET has executed (SDM Vol. 3A
@@ -392,6 +396,7 @@ impl SvmVcpu {
     /// INTR exit, `Exit::Interrupted`).
     pub fn run(&mut self) -> VmExit {
         self.vmcb.w64(RAX, self.gprs.rax);
+        self.entry_event = self.vmcb.r64(EVENTINJ);
         // SAFETY: the VMCB is fully initialised, SVM is enabled on this CPU (Svm::enable ran
         // on it), and the assembly restores every host register it changes.
         unsafe { bastion_svm_run(&mut self.gprs, self.vmcb.phys, self.host_vmcb) };
@@ -428,6 +433,28 @@ impl SvmVcpu {
             return VmExit::event(Exit::EntryFailed(alloc::format!("{why}; {}", self.explain_invalid())));
         }
         exit
+    }
+
+    /// The state a guest's fatal fault left, for its stop report: where it was, its control
+    /// registers and IDT, the event whose delivery the exit interrupted (EXITINTINFO, APM Vol.
+    /// 2 15.7.2) and the one Bastion injected at the last entry (EVENTINJ, 15.20).
+    pub fn fault_state(&self) -> String {
+        let v = &self.vmcb;
+        let idt_limit: u32 = v.read(IDTR + 4);
+        let cs_sel: u16 = v.read(CS);
+        alloc::format!(
+            "RIP {:#x} RSP {:#x} RFLAGS {:#x} CS {cs_sel:#x} CR0 {:#x} CR3 {:#x} CR4 {:#x} EFER {:#x} IDT {:#x}/{idt_limit:#x}; delivering {:#x}; injected at entry {:#x}",
+            v.r64(RIP),
+            v.r64(RSP),
+            v.r64(RFLAGS),
+            v.r64(CR0),
+            v.r64(CR3),
+            v.r64(CR4),
+            v.r64(EFER) & !EFER_SVME,
+            v.r64(IDTR + 8),
+            v.r64(EXITINTINFO),
+            self.entry_event
+        )
     }
 
     fn set_iret_intercept(&mut self, on: bool) {

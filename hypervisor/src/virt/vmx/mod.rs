@@ -166,6 +166,7 @@ impl Vmx {
             timer_rate: self.caps.preemption_timer.then_some(self.caps.preemption_timer_rate),
             invept: self.caps.invept,
             invvpid: self.caps.invvpid,
+            entry_event: 0,
             // Both controls' allowed-1 bits (the capability MSRs' high halves, A.3.1, A.3.2).
             virtual_nmis: (self.pin >> 32) & u64::from(Pin::VIRTUAL_NMIS.bits()) != 0
                 && (self.proc1 >> 32) & u64::from(Proc::NMI_WINDOW_EXITING.bits()) != 0,
@@ -458,6 +459,9 @@ pub struct VmxVcpu {
     timer_rate: Option<u8>,
     invept: bool,
     invvpid: bool,
+    /// The VM-entry interruption information at the last entry (an entry clears its valid
+    /// bit), for the report of a fault that ends the guest.
+    entry_event: u64,
 }
 
 // bastion_vmx_run(gprs: *mut Gprs, launched: u64) -> u64
@@ -617,6 +621,7 @@ impl VmxVcpu {
             let ticks = (budget_ns as u128 * crate::time::tsc_khz() as u128 / 1_000_000) >> rate;
             wr(guest::VMX_PREEMPTION_TIMER_VALUE, ticks.clamp(1, u32::MAX as u128) as u64);
         }
+        self.entry_event = r(control::VMENTRY_INTERRUPTION_INFO_FIELD);
         // SAFETY: the VMCS is current and complete; the assembly restores the host registers.
         let rc = unsafe { bastion_vmx_run(&mut self.gprs, self.launched as u64) };
         match rc {
@@ -648,6 +653,29 @@ impl VmxVcpu {
             wr(control::VMENTRY_INSTRUCTION_LEN, r(ro::VMEXIT_INSTRUCTION_LEN));
         }
         wr(control::VMENTRY_INTERRUPTION_INFO_FIELD, idt & !(1 << 12));
+    }
+
+    /// The state a guest's fatal fault left, for its stop report: where it was, its control
+    /// registers (as the guest sees them) and IDT, the event whose delivery the exit
+    /// interrupted (IDT-vectoring information, SDM Vol. 3C 28.2.4) and the one Bastion
+    /// injected at the last entry (VM-entry interruption information, 25.8.3).
+    pub fn fault_state(&self) -> String {
+        let m = self.mode();
+        format!(
+            "RIP {:#x} RSP {:#x} RFLAGS {:#x} CS {:#x} CR0 {:#x} CR3 {:#x} CR4 {:#x} EFER {:#x} IDT {:#x}/{:#x}; delivering {:#x}; injected at entry {:#x}",
+            r(guest::RIP),
+            r(guest::RSP),
+            r(guest::RFLAGS),
+            r(guest::CS_SELECTOR),
+            m.cr0,
+            m.cr3,
+            m.cr4,
+            m.efer,
+            r(guest::IDTR_BASE),
+            r(guest::IDTR_LIMIT),
+            r(ro::IDT_VECTORING_INFO),
+            self.entry_event
+        )
     }
 
     fn entry_insn(&self) -> &'static str {
