@@ -35,15 +35,17 @@ fn method() -> Shutdown {
     }
 }
 
-/// A short fixed-size text buffer for exit reasons (usable without the heap).
+/// A fixed-size text buffer for exit reasons (usable without the heap): room for the longest
+/// configuration error with its file, line and field (a 120-byte buffer cut a bad
+/// `log_level`'s list of allowed values).
 pub struct Reason {
-    buf: [u8; 120],
+    buf: [u8; 512],
     len: usize,
 }
 
 impl Reason {
     pub fn new() -> Self {
-        Reason { buf: [0; 120], len: 0 }
+        Reason { buf: [0; 512], len: 0 }
     }
     pub fn as_str(&self) -> &str {
         core::str::from_utf8(&self.buf[..self.len]).unwrap_or("?")

@@ -324,6 +324,32 @@ pub fn exception_error_code(vector: u8, error_code: Option<u32>, protected_mode:
     (protected_mode && exception_has_error_code(vector)).then(|| error_code.unwrap_or(0))
 }
 
+/// An event field as both backends write it, for reports: VMX's IDT-vectoring and VM-entry
+/// interruption information (SDM Vol. 3C 25.8.3, 25.9.3) and SVM's EXITINTINFO and EVENTINJ
+/// (APM Vol. 2 15.20) share the layout: vector in bits 7:0, type in 10:8, "error code
+/// delivered" in 11, valid in 31. `none` when the valid bit is clear (the other bits then
+/// mean nothing: an entry clears only bit 31).
+pub fn describe_event(info: u64) -> alloc::string::String {
+    if info >> 31 & 1 == 0 {
+        return "none".into();
+    }
+    let kind = match (info >> 8) & 7 {
+        0 => "external interrupt",
+        2 => "NMI",
+        3 => "exception",
+        4 => "software interrupt",
+        5 => "privileged software exception",
+        6 => "software exception",
+        _ => "other event",
+    };
+    let vector = info & 0xff;
+    if info & (1 << 11) != 0 {
+        alloc::format!("{kind} {vector} with an error code")
+    } else {
+        alloc::format!("{kind} {vector}")
+    }
+}
+
 /// CR3 reserved bits in IA-32e mode: above MAXPHYADDR, except bit 63 (the PCID no-flush hint
 /// of MOV to CR3, not stored) (SDM Vol. 3A 4.5).
 pub fn cr3_reserved(f: &GuestFeatures) -> u64 {
@@ -333,6 +359,22 @@ pub fn cr3_reserved(f: &GuestFeatures) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_are_described_by_the_shared_layout() {
+        // #GP, hardware exception (type 3), error code delivered, valid: 0x80000b0d.
+        assert_eq!(describe_event(0x8000_0b0d), "exception 13 with an error code");
+        // INT3 as QEMU's SVM reports it: software interrupt (type 4), vector 3.
+        assert_eq!(describe_event(0x8000_0403), "software interrupt 3");
+        assert_eq!(describe_event(0x8000_0020), "external interrupt 32");
+        assert_eq!(describe_event(0x8000_0202), "NMI 2");
+        assert_eq!(describe_event(0x8000_0506), "privileged software exception 6");
+        assert_eq!(describe_event(0x8000_0601), "software exception 1");
+        assert_eq!(describe_event(0x8000_0700), "other event 0");
+        // What an entry leaves in VMX's field: the valid bit cleared, the rest stale.
+        assert_eq!(describe_event(0xb0d), "none");
+        assert_eq!(describe_event(0), "none");
+    }
 
     /// A guest CPU with every feature of leaves 1, 7 and 0xD, 48-bit physical addresses, XCR0
     /// components x87..AVX-512 and PKRU.

@@ -443,7 +443,7 @@ impl SvmVcpu {
         let idt_limit: u32 = v.read(IDTR + 4);
         let cs_sel: u16 = v.read(CS);
         alloc::format!(
-            "RIP {:#x} RSP {:#x} RFLAGS {:#x} CS {cs_sel:#x} CR0 {:#x} CR3 {:#x} CR4 {:#x} EFER {:#x} IDT {:#x}/{idt_limit:#x}; delivering {:#x}; injected at entry {:#x}",
+            "RIP {:#x} RSP {:#x} RFLAGS {:#x} CS {cs_sel:#x} CR0 {:#x} CR3 {:#x} CR4 {:#x} EFER {:#x} IDT {:#x}/{idt_limit:#x}; delivering {}; injected at entry {}",
             v.r64(RIP),
             v.r64(RSP),
             v.r64(RFLAGS),
@@ -452,8 +452,8 @@ impl SvmVcpu {
             v.r64(CR4),
             v.r64(EFER) & !EFER_SVME,
             v.r64(IDTR + 8),
-            v.r64(EXITINTINFO),
-            self.entry_event
+            bastion_core::vm::regs::describe_event(v.r64(EXITINTINFO)),
+            bastion_core::vm::regs::describe_event(self.entry_event)
         )
     }
 

@@ -662,7 +662,7 @@ impl VmxVcpu {
     pub fn fault_state(&self) -> String {
         let m = self.mode();
         format!(
-            "RIP {:#x} RSP {:#x} RFLAGS {:#x} CS {:#x} CR0 {:#x} CR3 {:#x} CR4 {:#x} EFER {:#x} IDT {:#x}/{:#x}; delivering {:#x}; injected at entry {:#x}",
+            "RIP {:#x} RSP {:#x} RFLAGS {:#x} CS {:#x} CR0 {:#x} CR3 {:#x} CR4 {:#x} EFER {:#x} IDT {:#x}/{:#x}; delivering {}; injected at entry {}",
             r(guest::RIP),
             r(guest::RSP),
             r(guest::RFLAGS),
@@ -673,8 +673,8 @@ impl VmxVcpu {
             m.efer,
             r(guest::IDTR_BASE),
             r(guest::IDTR_LIMIT),
-            r(ro::IDT_VECTORING_INFO),
-            self.entry_event
+            bastion_core::vm::regs::describe_event(r(ro::IDT_VECTORING_INFO)),
+            bastion_core::vm::regs::describe_event(self.entry_event)
         )
     }
 
