@@ -814,7 +814,12 @@ mod tests {
         while u.interrupt_line() {
             rounds += 1;
             assert!(rounds < 20, "interrupt storm");
+            // The handler's loop, bounded so that a broken IIR fails the test instead of
+            // hanging it (Linux's serial8250_handle_irq loop is bounded too: PASS_LIMIT).
+            let mut passes = 0;
             loop {
+                passes += 1;
+                assert!(passes < 64, "IIR never reported no interrupt pending");
                 let iir = u.read(IIR);
                 if iir & IIR_NONE != 0 {
                     break;
@@ -938,6 +943,7 @@ mod tests {
         let mut got = Vec::new();
         while u.read(LSR) & LSR_DR != 0 {
             got.push(u.read(RBR));
+            assert!(got.len() <= FIFO_SIZE, "LSR.DR stays set past the FIFO's depth");
         }
         assert_eq!(got, b"k");
         assert!(!u.interrupt_line());

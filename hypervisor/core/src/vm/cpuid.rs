@@ -81,7 +81,9 @@ pub fn guest_cpuid(
         0..0x4000_0000 if leaf > max_basic => [0; 4],
         1 => {
             let [eax, ebx, ecx, edx] = host(1, 0);
-            let ebx = (ebx & 0x0000_ffff) | (vcpu_id << 24) | (1 << 16);
+            // Three disjoint fields, added: the host's bits 15:0 (brand index, CLFLUSH line
+            // size), one logical processor (23:16) and the initial APIC ID (31:24).
+            let ebx = (ebx & 0x0000_ffff) + (1 << 16) + ((vcpu_id & 0xff) << 24);
             let mut ecx = ecx
                 & !(bit::MONITOR | bit::DS_CPL | bit::VMX | bit::SMX | bit::EST | bit::TM2 | bit::PDCM)
                 & !(bit::X2APIC | bit::TSC_DEADLINE | bit::OSXSAVE);
@@ -235,6 +237,11 @@ mod tests {
             assert_eq!(guest_cpuid(leaf, 0, 0, false, 1, full_host), [u32::MAX; 4], "leaf {leaf:#x}");
         }
         assert_eq!(guest_cpuid(0x21, 0, 0, false, 1, full_host), [0; 4], "past the host's maximum");
+        // The highest extended leaf itself is the host's (SDM Vol. 2A CPUID: 8000_0000H EAX is
+        // the maximum input value, inclusive).
+        let ext_8 = |leaf: u32, sub: u32| if leaf == 0x8000_0000 { [0x8000_0008, 0, 0, 0] } else { full_host(leaf, sub) };
+        assert_eq!(guest_cpuid(0x8000_0008, 0, 0, false, 1, ext_8), [u32::MAX; 4]);
+        assert_eq!(guest_cpuid(0x8000_0009, 0, 0, false, 1, ext_8), [0; 4]);
     }
 
     /// The hypervisor range: 0x4000_0000 names Bastion with 0x4000_0010 its highest leaf, the
