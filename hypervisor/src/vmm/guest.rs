@@ -87,6 +87,9 @@ pub(super) struct GuestCtl {
     pub(super) vm: Option<Vm>,
     pub(super) status: Status,
     pub(super) then: After,
+    /// What the monitor asked for while the guest was already stopping (a `kill` during an
+    /// `on_crash` restart, a `reset` during a kill): it decides what follows the stop.
+    pub(super) monitor_then: Option<After>,
     pub(super) cause: Option<Cause>,
     /// vCPU and RIP where the stop happened.
     pub(super) at: (u32, u64),

@@ -65,6 +65,7 @@ pub fn start(config: &Config, images: Vec<Option<GuestFiles>>, online: usize) {
                 vm: None,
                 status: Status::Stopped,
                 then: After::Nothing,
+                monitor_then: None,
                 cause: None,
                 at: (0, 0),
                 dead: 0,
@@ -214,6 +215,12 @@ pub(super) fn stop_guest(g: &Guest, cause: Cause, then: After, at: (u32, u64)) {
     let h = hv();
     {
         let mut ctl = g.ctl.lock();
+        if ctl.status == Status::Stopping && matches!(cause, Cause::Killed | Cause::Reset) {
+            // On its way out already (its own crash, say): the stop stays as it is, and the
+            // monitor's latest word decides what follows it.
+            ctl.monitor_then = Some(then);
+            return;
+        }
         if !matches!(ctl.status, Status::Running | Status::Paused) {
             return;
         }
@@ -280,6 +287,7 @@ pub(super) fn reap() {
             Some(Cause::Killed) | None => (Status::Stopped, ctl.then),
             Some(Cause::Reset) => (Status::Stopped, After::Restart),
         };
+        let then = ctl.monitor_then.take().unwrap_or(then);
         ctl.status = status;
         drop(ctl);
         drain_uart_all(g);

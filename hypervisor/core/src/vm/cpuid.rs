@@ -52,6 +52,21 @@ mod bit {
     pub const MONITORX: u32 = 1 << 29;
 }
 
+/// What each filtered register hides, as sets (the policy of the module documentation).
+mod hidden {
+    use super::bit::*;
+    /// Leaf 1 ECX: MONITOR/MWAIT, CPL-qualified debug store, VMX, SMX, EIST, TM2, PDCM,
+    /// x2APIC, TSC-deadline, and OSXSAVE (which mirrors the guest's own CR4 instead).
+    pub const LEAF1_ECX: u32 = MONITOR | DS_CPL | VMX | SMX | EST | TM2 | PDCM | X2APIC | TSC_DEADLINE | OSXSAVE;
+    /// Leaf 1 EDX: machine check, MTRRs, debug store, ACPI thermal control, HTT, TM, PBE.
+    pub const LEAF1_EDX: u32 = MCE | MTRR | MCA | DS | ACPI | HTT | TM | PBE;
+    /// Leaf 7.0 ECX: WAITPKG (UMWAIT/TPAUSE) and SGX launch control.
+    pub const LEAF7_ECX: u32 = WAITPKG | SGX_LC;
+    /// Leaf 0x8000_0001 ECX: SVM, extended APIC space, SKINIT, watchdog, topology
+    /// extensions, core performance counters, MONITORX/MWAITX.
+    pub const EXT1_ECX: u32 = SVM | EXTAPIC | SKINIT | WDT | TOPOEXT | PERFCTR_CORE | MONITORX;
+}
+
 /// The guest's view of CPUID `leaf`/`sub`. `host` answers for the real CPU; `vcpu_id` becomes
 /// the APIC ID; `guest_cr4_osxsave` is the guest's CR4.OSXSAVE (leaf 1 ECX bit 27 mirrors it,
 /// SDM Vol. 2A CPUID); `tsc_khz` is reported in [`TSC_LEAF`].
@@ -84,15 +99,13 @@ pub fn guest_cpuid(
             // Three disjoint fields, added: the host's bits 15:0 (brand index, CLFLUSH line
             // size), one logical processor (23:16) and the initial APIC ID (31:24).
             let ebx = (ebx & 0x0000_ffff) + (1 << 16) + ((vcpu_id & 0xff) << 24);
-            let mut ecx = ecx
-                & !(bit::MONITOR | bit::DS_CPL | bit::VMX | bit::SMX | bit::EST | bit::TM2 | bit::PDCM)
-                & !(bit::X2APIC | bit::TSC_DEADLINE | bit::OSXSAVE);
+            let mut ecx = ecx & !hidden::LEAF1_ECX;
             if guest_cr4_osxsave {
                 ecx |= bit::OSXSAVE;
             }
             ecx |= bit::HYPERVISOR;
             // The local APIC is Bastion's model, there whatever the host has.
-            let edx = (edx & !(bit::MCE | bit::MTRR | bit::MCA | bit::DS | bit::ACPI | bit::HTT | bit::TM | bit::PBE)) | bit::APIC;
+            let edx = (edx & !hidden::LEAF1_EDX) | bit::APIC;
             [eax, ebx, ecx, edx]
         }
         // MONITOR/MWAIT, thermal/power, perf monitoring, topology: not virtualized.
@@ -100,7 +113,7 @@ pub fn guest_cpuid(
         7 => {
             let [eax, ebx, ecx, edx] = host(7, sub);
             if sub == 0 {
-                [eax, ebx & !bit::SGX, ecx & !(bit::WAITPKG | bit::SGX_LC), edx]
+                [eax, ebx & !bit::SGX, ecx & !hidden::LEAF7_ECX, edx]
             } else {
                 [eax, ebx, ecx, edx]
             }
@@ -109,7 +122,7 @@ pub fn guest_cpuid(
             let [eax, ebx, ecx, edx] = host(leaf, 0);
             // MONITORX/MWAITX: not intercepted, and under Bochs a guest waiting in MWAITX with its
             // timer is never woken (Linux's AMD delay loop hangs there).
-            let ecx = ecx & !(bit::SVM | bit::EXTAPIC | bit::SKINIT | bit::WDT | bit::TOPOEXT | bit::PERFCTR_CORE | bit::MONITORX);
+            let ecx = ecx & !hidden::EXT1_ECX;
             [eax, ebx, ecx, edx]
         }
         // SVM features leaf: hidden with SVM.
