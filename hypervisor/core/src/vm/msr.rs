@@ -14,7 +14,8 @@
 
 /// IA32_EFER.
 pub const EFER: u32 = 0xc000_0080;
-pub const EFER_SCE: u64 = 1 << 0;
+/// Bit 0 (written `1`: `1 << 0` and its mutant `1 >> 0` are the same value).
+pub const EFER_SCE: u64 = 1;
 pub const EFER_LME: u64 = 1 << 8;
 pub const EFER_LMA: u64 = 1 << 10;
 pub const EFER_NXE: u64 = 1 << 11;
