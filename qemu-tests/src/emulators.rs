@@ -67,13 +67,17 @@ pub struct RunOptions {
     /// `usb-storage` device first in the boot order, as a stick in a host's USB port; the
     /// firmware (SeaBIOS, OVMF) boots it with its own USB driver.
     pub usb: bool,
+    /// Boot over the network: the image is a PXE folder that QEMU's built-in DHCP and TFTP
+    /// server (user networking) serves to a virtio NIC first in the boot order; OVMF's own
+    /// network stack loads the bootloader from it (UEFI only).
+    pub pxe: bool,
 }
 
 impl RunOptions {
     /// 2 CPUs and 256 MiB, no KVM (so runs compare across hosts), not interactive: the
     /// machine of the multi-guest tests.
     pub const SMP2: RunOptions =
-        RunOptions { smp: 2, memory_mib: 256, kvm: Some(false), qemu_args: Vec::new(), interactive: false, com2_file: None, usb: false };
+        RunOptions { smp: 2, memory_mib: 256, kvm: Some(false), qemu_args: Vec::new(), interactive: false, com2_file: None, usb: false, pxe: false };
 }
 
 /// QEMU's debug log (`-d cpu_reset,guest_errors`) in the run directory.
@@ -88,7 +92,7 @@ pub const BOCHS_COM1_PORT_FILE: &str = "com1.port";
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { smp: 1, memory_mib: 256, kvm: Some(false), qemu_args: Vec::new(), interactive: false, com2_file: None, usb: false }
+        RunOptions { smp: 1, memory_mib: 256, kvm: Some(false), qemu_args: Vec::new(), interactive: false, com2_file: None, usb: false, pxe: false }
     }
 }
 
@@ -216,6 +220,15 @@ fn qemu_command(platform: Platform, medium: Medium, run_dir: &Path, opts: &RunOp
         c.arg("-drive").arg(format!("if=pflash,format=raw,file={}", vars.display()));
     }
     match medium {
+        Medium::Disk(folder) if opts.pxe => {
+            if platform != Platform::QemuUefi {
+                return Err("PXE boot is UEFI only for now: use --uefi (BIOS clients would need a second-stage loader for the disk image)".into());
+            }
+            // The bootloader crate's UEFI PXE folder names its first stage `bootloader`; OVMF
+            // fetches it by DHCP's boot file name, over TFTP. `romfile=` keeps iPXE out.
+            c.arg("-netdev").arg(format!("user,id=net0,tftp={},bootfile=bootloader", folder.display()));
+            c.args(["-device", "virtio-net-pci,netdev=net0,bootindex=0,romfile="]);
+        }
         Medium::Disk(image) if opts.usb => {
             c.arg("-drive").arg(format!("if=none,id=stick,format=raw,file={}", image.display()));
             c.args(["-device", "qemu-xhci,id=xhci", "-device", "usb-storage,bus=xhci.0,drive=stick,bootindex=0"]);
@@ -342,6 +355,18 @@ mod tests {
         assert!(joined.contains("-drive if=none,id=stick,format=raw,file=/x.img"), "{joined}");
         assert!(joined.contains("-device qemu-xhci,id=xhci -device usb-storage,bus=xhci.0,drive=stick,bootindex=0"), "{joined}");
         assert_eq!(args.iter().filter(|a| a.contains("/x.img")).count(), 1, "the image only as the stick: {joined}");
+    }
+
+    #[test]
+    fn a_pxe_run_serves_the_folder_over_tftp_to_a_virtio_nic_and_needs_uefi() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = RunOptions { pxe: true, ..RunOptions::default() };
+        let Ok(c) = qemu_command(Platform::QemuUefi, Medium::Disk(Path::new("/x/pxe")), dir.path(), &opts) else { panic!() };
+        let joined = c.get_args().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ");
+        assert!(joined.contains("-netdev user,id=net0,tftp=/x/pxe,bootfile=bootloader"), "{joined}");
+        assert!(joined.contains("-device virtio-net-pci,netdev=net0,bootindex=0,romfile="), "{joined}");
+        assert!(!joined.contains("format=raw,file=/x/pxe"), "no disk: {joined}");
+        assert!(qemu_command(Platform::QemuBios, Medium::Disk(Path::new("/x/pxe")), dir.path(), &opts).is_err());
     }
 
     #[test]

@@ -169,6 +169,8 @@ pub struct TestImage {
     pub dir: PathBuf,
     pub bios: PathBuf,
     pub uefi: PathBuf,
+    /// The UEFI PXE folder (`boot image --pxe`): what a TFTP server serves.
+    pub pxe: PathBuf,
 }
 
 /// Builds BIOS and UEFI images whose bundle carries `config` as `bastion.toml`. The config is
@@ -201,11 +203,11 @@ const BUNDLE_FILE: &str = "bundle.tar";
 /// Builds BIOS and UEFI images in `dir` from the kernel and `dir/bundle.tar`, taken as it is
 /// (`boot image --bundle`), which also leaves the stripped kernel there as `bastion.elf`.
 fn images_in(dir: PathBuf) -> TestImage {
-    let img = TestImage { bios: dir.join("bastion-bios.img"), uefi: dir.join("bastion-uefi.img"), dir };
+    let img = TestImage { bios: dir.join("bastion-bios.img"), uefi: dir.join("bastion-uefi.img"), pxe: dir.join("pxe"), dir };
     let mut args: Vec<&OsStr> = vec![OsStr::new("image"), OsStr::new("--kernel"), kernel().as_os_str()];
     let bundle = img.dir.join(BUNDLE_FILE);
     args.extend([OsStr::new("--bundle"), bundle.as_os_str(), OsStr::new("--out"), img.dir.as_os_str()]);
-    args.extend([OsStr::new("--bios"), OsStr::new("--uefi")]);
+    args.extend([OsStr::new("--bios"), OsStr::new("--uefi"), OsStr::new("--pxe")]);
     run_boot(args).unwrap_or_else(|e| panic!("{e}"));
     img
 }
@@ -251,7 +253,7 @@ impl Emulator {
     pub fn start(platform: Platform, image: &TestImage, opts: &RunOptions) -> Emulator {
         let run_dir = image.dir.join(format!("run-{}", platform.name()));
         std::fs::create_dir_all(&run_dir).unwrap();
-        let cmd = emulator_command(platform, image_for(platform, image), &run_dir, opts).unwrap_or_else(|e| panic!("{e}"));
+        let cmd = emulator_command(platform, image_for(platform, image, opts), &run_dir, opts).unwrap_or_else(|e| panic!("{e}"));
         Emulator::spawn(platform, cmd, run_dir, opts)
     }
 
@@ -738,8 +740,10 @@ pub fn connect_bochs_com1(run_dir: &Path) -> std::net::TcpStream {
     sock
 }
 
-fn image_for(platform: Platform, image: &TestImage) -> &Path {
-    if platform == Platform::QemuUefi {
+fn image_for<'a>(platform: Platform, image: &'a TestImage, opts: &RunOptions) -> &'a Path {
+    if opts.pxe {
+        &image.pxe
+    } else if platform == Platform::QemuUefi {
         &image.uefi
     } else {
         &image.bios

@@ -1,7 +1,9 @@
 //! Boot media (issue "Boot media and fleets"): the image a user writes to a USB stick boots
 //! from QEMU's xHCI controller as a USB mass-storage device, with SeaBIOS (BIOS image) and
 //! with OVMF (UEFI image), each firmware's own USB driver reading the bootloader and the
-//! bundle; the built-in default config then runs and its demo guest answers input.
+//! bundle; the PXE folder boots over the network from QEMU's built-in DHCP and TFTP server
+//! with OVMF's network stack (UEFI); the built-in default config then runs and its demo guest
+//! answers input.
 //!
 //! Each test prints the time from QEMU's start to the first guest line, beside the same
 //! image booted as a disk (figures for the issue's note; timing is not asserted).
@@ -11,11 +13,23 @@ use qemu_tests::{workspace_root, Emulator, Platform, RunOptions};
 use std::time::Duration;
 
 /// The default config's first guest, `echo`, answers each byte typed for it.
-fn default_demo_answers(p: Platform, usb: bool) -> Duration {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Medium {
+    Disk,
+    Usb,
+    Pxe,
+}
+
+fn default_demo_answers(p: Platform, medium: Medium) -> Duration {
     let cfg = std::fs::read_to_string(workspace_root().join("boot/configs/default.toml")).unwrap();
-    let name = format!("media-{}-{}", p.name(), if usb { "usb" } else { "disk" });
+    let what = match medium {
+        Medium::Disk => "a disk",
+        Medium::Usb => "a USB stick",
+        Medium::Pxe => "the network (PXE)",
+    };
+    let name = format!("media-{}-{}", p.name(), what.rsplit(' ').next().unwrap().trim_matches(|c| c == '(' || c == ')'));
     let img = image_with_guests(&name, &cfg, &["echo", "irqecho", "busy"]);
-    let opts = RunOptions { interactive: true, usb, ..RunOptions::SMP2 };
+    let opts = RunOptions { interactive: true, usb: medium == Medium::Usb, pxe: medium == Medium::Pxe, ..RunOptions::SMP2 };
     let mut emu = Emulator::start(p, &img, &opts);
     let t = p.boot_timeout() * 2;
     let ok = |r: Result<String, qemu_tests::Failure>| r.unwrap_or_else(|e| panic!("{e}"));
@@ -27,18 +41,23 @@ fn default_demo_answers(p: Platform, usb: bool) -> Duration {
     let first = first.or_else(|| emu.time_of("[echo] ")).expect("a guest line");
     let out = emu.transcript();
     assert!(out.contains("bundle: ") && !out.contains("BASTION CRASH"), "{out}");
-    eprintln!("boot media: {} from {}: first guest line {:.1} s after QEMU started", p.name(), if usb { "a USB stick" } else { "a disk" }, first.as_secs_f64());
+    eprintln!("boot media: {} from {what}: first guest line {:.1} s after QEMU started", p.name(), first.as_secs_f64());
     first
 }
 
 #[test]
 fn the_bios_image_boots_from_a_usb_stick() {
-    default_demo_answers(Platform::QemuBios, true);
-    default_demo_answers(Platform::QemuBios, false);
+    default_demo_answers(Platform::QemuBios, Medium::Usb);
+    default_demo_answers(Platform::QemuBios, Medium::Disk);
 }
 
 #[test]
 fn the_uefi_image_boots_from_a_usb_stick() {
-    default_demo_answers(Platform::QemuUefi, true);
-    default_demo_answers(Platform::QemuUefi, false);
+    default_demo_answers(Platform::QemuUefi, Medium::Usb);
+    default_demo_answers(Platform::QemuUefi, Medium::Disk);
+}
+
+#[test]
+fn uefi_boots_over_the_network_from_qemus_tftp_server() {
+    default_demo_answers(Platform::QemuUefi, Medium::Pxe);
 }

@@ -83,7 +83,7 @@ fn battery(p: Platform) {
     // (SDM Vol. 3A 6.15: no gate for the #BP, nor the #GP and #DF after it).
     if triple {
         let report = done.lines().find(|l| l.contains("guest triple: vCPU 0 triple-faulted: ")).unwrap_or_else(|| panic!("seed {seed}: no fault state:\n{done}"));
-        assert!(report.contains("RIP 0x") && report.contains("/0x0; delivering "), "{report}");
+        assert!(report.contains("RIP 0x") && report.contains("/0x0; delivering ") && report.contains("; injected at entry none"), "{report}");
     }
     assert!(done.contains("[far] hostile: reading past RAM at 0x80000000"), "seed {seed}:\n{done}");
     // Every kind of operation ran, and some of them faulted as their rules say.

@@ -386,7 +386,7 @@ fn bare(kit: &linux::Kit) -> Result<Measured> {
     let dir = qemu_tests::work_dir("bench-linux-bare");
     let blank = dir.join("blank.img");
     std::fs::write(&blank, [0u8; 512]).with_context(|| format!("cannot write {}", blank.display()))?;
-    let image = TestImage { dir, bios: blank.clone(), uefi: blank };
+    let image = TestImage { dir, bios: blank.clone(), uefi: blank.clone(), pxe: blank };
     let path = |p: &Path| p.display().to_string();
     let args = vec!["-kernel".into(), path(&kit.vmlinuz), "-initrd".into(), path(&kit.initramfs), "-append".into(), CMDLINE.into()];
     println!("linux, bare: host load average {}", loadavg());

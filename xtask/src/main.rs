@@ -82,6 +82,10 @@ struct RunArgs {
     /// disk, BIOS or (with --uefi) UEFI
     #[arg(long, conflicts_with = "bochs")]
     usb: bool,
+    /// Boot over the network from QEMU's built-in DHCP and TFTP server, which serves the PXE
+    /// folder (UEFI: needs --uefi)
+    #[arg(long, conflicts_with_all = ["bochs", "usb"], requires = "uefi")]
+    pxe: bool,
     /// The CPU's vendor: intel (VT-x; Bochs unless KVM is used) or amd (AMD-V)
     #[arg(long, value_enum)]
     cpu: Option<Cpu>,
@@ -293,6 +297,8 @@ struct Artifacts {
     bundle: PathBuf,
     bios: PathBuf,
     uefi: PathBuf,
+    /// The UEFI PXE folder (what a TFTP server serves).
+    pxe: PathBuf,
 }
 
 fn build(args: &BuildArgs) -> Result<Artifacts> {
@@ -313,6 +319,7 @@ fn build(args: &BuildArgs) -> Result<Artifacts> {
         out.as_os_str(),
         "--bios".as_ref(),
         "--uefi".as_ref(),
+        "--pxe".as_ref(),
     ])
     .map_err(anyhow::Error::msg)?;
     let a = Artifacts {
@@ -320,10 +327,11 @@ fn build(args: &BuildArgs) -> Result<Artifacts> {
         bundle: out.join("bundle.tar"),
         bios: out.join("bastion-bios.img"),
         uefi: out.join("bastion-uefi.img"),
+        pxe: out.join("pxe"),
     };
     println!("kernel: {}", a.kernel.display());
     println!("bundle: {}", a.bundle.display());
-    for p in [&a.bios, &a.uefi] {
+    for p in [&a.bios, &a.uefi, &a.pxe] {
         println!("image:  {}", p.display());
     }
     Ok(a)
@@ -457,7 +465,13 @@ fn run_emulator(args: &RunArgs) -> Result<()> {
     };
     ensure_packages(&[platform])?;
     let a = build(&args.build)?;
-    let image = if platform == Platform::QemuUefi { a.uefi.clone() } else { a.bios.clone() };
+    let image = if args.pxe {
+        a.pxe.clone()
+    } else if platform == Platform::QemuUefi {
+        a.uefi.clone()
+    } else {
+        a.bios.clone()
+    };
     let run_dir = root().join("target/bastion").join(format!("run-{}", platform.name()));
     std::fs::create_dir_all(&run_dir)?;
     let opts = RunOptions {
@@ -468,6 +482,7 @@ fn run_emulator(args: &RunArgs) -> Result<()> {
         interactive: true,
         com2_file: None,
         usb: args.usb,
+        pxe: args.pxe,
     };
     let mut cmd = qemu_tests::emulator_command(platform, &image, &run_dir, &opts).map_err(anyhow::Error::msg)?;
     eprintln!(
@@ -868,6 +883,10 @@ mod tests {
             (&["run", "--smp", "0"], ErrorKind::ValueValidation),
             (&["run", "--cpu", "arm"], ErrorKind::InvalidValue),
             (&["run", "--uefi", "--bochs"], ErrorKind::ArgumentConflict),
+            // PXE is UEFI's for now, and a network boot uses no stick.
+            (&["run", "--pxe"], ErrorKind::MissingRequiredArgument),
+            (&["run", "--pxe", "--uefi", "--usb"], ErrorKind::ArgumentConflict),
+            (&["run", "--usb", "--bochs"], ErrorKind::ArgumentConflict),
             (&["test", "--hostonly"], ErrorKind::UnknownArgument),
             (&["bench", "windows"], ErrorKind::InvalidValue),
             (&["bench", "--runs", "0"], ErrorKind::ValueValidation),
