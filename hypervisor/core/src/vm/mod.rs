@@ -543,6 +543,12 @@ fn lo32(v: u64) -> u64 {
     v & 0xffff_ffff
 }
 
+/// EDX:EAX as one value (WRMSR, XSETBV): the halves do not overlap, so they are added (an OR
+/// would make `|` -> `^` an equivalent mutant).
+fn edx_eax(r: &Gprs) -> u64 {
+    (lo32(r.rdx) << 32) + lo32(r.rax)
+}
+
 /// What an exit handler reaches besides the vCPU: the guest's ports and RAM, and the host.
 pub struct Env<'a> {
     pub io: &'a mut dyn DeviceIo,
@@ -605,7 +611,7 @@ pub fn handle_exit(e: &VmExit, cpu: &mut dyn Vcpu, g: &mut VcpuState, env: &mut 
         }
         Exit::Wrmsr => {
             let r = cpu.gprs();
-            let (msr, value) = (r.rcx as u32, (r.rdx << 32) | lo32(r.rax));
+            let (msr, value) = (r.rcx as u32, edx_eax(r));
             let outcome = match g.msrs.write(msr, value) {
                 MsrResult::Done | MsrResult::Value(_) => Ok(()),
                 MsrResult::Efer => regs::check_efer_write(&cpu.mode(), value, &g.features).map(|v| cpu.set_guest_efer(v)),
@@ -687,7 +693,7 @@ pub fn handle_exit(e: &VmExit, cpu: &mut dyn Vcpu, g: &mut VcpuState, env: &mut 
             let m = cpu.mode();
             let cpl = cpu.cpl();
             let r = cpu.gprs();
-            let (ecx, value) = (r.rcx as u32, (r.rdx << 32) | lo32(r.rax));
+            let (ecx, value) = (r.rcx as u32, edx_eax(r));
             match regs::check_xsetbv(cpl, m.cr4, ecx, value, &g.features) {
                 Ok(x) => {
                     cpu.set_xcr0(x.bits());

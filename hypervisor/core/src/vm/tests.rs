@@ -211,6 +211,43 @@ fn hypercall_version_unknown_and_user_mode() {
     run(Exit::Hypercall, &mut cpu, &mut g);
     assert_eq!(cpu.gprs.rax, hypercall::NOT_PERMITTED);
     assert_eq!(cpu.skipped, 3);
+    // The ABI's numbers, as guests (and README) have them: VERSION 0 answers "BSTN" (RBX,
+    // little-endian) and ABI 1; YIELD 1; -1 for an unknown function, -2 outside ring 0.
+    assert_eq!((hypercall::VERSION, hypercall::YIELD, hypercall::ABI_VERSION), (0, 1, 1));
+    assert_eq!(hypercall::MAGIC.to_le_bytes()[..4], *b"BSTN");
+    assert_eq!((hypercall::UNKNOWN as i64, hypercall::NOT_PERMITTED as i64), (-1, -2));
+}
+
+/// IN to AL or AX leaves the rest of RAX alone, IN to EAX zero-extends into RAX (SDM Vol. 1
+/// 3.4.1.1); OUT sends only the operand size's bytes.
+#[test]
+fn in_and_out_use_exactly_their_operand_size_of_rax() {
+    let (mut cpu, mut g) = (FakeCpu::default(), guest());
+    // The scratch register of COM1 (0x3FF) keeps the byte written.
+    cpu.gprs.rax = 0xdead_beef_1234_5678;
+    run(Exit::Io { port: 0x3ff, size: 1, write: true, string: None }, &mut cpu, &mut g);
+    cpu.gprs.rax = 0xffff_ffff_ffff_ff00;
+    run(Exit::Io { port: 0x3ff, size: 1, write: false, string: None }, &mut cpu, &mut g);
+    assert_eq!(cpu.gprs.rax, 0xffff_ffff_ffff_ff78);
+    // A 16-bit read of an unclaimed port is all ones in AX only: EAX 31:16 and above stay.
+    cpu.gprs.rax = 0x1111_2222_3333_4444;
+    run(Exit::Io { port: 0x1230, size: 2, write: false, string: None }, &mut cpu, &mut g);
+    assert_eq!(cpu.gprs.rax, 0x1111_2222_3333_ffff);
+    cpu.gprs.rax = 0x1111_2222_3333_4444;
+    run(Exit::Io { port: 0x1230, size: 4, write: false, string: None }, &mut cpu, &mut g);
+    assert_eq!(cpu.gprs.rax, 0xffff_ffff, "a 32-bit IN clears RAX 63:32");
+}
+
+/// The segment-register field of VMX's instruction information (SDM Vol. 3C 28.2.5, Table
+/// 28-8) and of SVM's IOIO EXITINFO1 (APM Vol. 2 15.10.2): 0 ES, 1 CS, 2 SS, 3 DS, 4 FS, 5 GS;
+/// 6 and 7 name none.
+#[test]
+fn segment_register_numbers_are_the_architectures() {
+    let all = [Seg::Es, Seg::Cs, Seg::Ss, Seg::Ds, Seg::Fs, Seg::Gs];
+    for (n, seg) in all.iter().enumerate() {
+        assert_eq!(Seg::from_index(n as u64), Some(*seg), "{n}");
+    }
+    assert_eq!((Seg::from_index(6), Seg::from_index(7), Seg::from_index(u64::MAX)), (None, None, None));
 }
 
 #[test]
@@ -1215,6 +1252,52 @@ mod kvm_clock {
         wrmsr(&mut cpu, &mut g, pvclock::MSR_SYSTEM_TIME_NEW, 0x2001);
         assert_eq!(cpu.injected, [(GP, Some(0))]);
         assert!(g.ram.0[0x2000..0x2020].iter().all(|b| *b == 0));
+        // Reading them faults the same way: the MSRs do not exist without the KVM leaves.
+        for msr in [pvclock::MSR_SYSTEM_TIME_NEW, pvclock::MSR_WALL_CLOCK_NEW] {
+            cpu.gprs.rcx = msr as u64;
+            run(Exit::Rdmsr, &mut cpu, &mut g);
+        }
+        assert_eq!(cpu.injected.len(), 3, "{:?}", cpu.injected);
+        assert_eq!(cpu.skipped, 0);
+    }
+
+    /// msr.rst: each of the two MSRs reads back its own last write (the system-time one with
+    /// its enable bit, the wall-clock one as the address given).
+    #[test]
+    fn the_two_clock_msrs_read_back_each_its_own_value() {
+        let (mut cpu, mut g) = (FakeCpu::default(), guest());
+        wrmsr(&mut cpu, &mut g, pvclock::MSR_SYSTEM_TIME_NEW, 0x2001);
+        wrmsr(&mut cpu, &mut g, pvclock::MSR_WALL_CLOCK_NEW, 0x2100);
+        let read = |cpu: &mut FakeCpu, g: &mut Guest, msr: u32| {
+            cpu.gprs.rcx = msr as u64;
+            run(Exit::Rdmsr, cpu, g);
+            (cpu.gprs.rdx << 32) | cpu.gprs.rax
+        };
+        assert_eq!(read(&mut cpu, &mut g, pvclock::MSR_SYSTEM_TIME_NEW), 0x2001);
+        assert_eq!(read(&mut cpu, &mut g, pvclock::MSR_WALL_CLOCK_NEW), 0x2100);
+        assert!(cpu.injected.is_empty());
+    }
+
+    /// A structure that ends exactly at the end of its page is written (32 bytes at page
+    /// offset 0xFE0); two bytes further (bit 0 is the enable bit) it would cross the page and is not.
+    #[test]
+    fn a_structure_ending_at_its_pages_end_is_written() {
+        let (mut cpu, mut g) = (FakeCpu::default(), guest());
+        wrmsr(&mut cpu, &mut g, pvclock::MSR_SYSTEM_TIME_NEW, 0x2fe0 | 1);
+        assert_eq!(&g.ram.0[0x2fe0..0x3000], &pvclock::time_info(HOST_TSC, 2_000_000));
+        wrmsr(&mut cpu, &mut g, pvclock::MSR_SYSTEM_TIME_NEW, 0x3fe2 | 1);
+        assert!(g.ram.0[0x3fe0..0x4010].iter().all(|b| *b == 0));
+    }
+
+    /// A host that cannot tell the time says 0 (`Host::unix_time_ns`'s default): the guest's
+    /// wall clock then starts at the Unix epoch, not at a made-up time.
+    #[test]
+    fn a_host_without_a_clock_gives_the_epoch() {
+        let host = FakeHost { wbinvd: core::cell::Cell::new(0) };
+        assert_eq!(host.unix_time_ns(), 0);
+        let (mut cpu, mut g) = (FakeCpu::default(), guest());
+        wrmsr(&mut cpu, &mut g, pvclock::MSR_WALL_CLOCK_NEW, 0x2100);
+        assert_eq!(&g.ram.0[0x2100..0x210c], &pvclock::wall_clock(0, 500_000));
     }
 
     #[test]
