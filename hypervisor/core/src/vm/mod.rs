@@ -790,7 +790,8 @@ fn handle_io(port: u16, size: u8, write: bool, cpu: &mut dyn Vcpu, io: &mut dyn 
         let value = io.io_read(port, size) as u64 & mask;
         let r = cpu.gprs();
         // IN to AL/AX leaves the rest of RAX alone; IN to EAX zero-extends (SDM Vol. 1 3.4.1.1).
-        r.rax = if size == 4 { value } else { (r.rax & !mask) | value };
+        // The kept bits and the value do not overlap: added (an OR gave an equivalent mutant).
+        r.rax = if size == 4 { value } else { (r.rax & !mask) + value };
         complete(cpu, e)
     }
 }
