@@ -121,6 +121,9 @@ pub fn hostile(ops: u64) -> Result<()> {
     let text = emu.transcript();
     drop(emu);
     let host_faults = u32::from(host_fault(&text));
+    if host_faults != 0 || tally.mismatches != 0 || tally.other_stops != 0 {
+        bail!("the hostile guest harmed the host, got a wrong answer or was stopped for another reason (seed {seed}, {} mismatches):\n{}", tally.mismatches, last_lines(&text, 60));
+    }
     let from = text.find("[hostile] hostile: seed ").unwrap_or(0);
     let Some(beside_rate) = rate(&units(&text), from, text.len()) else { bail!("the canary printed too few lines beside the hostile guest:\n{text}") };
     let ratio = beside_rate / alone_rate;
@@ -133,9 +136,6 @@ pub fn hostile(ops: u64) -> Result<()> {
         tally.state_lost
     );
     println!("bench: hostile ops={} faults={} host_faults={host_faults} canary_rate_ratio={ratio:.3} state_lost={}", tally.ops, tally.faults, tally.state_lost);
-    if host_faults != 0 || tally.mismatches != 0 || tally.other_stops != 0 {
-        bail!("the hostile guest harmed the host, got a wrong answer or was stopped for another reason (seed {seed}, {} mismatches):\n{}", tally.mismatches, last_lines(&text, 60));
-    }
     if tally.ops < ops {
         bail!("only {} of {ops} operations ran", tally.ops);
     }
