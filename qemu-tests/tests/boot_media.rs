@@ -5,14 +5,13 @@
 //! with OVMF's network stack (UEFI); the built-in default config then runs and its demo guest
 //! answers input.
 //!
-//! Each test prints the time from QEMU's start to the first guest line, beside the same
-//! image booted as a disk (figures for the note; timing is not asserted).
+//! Each test prints the time from QEMU's start to the first guest line (the USB tests also
+//! boot the same image as a disk, for comparison; timing is not asserted).
 
 use qemu_tests::guests::image_with_guests;
 use qemu_tests::{workspace_root, Emulator, Platform, RunOptions};
 use std::time::Duration;
 
-/// The default config's first guest, `echo`, answers each byte typed for it.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Medium {
     Disk,
@@ -20,6 +19,8 @@ enum Medium {
     Pxe,
 }
 
+/// Boots the default config from `medium`; its first guest, `echo`, answers a byte typed for
+/// it. Returns the time to the first guest line.
 fn default_demo_answers(p: Platform, medium: Medium) -> Duration {
     let cfg = std::fs::read_to_string(workspace_root().join("boot/configs/default.toml")).unwrap();
     let what = match medium {

@@ -1,4 +1,4 @@
-//! `cargo xtask fuzz [TARGET] [--time S]`: the libFuzzer targets of `hypervisor/core/fuzz`
+//! `cargo xtask fuzz [TARGET] [--time S] [--runs N] [--asan]`: the libFuzzer targets of `hypervisor/core/fuzz`
 //! (every parser and device model that takes guest- or user-controlled input, and the exit
 //! handler over a fake vCPU), built and run without cargo-fuzz installed.
 //!

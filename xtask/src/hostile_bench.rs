@@ -108,7 +108,8 @@ pub fn hostile(ops: u64) -> Result<()> {
     let mut mark = emu.mark();
     let tally = loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        emu.expect_after(mark, "[hostile] hostile: ", left).map_err(e)?;
+        // Its own lines and Bastion's `guest hostile: stopped:` line both wake this loop.
+        emu.expect_after(mark, "hostile: ", left).map_err(e)?;
         mark = emu.mark();
         let text = emu.transcript();
         let t = tally(&text);

@@ -456,6 +456,9 @@ fn run_emulator(args: &RunArgs) -> Result<()> {
         eprintln!("xtask: QEMU without KVM (TCG) cannot emulate Intel VT-x; using Bochs for --cpu intel");
         bochs = true;
     }
+    if bochs && (args.usb || args.pxe) {
+        bail!("--usb and --pxe boot QEMU; Bochs (here for --cpu intel without KVM) has neither");
+    }
     let platform = match (bochs, args.cpu, args.uefi) {
         (true, Some(Cpu::Amd), _) => Platform::BochsAmd,
         (true, _, true) => bail!("Bochs boots the BIOS image only; drop --uefi, or use KVM for --cpu intel"),

@@ -6,9 +6,9 @@
 //! against it (`--lib`; a mutant that makes a test run past the timeout counts apart, as
 //! not caught).
 //!
-//! Mutants that cannot change behaviour (equivalent mutants) are listed in
-//! `.cargo/mutants.toml` (`exclude_re`), each with the reason in a comment; cargo-mutants
-//! reads it itself.
+//! Code whose mutants cannot change behaviour (equivalent mutants) carries `#[mutants::skip]`
+//! with the reason beside it; `.cargo/mutants.toml` leaves test support (`vm/fake.rs`) out.
+//! cargo-mutants reads both itself.
 //!
 //! Prints, per file, `mutants: <file> caught=<n> missed=<n> timeout=<n> unviable=<n>
 //! caught_pct=<x>` (caught over caught + missed + timeout; the goal is ≥ 90 % in every file)

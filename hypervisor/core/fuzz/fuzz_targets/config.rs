@@ -1,7 +1,7 @@
 //! The configuration file: any text. Every error names the file (and, when the parser knows
 //! it, a line inside it); every guest kept is one the rules accept, once.
 #![no_main]
-use bastion_core::config::{Config, Console};
+use bastion_core::config::{Config, Console, MAX_GUEST_MIB, MAX_VCPUS, MIN_GUEST_MIB};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
             }
             for (i, g) in cfg.guests.iter().enumerate() {
                 assert!(!cfg.guests[..i].iter().any(|o| o.name == g.name), "guest {} twice", g.name);
-                assert!(g.vcpus >= 1 && g.memory_mib >= 1, "{g:?}");
+                assert!((1..=MAX_VCPUS).contains(&g.vcpus) && (MIN_GUEST_MIB..=MAX_GUEST_MIB).contains(&g.memory_mib), "{g:?}");
                 if let Console::Passthrough { port } = g.console {
                     assert!(!cfg.guests[..i].iter().any(|o| o.console == Console::Passthrough { port }), "port {port:#x} passed through twice");
                 }

@@ -13,7 +13,8 @@
 //!   Vol. 2B MOV): bits 63:32 clear, PG only with PE, NW only with CD; EFER only with defined
 //!   bits; XCR0 with x87 set and AVX only with SSE (SDM Vol. 1 13.3);
 //! - guest RAM is written only by exits whose instruction writes memory (INS, MMIO emulation,
-//!   the kvmclock and PV-EOI MSRs, hypercalls), and never outside it.
+//!   the kvmclock and PV-EOI MSRs, hypercalls), always through `GuestPhys`, which refuses
+//!   what lies outside RAM.
 #![no_main]
 use bastion_core::vm::devices::GuestDevices;
 use bastion_core::vm::fake::{FakeCpu, FakeHost};

@@ -351,10 +351,13 @@ unsafe extern "C" {
 /// then translates the host's first memory access after a #VMEXIT through the guest's nested
 /// page tables, faults there, and takes a second #VMEXIT (a nested page fault) that saves the
 /// host's registers over the guest's (APM Vol. 2 15.6: #VMEXIT writes the guest state to the
-/// VMCB). No guest can be at that RIP with the host's CR3, so it is recognised exactly; the
-/// guest's own state is gone and it cannot go on.
-fn saved_host_state(rip: u64, cr3: u64) -> bool {
-    rip == bastion_svm_vmrun_return as *const () as u64 && cr3 == x86_64::registers::control::Cr3::read_raw().0.start_address().as_u64()
+/// VMCB). Only a nested page fault saved at the host's RIP after VMRUN with the host's CR3
+/// counts: a guest would have to load the host's CR3 and map and run that very address to look
+/// the same (and would only stop itself); the guest's own state is gone and it cannot go on.
+fn saved_host_state(code: u64, rip: u64, cr3: u64) -> bool {
+    code == bastion_core::virt::svm_exit::code::NPF
+        && rip == bastion_svm_vmrun_return as *const () as u64
+        && cr3 == x86_64::registers::control::Cr3::read_raw().0.start_address().as_u64()
 }
 
 impl SvmVcpu {
@@ -411,7 +414,7 @@ impl SvmVcpu {
         let pending = self.vmcb.r64(EXITINTINFO);
         let valid = pending >> 31 & 1 != 0 && (pending >> 8) & 7 != 4;
         self.vmcb.w64(EVENTINJ, if valid { pending } else { 0 });
-        if saved_host_state(self.vmcb.r64(RIP), self.vmcb.r64(CR3) & !0xfff) {
+        if saved_host_state(self.vmcb.r64(EXITCODE), self.vmcb.r64(RIP), self.vmcb.r64(CR3) & !0xfff) {
             return VmExit::event(Exit::StateLost(alloc::format!(
                 "exit code {:#x} saved the hypervisor's own state (RIP {:#x} after VMRUN, the host's CR3): the emulator translated the host through the guest's nested page tables (a QEMU TCG defect)",
                 self.vmcb.r64(EXITCODE),
@@ -454,7 +457,14 @@ impl SvmVcpu {
             v.r64(IDTR + 8),
             bastion_core::vm::regs::describe_event(v.r64(EXITINTINFO)),
             bastion_core::vm::regs::describe_event(self.entry_event)
-        )
+        ) + if self.vmcb.r64(EXITCODE) == bastion_core::virt::svm_exit::code::SHUTDOWN {
+            // After a shutdown intercept the state save area is undefined (APM Vol. 2, the
+            // SHUTDOWN intercept; KVM resets the VMCB there for that reason):
+            // what this CPU left there is shown, with that caveat.
+            " (after SHUTDOWN the APM leaves this state undefined)"
+        } else {
+            ""
+        }
     }
 
     fn set_iret_intercept(&mut self, on: bool) {
