@@ -287,7 +287,8 @@ pub(super) fn reap() {
             Some(Cause::Killed) | None => (Status::Stopped, ctl.then),
             Some(Cause::Reset) => (Status::Stopped, After::Restart),
         };
-        let then = ctl.monitor_then.take().unwrap_or(then);
+        let by_monitor = ctl.monitor_then.take();
+        let then = by_monitor.unwrap_or(then);
         ctl.status = status;
         drop(ctl);
         drain_uart_all(g);
@@ -310,7 +311,9 @@ pub(super) fn reap() {
             e.store(0, Ordering::Relaxed);
         }
         if then == After::Restart {
-            if status == Status::Crashed {
+            if by_monitor.is_some() {
+                log::warn!("guest {}: restarting (reset from the monitor while it stopped)", g.cfg.name);
+            } else if status == Status::Crashed {
                 log::warn!("guest {}: restarting (on_crash = \"restart\")", g.cfg.name);
             }
             let started = boot_guest(g);
