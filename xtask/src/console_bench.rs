@@ -21,8 +21,18 @@ use std::time::Duration;
 pub fn rates(transcript: &str) -> std::collections::BTreeMap<String, f64> {
     let lines: Vec<&str> = transcript.lines().collect();
     let start = lines.iter().rposition(|l| l.contains(": starting (")).map_or(0, |i| i + 1);
+    rates_of(lines[start..].iter().copied())
+}
+
+/// Each guest's progress rate as [`rates`] gives it, over every line of `text` (the caller
+/// chooses the window).
+pub fn worker_rates(text: &str) -> std::collections::BTreeMap<String, f64> {
+    rates_of(text.lines())
+}
+
+fn rates_of<'a>(lines: impl Iterator<Item = &'a str>) -> std::collections::BTreeMap<String, f64> {
     let mut seen: std::collections::BTreeMap<String, (u64, u64, u64)> = std::collections::BTreeMap::new();
-    for line in &lines[start..] {
+    for line in lines {
         let Some(rest) = line.strip_prefix('[') else { continue };
         let Some((name, tail)) = rest.split_once("] worker: units ") else { continue };
         if name.contains(' ') {

@@ -14,6 +14,7 @@
 //!
 //! Every run has a deadline and its emulator is killed at the end.
 
+use crate::console_bench;
 use anyhow::{bail, Result};
 use qemu_tests::{Emulator, Platform, RunOptions};
 use std::time::Duration;
@@ -34,30 +35,11 @@ fn config(hostile: Option<(u64, u64)>) -> String {
     cfg
 }
 
-/// The canary's running totals (`[canary] worker: units <n>`), in the order printed, each
-/// with the byte offset of its line in `text`.
-pub fn units(text: &str) -> Vec<(usize, u64)> {
-    let mut at = 0;
-    let mut out = Vec::new();
-    for line in text.split_inclusive('\n') {
-        if let Some(n) = line.split("[canary] worker: units ").nth(1).and_then(|n| n.trim().parse().ok()) {
-            out.push((at, n));
-        }
-        at += line.len();
-    }
-    out
-}
-
-/// Units per line interval (per second of TSC time) over the totals printed between byte
-/// offsets `from` and `to`: the growth from the first to the last, over the intervals between
-/// them. None with fewer than two lines there.
-pub fn rate(totals: &[(usize, u64)], from: usize, to: usize) -> Option<f64> {
-    let inside: Vec<u64> = totals.iter().filter(|(at, _)| *at >= from && *at < to).map(|(_, n)| *n).collect();
-    let (first, last) = (*inside.first()?, *inside.last()?);
-    if inside.len() < 2 {
-        return None;
-    }
-    Some(last.saturating_sub(first) as f64 / (inside.len() - 1) as f64)
+/// The canary's units per line interval (per second of TSC time) over the lines of `text`,
+/// from its `[canary] worker: units <n>` lines ([`console_bench::worker_rates`]); None with
+/// fewer than two of them.
+fn canary_rate(text: &str) -> Option<f64> {
+    console_bench::worker_rates(text).get("canary").copied()
 }
 
 /// `key=<n>` from a line such as `hostile: done ops=1 faults=2 mismatches=0 quirks=3`.
@@ -90,9 +72,8 @@ pub fn hostile(ops: u64) -> Result<()> {
     emu.expect_count("[canary] worker: units ", ALONE_LINES + 1, Duration::from_secs(ALONE_LINES as u64 * 10 + 60)).map_err(e)?;
     let text = emu.transcript();
     drop(emu);
-    let alone = units(&text);
     // The first line's interval includes the guest's start: measured from it, not over it.
-    let Some(alone_rate) = rate(&alone, alone[0].0, text.len()) else { bail!("the canary printed too few lines alone:\n{text}") };
+    let Some(alone_rate) = canary_rate(&text) else { bail!("the canary printed too few lines alone:\n{text}") };
 
     // Beside the hostile guest, from the line where it starts until it has run `ops`
     // operations. QEMU 7.2's TCG now and then loses a guest's state at an exit (Bastion stops
@@ -126,7 +107,7 @@ pub fn hostile(ops: u64) -> Result<()> {
         bail!("the hostile guest harmed the host, got a wrong answer or was stopped for another reason (seed {seed}, {} mismatches):\n{}", tally.mismatches, last_lines(&text, 60));
     }
     let from = text.find("[hostile] hostile: seed ").unwrap_or(0);
-    let Some(beside_rate) = rate(&units(&text), from, text.len()) else { bail!("the canary printed too few lines beside the hostile guest:\n{text}") };
+    let Some(beside_rate) = canary_rate(&text[from..]) else { bail!("the canary printed too few lines beside the hostile guest:\n{text}") };
     let ratio = beside_rate / alone_rate;
     println!(
         "hostile, {} with 2 CPUs, seed {seed}: {} operations in {secs:.0} s ({:.0}/s) over {} runs of the guest ({} stopped because the emulator lost its state); canary {beside_rate:.0} units/s beside, {alone_rate:.0} alone (goal ratio ≥ {GOAL})",
@@ -199,15 +180,13 @@ mod tests {
     #[test]
     fn the_canary_rate_is_growth_over_intervals_between_two_offsets() {
         let text = "[canary] worker: units 10\n[hostile] hostile: seed 1 ops 5\n[canary] worker: units 110\n[canary] worker: units 200\n[canary] worker: units 290\n[hostile] hostile: done ops=5\n[canary] worker: units 1000\n";
-        let totals = units(text);
-        assert_eq!(totals.iter().map(|t| t.1).collect::<Vec<_>>(), [10, 110, 200, 290, 1000]);
         let (from, to) = (text.find("[hostile] hostile: seed").unwrap(), text.find("hostile: done").unwrap());
         // 110 -> 290 over two intervals: 90 a line; the lines before and after are not counted.
-        assert_eq!(rate(&totals, from, to), Some(90.0));
-        assert_eq!(rate(&totals, 0, text.len()), Some(990.0 / 4.0));
+        assert_eq!(canary_rate(&text[from..to]), Some(90.0));
+        assert_eq!(canary_rate(text), Some(990.0 / 4.0));
         // One line is no interval.
-        assert_eq!(rate(&totals, 0, from), None);
-        assert_eq!(rate(&totals, text.len(), text.len()), None);
+        assert_eq!(canary_rate(&text[..from]), None);
+        assert_eq!(canary_rate(""), None);
     }
 
     #[test]
