@@ -82,7 +82,7 @@ fn dir(root: &Path) -> PathBuf {
 /// Builds every target; returns the folder holding the binaries.
 pub fn build(root: &Path, asan: bool) -> Result<PathBuf> {
     let target_dir = root.join(if asan { "target/fuzz-asan" } else { "target/fuzz" });
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let status = crate::cargo()
         .current_dir(dir(root))
         .args(["build", "--release", "--bins", "--target", HOST, "--target-dir"])
         .arg(&target_dir)

@@ -81,18 +81,17 @@ pub fn files(root: &Path, given: &[String]) -> Result<Vec<String>> {
 
 pub fn mutants(root: &Path, given: &[String], diff: Option<&str>, jobs: u32, timeout: u32) -> Result<()> {
     let files = files(root, given)?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let have = Command::new(&cargo).args(["mutants", "--version"]).output().is_ok_and(|o| o.status.success());
+    let have = crate::cargo().args(["mutants", "--version"]).output().is_ok_and(|o| o.status.success());
     if !have {
         println!("xtask: installing cargo-mutants (cargo install --locked cargo-mutants)");
-        let ok = Command::new(&cargo).args(["install", "--locked", "cargo-mutants"]).status().context("cannot run cargo install")?;
+        let ok = crate::cargo().args(["install", "--locked", "cargo-mutants"]).status().context("cannot run cargo install")?;
         if !ok.success() {
             bail!("cannot install cargo-mutants; install it with `cargo install --locked cargo-mutants`");
         }
     }
     let out = root.join("target/mutants");
     std::fs::create_dir_all(&out)?;
-    let mut cmd = Command::new(&cargo);
+    let mut cmd = crate::cargo();
     cmd.current_dir(root)
         .args(["mutants", "-p", "bastion-core", "--no-shuffle", "--cargo-test-arg=--lib"])
         .arg(format!("--jobs={jobs}"))
