@@ -7,6 +7,7 @@ extern crate alloc;
 
 mod acpi_tables;
 mod cpu;
+mod fbcon;
 mod gdt;
 mod interrupts;
 mod ioapic;
@@ -49,10 +50,15 @@ fn fail(what: core::fmt::Arguments) -> ! {
 
 fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     serial::init();
+    // The screen console before the first line, so the whole boot log is on it.
+    let screen = fbcon::init(boot_info.framebuffer.take());
     logger::init();
     gdt::init();
     interrupts::init();
     info!("Bastion {} starting", env!("CARGO_PKG_VERSION"));
+    if let Some(s) = screen {
+        info!("{s}");
+    }
 
     let Some(phys_offset) = boot_info.physical_memory_offset.into_option() else {
         fail(format_args!("the bootloader did not map physical memory"));
@@ -129,7 +135,18 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
             serial::enable_rx_interrupt();
             info!("serial: COM1 input by interrupt (IRQ 4 -> I/O APIC {base:#x} pin {}, vector {:#x})", r.pin, vmm::SERIAL_VECTOR);
         }
-        None => info!("serial: COM1 input polled (no I/O APIC route for IRQ 4)"),
+        None if serial::present() => info!("serial: COM1 input polled (no I/O APIC route for IRQ 4)"),
+        // A machine without a serial port: the screen console (if any) shows Bastion's
+        // output, guests run all the same, and nothing can be typed.
+        None => {
+            let to = match (fbcon::active(), serial::e9_present()) {
+                (true, true) => "the screen and port 0xE9",
+                (true, false) => "the screen",
+                (false, true) => "port 0xE9",
+                (false, false) => "nowhere",
+            };
+            warn!("serial: no COM1: Bastion's output goes to {to}, and nothing can be typed");
+        }
     }
     info!("==== Bastion {} — x86_64 hypervisor ====", env!("CARGO_PKG_VERSION"));
     info!(

@@ -32,6 +32,9 @@ struct Console {
     out: ByteRing<OUT_BYTES>,
     /// Bytes received and not yet read by [`try_read`].
     input: ByteRing<IN_BYTES>,
+    /// What is being printed also goes to the screen console (everything but guests'
+    /// console lines: [`print_guest`]).
+    screen: bool,
 }
 
 const OUT_BYTES: usize = 64 * 1024;
@@ -40,7 +43,7 @@ const IN_BYTES: usize = bastion_core::serial_policy::INPUT_RING_BYTES;
 const TX_FIFO: usize = 16;
 
 static CONSOLE: Mutex<Console> =
-    Mutex::new(Console { uart: None, at_line_start: true, out: ByteRing::new(), input: ByteRing::new() });
+    Mutex::new(Console { uart: None, at_line_start: true, out: ByteRing::new(), input: ByteRing::new(), screen: true });
 static E9: AtomicBool = AtomicBool::new(false);
 /// Output waits in the ring: CPUs pump often until it is empty.
 static PENDING: AtomicBool = AtomicBool::new(false);
@@ -78,6 +81,11 @@ fn config(baud: bastion_core::config::SerialBaud) -> uart_16550::Config {
     // and the poll that follows it (`bastion_core::serial_policy`).
     let interrupts = if RX_IRQ.load(Ordering::Relaxed) { uart_16550::spec::registers::IER::DATA_READY } else { uart_16550::spec::registers::IER::empty() };
     uart_16550::Config { baud_rate, interrupts, fifo_trigger_level: Some(uart_16550::spec::registers::FifoTriggerLevel::Eight), ..uart_16550::Config::DEFAULT }
+}
+
+/// Whether the emulator's debug console answers on port 0xE9 (it gets every byte too).
+pub fn e9_present() -> bool {
+    E9.load(Ordering::Relaxed)
 }
 
 /// Whether COM1 is there to take input from.
@@ -124,6 +132,9 @@ pub fn set_baud(baud: bastion_core::config::SerialBaud) {
 
 impl Console {
     fn put(&mut self, bytes: &[u8]) {
+        if self.screen {
+            crate::fbcon::put(bytes);
+        }
         let e9 = E9.load(Ordering::Relaxed);
         for &b in bytes {
             if b == b'\n' {
@@ -213,6 +224,31 @@ pub fn print(args: fmt::Arguments) {
     });
 }
 
+/// Prints a guest's console line ([`print`] without the screen console, which shows
+/// Bastion's own output only).
+pub fn print_guest(args: fmt::Arguments) {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        let mut c = CONSOLE.lock();
+        if !c.at_line_start {
+            c.put(b"\n");
+        }
+        c.screen = false;
+        let _ = c.write_fmt(args);
+        c.screen = true;
+        c.pump();
+    });
+}
+
+/// The screen console's share of the crash path.
+struct EmergencyScreen;
+
+impl Write for EmergencyScreen {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        crate::fbcon::put_emergency(s.as_bytes());
+        Ok(())
+    }
+}
+
 /// Moves console bytes between the rings and the UART without waiting. Cheap when there is
 /// nothing to do; skipped if another CPU holds the console.
 pub fn pump() {
@@ -233,6 +269,7 @@ pub fn pump_if_due(now_ns: u64) {
         LAST_POLL_NS.store(now_ns, Ordering::Relaxed);
         pump();
     }
+    crate::fbcon::refresh(now_ns);
 }
 
 /// Output is waiting for the line: callers keep slices and idle waits short.
@@ -257,9 +294,13 @@ pub fn input_overruns() -> u64 {
 /// or another CPU died holding it), wait a bounded time, then take it anyway. A garbled line
 /// is better than a crash report that never appears.
 pub fn print_emergency(args: fmt::Arguments) {
+    let _ = EmergencyScreen.write_fmt(args);
+    crate::fbcon::refresh_now();
     for _ in 0..50_000_000u32 {
         if let Some(mut c) = CONSOLE.try_lock() {
+            c.screen = false;
             let _ = c.write_fmt(args);
+            c.screen = true;
             c.drain_all();
             return;
         }
@@ -268,7 +309,9 @@ pub fn print_emergency(args: fmt::Arguments) {
     // SAFETY: see above; the holder is not making progress.
     unsafe { CONSOLE.force_unlock() };
     let mut c = CONSOLE.lock();
+    c.screen = false;
     let _ = c.write_fmt(args);
+    c.screen = true;
     c.drain_all();
 }
 
@@ -286,6 +329,7 @@ pub fn write_raw(bytes: &[u8]) {
     x86_64::instructions::interrupts::without_interrupts(|| {
         let mut c = CONSOLE.lock();
         let e9 = E9.load(Ordering::Relaxed);
+        crate::fbcon::put(bytes);
         for &b in bytes {
             c.raw(b, e9);
         }

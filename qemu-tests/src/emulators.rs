@@ -71,13 +71,17 @@ pub struct RunOptions {
     /// server (user networking) serves to a virtio NIC first in the boot order; OVMF's own
     /// network stack loads the bootloader from it (UEFI only).
     pub pxe: bool,
+    /// A machine without COM1 (QEMU): `-serial none`, so Bastion's console is its screen;
+    /// the harness reads the log from QEMU's debug console on port 0xE9 instead, which
+    /// Bastion mirrors everything to when it finds one.
+    pub no_com1: bool,
 }
 
 impl RunOptions {
     /// 2 CPUs and 256 MiB, no KVM (so runs compare across hosts), not interactive: the
     /// machine of the multi-guest tests.
     pub const SMP2: RunOptions =
-        RunOptions { smp: 2, memory_mib: 256, kvm: Some(false), qemu_args: Vec::new(), interactive: false, com2_file: None, usb: false, pxe: false };
+        RunOptions { smp: 2, memory_mib: 256, kvm: Some(false), qemu_args: Vec::new(), interactive: false, com2_file: None, usb: false, pxe: false, no_com1: false };
 }
 
 /// QEMU's debug log (`-d cpu_reset,guest_errors`) in the run directory.
@@ -92,7 +96,7 @@ pub const BOCHS_COM1_PORT_FILE: &str = "com1.port";
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { smp: 1, memory_mib: 256, kvm: Some(false), qemu_args: Vec::new(), interactive: false, com2_file: None, usb: false, pxe: false }
+        RunOptions { smp: 1, memory_mib: 256, kvm: Some(false), qemu_args: Vec::new(), interactive: false, com2_file: None, usb: false, pxe: false, no_com1: false }
     }
 }
 
@@ -247,7 +251,12 @@ fn qemu_command(platform: Platform, medium: Medium, run_dir: &Path, opts: &RunOp
         }
     }
     c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
-    c.args(["-serial", "stdio", "-display", "none", "-no-reboot"]);
+    if opts.no_com1 {
+        c.args(["-serial", "none", "-debugcon", "stdio"]);
+    } else {
+        c.args(["-serial", "stdio"]);
+    }
+    c.args(["-display", "none", "-no-reboot"]);
     // A machine reset ends QEMU with status 0 and no exit line (-no-reboot): QEMU notes why
     // ("Triple fault") and the CPUs' registers at reset in this log, which the harness shows
     // when an emulator ends unexpectedly.

@@ -710,6 +710,48 @@ impl Emulator {
         let sock = self.dir.join(emulators::QEMU_MONITOR_SOCKET);
         monitor_command(&sock, cmd).ok_or_else(|| format!("no QEMU monitor at {}", sock.display()))
     }
+    /// The text on QEMU's screen: a screenshot (monitor `screendump`, a PPM file in the run
+    /// directory) read back cell by cell against Bastion's screen font
+    /// (`bastion_core::fbcon::read_text`): its width in characters, and its rows.
+    pub fn screen_text(&self) -> Result<(usize, Vec<String>), String> {
+        let file = self.dir.join("screen.ppm");
+        let _ = std::fs::remove_file(&file);
+        self.qemu_monitor(&format!("screendump {}", file.display()))?;
+        let ppm = std::fs::read(&file).map_err(|e| format!("no screenshot at {}: {e}", file.display()))?;
+        let (width, height, pixels) = parse_ppm(&ppm).ok_or_else(|| format!("{} is not a binary PPM (P6, 8-bit)", file.display()))?;
+        let (cols, rows) = (width / bastion_core::fbcon::CELL_W, height / bastion_core::fbcon::CELL_H);
+        // Bastion draws grey: red is the intensity.
+        Ok((cols, bastion_core::fbcon::read_text(|x, y| pixels[(y * width + x) * 3], cols, rows)))
+    }
+}
+
+/// A binary PPM (P6 with maxval 255): width, height and the RGB bytes.
+pub fn parse_ppm(data: &[u8]) -> Option<(usize, usize, &[u8])> {
+    // Header: "P6", width, height, maxval, separated by whitespace (comments start with '#'),
+    // then one whitespace byte and the pixels.
+    let mut fields = Vec::new();
+    let mut i = 0;
+    while fields.len() < 4 {
+        while data.get(i)?.is_ascii_whitespace() || *data.get(i)? == b'#' {
+            if data[i] == b'#' {
+                while *data.get(i)? != b'\n' {
+                    i += 1;
+                }
+            }
+            i += 1;
+        }
+        let start = i;
+        while !data.get(i)?.is_ascii_whitespace() {
+            i += 1;
+        }
+        fields.push(std::str::from_utf8(&data[start..i]).ok()?);
+    }
+    let (w, h): (usize, usize) = (fields[1].parse().ok()?, fields[2].parse().ok()?);
+    if fields[0] != "P6" || fields[3] != "255" {
+        return None;
+    }
+    let pixels = data.get(i + 1..i + 1 + w.checked_mul(h)?.checked_mul(3)?)?;
+    Some((w, h, pixels))
 }
 
 /// Connects to Bochs's COM1 server (it starts listening a moment after launch) and drains
@@ -883,5 +925,21 @@ mod memory_figure_tests {
                  guest b: stopped: y; memory freed, 499 KiB free\n";
         assert_eq!(super::free_kib_before_and_after(t), Some((500, 499)));
         assert_eq!(super::free_kib_before_and_after("guest b: stopped: y; memory freed, 499 KiB free"), None);
+    }
+}
+
+#[cfg(test)]
+mod ppm_tests {
+    #[test]
+    fn a_binary_ppm_header_is_read_with_comments_and_the_pixels_after_one_whitespace_byte() {
+        // Netpbm's PPM format: "P6", width, height, maxval, one whitespace, then RGB bytes.
+        let mut f = b"P6\n# QEMU\n2 1\n255\n".to_vec();
+        f.extend_from_slice(&[10, 20, 30, 40, 50, 60, 99]);
+        assert_eq!(super::parse_ppm(&f), Some((2, 1, &[10u8, 20, 30, 40, 50, 60][..])));
+        // Too few pixels, another magic or maxval, a cut header.
+        assert_eq!(super::parse_ppm(&f[..f.len() - 2]), None);
+        assert_eq!(super::parse_ppm(b"P3\n1 1\n255\n\x00\x00\x00"), None);
+        assert_eq!(super::parse_ppm(b"P6\n1 1\n65535\n\x00\x00\x00\x00\x00\x00"), None);
+        assert_eq!(super::parse_ppm(b"P6\n1 1"), None);
     }
 }

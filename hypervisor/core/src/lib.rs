@@ -13,6 +13,7 @@ pub mod config;
 pub mod console;
 pub mod devices;
 pub mod exit;
+pub mod fbcon;
 pub mod frame_alloc;
 pub mod host_irq;
 pub mod hostmem;

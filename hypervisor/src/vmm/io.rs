@@ -21,7 +21,7 @@
 
 use super::guest::{hv, vcpu_id, Guest};
 use super::percpu::kick;
-use crate::{println, serial, time};
+use crate::{serial, time};
 use alloc::vec::Vec;
 use bastion_core::devices::irq::IrqChip;
 use bastion_core::vm::devices::{DeviceIo, GuestDevices, IoOutcome, COM1};
@@ -124,7 +124,7 @@ fn move_uart_output(g: &Guest, room: usize) {
     wake_if_interrupted(g, &mut g.devices.update_irqs());
     let lines = hv().console.lock().guest_output(g.index, &out);
     for l in lines {
-        println!("{l}");
+        serial::print_guest(format_args!("{l}\n"));
     }
 }
 

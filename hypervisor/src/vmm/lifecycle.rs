@@ -112,6 +112,9 @@ pub fn start(config: &Config, images: Vec<Option<GuestFiles>>, online: usize) {
         let runtimes = h.guests.iter().flat_map(|g| (0..g.vcpus.len()).map(move |v| (g.index, v))).map(|(g, v)| sched.runtime_ns(vcpu_id(g, v))).collect();
         *h.baseline.lock() = (time::now_ns(), runtimes);
     }
+    // The guest table, as the monitor's `list` prints it: what a person at the machine (or
+    // at its screen console, which shows no guest output) sees running.
+    super::monitor::run_command(bastion_core::console::Command::List);
     console_update(|c| c.announce());
 }
 
@@ -294,7 +297,7 @@ pub(super) fn reap() {
         drain_uart_all(g);
         let rest = h.console.lock().flush_partial(g.index);
         if let Some(line) = rest {
-            println!("{line}");
+            crate::serial::print_guest(format_args!("{line}\n"));
         }
         let what = cause.as_ref().map_or_else(|| "stopped".into(), |c| format!("{c}"));
         let line = format!(
