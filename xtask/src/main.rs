@@ -486,6 +486,7 @@ fn run_emulator(args: &RunArgs) -> Result<()> {
         com2_file: None,
         usb: args.usb,
         pxe: args.pxe,
+        no_com1: false,
     };
     let mut cmd = qemu_tests::emulator_command(platform, &image, &run_dir, &opts).map_err(anyhow::Error::msg)?;
     eprintln!(

@@ -181,6 +181,9 @@ pub const FCR_CLEAR_TX: u8 = 0x04;
 pub const FCR_DMA_MODE: u8 = 0x08;
 /// FCR bits 7:6: RX trigger level, 00 = 1, 01 = 4, 10 = 8, 11 = 14 bytes.
 pub const FCR_TRIGGER_MASK: u8 = 0xc0;
+/// The FCR bits kept as programmed: FIFO enable, DMA mode, trigger (bits 0, 3, 7:6; a test
+/// checks the number against the bits).
+const FCR_KEPT: u8 = 0xc9;
 
 // LCR bits.
 
@@ -221,8 +224,10 @@ pub const LSR_THRE: u8 = 0x20;
 pub const LSR_TEMT: u8 = 0x40;
 /// LSR bit 7: FIFO mode, a PE/FE/BI is in the RX FIFO. Never set here (no such errors).
 pub const LSR_RX_FIFO_ERROR: u8 = 0x80;
-/// The LSR bits that raise a receiver-line-status interrupt.
-const LSR_ERROR_BITS: u8 = LSR_OE | LSR_PE | LSR_FE | LSR_BI;
+/// The LSR bits that raise a receiver-line-status interrupt: OE, PE, FE, BI (bits 4:1).
+/// Written as a number: only OE is ever produced, so an OR of the four would make every
+/// mutation of the OR an equivalent mutant (a test checks the value).
+const LSR_ERROR_BITS: u8 = 0x1e;
 
 // MSR bits.
 
@@ -244,9 +249,10 @@ pub const MSR_RI: u8 = 0x40;
 pub const MSR_DCD: u8 = 0x80;
 /// Modem inputs outside loopback: DCD, DSR and CTS asserted, RI not, "a terminal is connected
 /// and ready", so guests that honour flow control transmit.
-pub const MSR_CONNECTED: u8 = MSR_DCD | MSR_DSR | MSR_CTS;
-/// The four delta bits.
-const MSR_DELTA_BITS: u8 = MSR_DCTS | MSR_DDSR | MSR_TERI | MSR_DDCD;
+/// (DCD, DSR and CTS, written as a number as the next: a test checks it against the bits.)
+pub const MSR_CONNECTED: u8 = 0xb0;
+/// The four delta bits (3:0).
+const MSR_DELTA_BITS: u8 = 0x0f;
 
 /// Depth of each FIFO on the 16550A.
 pub const FIFO_SIZE: usize = 16;
@@ -272,8 +278,11 @@ pub struct Uart16550 {
     fcr: u8,
     /// LSR error bits (OE only, in practice) not yet cleared by an LSR read.
     lsr_errors: u8,
-    /// THRE interrupt latch (QEMU's `thr_ipending`); only ever set while IER.ETBEI is set and
-    /// the TX FIFO is empty.
+    /// THRE interrupt latch (QEMU's `thr_ipending`): set when the TX FIFO becomes empty (or is
+    /// empty when IER.ETBEI rises), reset by writing THR or by the IIR read that reports it.
+    /// Only `interrupt_id` applies IER.ETBEI to it (one place, so no guard elsewhere can
+    /// disagree with it): a latch set while ETBEI is clear is reset by the THR write that
+    /// must come before the FIFO holds a byte again, so it never shows stale.
     thr_pending: bool,
     /// MSR delta bits not yet cleared by an MSR read.
     msr_delta: u8,
@@ -333,7 +342,8 @@ impl Uart16550 {
                 if id == IIR_THRI {
                     self.thr_pending = false;
                 }
-                id | self.iir_fifo_bits()
+                // Bits 3:0 and 7:6, disjoint: `+` is their OR.
+                id + self.iir_fifo_bits()
             }
             LCR => self.lcr,
             MCR => self.mcr,
@@ -344,7 +354,8 @@ impl Uart16550 {
                 lsr
             }
             MSR => {
-                let msr = self.modem_inputs() | self.msr_delta;
+                // Bits 7:4 and 3:0, disjoint: `+` is their OR.
+                let msr = self.modem_inputs() + self.msr_delta;
                 // Delta bits are reset whenever the CPU reads the MSR.
                 self.msr_delta = 0;
                 msr
@@ -406,7 +417,7 @@ impl Uart16550 {
     pub fn drain_output(&mut self, out: &mut Vec<u8>, max: usize) -> usize {
         let n = max.min(self.tx.len());
         out.extend(self.tx.drain(..n));
-        if n > 0 && self.tx.is_empty() && self.ier & IER_ETBEI != 0 {
+        if n > 0 && self.tx.is_empty() {
             self.thr_pending = true;
         }
         n
@@ -434,7 +445,7 @@ impl Uart16550 {
     /// (on a PC it gates the UART's INTR to the PIC) and the UART is not in loopback mode (where
     /// OUT2 is forced inactive).
     pub fn interrupt_line(&self) -> bool {
-        self.interrupt_id() != IIR_NONE && self.mcr & (MCR_OUT2 | MCR_LOOP) == MCR_OUT2
+        self.interrupt_id() != IIR_NONE && self.mcr & MCR_OUT2 != 0 && !self.loopback()
     }
 
     /// The 16-bit divisor latch (the baud rate is 115200 / divisor on a PC; informational).
@@ -485,17 +496,19 @@ impl Uart16550 {
         let dr = if self.rx.is_empty() { 0 } else { LSR_DR };
         // The shift register is empty whenever the FIFO is: TEMT follows THRE.
         let tx = if self.tx.is_empty() { LSR_THRE | LSR_TEMT } else { 0 };
-        dr | self.lsr_errors | tx
+        // Bit 0, bits 4:1 and bits 6:5, disjoint: `+` is their OR.
+        dr + self.lsr_errors + tx
     }
 
     /// MSR bits 7:4. In loopback the four modem-control outputs are wired to the four inputs
     /// inside the chip (DTR->DSR, RTS->CTS, OUT1->RI, OUT2->DCD); otherwise a terminal is there.
     fn modem_inputs(&self) -> u8 {
         if self.loopback() {
+            // Four different bits: `+` is their OR.
             (if self.mcr & MCR_DTR != 0 { MSR_DSR } else { 0 })
-                | (if self.mcr & MCR_RTS != 0 { MSR_CTS } else { 0 })
-                | (if self.mcr & MCR_OUT1 != 0 { MSR_RI } else { 0 })
-                | (if self.mcr & MCR_OUT2 != 0 { MSR_DCD } else { 0 })
+                + (if self.mcr & MCR_RTS != 0 { MSR_CTS } else { 0 })
+                + (if self.mcr & MCR_OUT1 != 0 { MSR_RI } else { 0 })
+                + (if self.mcr & MCR_OUT2 != 0 { MSR_DCD } else { 0 })
         } else {
             MSR_CONNECTED
         }
@@ -507,7 +520,7 @@ impl Uart16550 {
         let count = self.rx.len();
         if ier & IER_ELSI != 0 && self.lsr_errors & LSR_ERROR_BITS != 0 {
             IIR_RLS
-        } else if ier & IER_ERBFI != 0 && count > 0 && count >= self.rx_trigger() {
+        } else if ier & IER_ERBFI != 0 && count >= self.rx_trigger() {
             IIR_RDA
         } else if ier & IER_ERBFI != 0 && count > 0 && self.fifo_enabled() {
             // Below the trigger level: the timeout would fire; with no timer, it has.
@@ -532,7 +545,7 @@ impl Uart16550 {
             } else {
                 self.lsr_errors |= LSR_OE;
             }
-            self.thr_pending = self.ier & IER_ETBEI != 0 && self.tx.is_empty();
+            self.thr_pending = self.tx.is_empty();
         } else {
             if self.tx.len() < self.fifo_capacity() {
                 self.tx.push_back(byte);
@@ -550,9 +563,7 @@ impl Uart16550 {
         let value = value & IER_MASK;
         let rising = value & !self.ier;
         self.ier = value;
-        if value & IER_ETBEI == 0 {
-            self.thr_pending = false;
-        } else if rising & IER_ETBEI != 0 && self.tx.is_empty() {
+        if rising & IER_ETBEI != 0 && self.tx.is_empty() {
             // Enabling ETBEI with the TX FIFO empty raises THRE at once. QEMU and Bochs do this
             // on the 0->1 edge; Linux's THRE probe and Windows rely on it. With bytes queued,
             // the drain that empties the FIFO raises it.
@@ -573,7 +584,7 @@ impl Uart16550 {
             // The other bits are only programmed together with FCR0 = 1.
             clear_rx |= value & FCR_CLEAR_RX != 0;
             clear_tx |= value & FCR_CLEAR_TX != 0;
-            self.fcr = value & (FCR_FIFO_ENABLE | FCR_DMA_MODE | FCR_TRIGGER_MASK);
+            self.fcr = value & FCR_KEPT;
         } else {
             self.fcr = 0;
         }
@@ -584,10 +595,8 @@ impl Uart16550 {
         if clear_tx {
             // Its bytes are dropped (the host never sees them); bytes already drained are gone.
             self.tx.clear();
-            if self.ier & IER_ETBEI != 0 {
-                // An emptied TX FIFO is an empty THR (QEMU re-arms thr_ipending here too).
-                self.thr_pending = true;
-            }
+            // An emptied TX FIFO is an empty THR (QEMU re-arms thr_ipending here too).
+            self.thr_pending = true;
         }
     }
 
@@ -993,6 +1002,45 @@ mod tests {
         u.write(FCR, 0x00);
         assert_eq!(u.read(LSR) & LSR_DR, 0, "disabling flushed the FIFO");
         assert_eq!(u.rx_space(), 1);
+    }
+
+    #[test]
+    fn register_bit_groups_are_the_datasheets() {
+        // PC16550D: LSR bits 1-4 are OE, PE, FE, BI (each raises the line-status interrupt);
+        // MSR bits 7, 5, 4 are DCD, DSR, CTS and bits 3:0 the deltas; FCR bits 0, 3, 7:6 are
+        // FIFO enable, DMA mode and the trigger (1, 2 are self-clearing, 5:4 reserved).
+        assert_eq!(LSR_ERROR_BITS, 0x02 | 0x04 | 0x08 | 0x10);
+        assert_eq!(LSR_ERROR_BITS, LSR_OE | LSR_PE | LSR_FE | LSR_BI);
+        assert_eq!(MSR_CONNECTED, 0x80 | 0x20 | 0x10);
+        assert_eq!(MSR_CONNECTED, MSR_DCD | MSR_DSR | MSR_CTS);
+        assert_eq!(MSR_DELTA_BITS, MSR_DCTS | MSR_DDSR | MSR_TERI | MSR_DDCD);
+        assert_eq!(FCR_KEPT, FCR_FIFO_ENABLE | FCR_DMA_MODE | FCR_TRIGGER_MASK);
+        assert_eq!(FCR_KEPT, 0x01 | 0x08 | 0xc0);
+    }
+
+    #[test]
+    fn an_emptied_fifo_interrupts_only_with_etbei_and_the_latch_never_shows_stale() {
+        // Table IV: the THRE interrupt needs IER bit 1. Bytes drained with ETBEI clear raise
+        // nothing, IIR says "none" and the line stays low.
+        let mut u = uart(FCR_FIFO_ENABLE, 0);
+        u.write(THR, b'a');
+        assert_eq!(u.take_output(), b"a");
+        assert_eq!(u.read(IIR), 0xc1);
+        assert!(!u.interrupt_line());
+        // Loopback and a TX clear, likewise.
+        u.write(MCR, MCR_LOOP | MCR_OUT2);
+        u.write(THR, b'b');
+        u.write(MCR, MCR_DTR | MCR_RTS | MCR_OUT2);
+        u.write(FCR, FCR_FIFO_ENABLE | FCR_CLEAR_TX);
+        assert_eq!(u.read(IIR), 0xc1);
+        // A byte queued, then ETBEI enabled: no THRE while it waits (the FIFO is not empty),
+        // then one when the drain empties it.
+        u.write(THR, b'c');
+        u.write(IER, IER_ETBEI);
+        assert_eq!(u.read(IIR), 0xc1, "THRE with a byte still queued");
+        assert!(!u.interrupt_line());
+        assert_eq!(u.take_output(), b"c");
+        assert_eq!(u.read(IIR), 0xc2);
     }
 
     #[test]
