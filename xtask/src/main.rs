@@ -19,6 +19,7 @@ mod hostile_bench;
 mod linux;
 mod linux_bench;
 mod mutants;
+mod usb;
 
 /// Bastion's developer commands.
 #[derive(Parser)]
@@ -51,6 +52,10 @@ enum Cmd {
     /// of the whole crate), or of the lines changed since a git revision, and the share each
     /// file's unit tests catch
     Mutants(MutantsArgs),
+    /// Build, then write the BIOS (or, with --uefi, the UEFI) image to a USB stick and read it
+    /// back: refuses a partition, a device in use or too small, and (unless --force) one that
+    /// is not removable or is larger than 256 GiB
+    Usb(UsbArgs),
     /// Fetch Debian's cloud kernel and busybox (apt-get download, nothing installed) and build
     /// the initramfs for Linux guests, under target/linux/
     FetchLinux,
@@ -98,6 +103,21 @@ struct RunArgs {
     /// Do not use KVM even where the host offers it (see BASTION_KVM in the README)
     #[arg(long)]
     no_kvm: bool,
+}
+
+#[derive(Args)]
+struct UsbArgs {
+    #[command(flatten)]
+    build: BuildArgs,
+    /// The stick: a whole block device (e.g. /dev/sdb), or a file to write the image into
+    #[arg(long, value_name = "DEV")]
+    device: PathBuf,
+    /// Write the UEFI image instead of the BIOS one
+    #[arg(long)]
+    uefi: bool,
+    /// Write to a device that is not removable or is larger than 256 GiB
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -205,6 +225,15 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Cmd::Build(args) => build(&args).map(|_| ()),
         Cmd::Run(args) => run_emulator(&args),
+        Cmd::Usb(args) => {
+            // Refused before the build if it would be refused after it.
+            let t = usb::inspect(&args.device)?;
+            if let Some(why) = usb::refusal(&t, 0, args.force) {
+                bail!("refusing to write {}: {why}", args.device.display());
+            }
+            let a = build(&args.build)?;
+            usb::write_stick(if args.uefi { &a.uefi } else { &a.bios }, &args.device, args.force)
+        }
         Cmd::Test(args) => test(&args),
         Cmd::Bench(args) => bench(&args),
         Cmd::Mutants(args) => mutants::mutants(&root(), &args.files, args.diff.as_deref(), args.jobs, args.timeout),
