@@ -7,6 +7,8 @@
 //! `bastion_core::config` code before packing, so a bundle that `boot` accepts is one the
 //! hypervisor accepts.
 
+pub mod fleet;
+
 use anyhow::{bail, Context, Result};
 use bastion_core::bundle::{Bundle, CONFIG_FILE};
 use bastion_core::config::{Config, ImageFitError};

@@ -11,6 +11,9 @@ usage:
   boot image --kernel ELF (--config CONFIG | --bundle FILE) --out DIR [--bios] [--uefi] [--pxe]
                                              bundle + stripped kernel + images (default: --bios --uefi);
                                              --bundle takes a packed bundle as it is
+  boot fleet --kernel ELF --out DIR --interface IF --range START,END --host MAC=CONFIG...
+                                             one UEFI PXE folder per host (DIR/tftp/<mac>/) and
+                                             DIR/dnsmasq.conf, which serves each host its own
 ";
 
 fn main() {
@@ -30,6 +33,7 @@ fn run(args: Vec<String>) -> Result<()> {
         "validate" => (&[], &[]),
         "bundle" => (&["--config", "--out"], &[]),
         "image" => (&["--kernel", "--config", "--bundle", "--out"], &["--bios", "--uefi", "--pxe"]),
+        "fleet" => (&["--kernel", "--out", "--interface", "--range", "--host"], &[]),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             return Ok(());
@@ -69,6 +73,19 @@ fn run(args: Vec<String>) -> Result<()> {
             let bytes = boot::bundle_bytes(&config)?;
             std::fs::write(&out, bytes).with_context(|| format!("cannot write {}", out.display()))?;
             println!("{}", out.display());
+        }
+        "fleet" => {
+            let kernel = opt("--kernel").context("fleet needs --kernel ELF")?;
+            let out = opt("--out").context("fleet needs --out DIR")?;
+            let text = |name: &str| opt(name).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+            let net = boot::fleet::Network { interface: text("--interface"), range: text("--range") };
+            let hosts = values
+                .iter()
+                .filter(|(n, _)| *n == "--host")
+                .map(|(_, v)| boot::fleet::parse_host(&v.to_string_lossy()))
+                .collect::<Result<Vec<_>>>()?;
+            let conf = boot::fleet::build(&kernel, &out, &net, &hosts)?;
+            println!("{}", conf.display());
         }
         _ => {
             let kernel = opt("--kernel").context("image needs --kernel ELF")?;

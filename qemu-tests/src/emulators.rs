@@ -75,13 +75,25 @@ pub struct RunOptions {
     /// the harness reads the log from QEMU's debug console on port 0xE9 instead, which
     /// Bastion mirrors everything to when it finds one.
     pub no_com1: bool,
+    /// PXE boot from a real network instead of QEMU's built-in server: QEMU runs inside this
+    /// network namespace with its NIC on this tap device and MAC (the fleet test's dnsmasq
+    /// serves it).
+    pub tap: Option<Tap>,
+}
+
+/// A NIC on a tap device inside a network namespace.
+#[derive(Debug, Clone)]
+pub struct Tap {
+    pub netns: String,
+    pub ifname: String,
+    pub mac: String,
 }
 
 impl RunOptions {
     /// 2 CPUs and 256 MiB, no KVM (so runs compare across hosts), not interactive: the
     /// machine of the multi-guest tests.
     pub const SMP2: RunOptions =
-        RunOptions { smp: 2, memory_mib: 256, kvm: Some(false), qemu_args: Vec::new(), interactive: false, com2_file: None, usb: false, pxe: false, no_com1: false };
+        RunOptions { smp: 2, memory_mib: 256, kvm: Some(false), qemu_args: Vec::new(), interactive: false, com2_file: None, usb: false, pxe: false, no_com1: false, tap: None };
 }
 
 /// QEMU's debug log (`-d cpu_reset,guest_errors`) in the run directory.
@@ -96,7 +108,7 @@ pub const BOCHS_COM1_PORT_FILE: &str = "com1.port";
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { smp: 1, memory_mib: 256, kvm: Some(false), qemu_args: Vec::new(), interactive: false, com2_file: None, usb: false, pxe: false, no_com1: false }
+        RunOptions { smp: 1, memory_mib: 256, kvm: Some(false), qemu_args: Vec::new(), interactive: false, com2_file: None, usb: false, pxe: false, no_com1: false, tap: None }
     }
 }
 
@@ -139,6 +151,16 @@ pub fn requirements(platform: Platform) -> Vec<Requirement> {
             r("vgabios", BOCHS_VGA),
             r("bochs-sdl", BOCHS_SDL),
         ],
+    }
+}
+
+/// Tools the emulator tests use besides the emulators: dnsmasq (`dnsmasq-base`, the binary
+/// without a system service), the fleet test's DHCP and TFTP server.
+pub fn missing_test_tools() -> Vec<&'static str> {
+    if Path::new("/usr/sbin/dnsmasq").exists() {
+        Vec::new()
+    } else {
+        vec!["dnsmasq-base"]
     }
 }
 
@@ -207,7 +229,14 @@ enum Medium<'a> {
 }
 
 fn qemu_command(platform: Platform, medium: Medium, run_dir: &Path, opts: &RunOptions) -> Result<Command, String> {
-    let mut c = Command::new("qemu-system-x86_64");
+    let mut c = match &opts.tap {
+        Some(t) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &t.netns, "qemu-system-x86_64"]);
+            c
+        }
+        None => Command::new("qemu-system-x86_64"),
+    };
     let kvm = opts.kvm.unwrap_or_else(kvm_usable);
     if kvm {
         c.args(["-enable-kvm", "-cpu", "host"]);
@@ -224,6 +253,14 @@ fn qemu_command(platform: Platform, medium: Medium, run_dir: &Path, opts: &RunOp
         c.arg("-drive").arg(format!("if=pflash,format=raw,file={}", vars.display()));
     }
     match medium {
+        Medium::Disk(_) if opts.pxe && opts.tap.is_some() => {
+            if platform != Platform::QemuUefi {
+                return Err("PXE boot is UEFI only for now".into());
+            }
+            let t = opts.tap.as_ref().unwrap();
+            c.arg("-netdev").arg(format!("tap,id=net0,ifname={},script=no,downscript=no", t.ifname));
+            c.arg("-device").arg(format!("virtio-net-pci,netdev=net0,mac={},bootindex=0,romfile=", t.mac));
+        }
         Medium::Disk(folder) if opts.pxe => {
             if platform != Platform::QemuUefi {
                 return Err("PXE boot is UEFI only for now: use --uefi (BIOS clients would need a second-stage loader for the disk image)".into());

@@ -453,7 +453,21 @@ fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
 /// Installs missing emulator packages when we are root on a Debian-like system; otherwise
 /// stops with the exact command to run.
 fn ensure_packages(platforms: &[Platform]) -> Result<()> {
-    let missing = missing_packages(platforms);
+    ensure_missing(|| missing_packages(platforms))
+}
+
+/// [`ensure_packages`] for the emulators and the tools the emulator tests use besides them
+/// (dnsmasq, the fleet test's PXE server).
+fn ensure_test_packages() -> Result<()> {
+    ensure_missing(|| {
+        let mut m = missing_packages(&Platform::ALL);
+        m.extend(qemu_tests::emulators::missing_test_tools());
+        m
+    })
+}
+
+fn ensure_missing(missing_now: impl Fn() -> Vec<&'static str>) -> Result<()> {
+    let missing = missing_now();
     if missing.is_empty() {
         return Ok(());
     }
@@ -471,7 +485,7 @@ fn ensure_packages(platforms: &[Platform]) -> Result<()> {
     if !ok(update) || !ok(install) {
         bail!("apt-get could not install {}; try:\n  {}", missing.join(" "), install_command(&missing));
     }
-    let still = missing_packages(platforms);
+    let still = missing_now();
     if !still.is_empty() {
         bail!("still missing after apt-get: {}", still.join(" "));
     }
@@ -510,12 +524,10 @@ fn run_emulator(args: &RunArgs) -> Result<()> {
         smp: args.smp,
         memory_mib: args.memory,
         kvm: Some(kvm && platform.is_qemu()),
-        qemu_args: Vec::new(),
         interactive: true,
-        com2_file: None,
         usb: args.usb,
         pxe: args.pxe,
-        no_com1: false,
+        ..RunOptions::default()
     };
     let mut cmd = qemu_tests::emulator_command(platform, &image, &run_dir, &opts).map_err(anyhow::Error::msg)?;
     eprintln!(
@@ -613,7 +625,7 @@ const FUZZ_SECS_IN_TEST: u64 = 8;
 
 fn test(args: &TestArgs) -> Result<()> {
     if !args.host_only {
-        ensure_packages(&Platform::ALL)?;
+        ensure_test_packages()?;
     }
     // Debian's kernel, for the loader's test against a real bzImage (and the Linux guests).
     linux::fetch(&root())?;
