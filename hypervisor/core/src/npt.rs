@@ -51,12 +51,14 @@ impl Format {
             Format::Npt => 0b111, // P | RW | U/S
         }
     }
-    /// Bits of a leaf entry mapping write-back RAM with full access.
+    /// Bits of a leaf entry mapping write-back RAM with full access. (The fields are
+    /// disjoint bits, so `+` is their OR; here and below, an address with 4 KiB alignment
+    /// plus bits below 12 is the same.)
     fn leaf_bits(self, large: bool) -> u64 {
         let l = if large { LARGE } else { 0 };
         match self {
-            Format::Ept => 0b111 | (6 << 3) | l, // RWX, memory type WB
-            Format::Npt => 0b111 | l,            // P | RW | U/S, PAT index 0 (WB)
+            Format::Ept => 0b111 + (6 << 3) + l, // RWX, memory type WB
+            Format::Npt => 0b111 + l,            // P | RW | U/S, PAT index 0 (WB)
         }
     }
     fn present(self, e: u64) -> bool {
@@ -151,7 +153,7 @@ impl NestedPageTable {
     /// The EPT pointer for the VMCS (SDM 25.6.11): write-back paging structures (type 6 in
     /// bits 2:0), a 4-level walk (3 in bits 5:3), accessed/dirty flags off.
     pub fn eptp(&self) -> u64 {
-        self.root | 6 | (3 << 3)
+        self.root + 6 + (3 << 3)
     }
 
     /// Maps `len` bytes of guest-physical space at `gpa` to host-physical `hpa` as write-back
@@ -207,11 +209,11 @@ impl NestedPageTable {
                 e & ADDR_MASK
             } else {
                 let t = src.alloc_table().ok_or(MapError::OutOfMemory)?;
-                src.table(table)[i] = t | self.format.table_bits();
+                src.table(table)[i] = t + self.format.table_bits();
                 t
             };
         }
-        src.table(table)[index(gpa, leaf_level)] = hpa | self.format.leaf_bits(large);
+        src.table(table)[index(gpa, leaf_level)] = hpa + self.format.leaf_bits(large);
         Ok(())
     }
 
@@ -236,7 +238,8 @@ impl NestedPageTable {
             if !self.format.present(e) {
                 continue;
             }
-            let gpa = base | ((i as u64) << (12 + 9 * level));
+            // Disjoint: `base` has zeros where this level's index goes.
+            let gpa = base + ((i as u64) << (12 + 9 * level));
             if level == 0 || (level <= 2 && e & LARGE != 0) {
                 let size = PAGE_4K << (9 * level);
                 f(Leaf { gpa, hpa: e & ADDR_MASK & !(size - 1), size });
@@ -414,6 +417,55 @@ mod tests {
         assert_eq!(leaves(&t, &mut m), before);
         assert_eq!(t.map(&mut m, 0x800, 0, PAGE_4K), Err(MapError::Unaligned));
         assert_eq!(t.map(&mut m, (1 << 48) - PAGE_4K, 0, 2 * PAGE_4K), Err(MapError::OutOfRange((1 << 48) + PAGE_4K - 1)));
+    }
+
+    #[test]
+    fn each_address_and_the_length_must_be_4k_aligned_and_the_top_page_can_be_mapped() {
+        let mut m = FakeMem::new();
+        let mut t = NestedPageTable::new(Format::Ept, &mut m).unwrap();
+        // SDM 29.3.2 / APM 15.25.5: a leaf holds a 4 KiB-aligned host frame; any of the
+        // three misaligned alone, or two misaligned alike, is refused.
+        for (gpa, hpa, len) in [(0x1000, 0x2001, PAGE_4K), (0x1000, 0x2000, 0x1001), (0x1800, 0x2800, PAGE_4K), (0x1800, 0x2000, 0x800), (0, 0x800, 0x800)] {
+            assert_eq!(t.map(&mut m, gpa, hpa, len), Err(MapError::Unaligned), "{gpa:#x} {hpa:#x} {len:#x}");
+        }
+        assert!(leaves(&t, &mut m).is_empty());
+        // The last page of the 48-bit space (a 4-level walk's reach) maps; one past does not.
+        t.map(&mut m, (1 << 48) - PAGE_4K, 0x7000, PAGE_4K).unwrap();
+        assert_eq!(t.translate(&mut m, (1 << 48) - 1), Some(0x7fff));
+        assert_eq!(t.map(&mut m, 1 << 48, 0, PAGE_4K), Err(MapError::OutOfRange((1 << 48) + PAGE_4K - 1)));
+        // A range ending exactly where a mapping starts does not overlap it.
+        t.map(&mut m, 0x3000, 0x9000, PAGE_4K).unwrap();
+        t.map(&mut m, 0x2000, 0x8000, PAGE_4K).unwrap();
+        assert_eq!(t.translate(&mut m, 0x2fff), Some(0x8fff));
+        assert_eq!(t.map(&mut m, 0x1000, 0, 0x3000), Err(MapError::AlreadyMapped(0x2000)));
+    }
+
+    #[test]
+    fn a_page_table_already_under_a_2m_slot_is_kept_not_replaced_by_a_large_page() {
+        // A PD entry that points to a page table must stay one (a large page written over it
+        // would lose the table and whatever it maps). No mapping leaves an empty table today
+        // (there is no unmap), so the test plants one: PML4 -> PDPT -> PD -> an empty PT.
+        let mut m = FakeMem::new();
+        let mut t = NestedPageTable::new(Format::Npt, &mut m).unwrap();
+        let (pdpt, pd, pt) = (m.alloc_table().unwrap(), m.alloc_table().unwrap(), m.alloc_table().unwrap());
+        let root = t.root();
+        m.table(root)[0] = pdpt | 0b111;
+        m.table(pdpt)[0] = pd | 0b111;
+        m.table(pd)[1] = pt | 0b111;
+        t.map(&mut m, PAGE_2M, 0x4000_0000, PAGE_2M).unwrap();
+        assert_eq!(m.table(pd)[1], pt | 0b111, "the page table stays");
+        let l = leaves(&t, &mut m);
+        assert_eq!(l.len(), 512, "mapped with 4 KiB pages in the existing table");
+        assert!(l.iter().all(|l| l.size == PAGE_4K));
+        assert_eq!(t.translate(&mut m, PAGE_2M + 0x1234), Some(0x4000_1234));
+    }
+
+    #[test]
+    fn errors_say_what_was_wrong() {
+        assert_eq!(MapError::Unaligned.to_string(), "mapping is not 4 KiB aligned");
+        assert_eq!(MapError::AlreadyMapped(0x2000).to_string(), "guest-physical 0x2000 is already mapped");
+        assert_eq!(MapError::OutOfRange(1 << 48).to_string(), "guest-physical 0x1000000000000 is beyond 48 bits");
+        assert_eq!(MapError::OutOfMemory.to_string(), "out of memory for nested page tables");
     }
 
     #[test]

@@ -495,7 +495,7 @@ impl Uart16550 {
     fn lsr(&self) -> u8 {
         let dr = if self.rx.is_empty() { 0 } else { LSR_DR };
         // The shift register is empty whenever the FIFO is: TEMT follows THRE.
-        let tx = if self.tx.is_empty() { LSR_THRE | LSR_TEMT } else { 0 };
+        let tx = if self.tx.is_empty() { LSR_THRE + LSR_TEMT } else { 0 };
         // Bit 0, bits 4:1 and bits 6:5, disjoint: `+` is their OR.
         dr + self.lsr_errors + tx
     }
