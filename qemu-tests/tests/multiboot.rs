@@ -81,6 +81,9 @@ fn multiboot_guest_sees_its_boot_information(p: Platform) {
     has(&format!("[mbtwo] multiboot: module 0 cmdline [{}] {} bytes [{}]", MB2_MODULE.2, MB2_MODULE.1.len(), MB2_MODULE.1));
     has("guest mbtwo: stopped: test exit: PASS");
     has(&format!("guest mbbad: cannot start: multiboot: the Multiboot2 header at {at:#x} has a bad checksum"));
+    // The guest table printed once the guests have started gives the reason too.
+    let row = text.lines().find(|l| l.starts_with("mbbad ")).unwrap_or_else(|| panic!("no guest table row for mbbad:\n{text}"));
+    assert!(row.contains("crashed") && row.contains(&format!("could not start: multiboot: the Multiboot2 header at {at:#x} has a bad checksum")), "{row}");
     ipi_says_every_ipi_arrived_once(&text, "[ipi] ");
     has("guest ipi: stopped: test exit: PASS");
     assert!(!text.contains("FAIL"), "{text}");

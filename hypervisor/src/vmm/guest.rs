@@ -70,6 +70,8 @@ pub(super) enum Cause {
     Guest(StopReason),
     Killed,
     Reset,
+    /// Its VM or a vCPU could not be created (the image does not load, no memory).
+    NotStarted(alloc::string::String),
 }
 
 impl core::fmt::Display for Cause {
@@ -79,6 +81,7 @@ impl core::fmt::Display for Cause {
             Cause::Guest(r) => write!(f, "{r}"),
             Cause::Killed => f.write_str("killed from the monitor"),
             Cause::Reset => f.write_str("reset from the monitor"),
+            Cause::NotStarted(why) => write!(f, "could not start: {why}"),
         }
     }
 }

@@ -139,6 +139,7 @@ pub(super) fn boot_guest(g: &Guest) -> bool {
         Err(e) => {
             log::error!("guest {}: cannot start: {e}", g.cfg.name);
             ctl.status = Status::Crashed;
+            ctl.cause = Some(Cause::NotStarted(format!("{e}")));
             return false;
         }
     };
@@ -159,12 +160,16 @@ pub(super) fn boot_guest(g: &Guest) -> bool {
                 }
                 vm.destroy();
                 ctl.status = Status::Crashed;
+                ctl.cause = Some(Cause::NotStarted(format!("vCPU {i}: {e}")));
                 return false;
             }
         }
         slot.state = VcpuState::new(i as u32, time::tsc_khz().min(u32::MAX as u64) as u32, &HostCpu);
     }
     g.devices.reset();
+    // A fresh machine has no keystrokes in its UART: what was typed for the last boot and
+    // not yet taken is dropped.
+    g.pending_input.lock().clear();
     if g.cfg.format != bastion_core::config::ImageFormat::Flat {
         // A PC runs only its boot processor at power-on; the others wait for the OS's
         // INIT-SIPI-SIPI (SDM Vol. 3A 9.4), as Linux and multiboot kernels expect. Flat
@@ -288,6 +293,8 @@ pub(super) fn reap() {
             Some(Cause::Guest(_)) if g.cfg.on_crash == OnCrash::Restart => (Status::Crashed, After::Restart),
             Some(Cause::Guest(_)) => (Status::Crashed, ctl.then),
             Some(Cause::Killed) | None => (Status::Stopped, ctl.then),
+            // (Not reached: a guest that could not start has no vCPUs to stop.)
+            Some(Cause::NotStarted(_)) => (Status::Crashed, ctl.then),
             Some(Cause::Reset) => (Status::Stopped, After::Restart),
         };
         let by_monitor = ctl.monitor_then.take();
