@@ -134,6 +134,12 @@ pub(super) fn boot_guest(g: &Guest) -> bool {
     let h = hv();
     let cpu = this_cpu();
     let mut ctl = g.ctl.lock();
+    if !ctl.status.is_final() {
+        // Started meanwhile (a monitor `reset` and an `on_crash` restart both decided to):
+        // one boot only.
+        return matches!(ctl.status, Status::Running | Status::Paused);
+    }
+    ctl.monitor_then = None;
     let vm = match Vm::new(&g.cfg, g.files, cpu.backend.npt_format(), next_tag(h)) {
         Ok(vm) => vm,
         Err(e) => {
@@ -219,18 +225,24 @@ pub(super) fn boot_guest(g: &Guest) -> bool {
 }
 
 /// Begins stopping a guest: no vCPU of it runs again; CPU 0 frees it once all are off-CPU.
-pub(super) fn stop_guest(g: &Guest, cause: Cause, then: After, at: (u32, u64)) {
+pub(super) fn stop_guest(g: &Guest, cause: Cause, then: After, at: (u32, u64)) -> Stop {
     let h = hv();
     {
         let mut ctl = g.ctl.lock();
-        if ctl.status == Status::Stopping && matches!(cause, Cause::Killed | Cause::Reset) {
+        let monitor = matches!(cause, Cause::Killed | Cause::Reset);
+        if ctl.status == Status::Stopping && monitor {
             // On its way out already (its own crash, say): the stop stays as it is, and the
             // monitor's latest word decides what follows it.
             ctl.monitor_then = Some(then);
-            return;
+            return Stop::AlreadyStopping;
         }
         if !matches!(ctl.status, Status::Running | Status::Paused) {
-            return;
+            if monitor && then == After::Nothing {
+                // Stopped already, but a restart may be about to follow (`reap` between its
+                // stop line and the new boot): a kill cancels it. The next boot clears it.
+                ctl.monitor_then = Some(After::Nothing);
+            }
+            return Stop::NotRunning;
         }
         ctl.status = Status::Stopping;
         ctl.then = then;
@@ -247,6 +259,17 @@ pub(super) fn stop_guest(g: &Guest, cause: Cause, then: After, at: (u32, u64)) {
         kick(c);
     }
     console_update(|c| c.set_accepts_input(g.index, false));
+    Stop::Started
+}
+
+/// What [`stop_guest`] did, decided under the guest's lock (so the monitor says what happened).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stop {
+    Started,
+    /// It was stopping already; the monitor's word decides what follows.
+    AlreadyStopping,
+    /// It was not running.
+    NotRunning,
 }
 
 /// Frees guests whose vCPUs have all left their CPUs; restarts those that asked for it.
@@ -320,8 +343,11 @@ pub(super) fn reap() {
         for e in &g.exits {
             e.store(0, Ordering::Relaxed);
         }
+        // A monitor `kill` that came after the stop was decided (see `stop_guest`) wins.
+        let late = g.ctl.lock().monitor_then.take();
+        let then = late.unwrap_or(then);
         if then == After::Restart {
-            if by_monitor.is_some() {
+            if by_monitor.is_some() || late.is_some() {
                 log::warn!("guest {}: restarting (reset from the monitor while it stopped)", g.cfg.name);
             } else if status == Status::Crashed {
                 log::warn!("guest {}: restarting (on_crash = \"restart\")", g.cfg.name);

@@ -3,7 +3,7 @@
 
 use super::guest::{hv, vcpu_id, After, Cause, HV};
 use super::io::{drain_uart, feed_pending_input, uart_output_waiting};
-use super::lifecycle::{boot_guest, set_paused, stop_guest};
+use super::lifecycle::{boot_guest, set_paused, stop_guest, Stop};
 use crate::{println, serial};
 use alloc::format;
 use alloc::vec::Vec;
@@ -109,26 +109,27 @@ pub(super) fn run_command(c: Command) {
         }
         Command::Pause { guest } => set_paused(&h.guests[guest], true),
         Command::Resume { guest } => set_paused(&h.guests[guest], false),
+        // The decision (stop, or start a guest that is not running) is taken under the
+        // guest's lock inside `stop_guest`, so what is printed is what happens.
         Command::Reset { guest } => {
             let g = &h.guests[guest];
-            let status = g.ctl.lock().status;
-            if status.is_final() {
-                println!("{}: starting", g.cfg.name);
-                let started = boot_guest(g);
-                perform_console(|c| c.set_accepts_input(g.index, started));
-            } else {
-                println!("{}: resetting", g.cfg.name);
-                stop_guest(g, Cause::Reset, After::Restart, (0, 0));
+            match stop_guest(g, Cause::Reset, After::Restart, (0, 0)) {
+                Stop::Started => println!("{}: resetting", g.cfg.name),
+                Stop::AlreadyStopping => println!("{}: resetting (after the stop under way)", g.cfg.name),
+                Stop::NotRunning => {
+                    println!("{}: starting", g.cfg.name);
+                    let started = boot_guest(g);
+                    perform_console(|c| c.set_accepts_input(g.index, started));
+                }
             }
         }
         Command::Kill { guest } => {
             let g = &h.guests[guest];
-            if g.ctl.lock().status.is_final() {
-                println!("{} is not running", g.cfg.name);
-                return;
+            match stop_guest(g, Cause::Killed, After::Nothing, (0, 0)) {
+                Stop::Started => println!("{}: killing", g.cfg.name),
+                Stop::AlreadyStopping => println!("{}: killing (it was stopping; it stays off)", g.cfg.name),
+                Stop::NotRunning => println!("{} is not running", g.cfg.name),
             }
-            println!("{}: killing", g.cfg.name);
-            stop_guest(g, Cause::Killed, After::Nothing, (0, 0));
         }
     }
 }

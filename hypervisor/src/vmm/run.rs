@@ -227,7 +227,9 @@ pub(super) fn run_slice(cpu: &PerCpu, id: VcpuId, slice_ns: u64) {
                 stop_guest(g, Cause::Guest(StopReason::Halted { interrupts_enabled }), After::Nothing, (vi as u32, rip));
             }
         }
-        SliceEnd::Stop(r) => stop_guest(g, Cause::Guest(r), After::Nothing, (vi as u32, rip)),
+        SliceEnd::Stop(r) => {
+            stop_guest(g, Cause::Guest(r), After::Nothing, (vi as u32, rip));
+        }
     }
 }
 
