@@ -278,11 +278,14 @@ mod tests {
         next: u64,
         limit: usize,
         freed: usize,
+        /// Table reads so far: a bound turns a walk that never ends (a broken loop) into a
+        /// failure instead of a hang. The largest test reads a few thousand.
+        reads: u64,
     }
 
     impl FakeMem {
         fn new() -> Self {
-            FakeMem { tables: BTreeMap::new(), next: 0x1000_0000, limit: usize::MAX, freed: 0 }
+            FakeMem { tables: BTreeMap::new(), next: 0x1000_0000, limit: usize::MAX, freed: 0, reads: 0 }
         }
     }
 
@@ -301,6 +304,8 @@ mod tests {
             self.freed += 1;
         }
         fn table(&mut self, phys: u64) -> &mut [u64; ENTRIES] {
+            self.reads += 1;
+            assert!(self.reads < 1_000_000, "a million table reads: a walk that does not end");
             self.tables.get_mut(&phys).unwrap_or_else(|| panic!("{phys:#x} is not a table"))
         }
     }
