@@ -666,7 +666,8 @@ impl Scheduler {
         let here = 1u64 << cpu;
         let my_load = self.load(cpu);
         let mut sources: Vec<(u64, usize)> = (0..self.cpus.len())
-            .filter(|&c| c != cpu && !self.cpus[c].queue.is_empty())
+            // (A CPU with an empty queue offers no candidate below.)
+            .filter(|&c| c != cpu)
             .map(|c| (self.load(c), c))
             .collect();
         sources.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
@@ -699,6 +700,23 @@ mod tests {
         assert_eq!(SchedError::EmptyAffinity { affinity: 0x4, ncpus: 2 }.to_string(), "affinity 0x4 allows none of the 2 CPUs");
         assert_eq!(SchedError::ZeroWeight.to_string(), "vCPU weight must be at least 1");
         assert_eq!(SchedError::AlreadyAdded(VcpuId(7)).to_string(), "vCPU 7 is already scheduled");
+    }
+
+    #[test]
+    fn a_busy_cpu_pulls_only_when_the_source_is_heavier_by_twice_the_candidates_weight() {
+        // CPU 0: B (movable, weight 1024) and A (pinned, weight `a`) queued; CPU 1: X (pinned,
+        // 1024). CPU 1 has work, so it balances rather than steals: it takes B only if CPU 0's
+        // load exceeds its own by at least 2 x 1024 (the rule of `pull`).
+        for (a, pulled) in [(1500u32, false), (2047, false), (2048, true), (3000, true)] {
+            let mut s = Scheduler::new(2, 10 * MS);
+            assert_eq!(s.add(VcpuId(2), 0b11, 1024, 0).unwrap(), 0);
+            assert_eq!(s.add(VcpuId(1), 0b01, a, 0).unwrap(), 0);
+            assert_eq!(s.add(VcpuId(3), 0b10, 1024, 0).unwrap(), 1);
+            assert_eq!((s.load(0), s.load(1)), (1024 + u64::from(a), 1024));
+            let _ = s.pick_next(1, MS);
+            let on = s.stats(VcpuId(2)).unwrap().cpu;
+            assert_eq!(on == 1, pulled, "A weighs {a}: CPU 0's load {} against CPU 1's 1024", 1024 + a);
+        }
     }
 
     #[test]
