@@ -145,6 +145,8 @@ fn two_hosts_boot_over_pxe_from_one_dnsmasq_each_with_its_own_guests() {
         };
         emu.expect(&format!("guest {guest}: starting"), t).unwrap_or_else(fail);
         emu.expect(&format!("[{guest}] echo: ready"), t).unwrap_or_else(fail);
+        let first = emu.time_of(&format!("[{guest}] ")).map_or(f64::NAN, |d| d.as_secs_f64());
+        eprintln!("fleet: host {mac} (UEFI PXE from dnsmasq): first guest line {first:.1} s after QEMU started");
     }
     for (emu, (mac, guest, _)) in emus.iter().zip(&hosts) {
         let other = hosts.iter().find(|h| h.1 != *guest).unwrap().1;
