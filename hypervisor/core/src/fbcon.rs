@@ -143,8 +143,8 @@ pub struct TextConsole {
     dirty: [bool; MAX_ROWS],
     /// Lines scrolled since the last frame (at most `rows`: more is a full redraw anyway).
     scrolled: usize,
-    /// A UTF-8 sequence in progress: the code point so far and the bytes still expected.
-    utf8: (u32, u8),
+    /// A UTF-8 sequence in progress: its bytes so far and how many it has in all.
+    utf8: ([u8; 4], u8, u8),
 }
 
 impl TextConsole {
@@ -159,7 +159,7 @@ impl TextConsole {
             col: 0,
             dirty: [false; MAX_ROWS],
             scrolled: 0,
-            utf8: (0, 0),
+            utf8: ([0; 4], 0, 0),
         }
     }
 
@@ -177,7 +177,7 @@ impl TextConsole {
         self.col = 0;
         self.dirty = [true; MAX_ROWS];
         self.scrolled = 0;
-        self.utf8 = (0, 0);
+        self.utf8 = ([0; 4], 0, 0);
     }
 
     pub fn size(&self) -> (usize, usize) {
@@ -199,18 +199,22 @@ impl TextConsole {
     }
 
     fn byte(&mut self, b: u8) {
-        let (acc, more) = self.utf8;
-        if more > 0 {
+        let (mut seq, have, len) = self.utf8;
+        if have > 0 {
             if b & 0xc0 == 0x80 {
-                let acc = acc << 6 | u32::from(b & 0x3f);
-                self.utf8 = (acc, more - 1);
-                if more == 1 {
-                    self.put(char::from_u32(acc).unwrap_or(char::REPLACEMENT_CHARACTER));
+                seq[usize::from(have)] = b;
+                self.utf8 = (seq, have + 1, len);
+                if have + 1 == len {
+                    // core's decoder judges the sequence (overlong forms, surrogates and
+                    // code points past U+10FFFF are errors, RFC 3629 section 3).
+                    let c = core::str::from_utf8(&seq[..usize::from(len)]).ok().and_then(|s| s.chars().next());
+                    self.utf8 = ([0; 4], 0, 0);
+                    self.put(c.unwrap_or(char::REPLACEMENT_CHARACTER));
                 }
                 return;
             }
             // A sequence cut short: mark it, then take this byte afresh.
-            self.utf8 = (0, 0);
+            self.utf8 = ([0; 4], 0, 0);
             self.put(char::REPLACEMENT_CHARACTER);
         }
         match b {
@@ -220,9 +224,10 @@ impl TextConsole {
             // As a terminal's tab: the cursor moves, what it passes over stays.
             b'\t' => self.col = ((self.col / TAB + 1) * TAB).min(self.cols),
             0x20..=0x7e => self.put(char::from(b)),
-            0xc2..=0xdf => self.utf8 = (u32::from(b & 0x1f), 1),
-            0xe0..=0xef => self.utf8 = (u32::from(b & 0x0f), 2),
-            0xf0..=0xf4 => self.utf8 = (u32::from(b & 0x07), 3),
+            // Lead bytes (RFC 3629 section 4): the sequence's length.
+            0xc2..=0xdf => self.utf8 = ([b, 0, 0, 0], 1, 2),
+            0xe0..=0xef => self.utf8 = ([b, 0, 0, 0], 1, 3),
+            0xf0..=0xf4 => self.utf8 = ([b, 0, 0, 0], 1, 4),
             0x80..=0xff => self.put(char::REPLACEMENT_CHARACTER),
             _ => {}
         }
@@ -260,11 +265,6 @@ impl TextConsole {
     pub fn row_text(&self, row: usize) -> String {
         let s: String = self.cells[self.line(row)][..self.cols].iter().collect();
         String::from(s.trim_end())
-    }
-
-    /// Whether anything changed since the last frame.
-    pub fn changed(&self) -> bool {
-        self.scrolled > 0 || self.dirty[..self.rows].iter().any(|&d| d)
     }
 
     /// Moves what changed since the last frame into `f` (which must then be drawn before the
@@ -357,12 +357,12 @@ impl Screen {
             return;
         }
         let line = CELL_H * self.geo.pitch();
-        if f.scroll > 0 && f.scroll < self.rows {
-            // Whole pixel rows: the stride's padding moves along, which is harmless. The
-            // bottom `scroll` rows keep their pixels (and so their `shown` characters).
-            fb.copy_within(f.scroll * line..self.rows * line, 0);
-            f.shown.copy_within(f.scroll..self.rows, 0);
-        }
+        // Whole pixel rows: the stride's padding moves along, which is harmless. The bottom
+        // `scroll` rows keep their pixels (and so their `shown` characters). (No scroll, or a
+        // screenful, moves nothing.)
+        let scroll = f.scroll.min(self.rows);
+        fb.copy_within(scroll * line..self.rows * line, 0);
+        f.shown.copy_within(scroll..self.rows, 0);
         for r in (0..self.rows).filter(|&r| f.dirty[r]) {
             for c in 0..self.cols {
                 let ch = f.cells[r][c];
