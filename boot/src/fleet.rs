@@ -23,7 +23,7 @@ impl Mac {
     pub fn parse(s: &str) -> Result<Mac> {
         let parts: Vec<&str> = s.split([':', '-']).collect();
         let mut m = [0u8; 6];
-        if parts.len() != 6 || parts.iter().any(|p| p.len() != 2) {
+        if parts.len() != 6 || parts.iter().any(|p| p.len() != 2 || !p.bytes().all(|b| b.is_ascii_hexdigit())) {
             bail!("`{s}` is not a MAC address (six hex octets, e.g. 52:54:00:12:34:56)");
         }
         for (o, p) in m.iter_mut().zip(&parts) {
@@ -109,8 +109,13 @@ pub fn build(kernel: &Path, out: &Path, net: &Network, hosts: &[Host]) -> Result
         }
         crate::validate_config(&h.config).with_context(|| format!("host {}", h.mac.colons()))?;
     }
-    if net.interface.is_empty() || net.range.split(',').count() < 2 {
-        bail!("a fleet needs --interface IF and --range START,END");
+    if net.interface.is_empty() || !(2..=3).contains(&net.range.split(',').count()) {
+        bail!("a fleet needs --interface IF and --range START,END[,NETMASK] (the lease time is set here)");
+    }
+    // Each goes into one line of dnsmasq.conf: a line break would add options.
+    let one_line = |s: &str| !s.contains(['\n', '\r']);
+    if !one_line(&net.interface) || !one_line(&net.range) || hosts.iter().any(|h| !one_line(&h.config.to_string_lossy())) {
+        bail!("an interface, range or config path with a line break cannot go into dnsmasq.conf");
     }
     let tftp = out.join("tftp");
     for h in hosts {
@@ -143,7 +148,7 @@ mod tests {
         // dnsmasq(8), tftp-unique-root=mac: "lowercase zero padded digits separated by dashes".
         assert_eq!(m.dashes(), "52-54-00-ab-cd-0f");
         assert_eq!(Mac::parse("52-54-00-ab-cd-0f").unwrap(), m);
-        for bad in ["52:54:00:ab:cd", "52:54:00:ab:cd:0f:11", "52:54:00:ab:cd:f", "52:54:00:ab:cd:0g", "5:254:00:ab:cd:0f", ""] {
+        for bad in ["52:54:00:ab:cd", "52:54:00:ab:cd:0f:11", "52:54:00:ab:cd:f", "52:54:00:ab:cd:0g", "5:254:00:ab:cd:0f", "52:54:00:ab:cd:+f", ""] {
             assert!(Mac::parse(bad).unwrap_err().to_string().contains("not a MAC address"), "{bad}");
         }
         // Bit 0 of the first octet marks a group address (IEEE 802).
@@ -200,8 +205,13 @@ mod tests {
         assert!(e.contains("--host 02:00:00:00:00:01: given twice"), "{e}");
         let e = format!("{:#}", build(k, dir.path(), &net, &[Host { mac, config: bad }]).unwrap_err());
         assert!(e.contains("host 02:00:00:00:00:01") && e.contains("bad.toml:2:"), "{e}");
-        let no_range = Network { interface: "br0".into(), range: "10.0.0.2".into() };
-        let e = format!("{:#}", build(k, dir.path(), &no_range, &[Host { mac, config: good }]).unwrap_err());
-        assert!(e.contains("--range START,END"), "{e}");
+        for range in ["10.0.0.2", "10.0.0.2,10.0.0.9,255.255.255.0,12h"] {
+            let net = Network { interface: "br0".into(), range: range.into() };
+            let e = format!("{:#}", build(k, dir.path(), &net, &[Host { mac, config: good.clone() }]).unwrap_err());
+            assert!(e.contains("--range START,END[,NETMASK]"), "{range}: {e}");
+        }
+        let evil = Network { interface: "br0\ndhcp-script=/tmp/x".into(), range: "10.0.0.2,10.0.0.9".into() };
+        let e = format!("{:#}", build(k, dir.path(), &evil, &[Host { mac, config: good }]).unwrap_err());
+        assert!(e.contains("line break"), "{e}");
     }
 }

@@ -3,8 +3,8 @@
 //! and draws it). COM1 stays the primary console; this is for the person at a machine.
 //!
 //! Printing only updates the text (under the serial console's lock, cheap). The pixels are
-//! drawn by [`refresh`], which every CPU's console pump calls: ten frames a second at most
-//! (fewer where drawing is slow), by whichever CPU gets there first, outside the serial lock, so a burst of
+//! drawn by [`refresh`], which the console pump after each VM exit and CPU 0's loop call: ten
+//! frames a second at most (fewer where drawing is slow), by whichever CPU gets there first, outside the serial lock, so a burst of
 //! log lines costs one framebuffer move and a few painted rows, and no printer waits for the
 //! screen.
 
@@ -122,22 +122,25 @@ pub fn refresh_now() {
 }
 
 fn draw(now_ns: u64) {
-    x86_64::instructions::interrupts::without_interrupts(|| {
-        let Some(mut guard) = SCREEN.try_lock() else { return };
-        let d = &mut *guard;
-        let Some((screen, fb)) = d.target.as_mut() else { return };
-        // Until this frame is drawn no other is due.
-        NEXT_NS.store(u64::MAX, Ordering::Relaxed);
-        {
-            let Some(mut t) = TEXT.try_lock() else {
-                NEXT_NS.store(now_ns, Ordering::Relaxed);
-                return;
-            };
-            CHANGED.store(false, Ordering::Relaxed);
-            t.take_frame(&mut d.frame);
-        }
-        screen.draw(&mut d.frame, fb);
-        let took = crate::time::now_ns().saturating_sub(now_ns);
-        NEXT_NS.store(bastion_core::fbcon::next_frame_ns(now_ns, took), Ordering::Relaxed);
+    // No interrupt handler takes SCREEN (the crash path only tries it), so painting — up to
+    // a hundred milliseconds under emulation — runs with interrupts on; only the text, which
+    // printers hold with interrupts off, is taken with them off.
+    let Some(mut guard) = SCREEN.try_lock() else { return };
+    let d = &mut *guard;
+    let Some((screen, fb)) = d.target.as_mut() else { return };
+    // Until this frame is drawn no other is due.
+    NEXT_NS.store(u64::MAX, Ordering::Relaxed);
+    let taken = x86_64::instructions::interrupts::without_interrupts(|| {
+        let Some(mut t) = TEXT.try_lock() else { return false };
+        CHANGED.store(false, Ordering::Relaxed);
+        t.take_frame(&mut d.frame);
+        true
     });
+    if !taken {
+        NEXT_NS.store(now_ns, Ordering::Relaxed);
+        return;
+    }
+    screen.draw(&mut d.frame, fb);
+    let took = crate::time::now_ns().saturating_sub(now_ns);
+    NEXT_NS.store(bastion_core::fbcon::next_frame_ns(now_ns, took), Ordering::Relaxed);
 }

@@ -86,6 +86,15 @@ fn two_hosts_boot_over_pxe_from_one_dnsmasq_each_with_its_own_guests() {
     }
     run_boot(&args).unwrap_or_else(|e| panic!("{e}"));
 
+    // A run killed before its cleanup (a harness timeout) left its namespace: remove those
+    // whose test process is gone.
+    let list = Command::new("ip").args(["netns", "list"]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    for stale in list.split_whitespace().filter(|n| n.starts_with("bastion-fleet-")) {
+        let pid = stale.trim_start_matches("bastion-fleet-");
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new("ip").args(["netns", "delete", stale]).status();
+        }
+    }
     // The network: a namespace with a bridge (the server's address) and a tap per host.
     let name = format!("bastion-fleet-{}", std::process::id());
     if let Err(e) = ip(None, &format!("netns add {name}")) {

@@ -77,13 +77,22 @@ fn read_trimmed(p: &Path) -> Option<String> {
 /// Inspects `path`: a regular file (or one that does not exist yet), or a block device
 /// through `/sys/dev/block/MAJ:MIN`, `/proc/self/mountinfo` and `/proc/swaps`.
 pub fn inspect(path: &Path) -> Result<Target> {
+    // Under /dev only devices: a stick that is not plugged in (or a typo) must not become a
+    // file in devtmpfs, which would then shadow the device when it appears.
+    let in_dev = path.starts_with("/dev");
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && in_dev => {
+            bail!("{} does not exist: is the stick plugged in? (`lsblk` lists the disks)", path.display());
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Ok(Target { path: path.into(), kind: Kind::File, size: 0, removable: false, in_use: Vec::new(), model: String::new() });
         }
         Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", path.display())),
     };
+    if meta.file_type().is_file() && in_dev {
+        bail!("{} is a regular file under /dev, not a device", path.display());
+    }
     if meta.file_type().is_file() {
         return Ok(Target { path: path.into(), kind: Kind::File, size: meta.len(), removable: false, in_use: Vec::new(), model: String::new() });
     }
@@ -274,6 +283,18 @@ mod tests {
     }
 
     #[test]
+    fn under_dev_only_an_existing_block_device_is_a_target() {
+        let e = inspect(Path::new("/dev/bastion-no-such-stick")).unwrap_err().to_string();
+        assert!(e.contains("does not exist: is the stick plugged in?"), "{e}");
+        // A character device (or anything not a block device or file) is refused everywhere.
+        let e = inspect(Path::new("/dev/null")).unwrap_err().to_string();
+        assert!(e.contains("neither a block device nor a regular file"), "{e}");
+        // Elsewhere a missing path is a new file.
+        let t = inspect(&scratch("new-file")).unwrap();
+        assert_eq!((t.kind, t.size), (Kind::File, 0));
+    }
+
+    #[test]
     fn mounts_are_found_by_device_number_in_mountinfo() {
         // proc(5): mountinfo fields are ID, parent ID, major:minor, root, mount point, ...
         let info = "22 1 8:0 / / rw - ext4 /dev/sda rw\n36 22 8:17 / /media/stick rw - vfat /dev/sdb1 rw\n37 22 0:5 / /dev rw - devtmpfs udev rw\n";
@@ -327,12 +348,18 @@ mod tests {
     struct Loop {
         dev: String,
         mnt: PathBuf,
+        /// Files the test made (backing file, images, the partition's node): removed too.
+        files: Vec<PathBuf>,
     }
 
     impl Drop for Loop {
         fn drop(&mut self) {
             let _ = std::process::Command::new("umount").arg(&self.mnt).stderr(std::process::Stdio::null()).status();
             let _ = std::process::Command::new("losetup").args(["-d", &self.dev]).status();
+            for f in &self.files {
+                let _ = std::fs::remove_file(f);
+            }
+            let _ = std::fs::remove_dir(&self.mnt);
         }
     }
 
@@ -354,7 +381,7 @@ mod tests {
             eprintln!("skipped: losetup cannot attach a loop device here");
             return;
         };
-        let guard = Loop { dev: dev.clone(), mnt: scratch("mnt") };
+        let guard = Loop { dev: dev.clone(), mnt: scratch("mnt"), files: vec![backing.clone(), scratch("loop-img"), scratch("loop-big"), scratch("part")] };
         let dev_path = PathBuf::from(&dev);
         let t = inspect(&dev_path).unwrap();
         assert_eq!((t.kind.clone(), t.size, t.removable), (Kind::Disk, 16 << 20, false), "{t:?}");
@@ -402,8 +429,5 @@ mod tests {
         let e = write_stick(&img, &dev_path, true).unwrap_err().to_string();
         assert!(e.contains(&format!("{dev} is mounted on {}", guard.mnt.display())), "{e}");
         drop(guard);
-        for p in [backing, img, big] {
-            let _ = std::fs::remove_file(p);
-        }
     }
 }

@@ -30,6 +30,10 @@ pub const CELL_H: usize = HEIGHT.val();
 pub const MAX_COLS: usize = 256;
 pub const MAX_ROWS: usize = 96;
 const TAB: usize = 8;
+/// An empty cell. NUL rather than a space so that the text arrays start as zeros: a static
+/// console then lies in `.bss` instead of adding 300 KB of spaces to the kernel image (which
+/// the BIOS loader reads slowly). It is drawn as a space.
+const BLANK: char = '\0';
 /// Ten frames a second: smooth enough to read a scrolling log.
 pub const REFRESH_NS: u64 = 100_000_000;
 /// A frame's drawing may take at most a tenth of the time until the next one.
@@ -148,12 +152,13 @@ pub struct TextConsole {
 }
 
 impl TextConsole {
-    /// An empty 1x1 console until [`Self::resize`] gives it the screen's size.
+    /// An empty 0x0 console (it takes no text) until [`Self::resize`] gives it the screen's
+    /// size.
     pub const fn new() -> Self {
         TextConsole {
-            cols: 1,
-            rows: 1,
-            cells: [[' '; MAX_COLS]; MAX_ROWS],
+            cols: 0,
+            rows: 0,
+            cells: [[BLANK; MAX_COLS]; MAX_ROWS],
             top: 0,
             row: 0,
             col: 0,
@@ -170,7 +175,7 @@ impl TextConsole {
         self.rows = rows.clamp(1, MAX_ROWS);
         // In place: the arrays are 100 KiB, too much for a temporary on a kernel stack.
         for line in self.cells.iter_mut() {
-            line.fill(' ');
+            line.fill(BLANK);
         }
         self.top = 0;
         self.row = 0;
@@ -186,13 +191,16 @@ impl TextConsole {
 
     /// The cursor (column, row).
     pub fn cursor(&self) -> (usize, usize) {
-        (self.col.min(self.cols - 1), self.row)
+        (self.col.min(self.cols.saturating_sub(1)), self.row)
     }
 
     /// Takes output bytes: UTF-8 text, `\n` (new line), `\r` (column 0), backspace (one column
     /// left, as the monitor's line editor uses it), tab (the cursor to the next multiple of 8); other
     /// control bytes draw nothing.
     pub fn write(&mut self, bytes: &[u8]) {
+        if self.rows == 0 {
+            return;
+        }
         for &b in bytes {
             self.byte(b);
         }
@@ -256,14 +264,17 @@ impl TextConsole {
         // The top line leaves; it comes back, blank, as the bottom one.
         let l = self.top;
         self.top = (self.top + 1) % self.rows;
-        self.cells[l].fill(' ');
+        self.cells[l].fill(BLANK);
         self.dirty[l] = true;
         self.scrolled = (self.scrolled + 1).min(self.rows);
     }
 
-    /// The text of screen row `row`, trailing blanks removed.
+    /// The text of screen row `row` (none past the last), trailing blanks removed.
     pub fn row_text(&self, row: usize) -> String {
-        let s: String = self.cells[self.line(row)][..self.cols].iter().collect();
+        if row >= self.rows {
+            return String::new();
+        }
+        let s: String = self.cells[self.line(row)][..self.cols].iter().map(|&c| if c == BLANK { ' ' } else { c }).collect();
         String::from(s.trim_end())
     }
 
@@ -307,7 +318,7 @@ pub struct Frame {
 
 impl Frame {
     pub const fn new() -> Self {
-        Frame { cols: 0, rows: 0, scroll: 0, dirty: [false; MAX_ROWS], cells: [[' '; MAX_COLS]; MAX_ROWS], shown: [[' '; MAX_COLS]; MAX_ROWS] }
+        Frame { cols: 0, rows: 0, scroll: 0, dirty: [false; MAX_ROWS], cells: [[BLANK; MAX_COLS]; MAX_ROWS], shown: [[BLANK; MAX_COLS]; MAX_ROWS] }
     }
 }
 
@@ -346,7 +357,7 @@ impl Screen {
             fb[y * pitch..y * pitch + visible].fill(0);
         }
         for line in f.shown.iter_mut() {
-            line.fill(' ');
+            line.fill(BLANK);
         }
     }
 
@@ -357,12 +368,15 @@ impl Screen {
             return;
         }
         let line = CELL_H * self.geo.pitch();
-        // Whole pixel rows: the stride's padding moves along, which is harmless. The bottom
-        // `scroll` rows keep their pixels (and so their `shown` characters). (No scroll, or a
-        // screenful, moves nothing.)
-        let scroll = f.scroll.min(self.rows);
-        fb.copy_within(scroll * line..self.rows * line, 0);
-        f.shown.copy_within(scroll..self.rows, 0);
+        // Nothing to move without a scroll, nor after a screenful (every row is new).
+        if (1..self.rows).contains(&f.scroll) {
+            // Whole pixel rows: the stride's padding moves along, which is harmless; the last
+            // one ends with the text (a buffer need not pad its last row). The bottom `scroll`
+            // rows keep their pixels (and so their `shown` characters).
+            let end = self.rows * line - self.geo.pitch() + self.cols * CELL_W * self.geo.bytes_per_pixel;
+            fb.copy_within(f.scroll * line..end, 0);
+            f.shown.copy_within(f.scroll..self.rows, 0);
+        }
         for r in (0..self.rows).filter(|&r| f.dirty[r]) {
             for c in 0..self.cols {
                 let ch = f.cells[r][c];
@@ -376,6 +390,7 @@ impl Screen {
 
     fn paint_cell(&self, row: usize, col: usize, c: char, fb: &mut [u8]) {
         let (bpp, pitch) = (self.geo.bytes_per_pixel, self.geo.pitch());
+        let c = if c == BLANK { ' ' } else { c };
         let Some(glyph) = get_raster(c, WEIGHT, HEIGHT) else { return };
         for (y, pixels) in glyph.rows().enumerate() {
             let start = (row * CELL_H + y) * pitch + col * CELL_W * bpp;

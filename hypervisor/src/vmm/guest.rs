@@ -93,6 +93,9 @@ pub(super) struct GuestCtl {
     /// What the monitor asked for while the guest was already stopping (a `kill` during an
     /// `on_crash` restart, a `reset` during a kill): it decides what follows the stop.
     pub(super) monitor_then: Option<After>,
+    /// Stopped, and `reap` is about to boot it again (between its stop line and the new
+    /// boot): a monitor `kill` now cancels that restart.
+    pub(super) restart_pending: bool,
     pub(super) cause: Option<Cause>,
     /// vCPU and RIP where the stop happened.
     pub(super) at: (u32, u64),

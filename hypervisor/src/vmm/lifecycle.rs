@@ -66,6 +66,7 @@ pub fn start(config: &Config, images: Vec<Option<GuestFiles>>, online: usize) {
                 status: Status::Stopped,
                 then: After::Nothing,
                 monitor_then: None,
+                restart_pending: false,
                 cause: None,
                 at: (0, 0),
                 dead: 0,
@@ -97,7 +98,7 @@ pub fn start(config: &Config, images: Vec<Option<GuestFiles>>, online: usize) {
     log::info!("memory: {} KiB free before any guest starts", crate::memory::free_frames() * 4);
     for g in &h.guests {
         if g.cfg.autostart {
-            if !boot_guest(g) {
+            if !boot_guest(g, false) {
                 // It could not start: no input focus for it (the console skips it).
                 let _ = h.console.lock().set_accepts_input(g.index, false);
             }
@@ -130,7 +131,7 @@ pub(super) fn next_tag(h: &Hv) -> u16 {
 
 /// Creates the guest's memory and vCPUs and hands them to the scheduler; `false` (logged, the
 /// guest marked crashed) when it cannot start.
-pub(super) fn boot_guest(g: &Guest) -> bool {
+pub(super) fn boot_guest(g: &Guest, restart: bool) -> bool {
     let h = hv();
     let cpu = this_cpu();
     let mut ctl = g.ctl.lock();
@@ -139,6 +140,12 @@ pub(super) fn boot_guest(g: &Guest) -> bool {
         // one boot only.
         return matches!(ctl.status, Status::Running | Status::Paused);
     }
+    if restart && !ctl.restart_pending {
+        // `reap`'s restart, cancelled by a monitor `kill` since the stop.
+        log::warn!("guest {}: not restarted (killed from the monitor)", g.cfg.name);
+        return false;
+    }
+    ctl.restart_pending = false;
     ctl.monitor_then = None;
     let vm = match Vm::new(&g.cfg, g.files, cpu.backend.npt_format(), next_tag(h)) {
         Ok(vm) => vm,
@@ -237,10 +244,10 @@ pub(super) fn stop_guest(g: &Guest, cause: Cause, then: After, at: (u32, u64)) -
             return Stop::AlreadyStopping;
         }
         if !matches!(ctl.status, Status::Running | Status::Paused) {
-            if monitor && then == After::Nothing {
-                // Stopped already, but a restart may be about to follow (`reap` between its
-                // stop line and the new boot): a kill cancels it. The next boot clears it.
-                ctl.monitor_then = Some(After::Nothing);
+            if monitor && then == After::Nothing && ctl.restart_pending {
+                // Stopped, and `reap` is about to boot it again: the kill cancels that.
+                ctl.restart_pending = false;
+                return Stop::RestartCancelled;
             }
             return Stop::NotRunning;
         }
@@ -270,6 +277,8 @@ pub(super) enum Stop {
     AlreadyStopping,
     /// It was not running.
     NotRunning,
+    /// It had stopped and was about to restart: it stays off.
+    RestartCancelled,
 }
 
 /// Frees guests whose vCPUs have all left their CPUs; restarts those that asked for it.
@@ -323,6 +332,7 @@ pub(super) fn reap() {
         let by_monitor = ctl.monitor_then.take();
         let then = by_monitor.unwrap_or(then);
         ctl.status = status;
+        ctl.restart_pending = then == After::Restart;
         drop(ctl);
         drain_uart_all(g);
         let rest = h.console.lock().flush_partial(g.index);
@@ -343,16 +353,14 @@ pub(super) fn reap() {
         for e in &g.exits {
             e.store(0, Ordering::Relaxed);
         }
-        // A monitor `kill` that came after the stop was decided (see `stop_guest`) wins.
-        let late = g.ctl.lock().monitor_then.take();
-        let then = late.unwrap_or(then);
         if then == After::Restart {
-            if by_monitor.is_some() || late.is_some() {
+            if by_monitor.is_some() {
                 log::warn!("guest {}: restarting (reset from the monitor while it stopped)", g.cfg.name);
             } else if status == Status::Crashed {
                 log::warn!("guest {}: restarting (on_crash = \"restart\")", g.cfg.name);
             }
-            let started = boot_guest(g);
+            // Booted only if no monitor `kill` came since (`restart_pending`).
+            let started = boot_guest(g, true);
             console_update(|c| c.set_accepts_input(g.index, started));
         }
     }

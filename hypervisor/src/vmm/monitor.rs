@@ -51,8 +51,9 @@ pub(super) fn perform(events: Vec<Event>) {
                 // Marked as history, so nobody (person or test) mistakes it for new output.
                 let name = HV.get().and_then(|h| h.guests.get(guest)).map_or("?", |g| g.cfg.name.as_str());
                 let live = format!("[{name}] ");
+                // A guest's lines, history or not, stay off the screen console.
                 for l in lines {
-                    println!("[{name} history] {}", l.strip_prefix(&live).unwrap_or(&l));
+                    serial::print_guest(format_args!("[{name} history] {}\n", l.strip_prefix(&live).unwrap_or(&l)));
                 }
             }
             Event::Echo(bytes) => serial::write_raw(&bytes),
@@ -116,9 +117,9 @@ pub(super) fn run_command(c: Command) {
             match stop_guest(g, Cause::Reset, After::Restart, (0, 0)) {
                 Stop::Started => println!("{}: resetting", g.cfg.name),
                 Stop::AlreadyStopping => println!("{}: resetting (after the stop under way)", g.cfg.name),
-                Stop::NotRunning => {
+                Stop::NotRunning | Stop::RestartCancelled => {
                     println!("{}: starting", g.cfg.name);
-                    let started = boot_guest(g);
+                    let started = boot_guest(g, false);
                     perform_console(|c| c.set_accepts_input(g.index, started));
                 }
             }
@@ -129,6 +130,7 @@ pub(super) fn run_command(c: Command) {
                 Stop::Started => println!("{}: killing", g.cfg.name),
                 Stop::AlreadyStopping => println!("{}: killing (it was stopping; it stays off)", g.cfg.name),
                 Stop::NotRunning => println!("{} is not running", g.cfg.name),
+                Stop::RestartCancelled => println!("{}: killing (it had stopped; its restart is cancelled)", g.cfg.name),
             }
         }
     }

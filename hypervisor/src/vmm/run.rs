@@ -286,6 +286,9 @@ pub fn cpu_loop(index: usize) -> ! {
                 log::warn!("host: {} NMI(s) received ({nmis} in all); handled by Bastion, guests continue", nmis - nmis_reported);
                 nmis_reported = nmis;
             }
+            // The screen, also when no vCPU runs (no VM exit pumps the console then; an idle
+            // CPU 0 comes back every IDLE_TICK_NS, a tenth of a frame).
+            crate::fbcon::refresh(time::now_ns());
             if let Some(limit) = h.stop_after_ns {
                 if time::now_ns() >= limit {
                     finish_timed_run();

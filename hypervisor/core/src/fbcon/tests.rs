@@ -274,6 +274,34 @@ fn a_frame_for_another_size_draws_nothing_and_clear_keeps_the_padding() {
 }
 
 #[test]
+fn a_buffer_that_ends_with_the_last_visible_pixel_scrolls_within_it() {
+    // Geometry::text_size accepts a last row not padded to the stride; moving the text must
+    // stay inside such a buffer (height a whole number of cells, stride wider than the width).
+    let (w, h, stride) = (4 * CELL_W, 3 * CELL_H, 4 * CELL_W + 3);
+    let len = (h - 1) * stride * 4 + w * 4;
+    let mut fb = Fb { geo: Geometry { width: w, height: h, stride, bytes_per_pixel: 4, format: PixelFormat::Bgr }, bytes: vec![0xaa; len] };
+    let (s, mut c, mut f) = setup(&mut fb);
+    for i in 0..7 {
+        c.write(format!("r{i}\n").as_bytes());
+        draw(&mut c, &mut f, &s, &mut fb);
+    }
+    assert_eq!(fb.text(&s), ["r5", "r6", ""]);
+}
+
+#[test]
+fn a_console_before_its_size_is_known_takes_nothing() {
+    let mut c = Box::new(TextConsole::new());
+    assert_eq!(c.size(), (0, 0));
+    c.write(b"lost\n");
+    assert_eq!((c.cursor(), c.row_text(0)), ((0, 0), String::new()));
+    let mut f = Box::new(Frame::new());
+    c.take_frame(&mut f);
+    c.resize(5, 2);
+    c.write(b"ab");
+    assert_eq!((c.row_text(0), c.row_text(1), c.row_text(2)), ("ab".into(), String::new(), String::new()));
+}
+
+#[test]
 fn a_cell_that_is_no_glyph_reads_as_unknown() {
     let mut fb = small();
     let (s, mut c, mut f) = setup(&mut fb);
