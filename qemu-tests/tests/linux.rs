@@ -166,9 +166,12 @@ fn smp_checks(emu: &mut Emulator, guest: &str, n: u32, t: Duration) {
     assert!(stress.contains(&format!("tlbstress: 300 remaps, {} workers, 0 stale reads", n - 1)), "{stress}");
 }
 
+/// QEMU 7.2's TCG defect (the host CPU page-faults on its own mapped IDT, `linux_smp.rs`)
+/// ended this test once too (session 11's CI, while tux1 was reset): retried once when the
+/// failure report shows exactly that.
 #[test]
 fn two_debian_linux_guests_on_qemu_svm() {
-    scenario(Platform::QemuBios, Duration::from_secs(300), [1, 1]);
+    qemu_tests::retry_once_on_emulator_fault(|| scenario(Platform::QemuBios, Duration::from_secs(300), [1, 1]));
 }
 
 /// On VT-x the two Linux guests have 2 and 4 vCPUs (more than the host's 2 CPUs): SMP Linux
