@@ -205,6 +205,15 @@ impl Console {
     }
 }
 
+impl Console {
+    /// Writes formatted text, on the screen console too or not.
+    fn write_to(&mut self, args: fmt::Arguments, screen: bool) {
+        self.screen = screen;
+        let _ = self.write_fmt(args);
+        self.screen = true;
+    }
+}
+
 impl Write for Console {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         self.put(s.as_bytes());
@@ -214,27 +223,22 @@ impl Write for Console {
 
 /// Prints formatted text on the console, starting on a fresh line.
 pub fn print(args: fmt::Arguments) {
-    x86_64::instructions::interrupts::without_interrupts(|| {
-        let mut c = CONSOLE.lock();
-        if !c.at_line_start {
-            c.put(b"\n");
-        }
-        let _ = c.write_fmt(args);
-        c.pump();
-    });
+    print_line(args, true);
 }
 
 /// Prints a guest's console line ([`print`] without the screen console, which shows
 /// Bastion's own output only).
 pub fn print_guest(args: fmt::Arguments) {
+    print_line(args, false);
+}
+
+fn print_line(args: fmt::Arguments, screen: bool) {
     x86_64::instructions::interrupts::without_interrupts(|| {
         let mut c = CONSOLE.lock();
         if !c.at_line_start {
             c.put(b"\n");
         }
-        c.screen = false;
-        let _ = c.write_fmt(args);
-        c.screen = true;
+        c.write_to(args, screen);
         c.pump();
     });
 }
@@ -298,9 +302,7 @@ pub fn print_emergency(args: fmt::Arguments) {
     crate::fbcon::refresh_now();
     for _ in 0..50_000_000u32 {
         if let Some(mut c) = CONSOLE.try_lock() {
-            c.screen = false;
-            let _ = c.write_fmt(args);
-            c.screen = true;
+            c.write_to(args, false);
             c.drain_all();
             return;
         }
@@ -309,9 +311,7 @@ pub fn print_emergency(args: fmt::Arguments) {
     // SAFETY: see above; the holder is not making progress.
     unsafe { CONSOLE.force_unlock() };
     let mut c = CONSOLE.lock();
-    c.screen = false;
-    let _ = c.write_fmt(args);
-    c.screen = true;
+    c.write_to(args, false);
     c.drain_all();
 }
 
