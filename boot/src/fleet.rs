@@ -2,7 +2,9 @@
 //! server is `dnsmasq` (DHCP and TFTP in one Debian package); this writes what it serves and
 //! its configuration, nothing runs here.
 //!
-//! The bootloader's UEFI PXE application fetches `kernel-x86_64`, `ramdisk` (Bastion's bundle)
+//! A BIOS host's PXE ROM gets `pxelinux.0`, which boots the BIOS image through MEMDISK
+//! ([`crate::Syslinux`]); PXELINUX, too, fetches its files by bare names. The bootloader's
+//! UEFI PXE application fetches `kernel-x86_64`, `ramdisk` (Bastion's bundle)
 //! and `boot.json` from the TFTP root by those bare names, so hosts cannot be told apart by
 //! path; dnsmasq's `tftp-unique-root=mac` does it instead: a client's files come from
 //! `tftp/<its MAC, lower case, dashes>/` (dnsmasq(8)). DHCP answers only the listed MACs (an
@@ -68,8 +70,9 @@ pub fn parse_host(s: &str) -> Result<Host> {
     Ok(Host { mac: Mac::parse(mac).with_context(|| format!("--host `{s}`"))?, config: PathBuf::from(config) })
 }
 
-/// dnsmasq's configuration for `hosts`, serving `tftp_root` (absolute).
-pub fn dnsmasq_conf(tftp_root: &Path, net: &Network, hosts: &[Host]) -> String {
+/// dnsmasq's configuration for `hosts`, serving `tftp_root` (absolute); BIOS clients get
+/// PXELINUX when `bios` (the folders hold it).
+pub fn dnsmasq_conf(tftp_root: &Path, net: &Network, hosts: &[Host], bios: bool) -> String {
     let mut c = String::new();
     let _ = writeln!(c, "# A Bastion fleet, written by `boot fleet`. Serve it with:");
     let _ = writeln!(c, "#   dnsmasq --keep-in-foreground --conf-file=<this file>");
@@ -87,7 +90,13 @@ pub fn dnsmasq_conf(tftp_root: &Path, net: &Network, hosts: &[Host]) -> String {
     let _ = writeln!(c, "dhcp-match=set:efi-x86_64,option:client-arch,7");
     let _ = writeln!(c, "dhcp-match=set:efi-x86_64,option:client-arch,9");
     let _ = writeln!(c, "dhcp-boot=tag:efi-x86_64,bootloader");
-    let _ = writeln!(c, "# BIOS clients get no boot file: Bastion's BIOS image does not boot over the network yet.");
+    if bios {
+        let _ = writeln!(c, "dhcp-match=set:bios,option:client-arch,0");
+        let _ = writeln!(c, "# PXELINUX, which boots the BIOS image through MEMDISK.");
+        let _ = writeln!(c, "dhcp-boot=tag:bios,pxelinux.0");
+    } else {
+        let _ = writeln!(c, "# BIOS clients get no boot file: PXELINUX and MEMDISK were not installed when this was written.");
+    }
     let _ = writeln!(c, "enable-tftp");
     let _ = writeln!(c, "tftp-root={}", tftp_root.display());
     let _ = writeln!(c, "# Each host's files come from tftp/<its MAC with dashes>/: its own bundle.");
@@ -97,9 +106,9 @@ pub fn dnsmasq_conf(tftp_root: &Path, net: &Network, hosts: &[Host]) -> String {
 }
 
 /// Writes the fleet into `out`: per host, `hosts/<mac>/` (its bundle and the stripped kernel)
-/// and `tftp/<mac>/` (the UEFI PXE folder), then `dnsmasq.conf`. Every config is validated
+/// and `tftp/<mac>/` (the PXE folder), then `dnsmasq.conf`. Every config is validated
 /// first; a MAC given twice is refused.
-pub fn build(kernel: &Path, out: &Path, net: &Network, hosts: &[Host]) -> Result<PathBuf> {
+pub fn build(kernel: &Path, out: &Path, net: &Network, hosts: &[Host]) -> Result<Fleet> {
     if hosts.is_empty() {
         bail!("a fleet needs at least one --host MAC=CONFIG");
     }
@@ -118,6 +127,7 @@ pub fn build(kernel: &Path, out: &Path, net: &Network, hosts: &[Host]) -> Result
         bail!("an interface, range or config path with a line break cannot go into dnsmasq.conf");
     }
     let tftp = out.join("tftp");
+    let (mut bios, mut notes) = (true, Vec::new());
     for h in hosts {
         let work = out.join("hosts").join(h.mac.dashes());
         let a = crate::build_all(kernel, &h.config, &work, false, false, true).with_context(|| format!("host {}", h.mac.colons()))?;
@@ -125,15 +135,39 @@ pub fn build(kernel: &Path, out: &Path, net: &Network, hosts: &[Host]) -> Result
         let _ = std::fs::remove_dir_all(&dst);
         std::fs::create_dir_all(&dst).with_context(|| format!("cannot create {}", dst.display()))?;
         let src = a.pxe.expect("a PXE folder was asked for");
-        for e in std::fs::read_dir(&src).with_context(|| format!("cannot read {}", src.display()))? {
-            let e = e?;
-            std::fs::copy(e.path(), dst.join(e.file_name())).with_context(|| format!("cannot copy {}", e.path().display()))?;
-        }
+        copy_tree(&src, &dst)?;
+        bios &= a.report.pxe_bios;
+        notes.extend(a.report.notes.into_iter().map(|n| format!("host {}: {n}", h.mac.colons())));
     }
     let root = std::fs::canonicalize(&tftp).with_context(|| format!("cannot resolve {}", tftp.display()))?;
     let conf = out.join("dnsmasq.conf");
-    std::fs::write(&conf, dnsmasq_conf(&root, net, hosts)).with_context(|| format!("cannot write {}", conf.display()))?;
-    Ok(conf)
+    std::fs::write(&conf, dnsmasq_conf(&root, net, hosts, bios)).with_context(|| format!("cannot write {}", conf.display()))?;
+    Ok(Fleet { conf, bios, notes })
+}
+
+/// What [`build`] wrote.
+#[derive(Debug)]
+pub struct Fleet {
+    /// `dnsmasq.conf`.
+    pub conf: PathBuf,
+    /// BIOS hosts boot too (every host's folder holds PXELINUX).
+    pub bios: bool,
+    /// What could not be done, per host.
+    pub notes: Vec<String>,
+}
+
+/// Copies the folder `src` into `dst` (created), subfolders included.
+fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
+    std::fs::create_dir_all(dst).with_context(|| format!("cannot create {}", dst.display()))?;
+    for e in std::fs::read_dir(src).with_context(|| format!("cannot read {}", src.display()))? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            copy_tree(&e.path(), &dst.join(e.file_name()))?;
+        } else {
+            std::fs::copy(e.path(), dst.join(e.file_name())).with_context(|| format!("cannot copy {}", e.path().display()))?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -165,7 +199,7 @@ mod tests {
             Host { mac: Mac([0x52, 0x54, 0, 0, 0, 2]), config: "b.toml".into() },
         ];
         let net = Network { interface: "br0".into(), range: "10.77.0.100,10.77.0.200".into() };
-        let c = dnsmasq_conf(Path::new("/srv/fleet/tftp"), &net, &hosts);
+        let c = dnsmasq_conf(Path::new("/srv/fleet/tftp"), &net, &hosts, true);
         let lines: Vec<&str> = c.lines().filter(|l| !l.starts_with('#')).collect();
         for want in [
             "port=0",
@@ -178,14 +212,20 @@ mod tests {
             "dhcp-match=set:efi-x86_64,option:client-arch,7",
             "dhcp-match=set:efi-x86_64,option:client-arch,9",
             "dhcp-boot=tag:efi-x86_64,bootloader",
+            "dhcp-match=set:bios,option:client-arch,0",
+            "dhcp-boot=tag:bios,pxelinux.0",
             "enable-tftp",
             "tftp-root=/srv/fleet/tftp",
             "tftp-unique-root=mac",
         ] {
             assert!(lines.contains(&want), "missing `{want}` in:\n{c}");
         }
-        // Nothing is booted without the architecture tag (no catch-all dhcp-boot).
-        assert_eq!(lines.iter().filter(|l| l.starts_with("dhcp-boot=")).count(), 1);
+        // Nothing is booted without an architecture tag (no catch-all dhcp-boot).
+        assert_eq!(lines.iter().filter(|l| l.starts_with("dhcp-boot=")).count(), 2);
+        // Without PXELINUX in the folders, BIOS clients get nothing (and are told why here).
+        let c = dnsmasq_conf(Path::new("/srv/fleet/tftp"), &net, &hosts, false);
+        assert!(!c.contains("tag:bios") && !c.contains("pxelinux.0"), "{c}");
+        assert_eq!(c.lines().filter(|l| l.starts_with("dhcp-boot=")).count(), 1);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! hypervisor accepts.
 
 pub mod fleet;
+pub mod stage2;
 
 use anyhow::{bail, Context, Result};
 use bastion_core::bundle::{Bundle, CONFIG_FILE};
@@ -207,12 +208,88 @@ pub fn strip_kernel(kernel: &Path, out: &Path) -> Result<()> {
 pub struct ImageRequest {
     pub bios: Option<PathBuf>,
     pub uefi: Option<PathBuf>,
-    /// A TFTP folder for UEFI PXE boot.
+    /// A TFTP folder for PXE boot: UEFI always, BIOS where PXELINUX and MEMDISK are installed
+    /// ([`Syslinux`]).
     pub pxe: Option<PathBuf>,
 }
 
-/// Builds the requested images from a (stripped) kernel and a bundle file.
-pub fn create_images(kernel: &Path, bundle: &Path, req: &ImageRequest) -> Result<()> {
+/// What [`create_images`] made beyond what was asked, and what it could not do.
+#[derive(Debug, Default)]
+pub struct ImageReport {
+    /// The PXE folder boots BIOS hosts too.
+    pub pxe_bios: bool,
+    /// Warnings for the user: what was not done and why.
+    pub notes: Vec<String>,
+}
+
+/// Debian's PXELINUX (package `pxelinux`) and MEMDISK (`syslinux-common`), through which a
+/// BIOS host boots Bastion's disk image over the network: the host's PXE ROM loads
+/// `pxelinux.0` by DHCP's boot file name, PXELINUX reads `pxelinux.cfg/default` and loads
+/// MEMDISK with the image as its initrd, and MEMDISK makes the image a BIOS hard disk (INT 13h)
+/// that the BIOS boots like any other. Chosen because it works with every PXE ROM (a real
+/// host's, not only iPXE), needs nothing but TFTP, and comes from the syslinux project, the
+/// standard for exactly this; iPXE's `sanboot` needs an HTTP/iSCSI server and reads the image
+/// a sector per request (measured: it stalls).
+#[derive(Debug, Clone)]
+pub struct Syslinux {
+    pub pxelinux: PathBuf,
+    pub ldlinux: PathBuf,
+    pub memdisk: PathBuf,
+}
+
+/// The packages [`Syslinux`] comes from.
+pub const SYSLINUX_PACKAGES: [&str; 2] = ["pxelinux", "syslinux-common"];
+
+impl Syslinux {
+    /// Where Debian installs them.
+    pub fn debian() -> Syslinux {
+        Syslinux {
+            pxelinux: "/usr/lib/PXELINUX/pxelinux.0".into(),
+            ldlinux: "/usr/lib/syslinux/modules/bios/ldlinux.c32".into(),
+            memdisk: "/usr/lib/syslinux/memdisk".into(),
+        }
+    }
+
+    /// The files that are missing.
+    pub fn missing(&self) -> Vec<&Path> {
+        [&self.pxelinux, &self.ldlinux, &self.memdisk].into_iter().map(|p| p.as_path()).filter(|p| !p.is_file()).collect()
+    }
+}
+
+/// PXELINUX's configuration: boot the image through MEMDISK as a hard disk, at once (no prompt).
+pub const PXELINUX_CFG: &str = "\
+# Bastion: MEMDISK serves the BIOS disk image as a hard disk (INT 13h) and the BIOS boots it.
+DEFAULT bastion
+PROMPT 0
+LABEL bastion
+  KERNEL memdisk
+  INITRD bastion-bios.img
+  APPEND harddisk
+";
+
+/// The image's name in the PXE folder (the one [`PXELINUX_CFG`] names).
+pub const PXE_BIOS_IMAGE: &str = "bastion-bios.img";
+
+/// Applies [`stage2::patch_bios_image`] to the BIOS image at `path`.
+fn fix_bios_image(path: &Path) -> Result<std::result::Result<stage2::Patched, stage2::NotPatched>> {
+    let mut img = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let r = stage2::patch_bios_image(&mut img);
+    if let Ok(stage2::Patched::Now { .. }) = r {
+        std::fs::write(path, &img).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(r)
+}
+
+/// Builds the requested images from a (stripped) kernel and a bundle file. Every BIOS image
+/// gets [`stage2`]'s fix (it is what lets MEMDISK boot it); one that cannot be fixed is still
+/// made, with a note, but no BIOS PXE folder is made from it.
+pub fn create_images(kernel: &Path, bundle: &Path, req: &ImageRequest) -> Result<ImageReport> {
+    create_images_with(kernel, bundle, req, &Syslinux::debian())
+}
+
+/// [`create_images`] with PXELINUX and MEMDISK taken from `syslinux`.
+pub fn create_images_with(kernel: &Path, bundle: &Path, req: &ImageRequest, syslinux: &Syslinux) -> Result<ImageReport> {
+    let mut report = ImageReport::default();
     let mut builder = DiskImageBuilder::new(kernel.to_path_buf());
     builder.set_ramdisk(bundle.to_path_buf());
     let mut cfg = BootConfig::default();
@@ -222,16 +299,56 @@ pub fn create_images(kernel: &Path, bundle: &Path, req: &ImageRequest) -> Result
     cfg.frame_buffer_logging = false;
     cfg.serial_logging = true;
     builder.set_boot_config(&cfg);
-    if let Some(p) = &req.bios {
+    let bios_image = |p: &Path| -> Result<std::result::Result<stage2::Patched, stage2::NotPatched>> {
         builder.create_bios_image(p).with_context(|| format!("cannot create BIOS image {}", p.display()))?;
+        fix_bios_image(p)
+    };
+    let mut fixed_bios = None;
+    if let Some(p) = &req.bios {
+        match bios_image(p)? {
+            Ok(_) => fixed_bios = Some(p),
+            Err(why) => report.notes.push(format!("{}: the bootloader's stage 2 was not fixed ({why}): it boots from a disk or stick, not over the network through MEMDISK", p.display())),
+        }
     }
     if let Some(p) = &req.uefi {
         builder.create_uefi_image(p).with_context(|| format!("cannot create UEFI image {}", p.display()))?;
     }
     if let Some(p) = &req.pxe {
         builder.create_uefi_tftp_folder(p).with_context(|| format!("cannot create PXE folder {}", p.display()))?;
+        let missing = syslinux.missing();
+        if !missing.is_empty() {
+            let list: Vec<String> = missing.iter().map(|m| m.display().to_string()).collect();
+            report.notes.push(format!(
+                "{}: UEFI only, no BIOS network boot: {} not found (install: sudo apt-get install {})",
+                p.display(),
+                list.join(", "),
+                SYSLINUX_PACKAGES.join(" ")
+            ));
+        } else {
+            let img = p.join(PXE_BIOS_IMAGE);
+            // The disk image made above is the same one (same kernel and bundle).
+            let made = match fixed_bios {
+                Some(b) => std::fs::copy(b, &img).map(|_| Ok(stage2::Patched::Already)).with_context(|| format!("cannot copy {} into {}", b.display(), p.display()))?,
+                None => bios_image(&img)?,
+            };
+            match made {
+                Err(why) => {
+                    std::fs::remove_file(&img).with_context(|| format!("cannot remove {}", img.display()))?;
+                    report.notes.push(format!("{}: UEFI only, no BIOS network boot: the bootloader's stage 2 cannot be fixed for MEMDISK ({why})", p.display()));
+                }
+                Ok(_) => {
+                    for (from, name) in [(&syslinux.pxelinux, "pxelinux.0"), (&syslinux.ldlinux, "ldlinux.c32"), (&syslinux.memdisk, "memdisk")] {
+                        std::fs::copy(from, p.join(name)).with_context(|| format!("cannot copy {} into {}", from.display(), p.display()))?;
+                    }
+                    let cfg_dir = p.join("pxelinux.cfg");
+                    std::fs::create_dir_all(&cfg_dir).with_context(|| format!("cannot create {}", cfg_dir.display()))?;
+                    std::fs::write(cfg_dir.join("default"), PXELINUX_CFG).with_context(|| format!("cannot write {}", cfg_dir.display()))?;
+                    report.pxe_bios = true;
+                }
+            }
+        }
     }
-    Ok(())
+    Ok(report)
 }
 
 /// What [`build_all`] and [`build_from_bundle`] wrote into their output folder:
@@ -243,6 +360,8 @@ pub struct Artifacts {
     pub bios: Option<PathBuf>,
     pub uefi: Option<PathBuf>,
     pub pxe: Option<PathBuf>,
+    /// See [`ImageReport`].
+    pub report: ImageReport,
 }
 
 /// Everything at once: validate the config and its guest kernels, pack the bundle, strip the
@@ -270,8 +389,8 @@ pub fn build_from_bundle(kernel: &Path, bundle: &Path, out_dir: &Path, bios: boo
         uefi: uefi.then(|| out_dir.join("bastion-uefi.img")),
         pxe: pxe.then(|| out_dir.join("pxe")),
     };
-    create_images(&stripped, &out_bundle, &req)?;
-    Ok(Artifacts { bundle: out_bundle, kernel: stripped, bios: req.bios, uefi: req.uefi, pxe: req.pxe })
+    let report = create_images(&stripped, &out_bundle, &req)?;
+    Ok(Artifacts { bundle: out_bundle, kernel: stripped, bios: req.bios, uefi: req.uefi, pxe: req.pxe, report })
 }
 
 #[cfg(test)]
@@ -528,4 +647,56 @@ mod tests {
         let e = validate_config(Path::new("/nonexistent/bastion.toml")).unwrap_err();
         assert!(format!("{e:#}").contains("/nonexistent/bastion.toml"), "{e:#}");
     }
+
+    /// Stand-ins for PXELINUX, ldlinux.c32 and MEMDISK (only copied, never run here).
+    fn fake_syslinux(dir: &Path) -> Syslinux {
+        let s = Syslinux { pxelinux: dir.join("pxelinux.0"), ldlinux: dir.join("ldlinux.c32"), memdisk: dir.join("memdisk") };
+        for (p, what) in [(&s.pxelinux, "pxelinux"), (&s.ldlinux, "ldlinux"), (&s.memdisk, "memdisk")] {
+            std::fs::write(p, what).unwrap();
+        }
+        s
+    }
+
+    #[test]
+    fn bios_images_carry_the_stage_2_fix_and_the_pxe_folder_boots_bios_through_memdisk() {
+        // The real stage 2 that this build of the pinned bootloader makes: the fix must find
+        // exactly the code it knows (another toolchain's stage 2 would fail here first).
+        let dir = tempfile::tempdir().unwrap();
+        let (kernel, bundle) = (dir.path().join("kernel"), dir.path().join("bundle.tar"));
+        std::fs::write(&kernel, [0x7f, b'E', b'L', b'F']).unwrap();
+        std::fs::write(&bundle, [0u8; 1024]).unwrap();
+        let sys = fake_syslinux(dir.path());
+        let req = ImageRequest { bios: Some(dir.path().join("b.img")), uefi: None, pxe: Some(dir.path().join("pxe")) };
+        let report = create_images_with(&kernel, &bundle, &req, &sys).unwrap();
+        assert!(report.pxe_bios && report.notes.is_empty(), "{report:?}");
+        for img in [dir.path().join("b.img"), dir.path().join("pxe").join(PXE_BIOS_IMAGE)] {
+            let mut bytes = std::fs::read(&img).unwrap();
+            assert_eq!(stage2::patch_bios_image(&mut bytes), Ok(stage2::Patched::Already), "{}", img.display());
+        }
+        let pxe = dir.path().join("pxe");
+        for (name, body) in [("pxelinux.0", "pxelinux"), ("ldlinux.c32", "ldlinux"), ("memdisk", "memdisk")] {
+            assert_eq!(std::fs::read_to_string(pxe.join(name)).unwrap(), body);
+        }
+        let cfg = std::fs::read_to_string(pxe.join("pxelinux.cfg/default")).unwrap();
+        assert!(cfg.contains("KERNEL memdisk") && cfg.contains(&format!("INITRD {PXE_BIOS_IMAGE}")) && cfg.contains("APPEND harddisk"), "{cfg}");
+        // The UEFI half is there as before.
+        assert!(pxe.join("bootloader").is_file() && pxe.join("kernel-x86_64").is_file(), "UEFI PXE files");
+
+        // Without MEMDISK: a UEFI-only folder, and a note that says what to install.
+        std::fs::remove_file(&sys.memdisk).unwrap();
+        let req = ImageRequest { bios: None, uefi: None, pxe: Some(dir.path().join("pxe2")) };
+        let report = create_images_with(&kernel, &bundle, &req, &sys).unwrap();
+        assert!(!report.pxe_bios);
+        let note = report.notes.join("\n");
+        assert!(note.contains("no BIOS network boot") && note.contains("memdisk not found") && note.contains("apt-get install pxelinux syslinux-common"), "{note}");
+        assert!(!dir.path().join("pxe2").join(PXE_BIOS_IMAGE).exists() && !dir.path().join("pxe2/pxelinux.0").exists());
+        assert!(dir.path().join("pxe2/bootloader").is_file());
+        // A PXE folder alone makes (and fixes) its own BIOS image.
+        std::fs::write(&sys.memdisk, "memdisk").unwrap();
+        let req = ImageRequest { bios: None, uefi: None, pxe: Some(dir.path().join("pxe3")) };
+        assert!(create_images_with(&kernel, &bundle, &req, &sys).unwrap().pxe_bios);
+        let mut bytes = std::fs::read(dir.path().join("pxe3").join(PXE_BIOS_IMAGE)).unwrap();
+        assert_eq!(stage2::patch_bios_image(&mut bytes), Ok(stage2::Patched::Already));
+    }
+
 }

@@ -10,9 +10,11 @@ usage:
   boot bundle --config CONFIG --out FILE     validate and pack the boot bundle (ustar)
   boot image --kernel ELF (--config CONFIG | --bundle FILE) --out DIR [--bios] [--uefi] [--pxe]
                                              bundle + stripped kernel + images (default: --bios --uefi);
-                                             --bundle takes a packed bundle as it is
+                                             --bundle takes a packed bundle as it is; --pxe: a TFTP
+                                             folder for UEFI and (with PXELINUX and MEMDISK installed:
+                                             apt-get install pxelinux syslinux-common) BIOS hosts
   boot fleet --kernel ELF --out DIR --interface IF --range START,END --host MAC=CONFIG...
-                                             one UEFI PXE folder per host (DIR/tftp/<mac>/) and
+                                             one PXE folder per host (DIR/tftp/<mac>/) and
                                              DIR/dnsmasq.conf, which serves each host its own
 ";
 
@@ -84,8 +86,14 @@ fn run(args: Vec<String>) -> Result<()> {
                 .filter(|(n, _)| *n == "--host")
                 .map(|(_, v)| boot::fleet::parse_host(&v.to_string_lossy()))
                 .collect::<Result<Vec<_>>>()?;
-            let conf = boot::fleet::build(&kernel, &out, &net, &hosts)?;
-            println!("{}", conf.display());
+            let fleet = boot::fleet::build(&kernel, &out, &net, &hosts)?;
+            for n in &fleet.notes {
+                eprintln!("boot: note: {n}");
+            }
+            if !fleet.bios {
+                eprintln!("boot: note: BIOS hosts get no boot file from this fleet's dnsmasq.conf (UEFI only)");
+            }
+            println!("{}", fleet.conf.display());
         }
         _ => {
             let kernel = opt("--kernel").context("image needs --kernel ELF")?;
@@ -99,6 +107,9 @@ fn run(args: Vec<String>) -> Result<()> {
                 (None, Some(bundle)) => boot::build_from_bundle(&kernel, &bundle, &out, bios, uefi, pxe)?,
                 _ => bail!("image needs one of --config CONFIG and --bundle FILE"),
             };
+            for n in &a.report.notes {
+                eprintln!("boot: note: {n}");
+            }
             for p in [a.bios, a.uefi, a.pxe].into_iter().flatten() {
                 println!("{}", p.display());
             }

@@ -69,7 +69,8 @@ pub struct RunOptions {
     pub usb: bool,
     /// Boot over the network: the image is a PXE folder that QEMU's built-in DHCP and TFTP
     /// server (user networking) serves to a virtio NIC first in the boot order; OVMF's own
-    /// network stack loads the bootloader from it (UEFI only).
+    /// network stack loads the bootloader from it (UEFI), the NIC's iPXE ROM loads PXELINUX,
+    /// which boots the BIOS image through MEMDISK (BIOS).
     pub pxe: bool,
     /// A machine without COM1 (QEMU): `-serial none`, so Bastion's console is its screen;
     /// the harness reads the log from QEMU's debug console on port 0xE9 instead, which
@@ -154,14 +155,25 @@ pub fn requirements(platform: Platform) -> Vec<Requirement> {
     }
 }
 
+/// PXELINUX and MEMDISK, which a BIOS PXE boot chains through (`boot::Syslinux`): the
+/// packages and a file of each.
+pub const SYSLINUX_PACKAGES: [&str; 2] = ["pxelinux", "syslinux-common"];
+const SYSLINUX_PROBES: [&str; 2] = ["/usr/lib/PXELINUX/pxelinux.0", "/usr/lib/syslinux/memdisk"];
+
+/// The syslinux packages that are missing: a BIOS PXE folder needs them when it is built.
+pub fn missing_syslinux() -> Vec<&'static str> {
+    SYSLINUX_PACKAGES.into_iter().zip(SYSLINUX_PROBES).filter(|(_, probe)| !Path::new(probe).exists()).map(|(p, _)| p).collect()
+}
+
 /// Tools the emulator tests use besides the emulators: dnsmasq (`dnsmasq-base`, the binary
-/// without a system service), the fleet test's DHCP and TFTP server.
+/// without a system service), the fleet test's DHCP and TFTP server, and PXELINUX and MEMDISK
+/// for the BIOS PXE boots.
 pub fn missing_test_tools() -> Vec<&'static str> {
-    if Path::new("/usr/sbin/dnsmasq").exists() {
-        Vec::new()
-    } else {
-        vec!["dnsmasq-base"]
+    let mut v = missing_syslinux();
+    if !Path::new("/usr/sbin/dnsmasq").exists() {
+        v.push("dnsmasq-base");
     }
+    v
 }
 
 /// Packages missing for the given platforms, deduplicated.
@@ -253,22 +265,34 @@ fn qemu_command(platform: Platform, medium: Medium, run_dir: &Path, opts: &RunOp
         c.arg("-drive").arg(format!("if=pflash,format=raw,file={}", vars.display()));
     }
     match medium {
-        Medium::Disk(_) if opts.pxe && opts.tap.is_some() => {
-            if platform != Platform::QemuUefi {
-                return Err("PXE boot is UEFI only for now".into());
-            }
-            let t = opts.tap.as_ref().unwrap();
-            c.arg("-netdev").arg(format!("tap,id=net0,ifname={},script=no,downscript=no", t.ifname));
-            c.arg("-device").arg(format!("virtio-net-pci,netdev=net0,mac={},bootindex=0,romfile=", t.mac));
-        }
         Medium::Disk(folder) if opts.pxe => {
-            if platform != Platform::QemuUefi {
-                return Err("PXE boot is UEFI only for now: use --uefi (BIOS clients would need a second-stage loader for the disk image)".into());
+            // UEFI: the bootloader crate's PXE application, `bootloader`, which OVMF's own
+            // network stack fetches by DHCP's boot file name over TFTP (`romfile=` keeps iPXE
+            // out). BIOS: PXELINUX, which the NIC's iPXE ROM (Debian's ipxe-qemu) loads and
+            // which boots the BIOS image through MEMDISK (`boot::Syslinux`).
+            let (bootfile, rom) = if platform == Platform::QemuUefi {
+                ("bootloader", ",romfile=")
+            } else {
+                if opts.tap.is_none() && !folder.join("pxelinux.0").is_file() {
+                    return Err(format!(
+                        "{} has no BIOS network boot (pxelinux.0): install PXELINUX and MEMDISK ({}) and build again",
+                        folder.display(),
+                        install_command(&SYSLINUX_PACKAGES)
+                    ));
+                }
+                ("pxelinux.0", "")
+            };
+            match &opts.tap {
+                // The fleet test's dnsmasq names the boot file.
+                Some(t) => {
+                    c.arg("-netdev").arg(format!("tap,id=net0,ifname={},script=no,downscript=no", t.ifname));
+                    c.arg("-device").arg(format!("virtio-net-pci,netdev=net0,mac={},bootindex=0{rom}", t.mac));
+                }
+                None => {
+                    c.arg("-netdev").arg(format!("user,id=net0,tftp={},bootfile={bootfile}", folder.display()));
+                    c.arg("-device").arg(format!("virtio-net-pci,netdev=net0,bootindex=0{rom}"));
+                }
             }
-            // The bootloader crate's UEFI PXE folder names its first stage `bootloader`; OVMF
-            // fetches it by DHCP's boot file name, over TFTP. `romfile=` keeps iPXE out.
-            c.arg("-netdev").arg(format!("user,id=net0,tftp={},bootfile=bootloader", folder.display()));
-            c.args(["-device", "virtio-net-pci,netdev=net0,bootindex=0,romfile="]);
         }
         Medium::Disk(image) if opts.usb => {
             c.arg("-drive").arg(format!("if=none,id=stick,format=raw,file={}", image.display()));
@@ -404,7 +428,7 @@ mod tests {
     }
 
     #[test]
-    fn a_pxe_run_serves_the_folder_over_tftp_to_a_virtio_nic_and_needs_uefi() {
+    fn a_pxe_run_serves_the_folder_over_tftp_to_a_virtio_nic() {
         let dir = tempfile::tempdir().unwrap();
         let opts = RunOptions { pxe: true, ..RunOptions::default() };
         let Ok(c) = qemu_command(Platform::QemuUefi, Medium::Disk(Path::new("/x/pxe")), dir.path(), &opts) else { panic!() };
@@ -412,7 +436,18 @@ mod tests {
         assert!(joined.contains("-netdev user,id=net0,tftp=/x/pxe,bootfile=bootloader"), "{joined}");
         assert!(joined.contains("-device virtio-net-pci,netdev=net0,bootindex=0,romfile="), "{joined}");
         assert!(!joined.contains("format=raw,file=/x/pxe"), "no disk: {joined}");
-        assert!(qemu_command(Platform::QemuBios, Medium::Disk(Path::new("/x/pxe")), dir.path(), &opts).is_err());
+        // BIOS: the NIC keeps its iPXE ROM, which fetches PXELINUX; a folder without it is
+        // refused with what to install.
+        let e = qemu_command(Platform::QemuBios, Medium::Disk(Path::new("/x/pxe")), dir.path(), &opts).unwrap_err();
+        assert!(e.contains("/x/pxe has no BIOS network boot (pxelinux.0)") && e.contains("apt-get install -y pxelinux syslinux-common"), "{e}");
+        let folder = dir.path().join("pxe");
+        std::fs::create_dir(&folder).unwrap();
+        std::fs::write(folder.join("pxelinux.0"), "").unwrap();
+        let Ok(c) = qemu_command(Platform::QemuBios, Medium::Disk(&folder), dir.path(), &opts) else { panic!() };
+        let joined = c.get_args().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ");
+        assert!(joined.contains(&format!("-netdev user,id=net0,tftp={},bootfile=pxelinux.0", folder.display())), "{joined}");
+        assert!(joined.contains("-device virtio-net-pci,netdev=net0,bootindex=0 "), "{joined}");
+        assert!(!joined.contains("romfile"), "{joined}");
     }
 
     #[test]

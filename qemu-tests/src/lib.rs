@@ -133,6 +133,8 @@ where
     let boot = boot_cli();
     let out = Command::new(boot).args(args).output().map_err(|e| format!("cannot run {}: {e}", boot.display()))?;
     if out.status.success() {
+        // Its notes (what it could not make, and why) reach the user.
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
         return Ok(());
     }
     let err = String::from_utf8_lossy(&out.stderr);

@@ -2,8 +2,8 @@
 //! from QEMU's xHCI controller as a USB mass-storage device, with SeaBIOS (BIOS image) and
 //! with OVMF (UEFI image), each firmware's own USB driver reading the bootloader and the
 //! bundle; the PXE folder boots over the network from QEMU's built-in DHCP and TFTP server
-//! with OVMF's network stack (UEFI); the built-in default config then runs and its demo guest
-//! answers input.
+//! with OVMF's network stack (UEFI) and through PXELINUX and MEMDISK (BIOS); the built-in
+//! default config then runs and its demo guest answers input.
 //!
 //! Each test prints the time from QEMU's start to the first guest line (the USB tests also
 //! boot the same image as a disk, for comparison; timing is not asserted).
@@ -61,4 +61,14 @@ fn the_uefi_image_boots_from_a_usb_stick() {
 #[test]
 fn uefi_boots_over_the_network_from_qemus_tftp_server() {
     default_demo_answers(Platform::QemuUefi, Medium::Pxe);
+}
+
+/// BIOS over the network: QEMU's iPXE ROM loads PXELINUX, which loads MEMDISK with the BIOS
+/// image; MEMDISK serves it as a hard disk through INT 13h — copying with INT 15h AH=87h,
+/// which leaves its own GDT loaded — and the bootloader's stage 2 boots from it, reloading its
+/// GDT before its far jump to protected mode (`boot::stage2`; without that fix this run
+/// triple-faults in stage 2 and QEMU ends with no output).
+#[test]
+fn bios_boots_over_the_network_through_pxelinux_and_memdisk() {
+    default_demo_answers(Platform::QemuBios, Medium::Pxe);
 }

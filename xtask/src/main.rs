@@ -88,8 +88,8 @@ struct RunArgs {
     #[arg(long, conflicts_with = "bochs")]
     usb: bool,
     /// Boot over the network from QEMU's built-in DHCP and TFTP server, which serves the PXE
-    /// folder (UEFI: needs --uefi)
-    #[arg(long, conflicts_with_all = ["bochs", "usb"], requires = "uefi")]
+    /// folder: BIOS through PXELINUX and MEMDISK, or (with --uefi) OVMF's network boot
+    #[arg(long, conflicts_with_all = ["bochs", "usb"])]
     pxe: bool,
     /// The CPU's vendor: intel (VT-x; Bochs unless KVM is used) or amd (AMD-V)
     #[arg(long, value_enum)]
@@ -457,7 +457,7 @@ fn ensure_packages(platforms: &[Platform]) -> Result<()> {
 }
 
 /// [`ensure_packages`] for the emulators and the tools the emulator tests use besides them
-/// (dnsmasq, the fleet test's PXE server).
+/// (dnsmasq, the fleet test's PXE server; PXELINUX and MEMDISK, BIOS network boot).
 fn ensure_test_packages() -> Result<()> {
     ensure_missing(|| {
         let mut m = missing_packages(&Platform::ALL);
@@ -474,7 +474,7 @@ fn ensure_missing(missing_now: impl Fn() -> Vec<&'static str>) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     if !root || !Path::new("/usr/bin/apt-get").exists() {
-        bail!("missing emulator packages: {}\ninstall them with:\n  {}", missing.join(" "), install_command(&missing));
+        bail!("missing packages: {}\ninstall them with:\n  {}", missing.join(" "), install_command(&missing));
     }
     eprintln!("xtask: installing {}", missing.join(" "));
     let ok = |mut c: Command| c.env("DEBIAN_FRONTEND", "noninteractive").status().map(|s| s.success()).unwrap_or(false);
@@ -510,6 +510,10 @@ fn run_emulator(args: &RunArgs) -> Result<()> {
         (false, _, false) => Platform::QemuBios,
     };
     ensure_packages(&[platform])?;
+    if args.pxe && platform == Platform::QemuBios {
+        // The PXE folder gets its BIOS half only where PXELINUX and MEMDISK are installed.
+        ensure_missing(qemu_tests::emulators::missing_syslinux)?;
+    }
     let a = build(&args.build)?;
     let image = if args.pxe {
         a.pxe.clone()
@@ -928,9 +932,10 @@ mod tests {
             (&["run", "--smp", "0"], ErrorKind::ValueValidation),
             (&["run", "--cpu", "arm"], ErrorKind::InvalidValue),
             (&["run", "--uefi", "--bochs"], ErrorKind::ArgumentConflict),
-            // PXE is UEFI's for now, and a network boot uses no stick.
-            (&["run", "--pxe"], ErrorKind::MissingRequiredArgument),
+            // A network boot uses no stick, and Bochs has no network boot.
+            (&["run", "--pxe", "--usb"], ErrorKind::ArgumentConflict),
             (&["run", "--pxe", "--uefi", "--usb"], ErrorKind::ArgumentConflict),
+            (&["run", "--pxe", "--bochs"], ErrorKind::ArgumentConflict),
             (&["run", "--usb", "--bochs"], ErrorKind::ArgumentConflict),
             (&["test", "--hostonly"], ErrorKind::UnknownArgument),
             (&["bench", "windows"], ErrorKind::InvalidValue),
