@@ -161,8 +161,9 @@ pub const REG_REDTBL: u8 = 0x10;
 
 /// Number of interrupt inputs and redirection entries.
 pub const IOAPIC_PINS: u8 = 24;
-/// IOAPICVER: maximum redirection entry 23 in bits 23:16, version 0x20 in bits 7:0.
-pub const IOAPIC_VERSION: u32 = ((IOAPIC_PINS as u32 - 1) << 16) | 0x20;
+/// IOAPICVER: maximum redirection entry 23 in bits 23:16, version 0x20 in bits 7:0 (disjoint
+/// fields, so `+`).
+pub const IOAPIC_VERSION: u32 = ((IOAPIC_PINS as u32 - 1) << 16) + 0x20;
 /// IOAPICID and IOAPICARB: the ID is bits 27:24.
 pub const ID_SHIFT: u32 = 24;
 /// The ID is four bits wide.
@@ -186,8 +187,8 @@ pub const RTE_LEVEL: u64 = 1 << 15;
 pub const RTE_MASKED: u64 = 1 << 16;
 /// Redirection entry bits 63:56: the destination.
 pub const RTE_DEST_SHIFT: u32 = 56;
-/// The bits of a redirection entry a guest write cannot change.
-pub const RTE_READ_ONLY: u64 = RTE_DELIVERY_STATUS | RTE_REMOTE_IRR;
+/// The bits of a redirection entry a guest write cannot change (two single bits: `+`).
+pub const RTE_READ_ONLY: u64 = RTE_DELIVERY_STATUS + RTE_REMOTE_IRR;
 
 /// Delivery mode 000: fixed.
 pub const DELIVERY_FIXED: u8 = 0;
@@ -349,18 +350,20 @@ impl IoApic {
     /// Writes the bytes of register `index` selected by `mask` (0xff per byte lane) from
     /// `value`, keeping the other bytes and the read-only bits.
     fn write_register_bytes(&mut self, index: u8, value: u32, mask: u32) {
-        let merged = (self.read_register(index) & !mask) | (value & mask);
+        // The kept bytes and the written ones are disjoint (`!mask`, `mask`): `+` merges them.
+        let merged = (self.read_register(index) & !mask) + (value & mask);
         match index {
             // §3.2.1: the ID is bits 27:24; the arbitration ID follows it (§3.2.3).
             REG_ID => self.id = (merged >> ID_SHIFT) as u8 & ID_MASK,
             _ => match Self::entry_half(index) {
                 Some((pin, true)) => {
                     let entry = &mut self.entries[pin];
-                    *entry = (*entry & 0xffff_ffff) | (u64::from(merged) << 32);
+                    *entry = (*entry & 0xffff_ffff) + (u64::from(merged) << 32);
                 }
                 Some((pin, false)) => {
                     let old = self.entries[pin];
-                    let mut entry = (old & !0xffff_ffff) | (u64::from(merged) & !RTE_READ_ONLY) | (old & RTE_READ_ONLY);
+                    // High half, written low half without the read-only bits, those bits: disjoint.
+                    let mut entry = (old & !0xffff_ffff) + (u64::from(merged) & !RTE_READ_ONLY) + (old & RTE_READ_ONLY);
                     if entry & RTE_LEVEL == 0 {
                         // Remote IRR means nothing for an edge-triggered entry (§3.2.4 bit 14).
                         entry &= !RTE_REMOTE_IRR;
@@ -378,7 +381,7 @@ impl IoApic {
     /// A message that went out sets Remote IRR (§3.2.4 bit 14).
     fn service_level(&mut self, pin: usize) {
         let entry = self.entries[pin];
-        let ready = entry & (RTE_LEVEL | RTE_MASKED | RTE_REMOTE_IRR) == RTE_LEVEL;
+        let ready = entry & (RTE_LEVEL + RTE_MASKED + RTE_REMOTE_IRR) == RTE_LEVEL;
         if ready && self.lines & (1 << pin) != 0 && self.send(entry) {
             self.entries[pin] |= RTE_REMOTE_IRR;
         }

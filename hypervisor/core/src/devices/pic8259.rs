@@ -198,10 +198,11 @@ pub const OCW3_SELECT: u8 = 0x08;
 pub const OCW3_SMM: u8 = 0x20;
 /// OCW3 bit 6, ESMM: act on SMM.
 pub const OCW3_ESMM: u8 = 0x40;
-/// OCW3 "read IRR on next RD pulse" (0x0A).
-pub const OCW3_READ_IRR: u8 = OCW3_SELECT | OCW3_RR;
-/// OCW3 "read ISR on next RD pulse" (0x0B).
-pub const OCW3_READ_ISR: u8 = OCW3_SELECT | OCW3_RR | OCW3_RIS;
+/// OCW3 "read IRR on next RD pulse": OCW3_SELECT | OCW3_RR, written as the datasheet's byte
+/// (a test checks it against the bits).
+pub const OCW3_READ_IRR: u8 = 0x0a;
+/// OCW3 "read ISR on next RD pulse": OCW3_SELECT | OCW3_RR | OCW3_RIS.
+pub const OCW3_READ_ISR: u8 = 0x0b;
 
 /// Poll word bit 7, I: an interrupt was pending (bits 2:0 hold its level).
 pub const POLL_INTERRUPT: u8 = 0x80;
@@ -294,13 +295,12 @@ impl Chip {
         self.icw1 & ICW1_SNGL != 0
     }
 
-    /// IR lines with a slave behind them: ICW3 on a master in cascade mode, none otherwise.
+    /// IR lines with a slave behind them: the master's ICW3 (asked of the master only; a
+    /// slave's ICW3 is its own ID). In single mode there is none: ICW1 zeroes ICW3 and single
+    /// mode skips it.
     fn slave_lines(&self) -> u8 {
-        if self.is_master && !self.single() {
-            self.icw3
-        } else {
-            0
-        }
+        debug_assert!(self.is_master);
+        self.icw3
     }
 
     /// Priority rank of `level`: 0 is the highest, 7 the lowest.
@@ -386,7 +386,8 @@ impl Chip {
         match self.pending() {
             Some(level) => {
                 self.acknowledge(level);
-                POLL_INTERRUPT | level
+                // Disjoint fields (bit 7, bits 2:0).
+                POLL_INTERRUPT + level
             }
             None => 0,
         }
@@ -612,8 +613,9 @@ impl Pic {
     /// transition latches a request in IRR; lowering the line clears a not-yet-acknowledged
     /// request. IRQ 2 (the cascade input, driven by the slave) and numbers above 15 are ignored.
     pub fn set_irq(&mut self, irq: u8, level: bool) {
+        // IRQ 2 needs no arm of its own: the master's IR2 is the slave's INT output, which
+        // `update_cascade` drives after every change, so whatever is written there is replaced.
         match irq {
-            CASCADE_IRQ => return,
             0..=7 => self.master.set_line(irq, level),
             8..=15 => self.slave.set_line(irq - 8, level),
             _ => return,
@@ -642,9 +644,11 @@ impl Pic {
         if !self.master.ready() {
             return None;
         }
+        // The vector is ICW2's T7-T3 plus the level in bits 2:0 (ICW2 keeps bits 2:0 zero):
+        // disjoint fields, so `+`.
         let Some(level) = self.master.pending() else {
             // Default IR7: nothing is set in the ISR.
-            return Some(self.master.vector_base | SPURIOUS_LEVEL);
+            return Some(self.master.vector_base + SPURIOUS_LEVEL);
         };
         let cascaded = level == CASCADE_IRQ && self.master.slave_lines() & (1 << CASCADE_IRQ) != 0;
         let vector = if cascaded {
@@ -656,14 +660,14 @@ impl Pic {
             match slave_level {
                 Some(slave_level) => {
                     self.slave.acknowledge(slave_level);
-                    self.slave.vector_base | slave_level
+                    self.slave.vector_base + slave_level
                 }
                 // Spurious on the slave: its default IR7, nothing in its ISR; the master's
                 // cascade level is acknowledged all the same (QEMU).
-                None => self.slave.vector_base | SPURIOUS_LEVEL,
+                None => self.slave.vector_base + SPURIOUS_LEVEL,
             }
         } else {
-            self.master.vector_base | level
+            self.master.vector_base + level
         };
         self.master.acknowledge(level);
         self.update_cascade(cascaded);
@@ -858,7 +862,9 @@ mod tests {
 
     #[test]
     fn single_mode_skips_icw3_and_the_master_answers_for_ir2() {
-        let mut p = Pic::new();
+        // Initialised in cascade mode first (ICW3 = 0x04): a new ICW1 with SNGL = 1 leaves no
+        // slave behind IR2, whatever ICW3 said before ("ICW1 ... SNGL: single; no ICW3").
+        let mut p = pic();
         p.write(MASTER_COMMAND, ICW1_INIT | ICW1_SNGL | ICW1_IC4);
         p.write(MASTER_DATA, 0x08);
         assert_eq!(p.master.init, Init::Icw4, "single mode: no ICW3");
@@ -1491,4 +1497,59 @@ mod tests {
             "a real IRQ 15 sets the slave ISR"
         );
     }
+
+    #[test]
+    fn ocw3_read_commands_are_the_datasheets_bytes() {
+        // OCW3: D3 = 1 marks it, RR (D1) = 1 reads, RIS (D0) picks ISR over IRR.
+        assert_eq!(OCW3_READ_IRR, OCW3_SELECT | OCW3_RR);
+        assert_eq!(OCW3_READ_ISR, OCW3_SELECT | OCW3_RR | OCW3_RIS);
+        assert_eq!((OCW3_SELECT, OCW3_RR, OCW3_RIS), (0x08, 0x02, 0x01));
+    }
+
+    #[test]
+    fn rotation_at_eoi_puts_the_level_after_the_served_one_first() {
+        // "Automatic Rotation": the level just served becomes the lowest, so the next one up
+        // (level + 1, mod 8) the highest: after serving 3, a request on 4 beats one on 3.
+        let mut p = pic();
+        p.set_irq(3, true);
+        assert_eq!(p.acknowledge(), Some(MASTER_BASE + 3));
+        p.write(MASTER_COMMAND, OCW2_ROTATE_EOI);
+        p.set_irq(3, false);
+        p.set_irq(3, true);
+        p.set_irq(4, true);
+        assert_eq!(p.acknowledge(), Some(MASTER_BASE + 4));
+        // Rotate on specific EOI (OCW2 R SL EOI = 111): clears exactly the named level's ISR
+        // bit and makes the next level the highest.
+        let mut p = pic();
+        p.set_irq(3, true);
+        assert_eq!(p.acknowledge(), Some(MASTER_BASE + 3));
+        p.set_irq(1, true);
+        assert_eq!(p.acknowledge(), Some(MASTER_BASE + 1));
+        assert_eq!(isr(&mut p, MASTER_COMMAND), 0x0a);
+        p.write(MASTER_COMMAND, OCW2_ROTATE_SPECIFIC_EOI | 3);
+        assert_eq!(isr(&mut p, MASTER_COMMAND), 0x02);
+        p.write(MASTER_COMMAND, OCW2_SPECIFIC_EOI | 1);
+        for irq in [3, 4] {
+            p.set_irq(irq, false);
+            p.set_irq(irq, true);
+        }
+        assert_eq!(p.acknowledge(), Some(MASTER_BASE + 4));
+    }
+
+    #[test]
+    fn special_fully_nested_mode_is_for_slave_lines_only() {
+        // SFNM lets a request through on a level in service only where a slave sits (the
+        // slave's own priority logic decides); a plain master line in service still blocks
+        // a new request on itself.
+        let mut p = Pic::new();
+        linux_init(&mut p, ICW4_8086 | ICW4_SFNM, 0x00, 0x00);
+        p.set_irq(3, true);
+        assert_eq!(p.acknowledge(), Some(MASTER_BASE + 3));
+        p.set_irq(3, false);
+        p.set_irq(3, true);
+        assert!(!p.has_interrupt(), "IR3 in service blocks IR3");
+        p.write(MASTER_COMMAND, OCW2_EOI);
+        assert_eq!(p.acknowledge(), Some(MASTER_BASE + 3));
+    }
+
 }
