@@ -171,7 +171,7 @@ pub struct TestImage {
     pub dir: PathBuf,
     pub bios: PathBuf,
     pub uefi: PathBuf,
-    /// The UEFI PXE folder (`boot image --pxe`): what a TFTP server serves.
+    /// The PXE folder (`boot image --pxe`): what a TFTP server serves, to UEFI and BIOS hosts.
     pub pxe: PathBuf,
 }
 

@@ -326,7 +326,7 @@ struct Artifacts {
     bundle: PathBuf,
     bios: PathBuf,
     uefi: PathBuf,
-    /// The UEFI PXE folder (what a TFTP server serves).
+    /// The PXE folder (what a TFTP server serves): UEFI, and BIOS through PXELINUX and MEMDISK.
     pxe: PathBuf,
 }
 

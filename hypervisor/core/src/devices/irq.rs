@@ -74,6 +74,10 @@ pub fn isa_pin(irq: u8) -> u8 {
     }
 }
 
+/// The most vCPUs a chip serves: one bit each in `kicked` (and the config's limit).
+pub const MAX_VCPUS: usize = 64;
+const _: () = assert!(crate::config::MAX_VCPUS as usize <= MAX_VCPUS);
+
 /// The interrupt controllers of one guest and the wires between them.
 #[derive(Debug, Clone)]
 pub struct IrqChip {
@@ -101,10 +105,11 @@ pub struct IrqChip {
 }
 
 impl IrqChip {
-    /// The chip of a guest with `vcpus` vCPUs (APIC IDs 0..vcpus), in the state firmware
-    /// leaves it; local APIC timers run on `clock` (ns).
+    /// The chip of a guest with `vcpus` vCPUs (APIC IDs 0..vcpus; 1 to 64, what the config
+    /// allows and `kicked` holds), in the state firmware leaves it; local APIC timers run on
+    /// `clock` (ns).
     pub fn new(vcpus: usize, clock: Clock) -> Self {
-        let n = vcpus.max(1);
+        let n = vcpus.clamp(1, MAX_VCPUS);
         let mut chip = IrqChip {
             pic: Pic::new(),
             ioapic: IoApic::new(),
@@ -128,7 +133,8 @@ impl IrqChip {
     fn firmware_setup(&mut self, v: usize) {
         let now = (self.clock)();
         let lapic = &mut self.lapics[v];
-        lapic.write_register(REG_SVR, SVR_RESET | SVR_APIC_ENABLED, now);
+        // Spurious vector 0xFF (bits 7:0) and APIC enabled (bit 8): disjoint, so `+`.
+        lapic.write_register(REG_SVR, SVR_RESET + SVR_APIC_ENABLED, now);
         if v == 0 {
             lapic.write_register(REG_LVT_LINT0, u32::from(super::lapic::DELIVERY_EXTINT) << 8, now);
         }
@@ -348,7 +354,8 @@ impl IrqChip {
     pub fn apic_base(&self, v: usize) -> u64 {
         let bsp = if v == 0 { APIC_BASE_BSP } else { 0 };
         let en = if self.enabled.get(v) == Some(&true) { APIC_BASE_ENABLE } else { 0 };
-        LAPIC_BASE | bsp | en
+        // Bits 35:12, 8 and 11: disjoint, so `+`.
+        LAPIC_BASE + bsp + en
     }
 
     /// WRMSR IA32_APIC_BASE on vCPU `v`; `Err` means #GP. The base cannot move (Bastion keeps
@@ -358,7 +365,7 @@ impl IrqChip {
     /// it returns to its power-up state, with LINT0/LINT1 gone to the CPU's INTR/NMI pins;
     /// setting EN again brings it back in that state (11.4.3).
     pub fn set_apic_base(&mut self, v: usize, value: u64) -> Result<(), ()> {
-        if v >= self.lapics.len() || value & !(APIC_BASE_ENABLE | APIC_BASE_BSP) != LAPIC_BASE {
+        if v >= self.lapics.len() || value & !(APIC_BASE_ENABLE + APIC_BASE_BSP) != LAPIC_BASE {
             return Err(());
         }
         if value & APIC_BASE_BSP != self.apic_base(v) & APIC_BASE_BSP {
@@ -429,9 +436,7 @@ impl IrqChip {
             return;
         }
         for &v in targets {
-            if v < 64 {
-                self.kicked |= 1 << v;
-            }
+            self.kicked |= 1 << v;
         }
         match mode {
             DELIVERY_FIXED => {
@@ -564,6 +569,30 @@ mod tests {
         program_pin(&mut c, 4, 0x24, 0);
         c.set_isa_irq(4, true);
         assert_eq!(c.acknowledge(0), Some(0x24));
+    }
+
+    #[test]
+    fn a_chip_serves_1_to_64_vcpus() {
+        assert_eq!(chip(0).vcpus(), 1);
+        let mut c = chip(65);
+        assert_eq!(c.vcpus(), MAX_VCPUS);
+        // The last one is kicked like the first (bit 63 of the kick mask).
+        write_reg(&mut c, 0, REG_ICR_HIGH, 63 << 24);
+        write_reg(&mut c, 0, REG_ICR_LOW, 0x40);
+        assert_eq!(c.take_kicked(), 1 << 63);
+    }
+
+    #[test]
+    fn only_isa_lines_0_to_15_are_driven_and_never_a_pci_pin_of_the_io_apic() {
+        // ISA has IRQs 0-15; I/O APIC pins 16-23 are PCI's (MP spec 5.3; the MADT names no
+        // ISA override above 15). A number past 15 reaches neither chip.
+        let mut c = chip(1);
+        program_pin(&mut c, 16, 0x50, 0);
+        c.set_isa_irq(16, true);
+        assert!(!c.has_interrupt(0));
+        c.ioapic.set_irq(16, true);
+        c.route();
+        assert_eq!(c.acknowledge(0), Some(0x50), "pin 16 itself works");
     }
 
     #[test]

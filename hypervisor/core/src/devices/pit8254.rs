@@ -190,7 +190,7 @@ pub const CW_BCD: u8 = 0x01;
 /// The control word bits a counter keeps (RW, mode, BCD): bits 5-0 of its status byte.
 const CW_PROGRAM_MASK: u8 = 0x3f;
 /// What each counter holds at power-on: LSB then MSB, mode 3, binary (module docs, "Left out").
-const POWER_ON_PROGRAM: u8 = CW_ACCESS_LSB_MSB | (3 << CW_MODE_SHIFT);
+const POWER_ON_PROGRAM: u8 = CW_ACCESS_LSB_MSB + (3 << CW_MODE_SHIFT);
 
 // Read-back command ("Read-Back Command"): 1 1 COUNT STATUS CNT2 CNT1 CNT0 0.
 
@@ -230,9 +230,8 @@ pub const PORT_B_OUT2: u8 = 0x20;
 pub const PORT_B_CHANNEL_CHECK: u8 = 0x40;
 /// Port 0x61 bit 7 (read only): parity error; always 0 here.
 pub const PORT_B_PARITY_ERROR: u8 = 0x80;
-/// The bits of port 0x61 a write sets.
-const PORT_B_WRITABLE: u8 =
-    PORT_B_GATE2 | PORT_B_SPEAKER | PORT_B_PARITY_CHECK_DISABLE | PORT_B_CHANNEL_CHECK_DISABLE;
+/// The bits of port 0x61 a write sets (single bits, so `+`).
+const PORT_B_WRITABLE: u8 = PORT_B_GATE2 + PORT_B_SPEAKER + PORT_B_PARITY_CHECK_DISABLE + PORT_B_CHANNEL_CHECK_DISABLE;
 
 /// A written count of 0 in binary: 2^16 periods.
 pub const BINARY_MODULUS: u32 = 0x1_0000;
@@ -262,9 +261,10 @@ fn bcd_to_binary(value: u16) -> u32 {
     result
 }
 
-/// A number below 10000 as four BCD digits.
+/// The low four decimal digits of `value` as four BCD digits (callers give it a count below
+/// 10000: it is taken modulo the counter's modulus).
 fn binary_to_bcd(value: u32) -> u16 {
-    let mut value = value % BCD_MODULUS;
+    let mut value = value;
     let mut result = 0u16;
     for shift in [0u32, 4, 8, 12] {
         // value % 10 < 10 fits in a u16.
@@ -503,13 +503,15 @@ impl Counter {
             Mode::InterruptOnTerminalCount
             | Mode::OneShot
             | Mode::SoftwareStrobe
-            | Mode::HardwareStrobe => (n % m + m - p % m) % m,
+            | Mode::HardwareStrobe => n + m - p % m,
             // "Mode 2": N, N-1, ..., 1, reload.
             Mode::RateGenerator => n - p % n,
             // "Mode 3": decrement by two; odd counts load N-1. This one formula gives both
             // halves for even and odd N (see the module documentation).
-            Mode::SquareWave => (n - (2 * (p % n)) % n) & !1,
+            // (p < 2^55: periods in 2^64 ns; 2p cannot overflow.)
+            Mode::SquareWave => (n - (2 * p) % n) & !1,
         };
+        // N = m (a written 0) reads as 0, and modes 0, 1, 4, 5 wrap: both taken here.
         let value = u32::try_from(value % m).unwrap_or(0);
         if self.bcd() {
             binary_to_bcd(value)
@@ -591,11 +593,11 @@ impl Counter {
             Mode::RateGenerator | Mode::SquareWave => match run.next {
                 None => first_periodic_edge(seg, after),
                 Some(next) => {
-                    if after < next.start {
-                        if let Some(edge) = first_periodic_edge(seg, after) {
-                            if edge <= next.start {
-                                return Some(edge);
-                            }
+                    // An edge of the old count up to the new count's start (none once `after`
+                    // has passed that start: the edge found lies beyond it).
+                    if let Some(edge) = first_periodic_edge(seg, after) {
+                        if edge <= next.start {
+                            return Some(edge);
                         }
                     }
                     first_periodic_edge(next, after.max(next.start))
@@ -696,7 +698,7 @@ impl Counter {
             CW_ACCESS_LSB => self.cr = u16::from(value),
             CW_ACCESS_MSB => self.cr = u16::from(value) << 8,
             _ if !self.write_msb_next => {
-                self.cr = (self.cr & 0xff00) | u16::from(value);
+                self.cr = (self.cr & 0xff00) + u16::from(value);
                 self.write_msb_next = true;
                 if self.mode() == Mode::InterruptOnTerminalCount {
                     // "Mode 0": writing the first byte disables counting and sets OUT low at
@@ -707,7 +709,7 @@ impl Counter {
                 return;
             }
             _ => {
-                self.cr = (self.cr & 0x00ff) | (u16::from(value) << 8);
+                self.cr = (self.cr & 0x00ff) + (u16::from(value) << 8);
                 self.write_msb_next = false;
             }
         }
@@ -734,8 +736,11 @@ impl Counter {
             }
             Mode::RateGenerator | Mode::SquareWave => match &mut self.state {
                 // Counting: "the new count will be loaded at the end of the current counting
-                // cycle".
-                State::Counting(run) if run.running => {
+                // cycle". Held by a low gate, too: there the cycle does not end while it is
+                // held, and the gate's rising edge starts a new run from CR (`set_gate`), so
+                // the change planned here never takes effect and the held count stays
+                // readable. One rule for both.
+                State::Counting(run) => {
                     let elapsed = run.elapsed(now);
                     let seg = run.segment_at(elapsed);
                     let n = u64::from(seg.count);
@@ -743,8 +748,6 @@ impl Counter {
                     let start = seg.start.saturating_add(periods.saturating_mul(n));
                     run.next = Some(Segment { start, count });
                 }
-                // Held by a low gate: the rising edge loads CR.
-                State::Counting(_) => {}
                 // The first count after a control word is loaded at once.
                 _ => {
                     self.state = State::Counting(Run::new(now, count, self.gate));
@@ -765,11 +768,14 @@ impl Counter {
         match mode {
             Mode::InterruptOnTerminalCount | Mode::SoftwareStrobe => {
                 if let State::Counting(run) = &mut self.state {
-                    if level && !run.running {
+                    // A run of these modes counts exactly while the gate is high (`load`
+                    // starts it with the gate's level), and the gate just changed.
+                    debug_assert_eq!(run.running, !level);
+                    if level {
                         // Counting resumes from the held count.
                         run.origin_ns = now;
                         run.running = true;
-                    } else if !level && run.running {
+                    } else {
                         // Counting is suspended; OUT keeps its level.
                         run.origin_tick = run.elapsed(now);
                         run.origin_ns = now;
@@ -2023,5 +2029,95 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_resumed_run_reaches_later_periods_counted_from_where_it_stopped() {
+        // A run that counted 5 periods, was held by its gate and resumed at 1 ms reaches
+        // period 8 three periods (of 1/PIT_HZ s each) after 1 ms, and any period it already
+        // passed at once.
+        let run = Run { origin_ns: 1_000_000, origin_tick: 5, ..Run::new(0, 100, true) };
+        assert_eq!(run.tick_time(8), Some(1_000_000 + ns_for_ticks(3) as u64));
+        assert_eq!(run.tick_time(5), Some(1_000_000));
+        assert_eq!(run.tick_time(2), Some(1_000_000));
+        assert_eq!(Run { running: false, ..run }.tick_time(8), None, "held: never");
+    }
+
+    #[test]
+    fn bcd_conversion_takes_the_low_four_decimal_digits() {
+        assert_eq!(binary_to_bcd(1234), 0x1234);
+        assert_eq!(binary_to_bcd(9999), 0x9999);
+        assert_eq!(binary_to_bcd(0), 0);
+        assert_eq!(bcd_to_binary(0x1234), 1234);
+    }
+
+    #[test]
+    fn mode_2_with_a_count_of_2_is_low_for_the_second_period() {
+        // "Mode 2": OUT goes low for one CLK pulse when the count reaches 1; only a count of 1
+        // is illegal. With N = 2 that is every second period.
+        let mut pit = Pit::new();
+        program(&mut pit, 0, 2, 2, 0);
+        assert!(pit.out(0, at(0, 0)));
+        assert!(!pit.out(0, at(0, 1)), "count 1: low");
+        assert!(pit.out(0, at(0, 2)), "reloaded: high");
+        assert!(!pit.out(0, at(0, 3)));
+    }
+
+    #[test]
+    fn edges_of_the_old_and_the_new_count_add_up_in_one_collection() {
+        // Mode 2, N = 1000; a new count of 50 written mid-period takes over at its end
+        // (period 1000), so periods up to 1500 rise once for the old count (at 1000) and ten
+        // times for the new (1050 ... 1500).
+        let mut pit = Pit::new();
+        program(&mut pit, 0, 2, 1000, 0);
+        assert_eq!(pit.irq0_edges(at(0, 500)), 0);
+        pit.write(COUNTER0_PORT, 50, at(0, 500));
+        pit.write(COUNTER0_PORT, 0, at(0, 500));
+        assert_eq!(pit.irq0_edges(at(0, 1500)), 11);
+    }
+
+    #[test]
+    fn a_latched_count_in_single_byte_access_is_released_by_its_one_read() {
+        // "Counter Latch Command": the latch holds until the count is read; with LSB-only or
+        // MSB-only access one read is the whole count, so the next read is live again.
+        let mut pit = Pit::new();
+        pit.write(CONTROL_PORT, CW_ACCESS_LSB | (2 << 1), 0);
+        pit.write(COUNTER0_PORT, 200, 0);
+        pit.write(CONTROL_PORT, 0, at(0, 50));
+        assert_eq!(pit.read(COUNTER0_PORT, at(0, 60)), 150, "latched at 50");
+        assert_eq!(pit.read(COUNTER0_PORT, at(0, 100)), 100, "live");
+        let mut pit = Pit::new();
+        pit.write(CONTROL_PORT, CW_ACCESS_MSB | (2 << 1), 0);
+        pit.write(COUNTER0_PORT, 0x05, 0);
+        pit.write(CONTROL_PORT, 0, at(0, 256));
+        assert_eq!(pit.read(COUNTER0_PORT, at(0, 300)), 0x04, "latched 0x0400: its MSB");
+        assert_eq!(pit.read(COUNTER0_PORT, at(0, 512)), 0x03, "live 0x0300");
+    }
+
+    #[test]
+    fn a_count_written_while_the_gate_holds_mode_2_waits_for_the_gate() {
+        // "Mode 2": GATE low suspends counting; GATE rising reloads the counter from CR. A
+        // count written meanwhile changes nothing until then: the held count stays readable.
+        let mut pit = Pit::new();
+        pit.write_port_b(PORT_B_GATE2, 0);
+        program(&mut pit, 2, 2, 100, 0);
+        pit.write_port_b(0, at(0, 30));
+        pit.write(COUNTER0_PORT + 2, 50, at(0, 40));
+        pit.write(COUNTER0_PORT + 2, 0, at(0, 40));
+        assert_eq!(latched(&mut pit, 2, at(0, 60)), 70, "held at 100 - 30");
+        pit.write_port_b(PORT_B_GATE2, at(0, 70));
+        assert_eq!(latched(&mut pit, 2, at(0, 80)), 40, "reloaded with 50 at the rising edge");
+    }
+
+    #[test]
+    fn square_wave_counts_read_right_at_the_end_of_time() {
+        // Mode 3 decrements an even count by two each period, also late in the 64-bit time
+        // range (periods in the 10^16s).
+        let mut pit = Pit::new();
+        program(&mut pit, 0, 3, 1000, 0);
+        let p = ticks_between(0, u64::MAX - 10_000_000);
+        let (a, b) = (latched(&mut pit, 0, at(0, p)), latched(&mut pit, 0, at(0, p + 1)));
+        assert!(a % 2 == 0 && b % 2 == 0 && a <= 1000 && b <= 1000, "{a} {b}");
+        assert_eq!((a + 1000 - b) % 1000, 2, "{a} then {b}");
     }
 }
