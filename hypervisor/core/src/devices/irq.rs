@@ -389,7 +389,7 @@ impl IrqChip {
     /// pass is enough: delivering a message or an IPI queues no EOI, message or IPI.
     pub fn route(&mut self) {
         for v in 0..self.lapics.len() {
-            while let Some(vector) = self.lapics[v].pop_eoi_broadcast() {
+            for vector in self.lapics[v].take_eoi_broadcasts() {
                 self.ioapic.eoi(vector);
             }
         }

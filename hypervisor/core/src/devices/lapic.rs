@@ -5,7 +5,7 @@
 //! interrupt router puts fixed and lowest-priority interrupts into it with [`Lapic::accept`],
 //! asks [`Lapic::pending_vector`] before a VM entry and injects what [`Lapic::acknowledge`]
 //! returns; a broadcast EOI for a level-triggered vector comes back out of [`Lapic::eoi`] (or
-//! [`Lapic::pop_eoi_broadcast`] after a guest EOI write) for the I/O APIC; the IPIs the guest
+//! [`Lapic::take_eoi_broadcasts`] after a guest EOI write) for the I/O APIC; the IPIs the guest
 //! sends wait in a queue ([`Lapic::take_ipis`], [`Lapic::pop_ipi`]) for the router to deliver;
 //! a halted vCPU sleeps until [`Lapic::next_deadline`] and [`Lapic::advance`] fires the timer.
 //! Nothing here touches hardware or reads a clock, so all of it is tested on the host.
@@ -111,7 +111,7 @@
 //! - [`Lapic::eoi`] (and any 4-byte write to the EOI register) clears the highest ISR bit. If
 //!   that vector's TMR bit is set and SVR bit 12 is clear, the EOI goes to the I/O APICs as a
 //!   broadcast (11.8.5): `eoi` returns the vector, and a guest's EOI *write* leaves it for
-//!   [`Lapic::pop_eoi_broadcast`]. Those wait in a set of vectors: bounded, and nothing is lost,
+//!   [`Lapic::take_eoi_broadcasts`]. Those wait in a set of vectors: bounded, and nothing is lost,
 //!   since one EOI message clears Remote IRR in every I/O APIC entry with its vector (two
 //!   pending EOIs of one vector do what one does). An EOI with an empty ISR does nothing.
 //!
@@ -312,7 +312,8 @@ pub const LVT_ENTRIES: usize = 7;
 /// Version register bit 24: EOI-broadcast suppression (SVR bit 12) is supported.
 pub const VERSION_SUPPRESS_EOI_BROADCAST: u32 = 1 << 24;
 /// The Version register: version 0x14, Max LVT Entry 6 (bits 23:16), bit 24 set.
-pub const LAPIC_VERSION: u32 = VERSION_SUPPRESS_EOI_BROADCAST | ((LVT_ENTRIES as u32 - 1) << 16) | APIC_VERSION as u32;
+/// Disjoint fields, so `+`.
+pub const LAPIC_VERSION: u32 = VERSION_SUPPRESS_EOI_BROADCAST + ((LVT_ENTRIES as u32 - 1) << 16) + APIC_VERSION as u32;
 
 /// SVR bits 7:0: the spurious vector (stored only).
 pub const SVR_VECTOR: u32 = 0xff;
@@ -321,7 +322,7 @@ pub const SVR_APIC_ENABLED: u32 = 1 << 8;
 /// SVR bit 12: suppress the EOI broadcast for level-triggered interrupts (11.8.5).
 pub const SVR_SUPPRESS_EOI_BROADCAST: u32 = 1 << 12;
 /// The SVR bits a write sets; bit 9 (focus processor checking, P6 only) and the rest are reserved.
-const SVR_WRITABLE: u32 = SVR_VECTOR | SVR_APIC_ENABLED | SVR_SUPPRESS_EOI_BROADCAST;
+const SVR_WRITABLE: u32 = SVR_VECTOR + SVR_APIC_ENABLED + SVR_SUPPRESS_EOI_BROADCAST;
 /// SVR after reset (11.4.7.1): spurious vector 0xFF, software disabled.
 pub const SVR_RESET: u32 = 0xff;
 
@@ -375,7 +376,8 @@ pub const ICR_TRIGGER_LEVEL: u32 = 1 << 15;
 /// ICR bits 19:18: the destination shorthand.
 pub const ICR_SHORTHAND_SHIFT: u32 = 18;
 /// The ICR low bits a write sets (bits 13, 16-17 and 20-31 are reserved).
-const ICR_LOW_WRITABLE: u32 = ICR_VECTOR | 0x700 | ICR_DEST_LOGICAL | ICR_LEVEL_ASSERT | ICR_TRIGGER_LEVEL | (3 << ICR_SHORTHAND_SHIFT);
+/// (Disjoint fields throughout these masks: `+`.)
+const ICR_LOW_WRITABLE: u32 = ICR_VECTOR + 0x700 + ICR_DEST_LOGICAL + ICR_LEVEL_ASSERT + ICR_TRIGGER_LEVEL + (3 << ICR_SHORTHAND_SHIFT);
 /// ICR high bits 31:24: the destination; the rest is reserved.
 const ICR_HIGH_WRITABLE: u32 = 0xff00_0000;
 
@@ -400,16 +402,16 @@ const LVT_OFFSETS: [u64; LVT_ENTRIES] =
     [REG_LVT_CMCI, REG_LVT_TIMER, REG_LVT_THERMAL, REG_LVT_PMC, REG_LVT_LINT0, REG_LVT_LINT1, REG_LVT_ERROR];
 /// The bits of each LVT entry a write sets (Figure 11-8), in index order.
 const LVT_WRITABLE: [u32; LVT_ENTRIES] = {
-    const WITH_MODE: u32 = LVT_VECTOR | LVT_DELIVERY_MODE | LVT_MASKED;
-    const LINT: u32 = WITH_MODE | LVT_POLARITY_LOW | LVT_LEVEL;
+    const WITH_MODE: u32 = LVT_VECTOR + LVT_DELIVERY_MODE + LVT_MASKED;
+    const LINT: u32 = WITH_MODE + LVT_POLARITY_LOW + LVT_LEVEL;
     [
         WITH_MODE,
-        LVT_VECTOR | LVT_MASKED | LVT_TIMER_PERIODIC,
+        LVT_VECTOR + LVT_MASKED + LVT_TIMER_PERIODIC,
         WITH_MODE,
         WITH_MODE,
         LINT,
         LINT,
-        LVT_VECTOR | LVT_MASKED,
+        LVT_VECTOR + LVT_MASKED,
     ]
 };
 
@@ -522,7 +524,8 @@ fn decode(offset: u64) -> Option<Reg> {
 /// The divisor a divide configuration selects (Figure 11-10): bits 3,1,0 = 111 is ÷1, and
 /// `n` = 000..110 is ÷2^(n+1). Bit 2 and bits 31:4 are ignored.
 pub fn timer_divisor(config: u32) -> u32 {
-    let code = (config & 3) | ((config >> 1) & 4);
+    // Bits 1:0 and bit 3 (moved to bit 2): disjoint, so `+`.
+    let code = (config & 3) + ((config >> 1) & 4);
     if code == 7 {
         1
     } else {
@@ -760,13 +763,12 @@ impl Lapic {
         broadcast.then_some(vector)
     }
 
-    /// A vector whose EOI the guest wrote to the EOI register and that must be broadcast to
-    /// the I/O APICs (what [`Lapic::eoi`] would have returned), lowest first.
-    pub fn pop_eoi_broadcast(&mut self) -> Option<u8> {
-        let i = self.eoi_broadcasts.iter().position(|&w| w != 0)?;
-        let vector = (i * 32) as u8 + self.eoi_broadcasts[i].trailing_zeros() as u8;
-        set_bit(&mut self.eoi_broadcasts, vector, false);
-        Some(vector)
+    /// The vectors whose EOI the guest wrote to the EOI register and that must be broadcast
+    /// to the I/O APICs (what [`Lapic::eoi`] would have returned), each once, lowest first.
+    /// Taken all at once, so a caller's drain is bounded by construction.
+    pub fn take_eoi_broadcasts(&mut self) -> impl Iterator<Item = u8> {
+        let bits = core::mem::take(&mut self.eoi_broadcasts);
+        (0..=255u8).filter(move |&v| test_bit(&bits, v))
     }
 
     /// Whether this APIC is a target of a message to `dest` in logical (`logical`) or physical
@@ -846,11 +848,6 @@ impl Lapic {
     /// Whether `vector` was accepted level-triggered (its TMR bit, 11.8.4).
     pub fn level_triggered(&self, vector: u8) -> bool {
         test_bit(&self.tmr, vector)
-    }
-
-    /// Whether an EOI broadcast waits for [`pop_eoi_broadcast`](Self::pop_eoi_broadcast).
-    pub fn has_eoi_broadcast(&self) -> bool {
-        self.eoi_broadcasts.iter().any(|&w| w != 0)
     }
 
     /// Whether an IPI waits in the queue.
@@ -960,7 +957,8 @@ impl Lapic {
             Reg::Ppr => u32::from(self.ppr()),
             Reg::Apr | Reg::Eoi | Reg::Rrd => 0,
             Reg::Ldr => u32::from(self.ldr) << 24,
-            Reg::Dfr => u32::from(self.dfr_model) << DFR_MODEL_SHIFT | DFR_RESERVED_ONES,
+            // The model in bits 31:28, ones below: disjoint, so `+`.
+            Reg::Dfr => (u32::from(self.dfr_model) << DFR_MODEL_SHIFT) + DFR_RESERVED_ONES,
             Reg::Svr => self.svr,
             Reg::Isr(i) => self.isr[i],
             Reg::Tmr(i) => self.tmr[i],
@@ -1239,7 +1237,7 @@ mod tests {
         assert_eq!((a.pending_vector(), a.acknowledge(), a.eoi()), (None, None, None));
         assert_eq!((a.next_deadline(T0), a.current_count(T0)), (None, 0));
         assert!(!a.has_ipis() && a.pop_ipi().is_none() && a.take_ipis().is_empty());
-        assert_eq!((a.dropped_ipis(), a.pop_eoi_broadcast()), (0, None));
+        assert_eq!((a.dropped_ipis(), a.take_eoi_broadcasts().count()), (0, 0));
         assert!(!a.take_nmi());
         assert!(!a.lint0_extint_enabled());
         assert_eq!((a.tpr(), a.ppr()), (0, 0));
@@ -1569,22 +1567,22 @@ mod tests {
 
     #[test]
     fn an_eoi_register_write_leaves_the_broadcast_for_the_router() {
-        // 11.8.5 through the EOI register (any value): pop_eoi_broadcast gives each vector once.
+        // 11.8.5 through the EOI register (any value): take_eoi_broadcasts gives each vector
+        // once.
         let mut a = enabled();
         for (v, level) in [(0x51, true), (0x62, false), (0x93, true)] {
             a.accept(v, level);
             assert_eq!(a.acknowledge(), Some(v), "each preempts the one before");
         }
-        assert_eq!(a.pop_eoi_broadcast(), None);
+        assert_eq!(a.take_eoi_broadcasts().next(), None);
         a.write(REG_EOI, &[0; 1]);
         assert!(in_isr(&a, 0x93), "a byte write is ignored");
         for _ in 0..3 {
             wr(&mut a, REG_EOI, 0x1234_5678);
         }
         assert_eq!(a.isr, [0; 8]);
-        assert_eq!(a.pop_eoi_broadcast(), Some(0x51));
-        assert_eq!(a.pop_eoi_broadcast(), Some(0x93));
-        assert_eq!(a.pop_eoi_broadcast(), None);
+        assert_eq!(a.take_eoi_broadcasts().collect::<alloc::vec::Vec<u8>>(), [0x51, 0x93]);
+        assert_eq!(a.take_eoi_broadcasts().next(), None, "taken once");
         assert_eq!(rd(&mut a, REG_EOI), 0, "write-only, reads 0");
     }
 
@@ -2298,5 +2296,75 @@ mod tests {
         bus.write(Space::Mmio, LAPIC_BASE + REG_SVR, &ENABLE.to_le_bytes());
         assert!(lapic.lock().software_enabled());
         let _ = handle(Lapic::new(0, GHZ));
+    }
+
+    #[test]
+    fn without_a_clock_bus_accesses_happen_at_the_latest_time_seen() {
+        // Lapic::new's clock is stuck at 0: a bus access is taken to happen at the latest
+        // instant the APIC has seen, here none yet (0), so a count started by a bus write
+        // has run 100 ns by 100 ns (1 GHz bus, divide by 1).
+        let mut a = enabled();
+        wr(&mut a, REG_TIMER_DIVIDE, DIV1);
+        wr(&mut a, REG_TIMER_INITIAL, 1000);
+        assert_eq!(a.current_count(100), 900);
+    }
+
+    #[test]
+    fn the_divide_configuration_codes_are_figure_11_10s() {
+        // Bits 3, 1, 0: 000 = ÷2, 001 = ÷4, 010 = ÷8, 011 = ÷16, 100 = ÷32, 101 = ÷64,
+        // 110 = ÷128, 111 = ÷1; bit 2 and bits 31:4 are ignored.
+        let want = [(0b0000, 2), (0b0001, 4), (0b0010, 8), (0b0011, 16), (0b1000, 32), (0b1001, 64), (0b1010, 128), (0b1011, 1)];
+        for (config, div) in want {
+            assert_eq!(timer_divisor(config), div, "{config:#06b}");
+            assert_eq!(timer_divisor(config | 0b0100 | 0xffff_fff0), div, "{config:#06b} with ignored bits");
+        }
+    }
+
+    #[test]
+    fn a_one_shot_count_past_its_expiry_reads_0_and_a_periodic_one_reloads() {
+        // 11.5.4: one-shot, the count stays 0 after reaching it; periodic, it reloads from
+        // the initial count. Read before the expiry is delivered (no `advance`).
+        let mut a = enabled();
+        wr(&mut a, REG_TIMER_DIVIDE, DIV1);
+        wr(&mut a, REG_LVT_TIMER, 0x40);
+        wr(&mut a, REG_TIMER_INITIAL, 1000);
+        assert_eq!(a.current_count(1500), 0);
+        let mut a = enabled();
+        wr(&mut a, REG_TIMER_DIVIDE, DIV1);
+        wr(&mut a, REG_LVT_TIMER, 0x40 | LVT_TIMER_PERIODIC);
+        wr(&mut a, REG_TIMER_INITIAL, 1000);
+        assert_eq!(a.current_count(1500), 500);
+        // A new divisor at 300 ns carries the count on (700 left) at half the rate: the
+        // expiry comes at 300 + 1400 ns, and 200 ns later (100 ticks) the reloaded count is
+        // 900.
+        wr(&mut a, REG_TIMER_INITIAL, 1000);
+        let t = a.now_seen;
+        a.write_register(REG_TIMER_DIVIDE, 0, t + 300);
+        assert_eq!(a.current_count(t + 300), 700);
+        assert_eq!(a.current_count(t + 1900), 900);
+    }
+
+    #[test]
+    fn lint0_in_fixed_mode_is_edge_triggered_unless_its_lvt_says_level() {
+        // 11.5.1: LVT LINT0's trigger mode bit 15 selects level; an edge-triggered vector
+        // leaves its TMR bit clear (11.8.4).
+        for (lvt, level) in [(0x41, false), (0x41 | LVT_LEVEL, true)] {
+            let mut a = enabled();
+            wr(&mut a, REG_LVT_LINT0, lvt);
+            a.set_lint(0, true);
+            assert_eq!(a.acknowledge(), Some(0x41));
+            assert_eq!(a.level_triggered(0x41), level, "LVT {lvt:#x}");
+        }
+    }
+
+    #[test]
+    fn vector_16_is_the_first_legal_one_for_an_ipi() {
+        // 11.5.3: vectors 0-15 are reserved; sending one sets ESR bit 5 (a self IPI also
+        // receives it: bit 6), vector 16 sets nothing.
+        let mut a = enabled();
+        wr(&mut a, REG_ICR_LOW, 0x0004_0010);
+        assert_eq!(esr(&mut a), 0);
+        wr(&mut a, REG_ICR_LOW, 0x0004_000f);
+        assert_ne!(esr(&mut a) & ESR_SEND_ILLEGAL_VECTOR, 0);
     }
 }
