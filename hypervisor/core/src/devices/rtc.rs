@@ -117,6 +117,8 @@ pub const UNMAPPED: u8 = 0xff;
 pub const INDEX_NMI_DISABLE: u8 = 0x80;
 /// Index port bits 6-0: the register (128 bytes of clock registers and RAM).
 pub const INDEX_MASK: u8 = 0x7f;
+/// The first byte of battery-backed RAM after the clock's registers (0x00-0x0D).
+pub const FIRST_RAM: u8 = 0x0e;
 /// Bytes of CMOS: the 14 clock registers and 114 bytes of RAM ("Address Map").
 pub const CMOS_SIZE: usize = 128;
 
@@ -166,7 +168,7 @@ pub const A_DV_RESET: u8 = 0x60;
 /// Register A bits 3-0: RS3-RS0, the periodic interrupt rate (Table 4).
 pub const A_RS_MASK: u8 = 0x0f;
 /// Register A as a PC BIOS leaves it: 32.768 kHz, 1024 Hz periodic rate.
-pub const A_PC_DEFAULT: u8 = A_DV_32768 | 0x06;
+pub const A_PC_DEFAULT: u8 = A_DV_32768 + 0x06;
 
 // "Register B": SET PIE AIE UIE SQWE DM 24/12 DSE.
 
@@ -200,7 +202,7 @@ pub const C_AF: u8 = 0x20;
 /// Register C bit 4: update-ended flag.
 pub const C_UF: u8 = 0x10;
 /// The three flags; register B's enables sit at the same bit positions.
-const C_FLAGS: u8 = C_PF | C_AF | C_UF;
+const C_FLAGS: u8 = C_PF + C_AF + C_UF;
 
 /// Register D bit 7: valid RAM and time (the battery is good). Always 1; bits 6-0 read 0.
 pub const D_VRT: u8 = 0x80;
@@ -228,6 +230,10 @@ const DAYS_0000_TO_EPOCH: u64 = 719_528;
 const DAYS_PER_400_YEARS: i64 = 146_097;
 /// Seconds in 10000 Gregorian years: the span the RTC's century and year registers show.
 const ERA_SECONDS: u64 = 25 * 146_097 * SECONDS_PER_DAY;
+/// The last year with a second that fits a `u64` of Unix seconds (`DateTime::from_unix(u64::MAX)`
+/// is in it; a test checks): years past it are out of range, and bounding them keeps the date
+/// arithmetic far from overflowing an `i64`.
+pub const MAX_YEAR: u64 = 584_554_051_223;
 
 /// Whether `year` has a February 29 (Gregorian rules: every 4th year, not every 100th, but
 /// every 400th).
@@ -340,11 +346,8 @@ impl DateTime {
     /// year is a `u64` for that reason).
     pub fn from_unix(unix_seconds: u64) -> DateTime {
         let days = unix_seconds / SECONDS_PER_DAY;
-        let mut dt = Self::from_days_and_time(
-            // At most 2.2e14: fits an i64.
-            i64::try_from(days).unwrap_or(i64::MAX / 2),
-            unix_seconds % SECONDS_PER_DAY,
-        );
+        // At most 2.2e14 (u64::MAX / 86400): the cast is exact.
+        let mut dt = Self::from_days_and_time(days as i64, unix_seconds % SECONDS_PER_DAY);
         // 1970-01-01 was a Thursday.
         dt.weekday = ((days + 4) % 7) as u8;
         dt
@@ -355,7 +358,7 @@ impl DateTime {
     /// `weekday` is ignored (it follows from the date).
     pub fn to_unix(&self) -> Option<u64> {
         if self.year < 1970
-            || self.year > 1 << 40
+            || self.year > MAX_YEAR
             || !(1..=days_in_month(self.year, self.month)).contains(&self.day)
             || self.hour > 23
             || self.minute > 59
@@ -392,9 +395,10 @@ impl DateTime {
     }
 }
 
-/// The RTC's own count: seconds since 0000-01-01 00:00:00, modulo 10000 years.
+/// The RTC's own count: seconds since 0000-01-01 00:00:00, modulo 10000 years (below twice
+/// that: every reader takes it modulo [`ERA_SECONDS`]).
 fn clock_from_unix(unix_seconds: u64) -> u64 {
-    (unix_seconds % ERA_SECONDS + DAYS_0000_TO_EPOCH * SECONDS_PER_DAY) % ERA_SECONDS
+    unix_seconds % ERA_SECONDS + DAYS_0000_TO_EPOCH * SECONDS_PER_DAY
 }
 
 /// The date and time (year 0-9999) of an RTC count.
@@ -438,7 +442,8 @@ impl Format {
         if self.binary {
             value
         } else {
-            ((value / 10) << 4) | (value % 10)
+            // Tens in the high nibble, units in the low one: disjoint, so `+`.
+            ((value / 10) << 4) + (value % 10)
         }
     }
 
@@ -461,7 +466,8 @@ impl Format {
             h => h,
         };
         let pm = if hour >= 12 { HOURS_PM } else { 0 };
-        self.encode(hour12) | pm
+        // PM is bit 7, above the 1-12 of either format: `+`.
+        self.encode(hour12) + pm
     }
 
     /// The hours byte as an hour 0-23, clamped (see "Invalid times").
@@ -581,7 +587,8 @@ impl TimeRegs {
     /// days ahead of the date's weekday.
     fn render(clock: u64, weekday_offset: u8, format: Format) -> TimeRegs {
         let dt = clock_to_datetime(clock);
-        let year = (dt.year % 10_000) as u32;
+        // Years 0-9999 (the count is modulo 10000 years): the cast is exact.
+        let year = dt.year as u32;
         TimeRegs {
             second: format.encode(u32::from(dt.second)),
             minute: format.encode(u32::from(dt.minute)),
@@ -589,7 +596,8 @@ impl TimeRegs {
             weekday: format.encode(u32::from((dt.weekday + weekday_offset) % 7) + 1),
             day: format.encode(u32::from(dt.day)),
             month: format.encode(u32::from(dt.month)),
-            year: format.encode(year % 100),
+            // `encode` keeps the last two digits.
+            year: format.encode(year),
             century: format.encode(year / 100),
         }
     }
@@ -607,7 +615,8 @@ impl TimeRegs {
         let clock = clock_from_fields(year, month, day, seconds_of_day);
         let weekday = format.decode(self.weekday).clamp(1, 7) - 1;
         let date_weekday = u32::from(clock_to_datetime(clock).weekday);
-        let offset = (weekday + 7 - date_weekday) % 7;
+        // 1..=13 days; `render` takes the weekday modulo 7.
+        let offset = weekday + 7 - date_weekday;
         (clock, offset as u8)
     }
 
@@ -721,8 +730,9 @@ impl Rtc {
     pub fn read(&mut self, port: u16, now_ns: u64) -> u8 {
         match port {
             INDEX_PORT => {
+                // The index is bits 6:0, the NMI bit 7: `+`.
                 self.index
-                    | if self.nmi_disabled {
+                    + if self.nmi_disabled {
                         INDEX_NMI_DISABLE
                     } else {
                         0
@@ -762,8 +772,9 @@ impl Rtc {
             REG_MINUTES_ALARM => self.alarm[1],
             REG_HOURS_ALARM => self.alarm[2],
             REG_A => {
+                // `write_a` keeps UIP out of reg_a: `+`.
                 self.reg_a
-                    | if self.update_in_progress(now) {
+                    + if self.update_in_progress(now) {
                         A_UIP
                     } else {
                         0
@@ -796,8 +807,9 @@ impl Rtc {
             REG_HOURS_ALARM => self.alarm[2] = value,
             REG_A => self.write_a(value, now),
             REG_B => self.write_b(value, now),
-            REG_C | REG_D => {}
-            _ => self.ram[usize::from(index)] = value,
+            FIRST_RAM..=INDEX_MASK => self.ram[usize::from(index)] = value,
+            // Registers C and D.
+            _ => {}
         }
     }
 
@@ -1861,5 +1873,87 @@ mod tests {
         assert_eq!(host_cmos_to_unix(0x3a, 0, 0, 1, 1, 0x26, 0x20, 0x02), None);
         assert_eq!(host_cmos_to_unix(0, 0, 0, 0x30, 0x02, 0x26, 0x20, 0x02), None);
         assert_eq!(host_cmos_to_unix(0, 0, 0x13, 1, 1, 0x26, 0x20, 0x00), None, "hour 13 in 12-hour mode");
+    }
+
+    #[test]
+    fn the_last_day_of_a_400_year_era_is_a_leap_day() {
+        // Eras run from March 1 of a year divisible by 400: the last day of one is February
+        // 29 of the next such year (2000 is a leap year: divisible by 400). 2000-02-29 is
+        // 10957 (2000-01-01) + 31 + 28 days after 1970-01-01.
+        assert_eq!(days_from_civil(2000, 2, 29), 11016);
+        assert_eq!(civil_from_days(11016), (2000, 2, 29));
+        assert_eq!(civil_from_days(11017), (2000, 3, 1));
+        assert_eq!(civil_from_days(11016 + 146_097), (2400, 2, 29));
+    }
+
+    #[test]
+    fn unix_seconds_cover_years_1970_to_max_year() {
+        assert_eq!(DateTime::from_unix(u64::MAX).year, MAX_YEAR);
+        let jan1 = |year| DateTime { year, month: 1, day: 1, hour: 0, minute: 0, second: 0, weekday: 0 };
+        assert!(jan1(MAX_YEAR).to_unix().is_some(), "its first second fits");
+        assert_eq!(jan1(MAX_YEAR + 1).to_unix(), None);
+        assert_eq!(jan1(1 << 62).to_unix(), None, "no overflow on the way");
+        assert_eq!(jan1(u64::MAX).to_unix(), None);
+        assert_eq!(jan1(1969).to_unix(), None);
+        assert_eq!(jan1(1970).to_unix(), Some(0));
+    }
+
+    #[test]
+    fn an_hour_written_in_12_hour_mode_is_that_hour() {
+        // Table 3: 12-hour BCD 0x83 is 3 PM, which 24-hour mode then shows as 0x15.
+        let mut rtc = Rtc::new(unix(2024, 6, 1, 10, 0, 0), T0);
+        set_reg(&mut rtc, REG_B, 0, T0);
+        set_reg(&mut rtc, REG_HOURS, 0x83, T0);
+        assert_eq!(reg(&mut rtc, REG_HOURS, T0), 0x83);
+        set_reg(&mut rtc, REG_B, B_24H, T0);
+        assert_eq!(reg(&mut rtc, REG_HOURS, T0), 0x15);
+    }
+
+    #[test]
+    fn alarm_bytes_that_are_not_valid_bcd_or_12_hour_values_never_match() {
+        // 0x1A is no BCD number; 0x13 is no 12-hour hour (1-12 only): no time shows them.
+        let mut rtc = Rtc::new(unix(2024, 6, 1, 0, 0, 0), T0);
+        set_reg(&mut rtc, REG_SECONDS_ALARM, 0x1a, T0);
+        set_reg(&mut rtc, REG_MINUTES_ALARM, ALARM_DONT_CARE, T0);
+        set_reg(&mut rtc, REG_HOURS_ALARM, ALARM_DONT_CARE, T0);
+        set_reg(&mut rtc, REG_B, B_24H | B_AIE, T0);
+        assert_eq!(rtc.next_deadline(T0), None, "seconds 0x1a");
+        set_reg(&mut rtc, REG_SECONDS_ALARM, 0x00, T0);
+        set_reg(&mut rtc, REG_B, B_AIE, T0);
+        set_reg(&mut rtc, REG_HOURS_ALARM, 0x13, T0);
+        assert_eq!(rtc.next_deadline(T0), None, "12-hour 0x13");
+        // A valid 12-hour alarm: 0x83, 3 PM, 15 hours away.
+        set_reg(&mut rtc, REG_HOURS_ALARM, 0x83, T0);
+        set_reg(&mut rtc, REG_MINUTES_ALARM, 0x00, T0);
+        assert_eq!(rtc.next_deadline(T0), Some(T0 + 15 * 3600 * SECOND));
+    }
+
+    #[test]
+    fn an_alarm_search_never_steps_past_the_last_minute_or_hour() {
+        // Hours 10, any minute, second 0, at 10:59:30: this hour has no later minute, so the
+        // next match is 10:00:00 tomorrow, not a 60th minute; at 23:59:30 with any hour, the
+        // next is 00:00:00, not a 24th hour.
+        let mut rtc = Rtc::new(unix(2024, 6, 1, 10, 59, 30), T0);
+        set_reg(&mut rtc, REG_HOURS_ALARM, 0x10, T0);
+        set_reg(&mut rtc, REG_MINUTES_ALARM, ALARM_DONT_CARE, T0);
+        set_reg(&mut rtc, REG_SECONDS_ALARM, 0x00, T0);
+        set_reg(&mut rtc, REG_B, B_24H | B_AIE, T0);
+        assert_eq!(rtc.next_deadline(T0), Some(T0 + (86_400 - 3570) * SECOND));
+        let mut rtc = Rtc::new(unix(2024, 6, 1, 23, 59, 30), T0);
+        set_reg(&mut rtc, REG_HOURS_ALARM, ALARM_DONT_CARE, T0);
+        set_reg(&mut rtc, REG_MINUTES_ALARM, 0x00, T0);
+        set_reg(&mut rtc, REG_SECONDS_ALARM, 0x00, T0);
+        set_reg(&mut rtc, REG_B, B_24H | B_AIE, T0);
+        assert_eq!(rtc.next_deadline(T0), Some(T0 + 30 * SECOND));
+    }
+
+    #[test]
+    fn alarm_registers_read_back_what_was_written() {
+        // Registers 1, 3, 5 are read/write (Table 2), apart from RAM.
+        let mut rtc = Rtc::new(0, T0);
+        for (index, value) in [(REG_SECONDS_ALARM, 0x45), (REG_MINUTES_ALARM, 0x30), (REG_HOURS_ALARM, 0xc0)] {
+            set_reg(&mut rtc, index, value, T0);
+            assert_eq!(reg(&mut rtc, index, T0), value, "register {index}");
+        }
     }
 }
