@@ -926,7 +926,8 @@ impl Rtc {
             self.shifted(t) * u128::from(TIME_BASE_HZ)
                 / (u128::from(cycles) * u128::from(NS_PER_SECOND))
         };
-        to > from && tap(to) > tap(from)
+        // `tap` never decreases, so a later tap count also means `to > from`.
+        tap(to) > tap(from)
     }
 
     /// The first periodic tap after `after`.
@@ -941,10 +942,10 @@ impl Rtc {
     /// The running clock's count at `now`.
     fn running_clock(&self, now: u64) -> u64 {
         match self.clock {
-            Clock::Running { base, base_ns, .. } => {
-                let updates = self.updates_between(base_ns, now) % ERA_SECONDS;
-                (base % ERA_SECONDS + updates) % ERA_SECONDS
-            }
+            // Not reduced: every reader takes it modulo ERA_SECONDS or a day (which divides
+            // it). base < 2 ERA_SECONDS and there are fewer than 2^35 updates in 2^64 ns: no
+            // overflow.
+            Clock::Running { base, base_ns, .. } => base + self.updates_between(base_ns, now),
             Clock::Stopped(regs) => regs.parse(self.format()).0,
         }
     }
@@ -1955,5 +1956,42 @@ mod tests {
             set_reg(&mut rtc, index, value, T0);
             assert_eq!(reg(&mut rtc, index, T0), value, "register {index}");
         }
+    }
+
+    #[test]
+    fn the_periodic_flag_is_set_at_each_tap_and_not_between() {
+        // Table 4, RS = 0110: 1024 Hz, a tap every 976.5625 us. PF is set at a tap (the
+        // instant next_deadline names) and not before it; reading C clears it.
+        let mut rtc = Rtc::new(0, T0);
+        set_reg(&mut rtc, REG_B, B_24H | B_PIE, T0);
+        let tap = rtc.next_deadline(T0).unwrap();
+        assert_eq!(reg(&mut rtc, REG_C, tap - 1) & C_PF, 0, "before the tap");
+        assert_eq!(reg(&mut rtc, REG_C, tap) & C_PF, C_PF, "at the tap");
+        let next = rtc.next_deadline(tap).unwrap();
+        assert_eq!(next - tap, 976_562, "the next tap, 1/1024 s later (to the ns)");
+        assert_eq!(reg(&mut rtc, REG_C, next - 1) & C_PF, 0);
+        assert_eq!(reg(&mut rtc, REG_C, next) & C_PF, C_PF);
+        // A tap while PF is still set keeps IRQ 8 high (flags are ORed, not toggled).
+        let third = rtc.next_deadline(next).unwrap();
+        reg(&mut rtc, REG_A, third);
+        assert!(rtc.interrupt_line(third) && rtc.next_deadline(third).is_none(), "high: no deadline");
+        assert!(rtc.interrupt_line(third + 976_563), "a second tap with PF unread");
+    }
+
+    #[test]
+    fn a_new_rate_keeps_the_update_phase_and_only_a_divider_release_moves_it() {
+        // "Divider Stages": the first update comes half a second after DV leaves reset; a
+        // write of A that changes only the rate (DV running before and after) moves nothing.
+        let mut rtc = Rtc::new(0, T0);
+        set_reg(&mut rtc, REG_A, A_DV_32768 | 0x0f, T0 + 300_000_000);
+        assert_eq!(reg(&mut rtc, REG_SECONDS, T0 + 900_000_000), 0x00, "still second 0");
+        assert_eq!(reg(&mut rtc, REG_SECONDS, T0 + SECOND), 0x01, "the update on its old phase");
+        // Near the end of time a release neither overflows nor panics.
+        let end = u64::MAX - 1_000;
+        set_reg(&mut rtc, REG_B, B_24H | B_UIE, end - 20);
+        set_reg(&mut rtc, REG_A, A_DV_RESET, end - 10);
+        set_reg(&mut rtc, REG_A, A_PC_DEFAULT, end);
+        assert_eq!(rtc.next_deadline(end), None, "the first update lies past u64::MAX");
+        reg(&mut rtc, REG_SECONDS, u64::MAX);
     }
 }
