@@ -26,15 +26,15 @@ pub const PM_BASE: u16 = PM1A_EVT_PORT;
 /// Ports the device answers: up to the end of PM_TMR.
 pub const PM_LEN: u16 = 12;
 
-const STS: usize = 0;
 const EN: usize = 2;
 const CNT: usize = 4;
 const TMR: usize = 8;
 
-/// PM1_CNT bits that read back what was written: BM_RLS and SLP_TYP.
-const CNT_READ_BACK: u16 = (1 << 1) | (0b111 << 10);
-/// PM1_CNT SCI_EN: always set here.
-const SCI_EN: u16 = 1 << 0;
+/// PM1_CNT bits that read back what was written: BM_RLS (bit 1) and SLP_TYP (12:10),
+/// disjoint, so `+`.
+const CNT_READ_BACK: u16 = (1 << 1) + (0b111 << 10);
+/// PM1_CNT SCI_EN (bit 0): always set here.
+const SCI_EN: u16 = 0x0001;
 
 /// The registers; the timer is computed from the clock.
 #[derive(Debug, Clone)]
@@ -58,10 +58,11 @@ impl AcpiPm {
     }
 
     fn register(&self, at: usize, now_ns: u64) -> u32 {
+        // PM1_STS, and the bytes of no register, read 0.
         match at {
-            STS => 0,
             EN => u32::from(self.en),
-            CNT => u32::from((self.cnt & CNT_READ_BACK) | SCI_EN),
+            // SCI_EN is not among the bits read back: `+`.
+            CNT => u32::from((self.cnt & CNT_READ_BACK) + SCI_EN),
             TMR => self.timer(now_ns),
             _ => 0,
         }
@@ -70,8 +71,8 @@ impl AcpiPm {
     /// The byte at `offset` (0..[`PM_LEN`]) at `now_ns`; bytes that belong to no register
     /// (0x6, 0x7) read 0.
     pub fn read_byte(&self, offset: u16, now_ns: u64) -> u8 {
+        // PM1_STS (0-1) has no state: with the bytes of no register it reads 0.
         let (at, shift) = match offset {
-            0..=1 => (STS, offset),
             2..=3 => (EN, offset - 2),
             4..=5 => (CNT, offset - 4),
             8..=11 => (TMR, offset - 8),
@@ -193,8 +194,8 @@ mod tests {
         assert_eq!(read(&mut d, CNT as u64, 2), 0x0c03, "SLP_TYP and BM_RLS kept, GBL_RLS gone, SCI_EN set");
         d.write(EN as u64, &0x0120u16.to_le_bytes());
         assert_eq!(read(&mut d, EN as u64, 2), 0x0120);
-        d.write(STS as u64, &0xffffu16.to_le_bytes());
-        assert_eq!(read(&mut d, STS as u64, 2), 0);
+        d.write(0 /* PM1_STS */, &0xffffu16.to_le_bytes());
+        assert_eq!(read(&mut d, 0 /* PM1_STS */, 2), 0);
         // One 32-bit read of the event block gives STS then EN.
         assert_eq!(read(&mut d, 0, 4), 0x0120_0000);
         // The gap between the control block and the timer reads 0.
