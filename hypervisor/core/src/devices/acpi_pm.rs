@@ -85,11 +85,12 @@ impl AcpiPm {
     /// for S5.
     pub fn write_byte(&mut self, offset: u16, value: u8) -> IoOutcome {
         let set = |reg: &mut u16, high: bool| {
-            *reg = if high { (*reg & 0x00ff) | (u16::from(value) << 8) } else { (*reg & 0xff00) | u16::from(value) }
+            // The kept byte and the written one are disjoint: `+`.
+            *reg = if high { (*reg & 0x00ff) + (u16::from(value) << 8) } else { (*reg & 0xff00) + u16::from(value) }
         };
+        // PM1_STS (0-1: write-1-to-clear, and no bit is ever set) and the bytes of no register
+        // take nothing.
         match offset {
-            // PM1_STS: write-1-to-clear, and no bit is ever set.
-            0..=1 => {}
             2..=3 => set(&mut self.en, offset == 3),
             4..=5 => {
                 set(&mut self.cnt, offset == 5);
