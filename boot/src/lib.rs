@@ -315,6 +315,15 @@ pub fn create_images_with(kernel: &Path, bundle: &Path, req: &ImageRequest, sysl
     }
     if let Some(p) = &req.pxe {
         builder.create_uefi_tftp_folder(p).with_context(|| format!("cannot create PXE folder {}", p.display()))?;
+        // A BIOS half from an earlier build must not outlive this one (a stale image served).
+        for name in ["pxelinux.0", "ldlinux.c32", "memdisk", PXE_BIOS_IMAGE, "pxelinux.cfg/default"] {
+            match std::fs::remove_file(p.join(name)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("cannot remove {}", p.join(name).display()));
+                }
+                _ => {}
+            }
+        }
         let missing = syslinux.missing();
         if !missing.is_empty() {
             let list: Vec<String> = missing.iter().map(|m| m.display().to_string()).collect();
@@ -682,14 +691,18 @@ mod tests {
         // The UEFI half is there as before.
         assert!(pxe.join("bootloader").is_file() && pxe.join("kernel-x86_64").is_file(), "UEFI PXE files");
 
-        // Without MEMDISK: a UEFI-only folder, and a note that says what to install.
-        std::fs::remove_file(&sys.memdisk).unwrap();
+        // Without MEMDISK: a UEFI-only folder, and a note that says what to install; a BIOS
+        // half left by an earlier build is gone (pxe2 is made twice).
         let req = ImageRequest { bios: None, uefi: None, pxe: Some(dir.path().join("pxe2")) };
+        assert!(create_images_with(&kernel, &bundle, &req, &sys).unwrap().pxe_bios);
+        std::fs::remove_file(&sys.memdisk).unwrap();
         let report = create_images_with(&kernel, &bundle, &req, &sys).unwrap();
         assert!(!report.pxe_bios);
         let note = report.notes.join("\n");
         assert!(note.contains("no BIOS network boot") && note.contains("memdisk not found") && note.contains("apt-get install pxelinux syslinux-common"), "{note}");
-        assert!(!dir.path().join("pxe2").join(PXE_BIOS_IMAGE).exists() && !dir.path().join("pxe2/pxelinux.0").exists());
+        for name in [PXE_BIOS_IMAGE, "pxelinux.0", "ldlinux.c32", "memdisk", "pxelinux.cfg/default"] {
+            assert!(!dir.path().join("pxe2").join(name).exists(), "{name} left behind");
+        }
         assert!(dir.path().join("pxe2/bootloader").is_file());
         // A PXE folder alone makes (and fixes) its own BIOS image.
         std::fs::write(&sys.memdisk, "memdisk").unwrap();
