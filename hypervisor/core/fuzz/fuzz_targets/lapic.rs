@@ -52,7 +52,8 @@ fuzz_target!(|data: &[u8]| {
             }
             4 => {
                 let _ = apic.eoi();
-                let _ = apic.pop_eoi_broadcast();
+                let _ = apic.take_eoi_broadcasts().count();
+                assert_eq!(apic.take_eoi_broadcasts().next(), None, "broadcasts are taken once");
             }
             5 => {
                 let _ = apic.advance(t);
