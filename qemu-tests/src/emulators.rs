@@ -156,7 +156,8 @@ pub fn requirements(platform: Platform) -> Vec<Requirement> {
 }
 
 /// PXELINUX and MEMDISK, which a BIOS PXE boot chains through (`boot::Syslinux`): the
-/// packages and a file of each.
+/// packages and a file of each. Written here again because xtask links this library and not
+/// `boot` (whose build compiles the bootloader's stages); a unit test checks they are `boot`'s.
 pub const SYSLINUX_PACKAGES: [&str; 2] = ["pxelinux", "syslinux-common"];
 const SYSLINUX_PROBES: [&str; 2] = ["/usr/lib/PXELINUX/pxelinux.0", "/usr/lib/syslinux/memdisk"];
 
@@ -400,6 +401,14 @@ fn bochs_command(platform: Platform, image: &Path, run_dir: &Path, opts: &RunOpt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_syslinux_packages_and_files_are_the_ones_boot_copies() {
+        assert_eq!(SYSLINUX_PACKAGES, boot::SYSLINUX_PACKAGES);
+        let debian = boot::Syslinux::debian();
+        // pxelinux.0 comes with `pxelinux`, memdisk with `syslinux-common`.
+        assert_eq!(SYSLINUX_PROBES.map(Path::new), [debian.pxelinux.as_path(), debian.memdisk.as_path()]);
+    }
 
     #[test]
     fn qemu_command_has_debug_exit_svm_npt_and_smp() {
