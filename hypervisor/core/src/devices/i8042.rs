@@ -90,7 +90,10 @@ impl I8042 {
     pub fn status(&self) -> u8 {
         let mut s = STATUS_UNLOCKED;
         if let Some(&(_, aux)) = self.out.front() {
-            s |= STATUS_OBF | if aux { STATUS_AUX } else { 0 };
+            s |= STATUS_OBF;
+            if aux {
+                s |= STATUS_AUX;
+            }
         }
         if self.ccb & CCB_SYS != 0 {
             s |= STATUS_SYS;
@@ -120,8 +123,6 @@ impl I8042 {
             0x20 => self.reply(self.ccb, false),
             0x60 => self.pending = Pending::CommandByte,
             0xa7 => self.ccb |= CCB_AUX_DISABLED,
-            // No aux port: "enabling" it leaves it disabled (see the module documentation).
-            0xa8 => {}
             // Interface tests: 0 = no error.
             0xa9 | 0xab => self.reply(0x00, false),
             // Self-test passed; the system flag is set by it.
@@ -139,6 +140,8 @@ impl I8042 {
             0xd4 => self.pending = Pending::AuxWrite,
             // Pulse output-port bits 3-0 low for 6 us; bit 0 is the CPU's reset line.
             0xf0..=0xff if cmd & 1 == 0 => return IoOutcome::Reset,
+            // Among the commands that do nothing here: 0xA8, enable the aux port. There is
+            // none, so "enabling" it leaves it disabled (see the module documentation).
             _ => {}
         }
         IoOutcome::Done
@@ -213,12 +216,90 @@ impl BusDevice for I8042Port {
 mod tests {
     use super::*;
 
+    /// Reads port 0x60 while status bit 0 (OBF) says a byte waits; the queue holds at most
+    /// `MAX_OUTPUT`, so more reads than that mean the buffer never empties.
     fn read_all(k: &mut I8042) -> alloc::vec::Vec<u8> {
         let mut v = alloc::vec::Vec::new();
         while k.status() & STATUS_OBF != 0 {
+            assert!(v.len() < MAX_OUTPUT, "OBF stays set after {} reads", v.len());
             v.push(k.read_data());
         }
         v
+    }
+
+    /// Writes the controller command byte (command 0x60) and reads it back (command 0x20).
+    fn command_byte_after(k: &mut I8042, cmds: &[u8]) -> u8 {
+        for &c in cmds {
+            k.write_command(c);
+        }
+        k.write_command(0x20);
+        let v = read_all(k);
+        assert_eq!(v.len(), 1, "{v:x?}");
+        v[0]
+    }
+
+    #[test]
+    fn status_and_command_byte_bits_are_the_at_technical_references() {
+        // Status register (port 0x64 read): bit 0 output buffer full, bit 2 system flag, bit 3
+        // last write was a command, bit 4 keyboard not inhibited, bit 5 aux data.
+        let mut k = I8042::default();
+        assert_eq!(k.status(), 0x14, "reset: not inhibited, system flag from command byte 0x45");
+        assert_eq!(command_byte_after(&mut k, &[]), 0x65, "0x45 and bit 5: no aux port");
+        k.write_command(0xaa);
+        assert_eq!(k.status(), 0x1d, "a reply waits, the last write was a command");
+        read_all(&mut k);
+        k.write_command(0xd3);
+        k.write_data(0x5a);
+        assert_eq!(k.status(), 0x35, "aux loopback: bit 5 with bit 0; bit 3 clear after a data write");
+        read_all(&mut k);
+        k.write_command(0x60);
+        k.write_data(0x00);
+        assert_eq!(k.status(), 0x10, "command byte bit 2 clear: no system flag in status bit 2");
+    }
+
+    #[test]
+    fn commands_that_disable_and_enable_the_ports_change_only_their_bit() {
+        let mut k = I8042::default();
+        k.write_command(0x60);
+        k.write_data(0x01);
+        assert_eq!(command_byte_after(&mut k, &[0xa7]), 0x21, "0xA7 disables aux: bit 5");
+        assert_eq!(command_byte_after(&mut k, &[0xa8]), 0x21, "0xA8 cannot enable an absent aux port");
+        assert_eq!(command_byte_after(&mut k, &[0xad]), 0x31, "0xAD disables the keyboard: bit 4");
+        assert_eq!(command_byte_after(&mut k, &[0xae]), 0x21, "0xAE enables it again");
+    }
+
+    #[test]
+    fn the_output_port_reads_reset_line_high_and_a20_on() {
+        let mut k = I8042::default();
+        k.write_command(0xd0);
+        assert_eq!(read_all(&mut k), [0x03]);
+    }
+
+    #[test]
+    fn d2_echoes_as_keyboard_data_and_d4_sends_to_the_absent_aux_device() {
+        let mut k = I8042::default();
+        // 0xD2: the byte comes back as if the keyboard sent it (bit 5 clear, IRQ 1).
+        k.write_command(0xd2);
+        k.write_data(0xff);
+        assert_eq!(k.status() & 0x21, 0x01);
+        assert!(k.interrupt_line());
+        assert_eq!(read_all(&mut k), [0xff], "not the keyboard's reset reply");
+        // 0xD4: for the aux device, which does not exist: no reply, and the keyboard never saw it.
+        k.write_command(0xd4);
+        k.write_data(0xff);
+        assert_eq!(read_all(&mut k), []);
+    }
+
+    #[test]
+    fn keyboard_commands_with_a_parameter_ack_the_parameter_without_running_it() {
+        for cmd in [0xed, 0xf0, 0xf3] {
+            let mut k = I8042::default();
+            k.write_data(cmd);
+            k.write_data(0xff); // as a command, 0xFF would reset and add 0xAA
+            assert_eq!(read_all(&mut k), [0xfa, 0xfa], "{cmd:#x}");
+            k.write_data(0xff);
+            assert_eq!(read_all(&mut k), [0xfa, 0xaa], "{cmd:#x}: the next byte is a command again");
+        }
     }
 
     #[test]
