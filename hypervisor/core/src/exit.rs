@@ -46,7 +46,8 @@ impl ExitStatus {
 
     /// The host-side process status QEMU reports for this outcome.
     pub const fn qemu_process_status(self) -> i32 {
-        ((self.qemu_code() << 1) | 1) as i32
+        // Bit 0 of `code << 1` is clear, so this is QEMU's `| 1`.
+        ((self.qemu_code() << 1) + 1) as i32
     }
 
     /// Decodes a QEMU process exit status; `None` when QEMU ended for another reason.

@@ -118,11 +118,6 @@ impl Range {
         self.base as u128 + self.len as u128
     }
 
-    /// The last address of the range.
-    pub fn last(&self) -> u64 {
-        (self.end() - 1) as u64
-    }
-
     pub fn contains(&self, addr: u64) -> bool {
         addr >= self.base && (addr as u128) < self.end()
     }
@@ -292,6 +287,9 @@ impl Bus {
                     n
                 }
             };
+            // Every piece holds at least the byte at `at` (a range holding it runs past it, and
+            // the next range starts above it): a lookup that broke this would spin here.
+            debug_assert!(n > 0, "empty piece at {at:#x}");
             done += n;
         }
     }
@@ -343,14 +341,20 @@ mod tests {
         outcome: Option<IoOutcome>,
     }
 
+    /// More accesses than any test makes: a split that stopped advancing fails here instead
+    /// of spinning.
+    const MAX_ACCESSES: usize = 4096;
+
     impl BusDevice for Probe {
         fn read(&mut self, offset: u64, data: &mut [u8]) {
+            assert!(self.log.len() < MAX_ACCESSES, "access split without end");
             for (i, b) in data.iter_mut().enumerate() {
                 *b = (offset as u8).wrapping_add(i as u8);
             }
             self.log.push((false, offset, data.to_vec()));
         }
         fn write(&mut self, offset: u64, data: &[u8]) -> IoOutcome {
+            assert!(self.log.len() < MAX_ACCESSES, "access split without end");
             self.log.push((true, offset, data.to_vec()));
             self.outcome.unwrap_or(IoOutcome::Done)
         }
@@ -419,6 +423,20 @@ mod tests {
         b.insert(Space::Port, 0x110, 4, dev()).unwrap(); // starts where the first ends
         b.insert(Space::Port, 0xf0, 0x10, dev()).unwrap(); // ends where the first starts
         assert_eq!(b.ranges(Space::Port).collect::<Vec<_>>(), vec![r(0xf0, 0x10), r(0x100, 0x10), r(0x110, 4)]);
+    }
+
+    #[test]
+    fn debug_output_shows_the_ranges_and_offsets_not_the_devices() {
+        // Device models are `dyn` behind locks: what a log or a failed assertion can show is
+        // where they sit.
+        let mut b = bus_with_one(Space::Port);
+        b.insert(Space::Mmio, 0xfee0_0000, 0x1000, dev()).unwrap();
+        assert_eq!(
+            format!("{b:?}"),
+            "Bus { port: [Range { base: 256, len: 16 }], mmio: [Range { base: 4276092928, len: 4096 }] }"
+        );
+        let hit = b.lookup(Space::Port, 0x103).unwrap();
+        assert_eq!(format!("{hit:?}"), "Hit { range: Range { base: 256, len: 16 }, offset: 3, .. }");
     }
 
     #[test]
