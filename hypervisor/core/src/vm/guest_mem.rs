@@ -98,21 +98,37 @@ impl Paging {
         (pte & PRESENT != 0).then(|| (pte & 0xffff_f000) | (linear & 0xfff))
     }
 
+    /// Splits an access of `buf.len()` bytes at `linear` where it crosses into the next 4 KiB
+    /// page, since each page translates on its own: `(linear address, part of buf)`, in order.
+    /// Outside long mode a linear address has 32 bits and wraps (SDM Vol. 3A 3.4 "Logical and
+    /// Linear Addresses"), so each address given is the one CR2 names for a #PF on that part.
+    /// An operand crosses at most one boundary; the split is a slice split, so it has no loop
+    /// counter that could stop advancing.
+    pub fn pieces<'b>(&self, linear: u64, buf: &'b mut [u8]) -> impl Iterator<Item = (u64, &'b mut [u8])> + 'b {
+        let long_mode = self.long_mode();
+        let first = (4096 - (linear & 0xfff) as usize).min(buf.len());
+        let (head, tail) = buf.split_at_mut(first);
+        let mut next = linear;
+        core::iter::once(head).filter(|h| !h.is_empty()).chain(tail.chunks_mut(4096)).map(move |piece| {
+            let addr = if long_mode { next } else { next & 0xffff_ffff };
+            next = next.wrapping_add(piece.len() as u64);
+            (addr, piece)
+        })
+    }
+
     /// Reads up to 15 bytes of instruction at `linear` (an instruction may cross a page).
     pub fn fetch(&self, linear: u64, mem: &mut (impl GuestPhys + ?Sized)) -> Option<[u8; 15]> {
         let mut out = [0u8; 15];
-        let mut done = 0;
-        while done < out.len() {
-            let addr = linear.wrapping_add(done as u64);
-            let in_page = (4096 - (addr & 0xfff) as usize).min(out.len() - done);
+        let mut read = 0;
+        for (addr, piece) in self.pieces(linear, &mut out) {
             let gpa = self.translate(addr, mem)?;
-            if !mem.read(gpa, &mut out[done..done + in_page]) {
+            if !mem.read(gpa, piece) {
                 // The tail may run off the end of RAM; what was read may still decode.
-                return (done > 0).then_some(out);
+                break;
             }
-            done += in_page;
+            read += piece.len();
         }
-        Some(out)
+        (read > 0).then_some(out)
     }
 }
 
@@ -183,6 +199,31 @@ pub fn cr0_after(insn: CrWriteInsn, cr0: u64, value: u64) -> u64 {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    fn pieces_of(p: Paging, linear: u64, len: usize) -> Vec<(u64, usize)> {
+        let mut buf = vec![0u8; len];
+        p.pieces(linear, &mut buf).map(|(a, piece)| (a, piece.len())).collect()
+    }
+
+    #[test]
+    fn accesses_split_where_they_cross_a_4k_page_and_wrap_at_4g_outside_long_mode() {
+        let legacy = Paging::default();
+        let long = Paging { efer: LMA, ..Paging::default() };
+        assert_eq!(pieces_of(legacy, 0x1000, 8), [(0x1000, 8)], "inside one page");
+        assert_eq!(pieces_of(legacy, 0x1ffe, 4), [(0x1ffe, 2), (0x2000, 2)]);
+        assert_eq!(pieces_of(legacy, 0x1ffc, 4), [(0x1ffc, 4)], "ends exactly at the boundary");
+        assert_eq!(pieces_of(legacy, 0x0fff, 8194), [(0xfff, 1), (0x1000, 4096), (0x2000, 4096), (0x3000, 1)]);
+        assert_eq!(pieces_of(legacy, 0, 0), [], "nothing to access");
+        // 32-bit linear addresses wrap to 0 (SDM Vol. 3A 3.4); 64-bit ones go on.
+        assert_eq!(pieces_of(legacy, 0xffff_fffe, 4), [(0xffff_fffe, 2), (0, 2)]);
+        assert_eq!(pieces_of(long, 0xffff_fffe, 4), [(0xffff_fffe, 2), (0x1_0000_0000, 2)]);
+        // The pieces are the buffer's own bytes, in order.
+        let mut buf = [0u8; 6];
+        for (i, (_, piece)) in legacy.pieces(0x2ffd, &mut buf).enumerate() {
+            piece.fill(i as u8 + 1);
+        }
+        assert_eq!(buf, [1, 1, 1, 2, 2, 2]);
+    }
 
     /// Sparse guest memory.
     #[derive(Default)]

@@ -52,7 +52,6 @@ struct Mem<'a> {
     paging: Paging,
     /// Segment bases by [`Seg`] number (only read for string and stack operands).
     bases: [u64; 6],
-    long_mode: bool,
 }
 
 impl Mem<'_> {
@@ -78,15 +77,10 @@ impl Mem<'_> {
     }
 
     fn linear(&mut self, seg: Seg, offset: u64, data: &mut [u8], write: bool) -> Result<(), Miss> {
-        let base = self.bases[seg as usize].wrapping_add(offset);
-        let mut done = 0;
-        while done < data.len() {
-            let addr = base.wrapping_add(done as u64);
-            let addr = if self.long_mode { addr } else { addr & 0xffff_ffff };
-            let n = (4096 - (addr & 0xfff) as usize).min(data.len() - done);
-            let gpa = self.paging.translate(addr, self.ram).ok_or(Miss::Page { linear: addr, write })?;
-            self.phys(gpa, &mut data[done..done + n], write)?;
-            done += n;
+        let paging = self.paging;
+        for (linear, piece) in paging.pieces(self.bases[seg as usize].wrapping_add(offset), data) {
+            let gpa = paging.translate(linear, self.ram).ok_or(Miss::Page { linear, write })?;
+            self.phys(gpa, piece, write)?;
         }
         Ok(())
     }
@@ -158,7 +152,7 @@ pub fn handle(gpa: u64, write: bool, fetch: bool, cpu: &mut dyn Vcpu, env: &mut 
     let mut regs = RegState { gprs: *cpu.gprs(), rsp: cpu.rsp(), rflags: cpu.rflags() };
     let before = regs;
     let result = {
-        let mut mem = Mem { io: &mut *env.io, ram: &mut *env.mem, paging, bases, long_mode };
+        let mut mem = Mem { io: &mut *env.io, ram: &mut *env.mem, paging, bases };
         insn::execute(&insn, gpa, stack_size, &mut regs, &mut mem)
     };
     // Whatever happened, the registers hold what the executed part of the instruction left.
@@ -177,7 +171,8 @@ pub fn handle(gpa: u64, write: bool, fetch: bool, cpu: &mut dyn Vcpu, env: &mut 
         }
         Ok(Completion::Again) => Action::Resume,
         Err(Miss::Page { linear, write }) => {
-            let code = if write { PF_WRITE } else { 0 } | if cpu.cpl() == 3 { PF_USER } else { 0 };
+            // Disjoint bits of the #PF error code (SDM Vol. 3A 4.7).
+            let code = if write { PF_WRITE } else { 0 } + if cpu.cpl() == 3 { PF_USER } else { 0 };
             cpu.set_cr2(linear);
             inject_exception(cpu, PF, Some(code));
             Action::Resume

@@ -26,17 +26,12 @@ const PF: u8 = 14;
 /// Copies `buf.len()` bytes between `linear` and `buf`, page by page; `Err(address)` names the
 /// first linear address that is not mapped.
 fn access(paging: &Paging, linear: u64, buf: &mut [u8], write: bool, mem: &mut dyn GuestPhys) -> Result<(), u64> {
-    let mut done = 0;
-    while done < buf.len() {
-        let addr = linear.wrapping_add(done as u64);
-        let addr = if paging.long_mode() { addr } else { addr & 0xffff_ffff };
-        let n = (4096 - (addr & 0xfff) as usize).min(buf.len() - done);
+    for (addr, piece) in paging.pieces(linear, buf) {
         let gpa = paging.translate(addr, mem).ok_or(addr)?;
-        let ok = if write { mem.write(gpa, &buf[done..done + n]) } else { mem.read(gpa, &mut buf[done..done + n]) };
+        let ok = if write { mem.write(gpa, piece) } else { mem.read(gpa, piece) };
         if !ok {
             return Err(addr);
         }
-        done += n;
     }
     Ok(())
 }
@@ -57,7 +52,7 @@ pub fn handle(port: u16, size: u8, out: bool, s: &StringIo, next_rip: Option<u64
     let base = cpu.segment_base(seg);
     // Updates a register through the address-size part of it: a 32-bit result is
     // zero-extended, a 16-bit one keeps bits 63:16 (SDM Vol. 1 3.4.1.1).
-    let merge = |old: u64, new: u64| if amask == 0xffff { (old & !0xffff) | (new & 0xffff) } else { new & amask };
+    let merge = |old: u64, new: u64| if amask == 0xffff { (old & !0xffff) + (new & 0xffff) } else { new & amask };
     let cpl = cpu.cpl();
     let mut moved = 0;
     loop {
@@ -84,7 +79,7 @@ pub fn handle(port: u16, size: u8, out: bool, s: &StringIo, next_rip: Option<u64
         match result {
             Err(addr) => {
                 // Not present (P = 0), a write for INS, a user access at CPL 3 (SDM Vol. 3A 4.7).
-                let code = if out { 0 } else { PF_WRITE } | if cpl == 3 { PF_USER } else { 0 };
+                let code = if out { 0 } else { PF_WRITE } + if cpl == 3 { PF_USER } else { 0 };
                 cpu.set_cr2(addr);
                 inject_exception(cpu, PF, Some(code));
                 return Action::Resume;
