@@ -130,6 +130,18 @@ mod tests {
     }
 
     #[test]
+    fn only_vm_cr_svmdis_disables_and_one_guest_asid_is_enough() {
+        // VM_CR (MSR C001_0114h) bit 4 is SVMDIS, bit 3 LOCK (APM Vol. 2 15.30.1).
+        assert_eq!(VM_CR_SVMDIS, 0x10);
+        let locked = SvmCaps::decode(&SvmRegs { eax: 1, ebx: 2, edx: 1, vm_cr: Some(0x08) });
+        assert!(!locked.disabled_by_firmware, "LOCK alone does not disable SVM");
+        // ASID 0 is the host's, so 2 ASIDs leave one for guests (APM 15.16).
+        assert!(locked.missing().is_empty(), "{:?}", locked.missing());
+        let one = SvmCaps::decode(&SvmRegs { eax: 1, ebx: 1, edx: 1, vm_cr: Some(0) });
+        assert_eq!(one.missing(), ["at least one guest ASID"]);
+    }
+
+    #[test]
     fn unreadable_vm_cr_is_not_a_disable() {
         // Bochs 2.7 `ryzen` as Bastion read it: VM_CR raises #GP, which must not read as
         // "disabled".

@@ -54,8 +54,9 @@ pub fn handle(port: u16, size: u8, out: bool, s: &StringIo, next_rip: Option<u64
     // zero-extended, a 16-bit one keeps bits 63:16 (SDM Vol. 1 3.4.1.1).
     let merge = |old: u64, new: u64| if amask == 0xffff { (old & !0xffff) + (new & 0xffff) } else { new & amask };
     let cpl = cpu.cpl();
-    let mut moved = 0;
-    loop {
+    // With REP up to MAX_PER_EXIT elements move in this exit, without it one: a bounded loop.
+    let budget = if s.rep { MAX_PER_EXIT } else { 1 };
+    for _ in 0..budget {
         let r = cpu.gprs();
         if s.rep && r.rcx & amask == 0 {
             break;
@@ -66,7 +67,7 @@ pub fn handle(port: u16, size: u8, out: bool, s: &StringIo, next_rip: Option<u64
         let buf = &mut buf[..size.min(4) as usize];
         let result = if out {
             access(&paging, linear, buf, false, env.mem).map(|()| {
-                let value = buf.iter().rev().fold(0u32, |v, b| (v << 8) | *b as u32);
+                let value = buf.iter().rev().fold(0u32, |v, b| (v << 8) + *b as u32);
                 env.io.io_write(port, size, value)
             })
         } else {
@@ -102,14 +103,11 @@ pub fn handle(port: u16, size: u8, out: bool, s: &StringIo, next_rip: Option<u64
                 }
             }
         }
-        moved += 1;
-        if !s.rep {
-            break;
-        }
-        if moved >= MAX_PER_EXIT && cpu.gprs().rcx & amask != 0 {
-            // Re-execute the instruction for the rest: RIP stays.
-            return Action::Resume;
-        }
+    }
+    if s.rep && cpu.gprs().rcx & amask != 0 {
+        // The budget ran out with elements left: re-execute the instruction for the rest (RIP
+        // stays), so the guest can take interrupts between the parts, as between iterations.
+        return Action::Resume;
     }
     let e = VmExit { exit: Exit::Io { port, size, write: out, string: Some(*s) }, next_rip };
     complete(cpu, &e)
