@@ -17,7 +17,7 @@ pub const MSR_IA32_VMX_TRUE_PINBASED_CTLS: u32 = 0x48d;
 pub const MSR_IA32_VMX_TRUE_PROCBASED_CTLS: u32 = 0x48e;
 
 /// IA32_FEATURE_CONTROL bits: lock (bit 0) and "enable VMX outside SMX" (bit 2).
-pub const FEATURE_CONTROL_LOCK: u64 = 1 << 0;
+pub const FEATURE_CONTROL_LOCK: u64 = 1;
 pub const FEATURE_CONTROL_VMX_OUTSIDE_SMX: u64 = 1 << 2;
 
 /// Raw register values the kernel reads. `procbased2` is 0 when the primary controls do not
@@ -218,6 +218,98 @@ mod tests {
     }
 
     #[test]
+    fn each_capability_is_read_from_its_own_bit() {
+        // Allowed 1-settings are bits 63:32 of a control MSR (A.3). Pin-based (A.3.1): bit 6
+        // preemption timer. Primary processor-based (A.3.2): 25 I/O bitmaps, 28 MSR bitmaps.
+        // Secondary (A.3.3): 7 unrestricted guest, 10 PAUSE-loop exiting. IA32_VMX_EPT_VPID_CAP
+        // (A.10): 6 4-level walk, 14 write-back, 16 2-MiB pages, 17 1-GiB pages, 20 INVEPT,
+        // 21 accessed/dirty flags, 32 INVVPID.
+        type Field = fn(&mut VmxMsrs) -> &mut u64;
+        let (pin, proc, proc2, cap): (Field, Field, Field, Field) =
+            (|m| &mut m.pinbased, |m| &mut m.procbased, |m| &mut m.procbased2, |m| &mut m.ept_vpid_cap);
+        let cases: [(&str, Field, u32, fn(&VmxCaps) -> bool); 13] = [
+            ("preemption timer", pin, 32 + 6, |c| c.preemption_timer),
+            ("I/O bitmaps", proc, 32 + 25, |c| c.io_bitmaps),
+            ("MSR bitmaps", proc, 32 + 28, |c| c.msr_bitmaps),
+            ("unrestricted guest", proc2, 32 + 7, |c| c.unrestricted_guest),
+            ("PAUSE-loop exiting", proc2, 32 + 10, |c| c.pause_loop_exiting),
+            ("EPT 4-level", cap, 6, |c| c.ept_4level),
+            ("EPT write-back", cap, 14, |c| c.ept_write_back),
+            ("EPT 2M", cap, 16, |c| c.ept_2m_pages),
+            ("EPT 1G", cap, 17, |c| c.ept_1g_pages),
+            ("INVEPT", cap, 20, |c| c.invept),
+            ("EPT A/D", cap, 21, |c| c.ept_accessed_dirty),
+            ("INVVPID", cap, 32, |c| c.invvpid),
+            ("true controls", |m| &mut m.basic, 55, |c| c.true_controls),
+        ];
+        let full = VmxCaps::decode(&skylake());
+        for (name, field, bit, get) in cases {
+            assert!(get(&full), "{name}: set on the full CPU");
+            let mut m = skylake();
+            *field(&mut m) &= !(1u64 << bit);
+            let c = VmxCaps::decode(&m);
+            assert!(!get(&c), "{name}: bit {bit} clear");
+        }
+        // The preemption timer's rate is IA32_VMX_MISC bits 4:0 (A.6).
+        let mut m = skylake();
+        m.misc = 0x6004_01e0 | 5;
+        let c = VmxCaps::decode(&m);
+        assert_eq!(c.preemption_timer_rate, 5);
+        assert!(alloc::string::ToString::to_string(&c).contains("preemption timer: TSC/32"));
+    }
+
+    #[test]
+    fn ept_and_vpid_capabilities_count_only_with_their_control() {
+        // The EPT/VPID capability MSR exists when either control may be 1 (A.10); its EPT bits
+        // mean nothing without EPT, its INVVPID bit nothing without VPID.
+        let mut m = skylake();
+        m.procbased2 &= !(1 << (32 + 1)); // EPT not allowed
+        let c = VmxCaps::decode(&m);
+        assert!(!c.ept && !c.ept_4level && !c.ept_write_back && !c.ept_2m_pages && !c.ept_1g_pages);
+        assert!(!c.ept_accessed_dirty && !c.invept);
+        assert!(c.vpid && c.invvpid, "the MSR is still read for VPID");
+        let mut m = skylake();
+        m.procbased2 &= !(1 << (32 + 5)); // VPID not allowed
+        let c = VmxCaps::decode(&m);
+        assert!(!c.vpid && !c.invvpid);
+        assert!(c.ept && c.ept_4level && c.ept_write_back && c.invept, "the MSR is still read for EPT");
+    }
+
+    #[test]
+    fn bastion_needs_each_of_ept_4level_write_back_and_both_bitmaps() {
+        let full = VmxCaps::decode(&skylake());
+        let needs: [(fn(&mut VmxCaps), &str); 5] = [
+            (|c| c.ept = false, "EPT with 4-level walk and write-back"),
+            (|c| c.ept_4level = false, "EPT with 4-level walk and write-back"),
+            (|c| c.ept_write_back = false, "EPT with 4-level walk and write-back"),
+            (|c| c.io_bitmaps = false, "I/O and MSR bitmaps"),
+            (|c| c.msr_bitmaps = false, "I/O and MSR bitmaps"),
+        ];
+        for (clear, what) in needs {
+            let mut c = full.clone();
+            clear(&mut c);
+            assert_eq!(c.missing(), [what]);
+        }
+    }
+
+    #[test]
+    fn every_vm_instruction_error_number_of_the_sdm_has_a_meaning() {
+        // SDM Vol. 3C 31.4, Table 31-1: numbers 1-13, 15-20, 22-26 and 28; 14, 21 and 27 are
+        // not used.
+        let known = (1..=13).chain(15..=20).chain(22..=26).chain([28]);
+        let mut seen = alloc::collections::BTreeSet::new();
+        for n in known {
+            let m = instruction_error(n);
+            assert_ne!(m, "unknown VM-instruction error", "{n}");
+            assert!(seen.insert(m), "{n}: {m} twice");
+        }
+        for n in [0, 14, 21, 27, 29, u32::MAX] {
+            assert_eq!(instruction_error(n), "unknown VM-instruction error", "{n}");
+        }
+        assert_eq!(instruction_error(7), "VM entry with invalid control field(s)");
+    }
+
+    #[test]
     fn firmware_lock_without_vmx_is_reported() {
         let mut m = skylake();
         m.feature_control = FEATURE_CONTROL_LOCK;
@@ -308,7 +400,7 @@ pub fn check_guest_state(g: &GuestStateView) -> Vec<&'static str> {
     let mut v = Vec::new();
     let mut fixed0 = g.cr0_fixed0;
     if g.unrestricted_guest {
-        fixed0 &= !(1 | (1 << 31)); // PE and PG may be 0 with unrestricted guest
+        fixed0 &= !(1 + (1 << 31)); // PE and PG may be 0 with unrestricted guest
     }
     if g.cr0 & fixed0 != fixed0 || g.cr0 & !g.cr0_fixed1 != 0 {
         v.push("CR0 violates IA32_VMX_CR0_FIXED0/FIXED1");
@@ -359,13 +451,11 @@ mod control_tests {
         // Must-be-one 0x16, may-be-one 0x7f (Bochs's pin-based controls).
         assert_eq!(adjust_controls(0x9, 0x0000_007f_0000_0016), Ok(0x1f));
         assert_eq!(adjust_controls(0x80, 0x0000_007f_0000_0016), Err(0x80));
+        assert_eq!(adjust_controls(0x16, 0x0000_007f_0000_0016), Ok(0x16), "wanted and required");
     }
 
     #[test]
-    fn error_texts_cover_the_common_failures() {
-        assert_eq!(instruction_error(7), "VM entry with invalid control field(s)");
-        assert_eq!(instruction_error(8), "VM entry with invalid host-state field(s)");
-        assert_eq!(instruction_error(99), "unknown VM-instruction error");
+    fn exit_reasons_are_named() {
         assert_eq!(exit_reason_name(48), "EPT violation");
     }
 
@@ -391,6 +481,69 @@ mod control_tests {
     #[test]
     fn a_valid_real_mode_state_passes() {
         assert!(check_guest_state(&real_mode_ok()).is_empty(), "{:?}", check_guest_state(&real_mode_ok()));
+    }
+
+    #[test]
+    fn each_guest_state_rule_is_named_alone_when_it_alone_is_broken() {
+        // SDM Vol. 3C 27.3.1.1 (control registers, RFLAGS), 27.3.1.2 (segment access rights),
+        // 27.3.1.5 (activity state, VMCS link pointer).
+        const CR0: &str = "CR0 violates IA32_VMX_CR0_FIXED0/FIXED1";
+        const CR4: &str = "CR4 violates IA32_VMX_CR4_FIXED0/FIXED1";
+        const PG: &str = "CR0.PG set without CR0.PE";
+        const LMA: &str = "EFER.LMA differs from the 'IA-32e mode guest' entry control";
+        const IA32E: &str = "IA-32e mode guest without CR0.PG and CR4.PAE";
+        const RFLAGS: &str = "RFLAGS bit 1 clear or reserved bits set";
+        const TR: &str = "TR is unusable, not a busy TSS, or not present";
+        const LDTR: &str = "LDTR is usable but not a present LDT";
+        const CS: &str = "CS is unusable or not present";
+        const SS: &str = "SS.DPL is not 0 in real mode";
+        const LINK: &str = "VMCS link pointer is not all ones";
+        const ACT: &str = "activity state out of range";
+        fn long(g: &mut GuestStateView) {
+            g.ia32e_mode_guest = true;
+            g.efer = 1 << 10;
+            g.cr0 = 0x8000_0031;
+            g.cr4 = 0x2020;
+        }
+        let cases: &[(fn(&mut GuestStateView), &[&str])] = &[
+            (|_| {}, &[]),
+            (|g| g.cr0 = 0x10, &[CR0]), // NE (bit 5) is fixed to 1
+            (|g| g.cr0 = 0x1_0000_0030, &[CR0]), // bit 32 is fixed to 0
+            (|g| g.cr4 = 0, &[CR4]), // VMXE (bit 13) is fixed to 1
+            (|g| g.cr4 = 0x2000 | 1 << 22, &[CR4]),
+            (|g| g.cr0 = 0x8000_0030, &[PG]),
+            (|g| g.cr0 = 0x31, &[]), // protected mode, no paging
+            (|g| g.efer = 1 << 10, &[LMA]),
+            (|g| g.ia32e_mode_guest = true, &[LMA, IA32E]),
+            (long, &[]),
+            (|g| (long(g), g.cr4 = 0x2000).0, &[IA32E]),
+            (|g| (long(g), g.cr0 = 0x31).0, &[IA32E]),
+            (|g| g.rflags = 0, &[RFLAGS]),
+            (|g| g.rflags = 2 | 1 << 3, &[RFLAGS]),
+            (|g| g.rflags = 2 | 1 << 15, &[RFLAGS]),
+            (|g| g.rflags = 2 | 1 << 22, &[RFLAGS]),
+            (|g| g.rflags = 2 | 0x3f_7fd7 & !0x8028, &[]), // every flag that exists
+            (|g| g.tr_ar = 0x83, &[]), // busy 16-bit TSS
+            (|g| g.tr_ar = 1 << 16 | 0x8b, &[TR]),
+            (|g| g.tr_ar = 0x89, &[TR]), // available, not busy
+            (|g| g.tr_ar = 0x0b, &[TR]), // not present
+            (|g| g.ldtr_ar = 0x82, &[]),
+            (|g| g.ldtr_ar = 0x83, &[LDTR]),
+            (|g| g.ldtr_ar = 0x02, &[LDTR]),
+            (|g| g.cs_ar = 1 << 16 | 0x9b, &[CS]),
+            (|g| g.cs_ar = 0x1b, &[CS]),
+            (|g| g.ss_ar = 0xf3, &[SS]), // DPL 3
+            (|g| g.ss_ar = 0xb3, &[SS]), // DPL 1
+            (|g| (g.ss_ar = 0xf3, g.cr0 = 0x31).0, &[]), // protected mode: SS.DPL is the CPL
+            (|g| g.link_pointer = 0, &[LINK]),
+            (|g| g.activity_state = 3, &[]), // wait-for-SIPI
+            (|g| g.activity_state = 4, &[ACT]),
+        ];
+        for (i, (change, want)) in cases.iter().enumerate() {
+            let mut g = real_mode_ok();
+            change(&mut g);
+            assert_eq!(check_guest_state(&g), *want, "case {i}: {g:x?}");
+        }
     }
 
     #[test]
