@@ -263,34 +263,30 @@ impl Bus {
     /// Splits an access of `len` bytes at `addr` into pieces that each lie in one range or in
     /// none, and calls `f(piece start in the access, piece length, hit)` for each.
     fn split(&self, space: Space, addr: u64, len: usize, mut f: impl FnMut(usize, usize, Option<Hit<'_>>)) {
-        let mut done = 0usize;
-        while done < len {
-            let at = addr as u128 + done as u128;
-            let left = len - done;
-            if at >= space.end() {
+        let (start, end) = (addr as u128, addr as u128 + len as u128);
+        let mut at = start;
+        while at < end {
+            // Each piece ends at the end of the range holding `at`, at the start of the next
+            // range, or at the end of the space, whichever comes first (and at the end of the
+            // access): `at` moves to that end.
+            let (piece_end, hit) = if at >= space.end() {
                 // Past the last address of the space: unclaimed.
-                f(done, left, None);
-                return;
-            }
-            let a = at as u64;
-            let n = match self.lookup(space, a) {
-                Some(hit) => {
-                    let n = (hit.range.end() - at).min(left as u128) as usize;
-                    f(done, n, Some(hit));
-                    n
-                }
-                None => {
+                (end, None)
+            } else {
+                match self.lookup(space, at as u64) {
+                    Some(hit) => (hit.range.end().min(end), Some(hit)),
                     // Unclaimed up to the next range (or the end of the space).
-                    let next = self.entries(space).get(self.upper(space, a)).map_or(space.end(), |e| e.range.base as u128);
-                    let n = (next - at).min(left as u128) as usize;
-                    f(done, n, None);
-                    n
+                    None => {
+                        let next = self.entries(space).get(self.upper(space, at as u64));
+                        (next.map_or(space.end(), |e| e.range.base as u128).min(end), None)
+                    }
                 }
             };
             // Every piece holds at least the byte at `at` (a range holding it runs past it, and
             // the next range starts above it): a lookup that broke this would spin here.
-            debug_assert!(n > 0, "empty piece at {at:#x}");
-            done += n;
+            debug_assert!(piece_end > at, "empty piece at {at:#x}");
+            f((at - start) as usize, (piece_end - at) as usize, hit);
+            at = piece_end;
         }
     }
 
@@ -423,6 +419,18 @@ mod tests {
         b.insert(Space::Port, 0x110, 4, dev()).unwrap(); // starts where the first ends
         b.insert(Space::Port, 0xf0, 0x10, dev()).unwrap(); // ends where the first starts
         assert_eq!(b.ranges(Space::Port).collect::<Vec<_>>(), vec![r(0xf0, 0x10), r(0x100, 0x10), r(0x110, 4)]);
+    }
+
+    #[test]
+    fn an_access_starting_just_below_a_range_reaches_it_from_its_first_byte() {
+        // Port 1 floats, ports 2 and 3 are the device's offsets 0 and 1, port 4 floats.
+        let mut b = Bus::new();
+        let (p, h) = probe();
+        b.insert(Space::Port, 2, 2, h).unwrap();
+        let mut data = [0u8; 4];
+        assert!(b.read(Space::Port, 1, &mut data));
+        assert_eq!(data, [0xff, 0, 1, 0xff]);
+        assert_eq!(p.lock().log, [(false, 0, vec![0, 1])]);
     }
 
     #[test]

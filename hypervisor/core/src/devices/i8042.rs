@@ -32,14 +32,14 @@ pub const COMMAND_PORT: u16 = 0x64;
 /// The keyboard's interrupt line (IRQ 1 on the master PIC).
 pub const KEYBOARD_IRQ: u8 = 1;
 
-const STATUS_OBF: u8 = 1 << 0;
+const STATUS_OBF: u8 = 1; // bit 0
 const STATUS_SYS: u8 = 1 << 2;
 const STATUS_CMD: u8 = 1 << 3;
 /// Keyboard not inhibited (the key lock is open).
 const STATUS_UNLOCKED: u8 = 1 << 4;
 const STATUS_AUX: u8 = 1 << 5;
 
-const CCB_KBD_INT: u8 = 1 << 0;
+const CCB_KBD_INT: u8 = 1; // bit 0
 const CCB_SYS: u8 = 1 << 2;
 const CCB_KBD_DISABLED: u8 = 1 << 4;
 const CCB_AUX_DISABLED: u8 = 1 << 5;
@@ -305,9 +305,12 @@ mod tests {
     #[test]
     fn self_tests_pass_and_set_the_system_flag() {
         let mut k = I8042::default();
+        k.write_command(0x60);
+        k.write_data(0x01); // system flag clear
         k.write_command(0xaa);
         assert_eq!(read_all(&mut k), [0x55], "controller self-test passed");
         assert_ne!(k.status() & STATUS_SYS, 0);
+        assert_eq!(command_byte_after(&mut k, &[]), 0x05, "the self-test set command byte bit 2");
         k.write_command(0xab);
         assert_eq!(read_all(&mut k), [0x00], "keyboard interface test: no error");
     }

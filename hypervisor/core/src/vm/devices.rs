@@ -92,6 +92,7 @@ pub const RTC_IRQ: u8 = 8;
 /// The guest's monotonic clock in ns (the kernel's TSC clock; tests set their own).
 pub type Clock = fn() -> u64;
 
+/// A clock that stands still at 0: as the wall clock, 1970-01-01 00:00:00.
 fn no_clock() -> u64 {
     0
 }
@@ -776,19 +777,60 @@ mod tests {
         assert_eq!((reg(&mut d, 4), reg(&mut d, 2), reg(&mut d, 0)), (0x16, 0x09, 0x38));
     }
 
-    #[test]
-    fn the_rtc_periodic_interrupt_reaches_the_slave_pic_as_irq8_with_a_deadline() {
-        let mut d = GuestDevices::new(at_1s, wall_2026, 1);
+    /// The PIC pair initialised as a PC BIOS does (ICW1-4: master at vector 0x20, slave at
+    /// 0x28 on IRQ 2), then masked down to IRQ 8; the RTC's periodic interrupt on at 1024 Hz
+    /// (register A rate 6, "Register A" Table 4; PIE in register B).
+    fn irq8_only_and_the_rtc_ticking(d: &mut GuestDevices) {
         for (p, v) in [(0x20, 0x11), (0x21, 0x20), (0x21, 0x04), (0x21, 0x01), (0xa0, 0x11), (0xa1, 0x28), (0xa1, 0x02), (0xa1, 0x01)] {
             d.io_write(p, 1, v);
         }
         d.io_write(0x21, 1, 0xfb); // cascade only
         d.io_write(0xa1, 1, 0xfe); // IRQ 8 only
-        // Register A rate 6 (1024 Hz, "Register A" Table 4), then PIE in register B.
         d.io_write(0x70, 1, 0x0a);
         d.io_write(0x71, 1, 0x26);
         d.io_write(0x70, 1, 0x0b);
         d.io_write(0x71, 1, 0x42);
+    }
+
+    #[test]
+    fn the_rtc_line_is_sampled_at_every_port_access_and_its_deadline_is_vcpu_0s() {
+        MY_NOW.with(|n| n.set(1_000_000_000));
+        let mut d = GuestDevices::new(my_clock, wall_2026, 2);
+        irq8_only_and_the_rtc_ticking(&mut d);
+        let now = my_clock();
+        let at = d.next_deadline(now).unwrap();
+        // The ISA timers' deadlines wake vCPU 0, the one that brings them up to date.
+        assert_eq!(d.advance_for(1, now).1, None);
+        assert_eq!(d.advance_for(0, now).1, Some(at));
+        assert!(!d.irq.lock().has_interrupt(0), "not due yet");
+        // Due now: any port access brings the interrupt lines up to date, not only advance().
+        MY_NOW.with(|n| n.set(at));
+        d.io_read(0x80, 1);
+        assert_eq!(d.irq.lock().pic.acknowledge(), Some(0x28));
+    }
+
+    #[test]
+    fn debug_output_names_the_bus_ranges() {
+        let s = format!("{:?}", GuestDevices::default());
+        assert!(s.starts_with("GuestDevices { bus: Bus { port: [") && s.ends_with(", .. }"), "{s}");
+        assert!(s.contains("Range { base: 1016, len: 8 }"), "COM1 at 0x3f8: {s}");
+    }
+
+    #[test]
+    fn without_a_wall_clock_the_rtc_shows_the_unix_epoch() {
+        let mut d = GuestDevices::default();
+        let mut reg = |i: u32| {
+            d.io_write(0x70, 1, i);
+            d.io_read(0x71, 1)
+        };
+        // BCD (register B as the BIOS leaves it): year 70, month 1, day 1, 00:00:00.
+        assert_eq!([9, 8, 7, 4, 2, 0].map(&mut reg), [0x70, 0x01, 0x01, 0, 0, 0]);
+    }
+
+    #[test]
+    fn the_rtc_periodic_interrupt_reaches_the_slave_pic_as_irq8_with_a_deadline() {
+        let mut d = GuestDevices::new(at_1s, wall_2026, 1);
+        irq8_only_and_the_rtc_ticking(&mut d);
         let now = at_1s();
         let at = d.next_deadline(now).expect("a periodic interrupt has a deadline");
         assert!(at - now <= 976_563, "{} ns to the next 1024 Hz tick", at - now);

@@ -1139,6 +1139,23 @@ mod mmio_exits {
     }
 
     #[test]
+    fn without_a_local_apic_its_base_msr_faults() {
+        // IA32_APIC_BASE (0x1B) exists only with an APIC (CPUID.01H:EDX.APIC, SDM Vol. 3A
+        // 11.4.4); a platform without one gives #GP to both RDMSR and WRMSR.
+        let mut g = guest();
+        let mut cpu = FakeCpu { cr0: 1, ..FakeCpu::default() };
+        let mut io = PortsOnly;
+        let mut env = Env { io: &mut io, mem: &mut g.ram, host: &g.host };
+        cpu.gprs.rcx = 0x1b;
+        let e = VmExit::insn(Exit::Rdmsr, cpu.rip + LEN);
+        assert_eq!(handle_exit(&e, &mut cpu, &mut g.state, &mut env), Action::Resume);
+        cpu.gprs.rax = 0xfee0_0900;
+        let e = VmExit::insn(Exit::Wrmsr, cpu.rip + LEN);
+        assert_eq!(handle_exit(&e, &mut cpu, &mut g.state, &mut env), Action::Resume);
+        assert_eq!((cpu.injected.as_slice(), cpu.skipped), ([(GP, Some(0)), (GP, Some(0))].as_slice(), 0));
+    }
+
+    #[test]
     fn without_device_memory_the_hole_is_a_bad_access_too() {
         let mut g = guest();
         let mut cpu = protected32(&mut g, &[0x8b, 0x07]);
