@@ -98,7 +98,7 @@ pub const PM_TIMER_HZ: u64 = 3_579_545;
 pub const SCI_IRQ: u8 = 9;
 
 /// PM1_CNT bit 0: SCI_EN, set while the platform is in ACPI mode (§4.8.3.2.1).
-pub const PM1_CNT_SCI_EN: u16 = 1 << 0;
+pub const PM1_CNT_SCI_EN: u16 = 1; // bit 0
 /// PM1_CNT bits 12:10: SLP_TYP, the sleep state to enter when SLP_EN is written.
 pub const PM1_CNT_SLP_TYP_SHIFT: u32 = 10;
 pub const PM1_CNT_SLP_TYP_MASK: u16 = 0b111 << PM1_CNT_SLP_TYP_SHIFT;
@@ -241,7 +241,7 @@ const MADT_REVISION: u8 = 6;
 
 /// FADT Flags (§5.2.9, Table 5.10 "Fixed ACPI Description Table Fixed Feature Flags").
 /// WBINVD works (bit 0, required on IA-PC).
-const FADT_WBINVD: u32 = 1 << 0;
+const FADT_WBINVD: u32 = 1; // bit 0
 /// C1 (HLT) is supported on all processors (bit 2).
 const FADT_PROC_C1: u32 = 1 << 2;
 /// No fixed-hardware power button (bit 4: "control method device, or no power button").
@@ -272,7 +272,7 @@ const GAS_ACCESS_WORD: u8 = 2;
 const GAS_ACCESS_DWORD: u8 = 3;
 
 /// MADT Flags bit 0: PCAT_COMPAT, the system also has a PC-AT-compatible dual 8259 (§5.2.12).
-const MADT_PCAT_COMPAT: u32 = 1 << 0;
+const MADT_PCAT_COMPAT: u32 = 1; // bit 0
 /// Interrupt controller structure types (§5.2.12, Table 5.21).
 const MADT_TYPE_LAPIC: u8 = 0;
 const MADT_TYPE_IOAPIC: u8 = 1;
@@ -280,7 +280,7 @@ const MADT_TYPE_ISO: u8 = 2;
 const MADT_TYPE_LAPIC_NMI: u8 = 4;
 /// Processor Local APIC Flags bit 0: Enabled (§5.2.12.2). Online Capable (bit 1) stays clear,
 /// as it must when Enabled is set.
-const MADT_LAPIC_ENABLED: u32 = 1 << 0;
+const MADT_LAPIC_ENABLED: u32 = 1; // bit 0
 /// MPS INTI flags (§5.2.12.5, Table 5.26): polarity in bits 1:0 (01 active high, 11 active
 /// low, 00 as the bus), trigger mode in bits 3:2 (01 edge, 11 level, 00 as the bus).
 const MPS_INTI_ACTIVE_HIGH: u16 = 0b01;

@@ -111,11 +111,11 @@ pub const HDRS_MAGIC: u32 = 0x5372_6448;
 /// Protocol 2.12 added xloadflags and with it XLF_KERNEL_64, the 64-bit entry at +0x200.
 pub const MIN_PROTOCOL: u16 = 0x020C;
 /// loadflags bit 0: the protected-mode code is loaded at 0x100000 (a bzImage).
-pub const LOADED_HIGH: u8 = 1 << 0;
+pub const LOADED_HIGH: u8 = 1; // bit 0
 /// loadflags bit 7: heap_end_ptr is valid.
 pub const CAN_USE_HEAP: u8 = 1 << 7;
 /// xloadflags bit 0: the kernel has the 64-bit entry point at 0x200.
-pub const XLF_KERNEL_64: u16 = 1 << 0;
+pub const XLF_KERNEL_64: u16 = 1; // bit 0
 /// xloadflags bit 1: kernel, boot_params, command line and ramdisk may be above 4 GiB.
 pub const XLF_CAN_BE_LOADED_ABOVE_4G: u16 = 1 << 1;
 /// type_of_loader for a loader without an assigned id.

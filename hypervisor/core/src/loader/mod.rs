@@ -128,7 +128,7 @@ pub const ENTRY_EFER: u64 = Efer::LME.bits() | Efer::LMA.bits();
 pub const ENTRY_RFLAGS: u64 = Rflags::FIXED1.bits();
 
 /// Page-table entry bits (SDM Vol. 3A 4.5, "4-Level Paging and 5-Level Paging").
-pub const PTE_PRESENT: u64 = 1 << 0;
+pub const PTE_PRESENT: u64 = 1; // bit 0
 pub const PTE_WRITABLE: u64 = 1 << 1;
 pub const PTE_PWT: u64 = 1 << 3;
 pub const PTE_PCD: u64 = 1 << 4;

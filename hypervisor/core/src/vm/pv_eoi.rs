@@ -27,7 +27,7 @@ use crate::devices::irq::IrqChip;
 /// MSR_KVM_PV_EOI_EN.
 pub const MSR_PV_EOI_EN: u32 = 0x4b56_4d04;
 /// Bit 0 of the MSR: enabled; bit 1: reserved.
-const ENABLE: u64 = 1 << 0;
+const ENABLE: u64 = 1; // bit 0
 const RESERVED: u64 = 1 << 1;
 /// Bit 0 of the guest's word: the EOI may be skipped.
 const SKIP: u32 = 1;

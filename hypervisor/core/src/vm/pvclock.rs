@@ -40,7 +40,7 @@ pub const FEATURE_STABLE_BIT: u32 = 1 << 24;
 pub const MSR_WALL_CLOCK_NEW: u32 = 0x4b56_4d00;
 pub const MSR_SYSTEM_TIME_NEW: u32 = 0x4b56_4d01;
 /// `PVCLOCK_TSC_STABLE_BIT` in `pvclock_vcpu_time_info.flags`.
-pub const TSC_STABLE: u8 = 1 << 0;
+pub const TSC_STABLE: u8 = 1; // bit 0
 /// Size of `pvclock_vcpu_time_info`.
 pub const TIME_INFO_BYTES: usize = 32;
 /// Size of `pvclock_wall_clock`.
