@@ -70,10 +70,9 @@ pub fn sync_from_guest(pv: &mut PvEoi, chip: &mut IrqChip, v: usize, mem: &mut d
         return;
     };
     if chip.in_service(v) != Some(vector) {
-        // Ended by a register write: the flag must not end the next interrupt too.
-        if word & SKIP != 0 {
-            mem.write(gpa, &(word & !SKIP).to_le_bytes());
-        }
+        // Ended by a register write: the flag must not end the next interrupt too (cleared
+        // whether or not the guest already did).
+        mem.write(gpa, &(word & !SKIP).to_le_bytes());
         pv.armed = None;
     } else if word & SKIP == 0 {
         chip.eoi(v);
@@ -199,6 +198,24 @@ mod tests {
         ram.0[WORD as usize] = 0;
         sync_from_guest(&mut pv, &mut chip, 0, &mut ram);
         assert_ne!(isr_word(&mut chip, 0x60) & 1, 0, "0x60 stays in service");
+    }
+
+    #[test]
+    fn the_flag_follows_nested_vectors_and_keeps_the_words_other_bits() {
+        // Only bit 0 of the word is the flag (msr.rst); Bastion leaves bits 31:1 as they are.
+        let (mut pv, mut chip, mut ram) = setup();
+        ram.0[WORD as usize] = 0xa0;
+        in_service(&mut chip, 0x40);
+        sync_to_guest(&mut pv, &chip, 0, &mut ram);
+        assert_eq!((flag(&ram), pv.armed), (0xa1, Some(0x40)));
+        // A higher vector nests: still skippable, now for it; the flag stays up.
+        in_service(&mut chip, 0x60);
+        sync_to_guest(&mut pv, &chip, 0, &mut ram);
+        assert_eq!((flag(&ram), pv.armed), (0xa1, Some(0x60)));
+        // 0x51 waits, and ending 0x60 would let it through: the flag comes down.
+        chip.lapic_write(0, LAPIC_BASE + REG_ICR_LOW, &((1u32 << 18) | 0x51u32).to_le_bytes());
+        sync_to_guest(&mut pv, &chip, 0, &mut ram);
+        assert_eq!((flag(&ram), pv.armed), (0xa0, None));
     }
 
     #[test]

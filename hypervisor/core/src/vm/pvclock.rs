@@ -54,7 +54,8 @@ pub fn cpuid(leaf: u32, tsc_khz: u32) -> Option<[u32; 4]> {
     }
     match leaf {
         KVM_BASE => Some([KVM_FEATURES, KVM_SIGNATURE[0], KVM_SIGNATURE[1], KVM_SIGNATURE[2]]),
-        KVM_FEATURES => Some([FEATURE_CLOCKSOURCE2 | FEATURE_PV_EOI | FEATURE_STABLE_BIT, 0, 0, 0]),
+        // Three distinct bits (msr.rst's feature list), added.
+        KVM_FEATURES => Some([FEATURE_CLOCKSOURCE2 + FEATURE_PV_EOI + FEATURE_STABLE_BIT, 0, 0, 0]),
         _ => None,
     }
 }
@@ -137,6 +138,14 @@ mod tests {
             let ns = ticks_to_ns(hz, mul, shift);
             assert!(ns.abs_diff(1_000_000_000) <= 1_000 + (1_000_000_000 / hz), "{hz} Hz: {ns} ns for a second");
         }
+    }
+
+    #[test]
+    fn the_shifted_rate_lies_in_the_half_open_interval_above_1_ghz() {
+        // (1 GHz, 2 GHz]: 2 GHz stays as it is (mul = 2^31), 1 GHz doubles once.
+        assert_eq!(scale(2_000_000_000), (1 << 31, 0));
+        assert_eq!(scale(1_000_000_000), (1 << 31, 1));
+        assert_eq!(scale(4_000_000_000), (1 << 31, -1));
     }
 
     #[test]

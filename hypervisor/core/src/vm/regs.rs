@@ -138,7 +138,7 @@ impl GuestFeatures {
         // Each CR4 bit exists only where CPUID names its feature (SDM Vol. 3A 2.5, the CR4 bit
         // descriptions, and 2.6 "Extended Control Registers"); setting another is #GP.
         let gated = [
-            (Cr4::VME | Cr4::PVI, bit(d1, 1)),
+            (Cr4::VME.union(Cr4::PVI), bit(d1, 1)),
             (Cr4::DE, bit(d1, 2)),
             (Cr4::PSE, bit(d1, 3)),
             (Cr4::TSD, bit(d1, 4)),
@@ -160,10 +160,11 @@ impl GuestFeatures {
             (Cr4::VMXE, bit(c1, 5)),
             (Cr4::SMXE, bit(c1, 6)),
         ];
-        let cr4 = gated.iter().filter(|(_, on)| *on).fold(Cr4::PCE, |m, (b, _)| m | *b);
+        let cr4 = gated.iter().filter(|(_, on)| *on).fold(Cr4::PCE, |m, (b, _)| m.union(*b));
         let xcr0 = if bit(c1, 26) && max >= 0xd {
-            let [a, _, _, d] = cpuid(0xd, 0);
-            Xcr0::from_bits_truncate(a as u64 | (d as u64) << 32)
+            // EAX holds the supported XCR0 bits 31:0, EDX bits 63:32 (SDM Vol. 1 13.2), where
+            // no component is defined: the XCR0 that can be set is EAX's known bits.
+            Xcr0::from_bits_truncate(u64::from(cpuid(0xd, 0)[0]))
         } else {
             Xcr0::empty()
         };
