@@ -267,7 +267,7 @@ pub fn check_cr4_write(m: &ModeView, value: u64, f: &GuestFeatures) -> Result<u6
 
 /// WRMSR to EFER: the value to load (LMA kept, since only the CPU changes it), or #GP.
 pub fn check_efer_write(m: &ModeView, value: u64, f: &GuestFeatures) -> Result<u64, Fault> {
-    let mut allowed = Efer::SCE | Efer::LME | Efer::LMA;
+    let mut allowed = Efer::SCE.union(Efer::LME).union(Efer::LMA);
     if f.nx {
         allowed |= Efer::NXE;
     }
@@ -278,7 +278,8 @@ pub fn check_efer_write(m: &ModeView, value: u64, f: &GuestFeatures) -> Result<u
     if m.cr0 & Cr0::PG.bits() != 0 && (m.efer ^ value) & Efer::LME.bits() != 0 {
         return Err(Fault::Gp);
     }
-    Ok((value & !Efer::LMA.bits()) | (m.efer & Efer::LMA.bits()))
+    // Disjoint parts: everything but LMA from the write, LMA as it was.
+    Ok((value & !Efer::LMA.bits()) + (m.efer & Efer::LMA.bits()))
 }
 
 /// XSETBV (SDM Vol. 2D "XSETBV"): `ecx` selects the XCR, `value` is EDX:EAX.
@@ -295,9 +296,9 @@ pub fn check_xsetbv(cpl: u8, cr4: u64, ecx: u32, value: u64, f: &GuestFeatures) 
     let x = Xcr0::from_bits_retain(value);
     // x87 state can never be disabled; AVX needs SSE; AVX-512's three components go together
     // and need AVX; MPX's two go together; AMX's TILEDATA needs TILECFG (SDM Vol. 1 13.3).
-    let avx512 = Xcr0::OPMASK | Xcr0::ZMM_HI256 | Xcr0::HI16_ZMM;
-    let mpx = Xcr0::BNDREGS | Xcr0::BNDCSR;
-    let amx = Xcr0::TILECFG | Xcr0::TILEDATA;
+    let avx512 = Xcr0::OPMASK.union(Xcr0::ZMM_HI256).union(Xcr0::HI16_ZMM);
+    let mpx = Xcr0::BNDREGS.union(Xcr0::BNDCSR);
+    let amx = Xcr0::TILECFG.union(Xcr0::TILEDATA);
     let all_or_none = |s: Xcr0| x.contains(s) || !x.intersects(s);
     if !x.contains(Xcr0::X87)
         || (x.contains(Xcr0::AVX) && !x.contains(Xcr0::SSE))
