@@ -142,6 +142,14 @@ mod tests {
     }
 
     #[test]
+    fn the_revision_is_eax_bits_7_to_0() {
+        // CPUID Fn8000_000A EAX[7:0] SvmRev; bits 31:8 are reserved (APM Vol. 3, E.4.9).
+        let c = SvmCaps::decode(&SvmRegs { eax: 0xab01, ebx: 16, edx: 1, vm_cr: Some(0) });
+        assert_eq!(c.revision, 1);
+        assert!(c.to_string().starts_with("AMD-V (SVM) rev 1,"), "{c}");
+    }
+
+    #[test]
     fn unreadable_vm_cr_is_not_a_disable() {
         // Bochs 2.7 `ryzen` as Bastion read it: VM_CR raises #GP, which must not read as
         // "disabled".
