@@ -55,7 +55,7 @@ pub fn route(irq: u8, overrides: &[Override], ioapics: &[HostIoApic], pins: impl
 
 /// The redirection entry that delivers `r` as `vector` to the local APIC `dest`, unmasked.
 pub fn redirection_entry(r: &Route, vector: u8, dest: u8) -> u64 {
-    let mut e = u64::from(vector) | (u64::from(dest) << RTE_DEST_SHIFT);
+    let mut e = u64::from(vector) + (u64::from(dest) << RTE_DEST_SHIFT);
     if r.active_low {
         e |= RTE_POLARITY_LOW;
     }

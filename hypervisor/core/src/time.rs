@@ -98,7 +98,7 @@ impl CpuidLeaves {
         let base_family = (eax >> 8) & 0xf;
         let base_model = (eax >> 4) & 0xf;
         let family = if base_family == 0xf { base_family + ((eax >> 20) & 0xff) } else { base_family };
-        let model = if base_family == 0x6 || base_family == 0xf { base_model | ((eax >> 16) & 0xf) << 4 } else { base_model };
+        let model = if base_family == 0x6 || base_family == 0xf { base_model + (((eax >> 16) & 0xf) << 4) } else { base_model };
         (family, model)
     }
 }

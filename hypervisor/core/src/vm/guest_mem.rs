@@ -49,6 +49,7 @@ impl Paging {
     }
 
     /// Guest-physical address of `linear`, or `None` if not mapped (or the tables are not RAM).
+    /// A frame address and the offset in its page are disjoint bits: they are added.
     pub fn translate(&self, linear: u64, mem: &mut (impl GuestPhys + ?Sized)) -> Option<u64> {
         if self.cr0 & PG == 0 {
             return Some(if self.long_mode() { linear } else { linear & 0xffff_ffff });
@@ -63,12 +64,12 @@ impl Paging {
                 // 1 GiB pages at level 2, 2 MiB pages at level 1.
                 if level <= 2 && e & LARGE != 0 {
                     let size = 1u64 << (12 + 9 * level);
-                    return Some((e & ADDR & !(size - 1)) | (linear & (size - 1)));
+                    return Some((e & ADDR & !(size - 1)) + (linear & (size - 1)));
                 }
                 table = e & ADDR;
             }
             let e = mem.read_u64(table + 8 * ((linear >> 12) & 0x1ff))?;
-            return (e & PRESENT != 0).then(|| (e & ADDR) | (linear & 0xfff));
+            return (e & PRESENT != 0).then(|| (e & ADDR) + (linear & 0xfff));
         }
         let linear = linear & 0xffff_ffff;
         if self.cr4 & PAE != 0 {
@@ -81,10 +82,10 @@ impl Paging {
                 return None;
             }
             if pde & LARGE != 0 {
-                return Some((pde & ADDR & !0x1f_ffff) | (linear & 0x1f_ffff));
+                return Some((pde & ADDR & !0x1f_ffff) + (linear & 0x1f_ffff));
             }
             let pte = mem.read_u64((pde & ADDR) + 8 * ((linear >> 12) & 0x1ff))?;
-            return (pte & PRESENT != 0).then(|| (pte & ADDR) | (linear & 0xfff));
+            return (pte & PRESENT != 0).then(|| (pte & ADDR) + (linear & 0xfff));
         }
         let pde = mem.read_u32((self.cr3 & 0xffff_f000) + 4 * (linear >> 22))? as u64;
         if pde & PRESENT == 0 {
@@ -92,10 +93,10 @@ impl Paging {
         }
         if pde & LARGE != 0 && self.cr4 & PSE != 0 {
             // 4 MiB page; bits 20:13 give physical address bits 39:32 (PSE-36).
-            return Some((pde & 0xffc0_0000) | ((pde >> 13 & 0xff) << 32) | (linear & 0x3f_ffff));
+            return Some((pde & 0xffc0_0000) + ((pde >> 13 & 0xff) << 32) + (linear & 0x3f_ffff));
         }
         let pte = mem.read_u32((pde & 0xffff_f000) + 4 * ((linear >> 12) & 0x3ff))? as u64;
-        (pte & PRESENT != 0).then(|| (pte & 0xffff_f000) | (linear & 0xfff))
+        (pte & PRESENT != 0).then(|| (pte & 0xffff_f000) + (linear & 0xfff))
     }
 
     /// Splits an access of `buf.len()` bytes at `linear` where it crosses into the next 4 KiB
@@ -170,8 +171,8 @@ pub fn decode_cr_write(bytes: &[u8], long_mode: bool) -> Option<(CrWriteInsn, us
         [0x0f, 0x22] => {
             let modrm = *bytes.get(i + 2)?;
             // The mod field is ignored: the operand is always a register (SDM MOV to CR).
-            let cr = ((modrm >> 3) & 7) | if rex & 4 != 0 { 8 } else { 0 };
-            let gpr = (modrm & 7) as usize | if rex & 1 != 0 { 8 } else { 0 };
+            let cr = ((modrm >> 3) & 7) + if rex & 4 != 0 { 8 } else { 0 };
+            let gpr = (modrm & 7) as usize + if rex & 1 != 0 { 8 } else { 0 };
             Some((CrWriteInsn::Mov { cr, gpr }, i + 3))
         }
         [0x0f, 0x01] => {
@@ -179,7 +180,7 @@ pub fn decode_cr_write(bytes: &[u8], long_mode: bool) -> Option<(CrWriteInsn, us
             // LMSW is /6; only the register form is decoded (a memory operand would need a
             // full address computation, and no OS uses LMSW at all in long mode).
             (modrm >> 6 == 3 && (modrm >> 3) & 7 == 6)
-                .then(|| (CrWriteInsn::Lmsw { gpr: (modrm & 7) as usize | if rex & 1 != 0 { 8 } else { 0 } }, i + 3))
+                .then(|| (CrWriteInsn::Lmsw { gpr: (modrm & 7) as usize + if rex & 1 != 0 { 8 } else { 0 } }, i + 3))
         }
         _ => None,
     }

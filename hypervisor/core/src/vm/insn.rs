@@ -394,7 +394,8 @@ impl Decoder<'_> {
     fn modrm(&mut self) -> Result<ModRm, DecodeError> {
         let m = self.c.byte()?;
         let (md, rm) = (m >> 6, m & 7);
-        let reg = ((m >> 3) & 7) | if self.rex.contains(Rex::R) { 8 } else { 0 };
+        // REX.R is bit 3 of the register number, above ModRM's three bits: added (disjoint).
+        let reg = ((m >> 3) & 7) + if self.rex.contains(Rex::R) { 8 } else { 0 };
         if md == 3 {
             return Ok(ModRm { reg, mem: None, stack_default: false });
         }
@@ -427,7 +428,7 @@ impl Decoder<'_> {
         let mut disp32 = false;
         if rm == 4 {
             let sib = self.c.byte()?;
-            let index = ((sib >> 3) & 7) | if self.rex.contains(Rex::X) { 8 } else { 0 };
+            let index = ((sib >> 3) & 7) + if self.rex.contains(Rex::X) { 8 } else { 0 };
             // Index 100 without REX.X means "no index" (with REX.X it is R12).
             if index != 4 {
                 mem.index = Some(index);
@@ -436,14 +437,14 @@ impl Decoder<'_> {
             if sib & 7 == 5 && md == 0 {
                 disp32 = true; // no base: [index*scale + disp32]
             } else {
-                mem.base = Some((sib & 7) | b);
+                mem.base = Some((sib & 7) + b);
             }
         } else if rm == 5 && md == 0 {
             // [disp32]; in 64-bit mode RIP-relative instead (SDM Vol. 2A 2.2.1.6).
             disp32 = true;
             mem.rip_relative = self.mode == CpuMode::Bits64;
         } else {
-            mem.base = Some(rm | b);
+            mem.base = Some(rm + b);
         }
         if disp32 || md == 2 {
             mem.disp = self.c.int(4)?;
@@ -539,7 +540,7 @@ pub fn decode(bytes: &[u8], mode: CpuMode) -> Result<MmioInsn, DecodeError> {
         }
         0x0f => {
             let o2 = d.c.byte()?;
-            d.opcode = 0x0f00 | o2 as u16;
+            d.opcode = 0x0f00 + o2 as u16;
             let (size, signed) = match o2 {
                 0xb6 => (1, false),
                 0xb7 => (2, false),
@@ -734,7 +735,7 @@ pub enum Completion {
 
 /// The status flags an arithmetic instruction defines (SDM Vol. 1 3.4.3.1).
 fn status_flags() -> Rflags {
-    Rflags::CF | Rflags::PF | Rflags::AF | Rflags::ZF | Rflags::SF | Rflags::OF
+    Rflags::CF.union(Rflags::PF).union(Rflags::AF).union(Rflags::ZF).union(Rflags::SF).union(Rflags::OF)
 }
 
 /// The result and status flags of `a op b` at `size` bytes (SDM Vol. 2A/2B, each
@@ -789,9 +790,10 @@ fn read_reg(regs: &(impl RegisterFile + ?Sized), r: Reg, size: u8) -> u64 {
 fn write_reg(regs: &mut (impl RegisterFile + ?Sized), r: Reg, size: u8, value: u64) {
     let old = regs.gpr(r.index);
     let new = match size {
-        1 if r.high_byte => (old & !0xff00) | ((value & 0xff) << 8),
-        1 => (old & !0xff) | (value & 0xff),
-        2 => (old & !0xffff) | (value & 0xffff),
+        // The kept bits and the written part are disjoint: added.
+        1 if r.high_byte => (old & !0xff00) + ((value & 0xff) << 8),
+        1 => (old & !0xff) + (value & 0xff),
+        2 => (old & !0xffff) + (value & 0xffff),
         4 => value & 0xffff_ffff,
         _ => value,
     };
@@ -904,7 +906,7 @@ where
 
 fn set_status(regs: &mut (impl RegisterFile + ?Sized), flags: Rflags) {
     let keep = regs.rflags() & !status_flags().bits();
-    regs.set_rflags(keep | flags.bits());
+    regs.set_rflags(keep + (flags & status_flags()).bits());
 }
 
 /// MOVS, STOS, LODS, each iteration through linear addresses; with REP, rCX counts down
