@@ -285,6 +285,81 @@ mod tests {
         assert_eq!(p.translate(0x80_0000_0000, &mut m), None, "PML4[1] not RAM");
     }
 
+    /// Flag and ignored bits an entry may carry besides its address: P, R/W, U/S, A, D (and
+    /// bit 12, PAT, in a large page), and XD in bit 63 (SDM Vol. 3A Tables 4-15 to 4-20).
+    const FLAGS: u64 = 0x67;
+    const XD: u64 = 1 << 63;
+
+    #[test]
+    fn four_level_walk_follows_each_levels_present_bit_and_address_only() {
+        // SDM Vol. 3A 4.5: PML4E -> PDPTE (PS = 1: 1 GiB page) -> PDE (PS = 1: 2 MiB page) ->
+        // PTE. CR3 bits 11:0 are flags (PWT, PCD) or the PCID, not address.
+        let mut m = Mem::default();
+        m.put_u64(0x1000, XD | 0x2000 | FLAGS); // PML4[0]
+        m.put_u64(0x1008, 0x2000); // PML4[1]: an address, but not present
+        m.put_u64(0x1010, 0x2000 | 0x80 | FLAGS); // PML4[2]: PS is reserved here, not a page
+        m.put_u64(0x2000, 0x3000 | FLAGS); // PDPT[0]
+        m.put_u64(0x2008, 0x8000_0000 | 0x1000 | 0x80 | FLAGS); // PDPT[1]: 1 GiB page, PAT set
+        m.put_u64(0x2010, 0x3000); // PDPT[2]: not present
+        m.put_u64(0x3000 + 8, XD | 0x60_0000 | 0x1000 | 0x80 | FLAGS); // PD[1]: 2 MiB page, PAT set
+        m.put_u64(0x3000 + 16, 0x4000 | FLAGS); // PD[2] -> PT
+        m.put_u64(0x3000 + 24, 0x4000); // PD[3]: not present
+        m.put_u64(0x4000 + 8 * 5, XD | 0x9000 | FLAGS); // PT[5]
+        m.put_u64(0x4000 + 8 * 6, 0x9000); // PT[6]: not present
+        let p = Paging { cr0: PG | 1, cr3: 0x1018, cr4: PAE, efer: LMA | (1 << 8) };
+        assert_eq!(p.translate(0x4000_1234, &mut m), Some(0x8000_1234), "1 GiB page");
+        assert_eq!(p.translate(0x7fff_fff0, &mut m), Some(0xbfff_fff0), "its last bytes");
+        assert_eq!(p.translate(0x20_5678, &mut m), Some(0x60_5678), "2 MiB page");
+        assert_eq!(p.translate(0x40_5abc, &mut m), Some(0x9abc), "4 KiB page");
+        assert_eq!(p.translate(0x40_6000, &mut m), None, "PTE not present");
+        assert_eq!(p.translate(0x60_0000, &mut m), None, "PDE not present");
+        assert_eq!(p.translate(0x8000_0000, &mut m), None, "PDPTE not present");
+        assert_eq!(p.translate(0x80_0000_0000, &mut m), None, "PML4E not present");
+        assert_eq!(p.translate(0x100_0020_5678, &mut m), Some(0x60_5678), "PML4E PS ignored: a table");
+    }
+
+    #[test]
+    fn pae_walk_follows_each_levels_present_bit_and_address_only() {
+        // SDM Vol. 3A 4.4: CR3 bits 31:5 locate the four PDPTEs; PDE PS = 1 is a 2 MiB page.
+        let mut m = Mem::default();
+        let pdpt = 0x1020; // 32-byte aligned, not page aligned
+        m.put_u64(pdpt, 0x2000 | 1); // PDPTE[0]
+        m.put_u64(pdpt + 8, 0x3000 | 1); // PDPTE[1]
+        m.put_u64(pdpt + 16, 0x3000); // PDPTE[2]: not present
+        m.put_u64(0x2000 + 8, XD | 0x60_0000 | 0x1000 | 0x80 | FLAGS); // PD0[1]: 2 MiB, PAT set
+        m.put_u64(0x2000 + 16, 0x4000); // PD0[2]: not present
+        m.put_u64(0x3000, XD | 0x4000 | FLAGS); // PD1[0] -> PT
+        m.put_u64(0x4000 + 8 * 3, XD | 0x9000 | FLAGS); // PT[3]
+        m.put_u64(0x4000 + 8 * 4, 0x9000); // PT[4]: not present
+        let p = Paging { cr0: PG | 1, cr3: pdpt | 0x18, cr4: PAE, efer: 0 };
+        assert_eq!(p.translate(0x20_1234, &mut m), Some(0x60_1234), "2 MiB page");
+        assert_eq!(p.translate(0x4000_3abc, &mut m), Some(0x9abc), "PDPTE[1], 4 KiB page");
+        assert_eq!(p.translate(0x4000_4000, &mut m), None, "PTE not present");
+        assert_eq!(p.translate(0x40_0000, &mut m), None, "PDE not present");
+        assert_eq!(p.translate(0x8000_0000, &mut m), None, "PDPTE not present");
+    }
+
+    #[test]
+    fn two_level_walk_with_and_without_pse() {
+        // SDM Vol. 3A 4.3: a PDE with PS = 1 maps 4 MiB only with CR4.PSE, and its bits 20:13
+        // are physical address bits 39:32 (PSE-36); without CR4.PSE it points to a table.
+        let mut m = Mem::default();
+        m.put_u32(0x5000, 0x6000 | 0x67); // PDE[0] -> PT
+        m.put_u32(0x5000 + 4, 0x80_0000 | 0x3 << 13 | 0x1000 | 0xe7); // PDE[1]: 4 MiB, PSE-36 = 3
+        m.put_u32(0x5000 + 8, 0x6000); // PDE[2]: not present
+        m.put_u32(0x6000 + 4 * 8, 0x7000 | 0x67); // PT[8]
+        m.put_u32(0x6000 + 4 * 9, 0x7000); // PT[9]: not present
+        // Without CR4.PSE, PDE[1] bits 31:12 (0x80_7000, PSE-36 and PAT included) locate a table.
+        m.put_u32(0x80_7000 + 4 * 0x10, 0xa000 | 0x67);
+        let pse = Paging { cr0: PG | 1, cr3: 0x5018, cr4: PSE, efer: 0 };
+        assert_eq!(pse.translate(0x8123, &mut m), Some(0x7123));
+        assert_eq!(pse.translate(0x9000, &mut m), None, "PTE not present");
+        assert_eq!(pse.translate(0x80_0000, &mut m), None, "PDE not present");
+        assert_eq!(pse.translate(0x41_0010, &mut m), Some(0x3_0081_0010), "4 MiB page above 4 GiB");
+        let no_pse = Paging { cr4: 0, ..pse };
+        assert_eq!(no_pse.translate(0x41_0010, &mut m), Some(0xa010), "PS without CR4.PSE: a table");
+    }
+
     #[test]
     fn pae_and_32bit_walks() {
         let mut m = Mem::default();
