@@ -149,20 +149,19 @@ pub enum CrWriteInsn {
 /// Decodes an instruction that writes a control register (SDM Vol. 2B "MOV—Move to/from
 /// Control Registers", Vol. 2A "CLTS", Vol. 2A "LMSW"): the form and its length.
 pub fn decode_cr_write(bytes: &[u8], long_mode: bool) -> Option<(CrWriteInsn, usize)> {
-    let mut i = 0;
+    // `i`: where the opcode starts, after the prefixes (past the end if there are only
+    // prefixes, and then nothing decodes).
+    let mut i = bytes.len();
     let mut rex = 0u8;
-    while i < bytes.len() {
-        match bytes[i] {
-            0x66 | 0x67 | 0xf0 | 0x2e | 0x3e | 0x26 | 0x36 | 0x64 | 0x65 => {
-                rex = 0;
-                i += 1;
-            }
+    for (at, &b) in bytes.iter().enumerate() {
+        match b {
+            0x66 | 0x67 | 0xf0 | 0x2e | 0x3e | 0x26 | 0x36 | 0x64 | 0x65 => rex = 0,
             // REX counts only right before the opcode (SDM Vol. 2A 2.2.1).
-            b @ 0x40..=0x4f if long_mode => {
-                rex = b;
-                i += 1;
+            0x40..=0x4f if long_mode => rex = b,
+            _ => {
+                i = at;
+                break;
             }
-            _ => break,
         }
     }
     let op = bytes.get(i..i + 2)?;
@@ -414,5 +413,13 @@ mod tests {
         assert_eq!(cr0_after(Lmsw { gpr: 0 }, 0x10, 0xffff_000f), 0x1f);
         // ...but not clear it.
         assert_eq!(cr0_after(Lmsw { gpr: 0 }, 0x11, 0), 0x11);
+        assert_eq!(cr0_after(Lmsw { gpr: 0 }, 0x11, 1), 0x11, "PE set again stays set");
+    }
+
+    #[test]
+    fn prefixes_alone_decode_to_nothing() {
+        assert_eq!(decode_cr_write(&[0x66, 0x41, 0x2e], true), None);
+        assert_eq!(decode_cr_write(&[], true), None);
+        assert_eq!(decode_cr_write(&[0x66, 0x0f, 0x06], false), Some((CrWriteInsn::Clts, 3)));
     }
 }
