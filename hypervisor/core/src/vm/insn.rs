@@ -481,28 +481,32 @@ pub fn decode(bytes: &[u8], mode: CpuMode) -> Result<MmioInsn, DecodeError> {
     // Legacy prefixes in any order (SDM Vol. 2A 2.1.1); a REX prefix counts only if the
     // opcode follows it directly, otherwise it is ignored (2.2.1, "REX prefixes ... must
     // immediately precede the opcode").
-    let opcode = loop {
-        let b = c.byte()?;
-        match b {
-            0x66 => p66 = true,
-            0x67 => p67 = true,
-            0xf0 => lock = true,
-            0xf2 => rep = Some(Rep::Repne),
-            0xf3 => rep = Some(Rep::Rep),
-            0x26 => seg_override = Some(Seg::Es),
-            0x2e => seg_override = Some(Seg::Cs),
-            0x36 => seg_override = Some(Seg::Ss),
-            0x3e => seg_override = Some(Seg::Ds),
-            0x64 => seg_override = Some(Seg::Fs),
-            0x65 => seg_override = Some(Seg::Gs),
-            // Outside 64-bit mode 40–4F are INC/DEC, which the opcode match refuses.
-            0x40..=0x4f if mode == CpuMode::Bits64 => {
-                rex = Some(Rex::from_bits_truncate(b));
-                continue;
+    // At most 15 bytes: a bounded loop (the cursor refuses the 16th byte anyway).
+    let opcode = 'prefixes: {
+        for _ in 0..MAX_INSN_LEN {
+            let b = c.byte()?;
+            match b {
+                0x66 => p66 = true,
+                0x67 => p67 = true,
+                0xf0 => lock = true,
+                0xf2 => rep = Some(Rep::Repne),
+                0xf3 => rep = Some(Rep::Rep),
+                0x26 => seg_override = Some(Seg::Es),
+                0x2e => seg_override = Some(Seg::Cs),
+                0x36 => seg_override = Some(Seg::Ss),
+                0x3e => seg_override = Some(Seg::Ds),
+                0x64 => seg_override = Some(Seg::Fs),
+                0x65 => seg_override = Some(Seg::Gs),
+                // Outside 64-bit mode 40–4F are INC/DEC, which the opcode match refuses.
+                0x40..=0x4f if mode == CpuMode::Bits64 => {
+                    rex = Some(Rex::from_bits_truncate(b));
+                    continue;
+                }
+                _ => break 'prefixes b,
             }
-            _ => break b,
+            rex = None;
         }
-        rex = None;
+        return Err(DecodeError::TooLong);
     };
     let has_rex = rex.is_some();
     let rex = rex.unwrap_or(Rex::empty());
@@ -919,15 +923,11 @@ where
     let am = mask(insn.addr_size);
     let step = if regs.rflags() & Rflags::DF.bits() != 0 { (size as u64).wrapping_neg() } else { size as u64 };
     let n = size as usize;
-    let mut done = 0u64;
-    loop {
-        if insn.rep.is_some() {
-            if regs.gpr(RCX) & am == 0 {
-                return Ok(Completion::Done);
-            }
-            if done == MAX_REP_PER_EXIT {
-                return Ok(Completion::Again);
-            }
+    // With REP up to MAX_REP_PER_EXIT elements in this exit, without it one: a bounded loop.
+    let budget = if insn.rep.is_some() { MAX_REP_PER_EXIT } else { 1 };
+    for _ in 0..budget {
+        if insn.rep.is_some() && regs.gpr(RCX) & am == 0 {
+            return Ok(Completion::Done);
         }
         let (si, di) = (regs.gpr(RSI) & am, regs.gpr(RDI) & am);
         let mut b = [0u8; 8];
@@ -949,13 +949,13 @@ where
                 write_addr_reg(regs, RSI, insn.addr_size, si.wrapping_add(step));
             }
         }
-        if insn.rep.is_none() {
-            return Ok(Completion::Done);
+        if insn.rep.is_some() {
+            let cx = (regs.gpr(RCX) & am).wrapping_sub(1);
+            write_addr_reg(regs, RCX, insn.addr_size, cx);
         }
-        let cx = (regs.gpr(RCX) & am).wrapping_sub(1);
-        write_addr_reg(regs, RCX, insn.addr_size, cx);
-        done += 1;
     }
+    // Elements left after the budget: the guest executes the instruction again for them.
+    Ok(if insn.rep.is_some() && regs.gpr(RCX) & am != 0 { Completion::Again } else { Completion::Done })
 }
 
 #[cfg(test)]
