@@ -205,6 +205,18 @@ fn test_forms() {
     // test dword [rdx], ecx
     let i = d64(&[0x85, 0x0a]);
     assert_eq!((i.op, i.direction()), (Op::AluToMem { op: AluOp::Test, src: Operand::Reg(reg(1)) }, Direction::Read));
+    assert_eq!(i.size, 4);
+    // test byte [rdx], cl: 84 is the byte form.
+    let i = d64(&[0x84, 0x0a]);
+    assert_eq!((i.op, i.size), (Op::AluToMem { op: AluOp::Test, src: Operand::Reg(reg(1)) }, 1));
+}
+
+#[test]
+fn forty_is_not_an_alu_opcode() {
+    // The ALU opcodes are 00-3F with bits 2:0 below 4 (SDM Vol. 2A Table A-2); 40 is INC eAX
+    // outside 64-bit mode, which is not emulated.
+    assert_eq!(decode(&[0x40, 0x00], Bits32), Err(DecodeError::Unsupported { opcode: 0x40, ext: None }));
+    assert!(matches!(dec(&[0x3a, 0x00], Bits32).op, Op::AluToReg { op: AluOp::Cmp, .. }), "cmp al, [eax]: 3A is");
 }
 
 #[test]
@@ -829,6 +841,66 @@ fn add_sub_adc_sbb_compute_carry_and_overflow() {
     assert_eq!(alu(AluOp::Add, 0xff, 1, 1, false), (0, Rflags::CF | Rflags::ZF | Rflags::PF | Rflags::AF));
     // sub dword: 0x80000000 - 1 overflows (negative minus positive gives positive).
     assert_eq!(alu(AluOp::Sub, 0x8000_0000, 1, 4, false).1, Rflags::OF | Rflags::AF | Rflags::PF);
+}
+
+/// The six status flags of `a op b` from their definitions (SDM Vol. 1 3.4.3.1 and
+/// Appendix A): CF the unsigned carry or borrow out of the operand, OF the signed result out
+/// of range, AF the carry or borrow out of bit 3, ZF/SF/PF from the result; the logical
+/// operations clear CF, OF and (as Bastion chooses for the undefined one) AF.
+fn reference(op: AluOp, a: u64, b: u64, size: u8, carry: bool) -> (u64, Rflags) {
+    let bits = 8 * size as u32;
+    let m = if size == 8 { u64::MAX } else { (1 << bits) - 1 };
+    let (a, b, c) = (a & m, b & m, carry as i128);
+    let signed = |v: u64| ((v << (64 - bits)) as i64 >> (64 - bits)) as i128;
+    let (min, max) = (-(1i128 << (bits - 1)), (1i128 << (bits - 1)) - 1);
+    let mut f = Rflags::empty();
+    let r = match op {
+        AluOp::Add | AluOp::Adc => {
+            let c = if op == AluOp::Adc { c } else { 0 };
+            f.set(Rflags::CF, a as i128 + b as i128 + c > m as i128);
+            f.set(Rflags::OF, !(min..=max).contains(&(signed(a) + signed(b) + c)));
+            f.set(Rflags::AF, (a & 0xf) as i128 + (b & 0xf) as i128 + c > 0xf);
+            (a as i128 + b as i128 + c) as u64 & m
+        }
+        AluOp::Sub | AluOp::Sbb | AluOp::Cmp => {
+            let c = if op == AluOp::Sbb { c } else { 0 };
+            f.set(Rflags::CF, (a as i128) < b as i128 + c);
+            f.set(Rflags::OF, !(min..=max).contains(&(signed(a) - signed(b) - c)));
+            f.set(Rflags::AF, ((a & 0xf) as i128) < (b & 0xf) as i128 + c);
+            (a as i128 - b as i128 - c) as u64 & m
+        }
+        AluOp::And | AluOp::Test => a & b,
+        AluOp::Or => a | b,
+        AluOp::Xor => a ^ b,
+    };
+    f.set(Rflags::ZF, r == 0);
+    f.set(Rflags::SF, r >> (bits - 1) & 1 == 1);
+    f.set(Rflags::PF, (r & 0xff).count_ones() % 2 == 0);
+    (r, f)
+}
+
+#[test]
+fn alu_results_and_flags_match_their_definitions_for_every_byte_pair() {
+    use AluOp::*;
+    for op in [Add, Or, Adc, Sbb, And, Sub, Xor, Cmp, Test] {
+        for carry in [false, true] {
+            for a in 0..=0xffu64 {
+                for b in 0..=0xffu64 {
+                    assert_eq!(alu(op, a, b, 1, carry), reference(op, a, b, 1, carry), "{op:?} {a:#x}, {b:#x}, CF {carry}");
+                }
+            }
+        }
+    }
+    // Wider operands: the values around each size's sign and carry boundaries.
+    for size in [2u8, 4, 8] {
+        let top = 1u64 << (8 * size - 1);
+        let edges = [0, 1, 0xf, 0x10, top - 1, top, top + 1, (top - 1) * 2, (top - 1) * 2 + 1, u64::MAX];
+        for op in [Add, Adc, Sub, Sbb, Cmp, And, Or, Xor] {
+            for (a, b, carry) in edges.iter().flat_map(|&a| edges.iter().flat_map(move |&b| [(a, b, false), (a, b, true)])) {
+                assert_eq!(alu(op, a, b, size, carry), reference(op, a, b, size, carry), "{op:?} size {size} {a:#x}, {b:#x}, CF {carry}");
+            }
+        }
+    }
 }
 
 #[test]
