@@ -843,6 +843,26 @@ fn add_sub_adc_sbb_compute_carry_and_overflow() {
     assert_eq!(alu(AluOp::Sub, 0x8000_0000, 1, 4, false).1, Rflags::OF | Rflags::AF | Rflags::PF);
 }
 
+#[test]
+fn adc_takes_the_carry_in_from_rflags_cf_in_both_directions() {
+    // ADC adds CF (SDM Vol. 2A ADC): 5 + 1 is 6 with CF clear, 7 with CF set.
+    for (cf, want) in [(false, 6), (true, 7)] {
+        let (mut r, mut m) = (RegState::default(), Fake::default());
+        r.rflags = if cf { Rflags::CF.bits() } else { 0 } | 2;
+        // adc dword [rax], 1
+        m.put_dev(GPA, 5, 4);
+        run(&[0x83, 0x10, 0x01], &mut r, &mut m);
+        assert_eq!(m.dev_u64(GPA, 4), want, "to memory, CF {cf}");
+        // adc edx, [rax]
+        r.rflags = if cf { Rflags::CF.bits() } else { 0 } | 2;
+        r.gprs.rdx = 1;
+        m.put_dev(GPA, 5, 4);
+        run(&[0x13, 0x10], &mut r, &mut m);
+        assert_eq!(r.gprs.rdx, want, "to a register, CF {cf}");
+        assert_eq!(r.rflags & 2, 2, "RFLAGS bit 1 kept");
+    }
+}
+
 /// The six status flags of `a op b` from their definitions (SDM Vol. 1 3.4.3.1 and
 /// Appendix A): CF the unsigned carry or borrow out of the operand, OF the signed result out
 /// of range, AF the carry or borrow out of bit 3, ZF/SF/PF from the result; the logical
