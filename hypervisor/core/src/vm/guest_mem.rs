@@ -311,9 +311,10 @@ mod tests {
         assert_eq!(p.translate(0x20_5678, &mut m), Some(0x60_5678), "2 MiB page");
         assert_eq!(p.translate(0x40_5abc, &mut m), Some(0x9abc), "4 KiB page");
         assert_eq!(p.translate(0x40_6000, &mut m), None, "PTE not present");
-        assert_eq!(p.translate(0x60_0000, &mut m), None, "PDE not present");
-        assert_eq!(p.translate(0x8000_0000, &mut m), None, "PDPTE not present");
-        assert_eq!(p.translate(0x80_0000_0000, &mut m), None, "PML4E not present");
+        // Each not-present entry below holds an address that would lead on to a mapped page.
+        assert_eq!(p.translate(0x60_5abc, &mut m), None, "PDE not present");
+        assert_eq!(p.translate(0x8020_5678, &mut m), None, "PDPTE not present");
+        assert_eq!(p.translate(0x80_0020_5678, &mut m), None, "PML4E not present");
         assert_eq!(p.translate(0x100_0020_5678, &mut m), Some(0x60_5678), "PML4E PS ignored: a table");
     }
 
@@ -334,8 +335,8 @@ mod tests {
         assert_eq!(p.translate(0x20_1234, &mut m), Some(0x60_1234), "2 MiB page");
         assert_eq!(p.translate(0x4000_3abc, &mut m), Some(0x9abc), "PDPTE[1], 4 KiB page");
         assert_eq!(p.translate(0x4000_4000, &mut m), None, "PTE not present");
-        assert_eq!(p.translate(0x40_0000, &mut m), None, "PDE not present");
-        assert_eq!(p.translate(0x8000_0000, &mut m), None, "PDPTE not present");
+        assert_eq!(p.translate(0x40_3abc, &mut m), None, "PDE not present (its address leads to PT[3])");
+        assert_eq!(p.translate(0x8000_3abc, &mut m), None, "PDPTE not present (its address leads to PD1)");
     }
 
     #[test]
@@ -353,7 +354,7 @@ mod tests {
         let pse = Paging { cr0: PG | 1, cr3: 0x5018, cr4: PSE, efer: 0 };
         assert_eq!(pse.translate(0x8123, &mut m), Some(0x7123));
         assert_eq!(pse.translate(0x9000, &mut m), None, "PTE not present");
-        assert_eq!(pse.translate(0x80_0000, &mut m), None, "PDE not present");
+        assert_eq!(pse.translate(0x80_8123, &mut m), None, "PDE not present (its address leads to PT[8])");
         assert_eq!(pse.translate(0x41_0010, &mut m), Some(0x3_0081_0010), "4 MiB page above 4 GiB");
         let no_pse = Paging { cr4: 0, ..pse };
         assert_eq!(no_pse.translate(0x41_0010, &mut m), Some(0xa010), "PS without CR4.PSE: a table");
