@@ -212,10 +212,12 @@ fn test_forms() {
 }
 
 #[test]
-fn forty_is_not_an_alu_opcode() {
+fn forty_and_the_accumulator_forms_are_not_alu_memory_opcodes() {
     // The ALU opcodes are 00-3F with bits 2:0 below 4 (SDM Vol. 2A Table A-2); 40 is INC eAX
     // outside 64-bit mode, which is not emulated.
     assert_eq!(decode(&[0x40, 0x00], Bits32), Err(DecodeError::Unsupported { opcode: 0x40, ext: None }));
+    // 04 (ADD AL, imm8) has bits 2:0 = 4: an immediate to AL, no memory operand.
+    assert_eq!(decode(&[0x04, 0x00], Bits32), Err(DecodeError::Unsupported { opcode: 0x04, ext: None }));
     assert!(matches!(dec(&[0x3a, 0x00], Bits32).op, Op::AluToReg { op: AluOp::Cmp, .. }), "cmp al, [eax]: 3A is");
 }
 
