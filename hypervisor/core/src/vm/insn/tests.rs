@@ -1051,6 +1051,19 @@ fn long_rep_is_split_across_exits() {
 }
 
 #[test]
+fn a_rep_that_ends_with_the_budget_is_done_and_without_rep_rcx_is_ignored() {
+    // Exactly MAX_REP_PER_EXIT elements: all done in this exit, RIP moves on.
+    let (mut r, mut m) = (RegState::default(), Fake::default());
+    r.gprs.rcx = MAX_REP_PER_EXIT;
+    assert_eq!(run(&[0xf3, 0xaa], &mut r, &mut m), Completion::Done); // rep stosb
+    assert_eq!((r.gprs.rcx, m.writes()), (0, MAX_REP_PER_EXIT as usize));
+    // Without REP one element, whatever RCX holds (SDM Vol. 2B STOS), and RCX is untouched.
+    r.gprs.rcx = 5;
+    assert_eq!(run(&[0xaa], &mut r, &mut m), Completion::Done); // stosb
+    assert_eq!(r.gprs.rcx, 5);
+}
+
+#[test]
 fn rep_stops_at_a_failing_access_with_progress_kept() {
     let (mut r, mut m) = (RegState::default(), Fake::default());
     (r.gprs.rcx, r.gprs.rsi, r.gprs.rdi) = (4, 0x100, 0x200);
