@@ -84,6 +84,11 @@ fn battery(p: Platform) {
     if triple {
         let report = done.lines().find(|l| l.contains("guest triple: vCPU 0 triple-faulted: ")).unwrap_or_else(|| panic!("seed {seed}: no fault state:\n{done}"));
         assert!(report.contains("RIP 0x") && report.contains("/0x0; delivering ") && report.contains("; injected at entry none"), "{report}");
+        // The walk of what that delivery needed finds the guest's own doing: no gate fits a
+        // zero limit, #DF's included.
+        let walk = done.lines().find(|l| l.contains("guest triple: vCPU 0 delivery walk: ")).unwrap_or_else(|| panic!("seed {seed}: no delivery walk:\n{done}"));
+        assert!(walk.contains("RIP 0x") && walk.contains("IDT[8] past the limit 0x0"), "{walk}");
+        assert!(walk.trim_end().ends_with("not every page of this delivery is mapped by the guest's tables"), "{walk}");
     }
     assert!(done.contains("[far] hostile: reading past RAM at 0x80000000"), "seed {seed}:\n{done}");
     // Every kind of operation ran, and some of them faulted as their rules say.

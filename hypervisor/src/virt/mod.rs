@@ -130,7 +130,7 @@ impl GuestVcpu {
 
     /// Registers and pending events as a fatal fault left them, for the guest's stop report;
     /// only between `begin_slice` and `end_slice`.
-    pub fn fault_state(&self) -> alloc::string::String {
+    pub fn fault_state(&self) -> bastion_core::vm::fault_report::FaultState {
         each!(self, v => v.fault_state())
     }
 

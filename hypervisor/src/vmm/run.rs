@@ -147,7 +147,11 @@ pub(super) fn run_slice(cpu: &PerCpu, id: VcpuId, slice_ns: u64) {
                 if r == StopReason::TripleFault {
                     // What the guest's last moments looked like: a triple fault is the end of
                     // an exception that could not be delivered (SDM Vol. 3A 6.15, #DF).
-                    log::warn!("guest {}: vCPU {vi} triple-faulted: {}", g.cfg.name, vcpu.fault_state());
+                    let st = vcpu.fault_state();
+                    log::warn!("guest {}: vCPU {vi} triple-faulted: {}", g.cfg.name, st.describe());
+                    // Whether the guest's own tables map what that delivery needed: if they
+                    // do, the fault was not the guest's doing (on an emulator: the emulator's).
+                    log::warn!("guest {}: vCPU {vi} delivery walk: {}", g.cfg.name, st.walk_delivery(&mut ram));
                 }
                 break SliceEnd::Stop(r);
             }

@@ -196,7 +196,7 @@ pub fn cr0_after(insn: CrWriteInsn, cr0: u64, value: u64) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
@@ -227,20 +227,20 @@ mod tests {
 
     /// Sparse guest memory.
     #[derive(Default)]
-    struct Mem(BTreeMap<u64, u8>);
+    pub(crate) struct Mem(pub(crate) BTreeMap<u64, u8>);
 
     impl Mem {
-        fn put_u64(&mut self, gpa: u64, v: u64) {
+        pub(crate) fn put_u64(&mut self, gpa: u64, v: u64) {
             for (i, b) in v.to_le_bytes().iter().enumerate() {
                 self.0.insert(gpa + i as u64, *b);
             }
         }
-        fn put_u32(&mut self, gpa: u64, v: u32) {
+        pub(crate) fn put_u32(&mut self, gpa: u64, v: u32) {
             for (i, b) in v.to_le_bytes().iter().enumerate() {
                 self.0.insert(gpa + i as u64, *b);
             }
         }
-        fn put(&mut self, gpa: u64, bytes: &[u8]) {
+        pub(crate) fn put(&mut self, gpa: u64, bytes: &[u8]) {
             for (i, b) in bytes.iter().enumerate() {
                 self.0.insert(gpa + i as u64, *b);
             }

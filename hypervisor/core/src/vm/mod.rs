@@ -13,6 +13,7 @@ pub mod devices;
 // Test support, not Bastion's logic: `.cargo/mutants.toml` leaves it out of mutation testing.
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
+pub mod fault_report;
 pub mod guest_mem;
 pub mod insn;
 pub mod memmap;

@@ -175,7 +175,7 @@ impl GuestFeatures {
 }
 
 /// The state a control-register rule looks at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ModeView {
     pub cr0: u64,
     pub cr3: u64,

@@ -9,6 +9,7 @@ use crate::memory;
 use crate::vm::Vm;
 use alloc::format;
 use alloc::string::String;
+use bastion_core::vm::fault_report::FaultState;
 use bastion_core::virt::svm::{SvmCaps, VM_CR_SVMDIS};
 use bastion_core::virt::svm_exit::{self, SvmExitInfo};
 use bastion_core::vm::msr::{self, EFER_LMA, EFER_SVME};
@@ -441,29 +442,25 @@ impl SvmVcpu {
     /// The state a guest's fatal fault left, for its stop report: where it was, its control
     /// registers and IDT, the event whose delivery the exit interrupted (EXITINTINFO, APM Vol.
     /// 2 15.7.2) and the one Bastion injected at the last entry (EVENTINJ, 15.20).
-    pub fn fault_state(&self) -> String {
+    pub fn fault_state(&self) -> FaultState {
         let v = &self.vmcb;
-        let idt_limit: u32 = v.read(IDTR + 4);
-        let cs_sel: u16 = v.read(CS);
-        alloc::format!(
-            "RIP {:#x} RSP {:#x} RFLAGS {:#x} CS {cs_sel:#x} CR0 {:#x} CR3 {:#x} CR4 {:#x} EFER {:#x} IDT {:#x}/{idt_limit:#x}; delivering {}; injected at entry {}",
-            v.r64(RIP),
-            v.r64(RSP),
-            v.r64(RFLAGS),
-            v.r64(CR0),
-            v.r64(CR3),
-            v.r64(CR4),
-            v.r64(EFER) & !EFER_SVME,
-            v.r64(IDTR + 8),
-            bastion_core::vm::regs::describe_event(v.r64(EXITINTINFO)),
-            bastion_core::vm::regs::describe_event(self.entry_event)
-        ) + if self.vmcb.r64(EXITCODE) == bastion_core::virt::svm_exit::code::SHUTDOWN {
+        FaultState {
+            rip: v.r64(RIP),
+            rsp: v.r64(RSP),
+            rflags: v.r64(RFLAGS),
+            cs: v.read(CS),
+            cs_base: self.segment_base(Seg::Cs),
+            ss_base: self.segment_base(Seg::Ss),
+            mode: self.mode(),
+            idt_base: v.r64(IDTR + 8),
+            idt_limit: v.read(IDTR + 4),
+            delivering: v.r64(EXITINTINFO),
+            injected: self.entry_event,
             // After a shutdown intercept the state save area is undefined (APM Vol. 2, the
-            // SHUTDOWN intercept; KVM resets the VMCB there for that reason):
-            // what this CPU left there is shown, with that caveat.
-            " (after SHUTDOWN the APM leaves this state undefined)"
-        } else {
-            ""
+            // SHUTDOWN intercept; KVM resets the VMCB there for that reason): what this CPU
+            // left there is shown, with that caveat.
+            caveat: (v.r64(EXITCODE) == bastion_core::virt::svm_exit::code::SHUTDOWN)
+                .then_some("after SHUTDOWN the APM leaves this state undefined"),
         }
     }
 

@@ -10,6 +10,7 @@ use crate::memory;
 use crate::vm::Vm;
 use alloc::format;
 use alloc::string::String;
+use bastion_core::vm::fault_report::FaultState;
 use bastion_core::virt::vmx::{self as vcaps, adjust_controls, VmxCaps};
 use bastion_core::virt::vmx_exit::{self, VmxExitInfo, ENTRY_FAILURE};
 use bastion_core::vm::msr::{self, EFER_LMA};
@@ -659,23 +660,21 @@ impl VmxVcpu {
     /// registers (as the guest sees them) and IDT, the event whose delivery the exit
     /// interrupted (IDT-vectoring information, SDM Vol. 3C 28.2.4) and the one Bastion
     /// injected at the last entry (VM-entry interruption information, 25.8.3).
-    pub fn fault_state(&self) -> String {
-        let m = self.mode();
-        format!(
-            "RIP {:#x} RSP {:#x} RFLAGS {:#x} CS {:#x} CR0 {:#x} CR3 {:#x} CR4 {:#x} EFER {:#x} IDT {:#x}/{:#x}; delivering {}; injected at entry {}",
-            r(guest::RIP),
-            r(guest::RSP),
-            r(guest::RFLAGS),
-            r(guest::CS_SELECTOR),
-            m.cr0,
-            m.cr3,
-            m.cr4,
-            m.efer,
-            r(guest::IDTR_BASE),
-            r(guest::IDTR_LIMIT),
-            bastion_core::vm::regs::describe_event(r(ro::IDT_VECTORING_INFO)),
-            bastion_core::vm::regs::describe_event(self.entry_event)
-        )
+    pub fn fault_state(&self) -> FaultState {
+        FaultState {
+            rip: r(guest::RIP),
+            rsp: r(guest::RSP),
+            rflags: r(guest::RFLAGS),
+            cs: r(guest::CS_SELECTOR) as u16,
+            cs_base: r(guest::CS_BASE),
+            ss_base: r(guest::SS_BASE),
+            mode: self.mode(),
+            idt_base: r(guest::IDTR_BASE),
+            idt_limit: r(guest::IDTR_LIMIT) as u32,
+            delivering: r(ro::IDT_VECTORING_INFO),
+            injected: self.entry_event,
+            caveat: None,
+        }
     }
 
     fn entry_insn(&self) -> &'static str {

@@ -1,0 +1,415 @@
+//! The report of a guest's fatal fault, written once for both backends: the state the guest
+//! left (each backend fills a [`FaultState`] from its VMCS or VMCB) and a walk of the guest's
+//! own page tables for every page the failed event delivery needed.
+//!
+//! A triple fault is the end of an exception the CPU could not deliver (SDM Vol. 3A 6.15,
+//! "Interrupt 8—Double Fault Exception"; APM Vol. 2 8.2.9): the delivery itself faulted, twice.
+//! Whether that was the guest's doing shows in its tables: delivering an event in protected or
+//! long mode reads the IDT entry and pushes onto the stack, then fetches at the handler (SDM
+//! Vol. 3A 6.12). If the guest's tables map the code at RIP, the stack, the IDT entries and the
+//! handlers, the guest did not break its own delivery — on an emulator, that points at the
+//! emulator. Only present bits are followed (no permission or reserved-bit check), and the
+//! stack checked is the current one: a gate with an IST or a privilege change switches to a
+//! stack from the TSS, which the report names but does not walk.
+
+use super::guest_mem::{GuestPhys, Paging};
+use super::regs::{describe_event, ModeView};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+/// What a vCPU's fatal fault left, read by the backend from its VMCS or VMCB.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FaultState {
+    pub rip: u64,
+    pub rsp: u64,
+    pub rflags: u64,
+    pub cs: u16,
+    pub cs_base: u64,
+    pub ss_base: u64,
+    pub mode: ModeView,
+    pub idt_base: u64,
+    pub idt_limit: u32,
+    /// The event whose delivery the exit interrupted: VMX's IDT-vectoring information (SDM
+    /// Vol. 3C 28.2.4), SVM's EXITINTINFO (APM Vol. 2 15.7.2).
+    pub delivering: u64,
+    /// The event Bastion injected at the last entry (VM-entry interruption information,
+    /// 25.8.3; EVENTINJ, 15.20).
+    pub injected: u64,
+    /// A word on how far the state can be trusted (after an SVM SHUTDOWN intercept the APM
+    /// leaves the state save area undefined).
+    pub caveat: Option<&'static str>,
+}
+
+const CR0_PE: u64 = 1;
+const LONG_GATE: u64 = 16;
+const LEGACY_GATE: u64 = 8;
+/// The error-code frame pushed in long mode: SS, RSP, RFLAGS, CS, RIP and the error code, on a
+/// stack first aligned to 16 bytes (SDM Vol. 3A 6.14.2).
+const LONG_FRAME: u64 = 48;
+/// The largest frame outside long mode with a privilege level kept: EFLAGS, CS, EIP and the
+/// error code (SDM Vol. 3A 6.12.1, Figure 6-4).
+const LEGACY_FRAME: u64 = 16;
+/// Real mode pushes FLAGS, CS and IP, 2 bytes each (SDM Vol. 3A 21.1.4).
+const REAL_FRAME: u64 = 6;
+const DOUBLE_FAULT: u8 = 8;
+const ALL_MAPPED: &str = "the guest's tables map every page of this delivery (present bits followed, permissions not checked)";
+const NOT_ALL_MAPPED: &str = "not every page of this delivery is mapped by the guest's tables";
+
+impl FaultState {
+    /// One line for the stop report: registers, IDT and the two event fields.
+    pub fn describe(&self) -> String {
+        let m = &self.mode;
+        format!(
+            "RIP {:#x} RSP {:#x} RFLAGS {:#x} CS {:#x} CR0 {:#x} CR3 {:#x} CR4 {:#x} EFER {:#x} IDT {:#x}/{:#x}; delivering {}; injected at entry {}{}",
+            self.rip,
+            self.rsp,
+            self.rflags,
+            self.cs,
+            m.cr0,
+            m.cr3,
+            m.cr4,
+            m.efer,
+            self.idt_base,
+            self.idt_limit,
+            describe_event(self.delivering),
+            describe_event(self.injected),
+            self.caveat.map(|c| format!(" ({c})")).unwrap_or_default()
+        )
+    }
+
+    /// The vector of the event being delivered, if the field holds one (bit 31 valid,
+    /// vector in bits 7:0; the same layout on both vendors).
+    fn delivering_vector(&self) -> Option<u8> {
+        (self.delivering >> 31 & 1 != 0).then_some(self.delivering as u8)
+    }
+
+    /// Every page the failed delivery needed, through the guest's own tables: the code at
+    /// RIP, the current stack's frame, and for the vector being delivered and for #DF the IDT
+    /// entry and its handler. Ends with a verdict: whether the tables map them all.
+    pub fn walk_delivery(&self, mem: &mut (impl GuestPhys + ?Sized)) -> String {
+        let m = &self.mode;
+        let paging = Paging { cr0: m.cr0, cr3: m.cr3, cr4: m.cr4, efer: m.efer };
+        let long = paging.long_mode();
+        // In 64-bit mode CS and SS bases are ignored (SDM Vol. 3A 3.4.4).
+        let (cs_base, ss_base) = if long { (0, 0) } else { (self.cs_base, self.ss_base) };
+        let mut walk = Walk { paging, mem, parts: Vec::new(), all_mapped: true };
+        walk.linear("RIP", cs_base.wrapping_add(self.rip));
+        let (top, frame) = match (long, m.cr0 & CR0_PE != 0) {
+            (true, _) => (self.rsp & !0xf, LONG_FRAME),
+            (false, true) => (self.rsp, LEGACY_FRAME),
+            (false, false) => (self.rsp, REAL_FRAME),
+        };
+        walk.linear("stack top", ss_base.wrapping_add(top.wrapping_sub(1)));
+        walk.linear("stack frame", ss_base.wrapping_add(top.wrapping_sub(frame)));
+        let mut vectors = Vec::new();
+        vectors.extend(self.delivering_vector());
+        if !vectors.contains(&DOUBLE_FAULT) {
+            vectors.push(DOUBLE_FAULT);
+        }
+        for v in vectors {
+            if m.cr0 & CR0_PE == 0 {
+                // Real mode: a 4-byte offset:segment pair per vector (SDM Vol. 3A 21.1.4).
+                walk.real_mode_vector(v, self.idt_base);
+            } else {
+                walk.gate(v, self.idt_base, self.idt_limit, long);
+            }
+        }
+        let verdict = if walk.all_mapped { ALL_MAPPED } else { NOT_ALL_MAPPED };
+        format!("{}; {verdict}", walk.parts.join("; "))
+    }
+}
+
+/// The walk's findings so far.
+struct Walk<'a, M: GuestPhys + ?Sized> {
+    paging: Paging,
+    mem: &'a mut M,
+    parts: Vec<String>,
+    all_mapped: bool,
+}
+
+impl<M: GuestPhys + ?Sized> Walk<'_, M> {
+    /// Guest-physical address of `linear` if it is mapped and RAM, noting the finding.
+    fn linear(&mut self, what: &str, linear: u64) -> Option<u64> {
+        let gpa = self.paging.translate(linear, self.mem);
+        let ram = gpa.filter(|&g| self.mem.read(g, &mut [0u8]));
+        self.parts.push(match (gpa, ram) {
+            (Some(g), Some(_)) => format!("{what} {linear:#x} -> {g:#x}"),
+            (Some(g), None) => format!("{what} {linear:#x} -> {g:#x}, not RAM"),
+            (None, _) => format!("{what} {linear:#x} not mapped"),
+        });
+        self.all_mapped &= ram.is_some();
+        ram
+    }
+
+    fn note(&mut self, text: String) {
+        self.parts.push(text);
+        self.all_mapped = false;
+    }
+
+    /// A protected- or long-mode gate (SDM Vol. 3A 6.11, 6.14.1): entry, present bit, and the
+    /// handler it names. Outside long mode the handler's offset is relative to a code segment
+    /// the report does not look up; it is walked as a flat address.
+    fn gate(&mut self, vector: u8, base: u64, limit: u32, long: bool) {
+        let size = if long { LONG_GATE } else { LEGACY_GATE };
+        let offset = vector as u64 * size;
+        if offset + size - 1 > limit as u64 {
+            return self.note(format!("IDT[{vector}] past the limit {limit:#x}"));
+        }
+        let at = if long { base.wrapping_add(offset) } else { base.wrapping_add(offset) & 0xffff_ffff };
+        if self.linear(&format!("IDT[{vector}]"), at).is_none() {
+            return;
+        }
+        let mut raw = [0u8; 16];
+        let paging = self.paging;
+        let whole = paging.pieces(at, &mut raw[..size as usize]).all(|(linear, piece)| {
+            paging.translate(linear, self.mem).is_some_and(|gpa| self.mem.read(gpa, piece))
+        });
+        if !whole {
+            return self.note(format!("IDT[{vector}] runs into a page that is not mapped RAM"));
+        }
+        let low = u64::from_le_bytes(raw[..8].try_into().unwrap_or_default());
+        let high = u64::from_le_bytes(raw[8..].try_into().unwrap_or_default());
+        if low >> 47 & 1 == 0 {
+            return self.note(format!("IDT[{vector}] not present"));
+        }
+        // Offset 15:0 in bits 15:0, 31:16 in bits 63:48, and in long mode 63:32 in the next
+        // 8 bytes; the IST index in bits 34:32 (long mode only).
+        let mut handler = (low & 0xffff) + ((low >> 48) << 16);
+        if long {
+            handler += (high & 0xffff_ffff) << 32;
+            let ist = low >> 32 & 7;
+            if ist != 0 {
+                self.parts.push(format!("IDT[{vector}] uses IST {ist} (not walked)"));
+            }
+        }
+        self.linear(&format!("handler {vector}"), handler);
+    }
+
+    /// A real-mode vector: the IVT entry at `base + 4 * vector`, and its handler at
+    /// segment * 16 + offset (SDM Vol. 3A 21.1.4). Paging is off: linear is physical.
+    fn real_mode_vector(&mut self, vector: u8, base: u64) {
+        let at = base + 4 * vector as u64;
+        let Some(gpa) = self.linear(&format!("IVT[{vector}]"), at) else { return };
+        let mut raw = [0u8; 4];
+        if !self.mem.read(gpa, &mut raw) {
+            return self.note(format!("IVT[{vector}] unreadable"));
+        }
+        let (offset, segment) = (u16::from_le_bytes([raw[0], raw[1]]), u16::from_le_bytes([raw[2], raw[3]]));
+        self.linear(&format!("handler {vector}"), ((segment as u64) << 4) + offset as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vm::guest_mem::tests::Mem;
+
+    const PG: u64 = 1 << 31;
+    const PAE: u64 = 1 << 5;
+    const LMA: u64 = 1 << 10;
+    const LME: u64 = 1 << 8;
+    const P_RW: u64 = 0x3;
+
+    /// A long-mode guest whose tables map the first 2 MiB 1:1 with 4 KiB pages, except the
+    /// pages in `holes`; RAM is every page of `ram` (sparse: only what is touched).
+    fn long_guest(holes: &[u64]) -> (FaultState, Mem) {
+        let mut m = Mem::default();
+        // PML4 at 0x1000 -> PDPT 0x2000 -> PD 0x3000 -> PT 0x4000 (SDM Vol. 3A 4.5).
+        m.put_u64(0x1000, 0x2000 | P_RW);
+        m.put_u64(0x2000, 0x3000 | P_RW);
+        m.put_u64(0x3000, 0x4000 | P_RW);
+        for page in 0..512u64 {
+            let present = if holes.contains(&(page << 12)) { 0 } else { P_RW };
+            m.put_u64(0x4000 + 8 * page, page << 12 | present);
+        }
+        // RAM behind what the report reads: code, stack, IDT, handlers.
+        for gpa in [0x12bdc, 0x7fff, 0x7fd0, 0x9000, 0x10000, 0x11000] {
+            m.put(gpa, &[0x90]);
+        }
+        // Gates (16 bytes each) at IDT 0x9000: #DF -> 0x10000 (IST 1), #PF -> 0x11000.
+        let gate = |handler: u64, ist: u64| (handler & 0xffff) | 8 << 16 | ist << 32 | 0x8e << 40 | (handler >> 16 & 0xffff) << 48;
+        m.put_u64(0x9000 + 16 * 8, gate(0x10000, 1));
+        m.put_u64(0x9000 + 16 * 8 + 8, 0);
+        m.put_u64(0x9000 + 16 * 14, gate(0x11000, 0));
+        m.put_u64(0x9000 + 16 * 14 + 8, 0);
+        let st = FaultState {
+            rip: 0x12bdc,
+            rsp: 0x8008,
+            mode: ModeView { cr0: PG | CR0_PE, cr3: 0x1000, cr4: PAE, efer: LMA | LME, cs_l: true },
+            idt_base: 0x9000,
+            idt_limit: 0xfff,
+            // EXITINTINFO / IDT-vectoring: valid, hardware exception, error code, vector 14.
+            delivering: 1 << 31 | 1 << 11 | 3 << 8 | 14,
+            ..FaultState::default()
+        };
+        (st, m)
+    }
+
+    #[test]
+    fn a_delivery_whose_pages_are_all_mapped_says_so_and_names_each_address() {
+        let (st, mut m) = long_guest(&[]);
+        let r = st.walk_delivery(&mut m);
+        assert!(r.ends_with(ALL_MAPPED), "{r}");
+        // Long mode aligns RSP to 16 before pushing the 48-byte frame (SDM Vol. 3A 6.14.2).
+        for part in ["RIP 0x12bdc -> 0x12bdc", "stack top 0x7fff -> 0x7fff", "stack frame 0x7fd0 -> 0x7fd0"] {
+            assert!(r.contains(part), "{part} in {r}");
+        }
+        // The vector being delivered first, then #DF, each gate and its handler.
+        let pf = r.find("IDT[14] 0x90e0 -> 0x90e0; handler 14 0x11000 -> 0x11000").expect(&r);
+        let df = r.find("IDT[8] 0x9080 -> 0x9080; IDT[8] uses IST 1 (not walked); handler 8 0x10000 -> 0x10000").expect(&r);
+        assert!(pf < df, "{r}");
+    }
+
+    #[test]
+    fn an_unmapped_page_anywhere_in_the_delivery_is_named_and_changes_the_verdict() {
+        for (hole, part) in [
+            (0x12000, "RIP 0x12bdc not mapped"),
+            (0x7000, "stack frame 0x7fd0 not mapped"),
+            (0x9000, "IDT[14] 0x90e0 not mapped"),
+            (0x11000, "handler 14 0x11000 not mapped"),
+            (0x10000, "handler 8 0x10000 not mapped"),
+        ] {
+            let (st, mut m) = long_guest(&[hole]);
+            let r = st.walk_delivery(&mut m);
+            assert!(r.contains(part), "{part} in {r}");
+            assert!(r.ends_with(NOT_ALL_MAPPED), "{r}");
+        }
+    }
+
+    #[test]
+    fn mapped_but_not_ram_is_not_mapped_memory() {
+        let (st, mut m) = long_guest(&[]);
+        m.0.remove(&0x11000);
+        let r = st.walk_delivery(&mut m);
+        assert!(r.contains("handler 14 0x11000 -> 0x11000, not RAM"), "{r}");
+        assert!(r.ends_with(NOT_ALL_MAPPED), "{r}");
+    }
+
+    #[test]
+    fn gates_past_the_idt_limit_or_not_present_are_named() {
+        // A long-mode gate is 16 bytes: vector 14 needs a limit of at least 14 * 16 + 15.
+        let (mut st, mut m) = long_guest(&[]);
+        st.idt_limit = 14 * 16 + 14;
+        let r = st.walk_delivery(&mut m);
+        assert!(r.contains("IDT[14] past the limit 0xee"), "{r}");
+        assert!(!r.contains("IDT[8] past"), "#DF is inside it: {r}");
+        st.idt_limit = 14 * 16 + 15;
+        assert!(!st.walk_delivery(&mut m).contains("past the limit"));
+        // Present is bit 47 of the gate (SDM Vol. 3A Figure 6-8).
+        let low = m.read_u64(0x9000 + 16 * 14).unwrap();
+        m.put_u64(0x9000 + 16 * 14, low & !(1 << 47));
+        let r = st.walk_delivery(&mut m);
+        assert!(r.contains("IDT[14] not present"), "{r}");
+        assert!(r.ends_with(NOT_ALL_MAPPED), "{r}");
+    }
+
+    #[test]
+    fn a_gate_that_runs_into_an_unmapped_page_is_named() {
+        // IDT base 0x8f78: #DF's 16 bytes at 0x8ff8 reach into page 0x9000.
+        let (mut st, mut m) = long_guest(&[0x9000]);
+        m.put(0x8ff8, &[0; 8]);
+        st.idt_base = 0x8f78;
+        let r = st.walk_delivery(&mut m);
+        assert!(r.contains("IDT[8] 0x8ff8 -> 0x8ff8; IDT[8] runs into a page that is not mapped RAM"), "{r}");
+        assert!(r.ends_with(NOT_ALL_MAPPED), "{r}");
+    }
+
+    #[test]
+    fn a_long_mode_handler_takes_all_64_bits_of_its_offset() {
+        let (st, mut m) = long_guest(&[]);
+        // Offset 63:32 in the gate's second 8 bytes (SDM Vol. 3A Figure 6-8).
+        m.put_u64(0x9000 + 16 * 14 + 8, 0xffff_8000);
+        let r = st.walk_delivery(&mut m);
+        assert!(r.contains("handler 14 0xffff800000011000 not mapped"), "{r}");
+    }
+
+    #[test]
+    fn without_an_event_being_delivered_only_the_double_fault_gate_is_walked() {
+        let (mut st, mut m) = long_guest(&[]);
+        st.delivering = 14; // valid bit (31) clear: the field means nothing
+        let r = st.walk_delivery(&mut m);
+        assert!(!r.contains("IDT[14]") && r.contains("IDT[8]"), "{r}");
+        // A #DF being delivered is walked once.
+        st.delivering = 1 << 31 | 3 << 8 | 8;
+        assert_eq!(st.walk_delivery(&mut m).matches("IDT[8] 0x").count(), 1);
+    }
+
+    #[test]
+    fn legacy_protected_mode_gates_are_8_bytes_and_segments_add_their_bases() {
+        let mut m = Mem::default();
+        // 32-bit paging: PD at 0x1000, PDE[0] -> PT 0x2000 mapping 4 MiB 1:1 (SDM Vol. 3A 4.3).
+        m.put_u32(0x1000, 0x2000 | P_RW as u32);
+        for page in 0..1024u32 {
+            m.put_u32(0x2000 + 4 * page as u64, page << 12 | P_RW as u32);
+        }
+        for gpa in [0x5100, 0x6fff, 0x6ff0, 0x9000, 0x30000, 0x31000] {
+            m.put(gpa, &[0x90]);
+        }
+        let gate = |handler: u64| (handler & 0xffff) | 8 << 16 | 0x8e << 40 | (handler >> 16) << 48;
+        m.put_u64(0x9000 + 8 * 8, gate(0x30000));
+        m.put_u64(0x9000 + 8 * 13, gate(0x31000));
+        let st = FaultState {
+            rip: 0x100,
+            cs_base: 0x5000,
+            rsp: 0x2000,
+            ss_base: 0x5000,
+            mode: ModeView { cr0: PG | CR0_PE, cr3: 0x1000, ..ModeView::default() },
+            idt_base: 0x9000,
+            idt_limit: 8 * 14 - 1,
+            delivering: 1 << 31 | 1 << 11 | 3 << 8 | 13,
+            ..FaultState::default()
+        };
+        let r = st.walk_delivery(&mut m);
+        for part in [
+            "RIP 0x5100 -> 0x5100",
+            "stack top 0x6fff",
+            // EFLAGS, CS, EIP and an error code: 16 bytes (SDM Vol. 3A Figure 6-4).
+            "stack frame 0x6ff0 -> 0x6ff0",
+            "IDT[13] 0x9068 -> 0x9068; handler 13 0x31000 -> 0x31000",
+            "IDT[8] 0x9040 -> 0x9040; handler 8 0x30000 -> 0x30000",
+        ] {
+            assert!(r.contains(part), "{part} in {r}");
+        }
+        assert!(r.ends_with(ALL_MAPPED), "{r}");
+        // An 8-byte gate: vector 13 fits a limit of 13 * 8 + 7, not one less.
+        let r = FaultState { idt_limit: 13 * 8 + 6, ..st }.walk_delivery(&mut m);
+        assert!(r.contains("IDT[13] past the limit"), "{r}");
+    }
+
+    #[test]
+    fn real_mode_vectors_are_offset_segment_pairs_of_4_bytes() {
+        let mut m = Mem::default();
+        // IVT at 0: vector 8 at 0x20 -> F000:FEA5, vector 13 at 0x34 -> 0070:0010.
+        m.put(0x20, &[0xa5, 0xfe, 0x00, 0xf0]);
+        m.put(0x34, &[0x10, 0x00, 0x70, 0x00]);
+        for gpa in [0xf_fea5, 0x710, 0x7c00, 0x10ffe, 0x10ff9] {
+            m.put(gpa, &[0]);
+        }
+        let st = FaultState {
+            rip: 0x7c00,
+            rsp: 0xfff,
+            ss_base: 0x10000,
+            idt_limit: 0x3ff,
+            delivering: 1 << 31 | 3 << 8 | 13,
+            ..FaultState::default()
+        };
+        let r = st.walk_delivery(&mut m);
+        assert!(r.contains("IVT[13] 0x34 -> 0x34; handler 13 0x710 -> 0x710"), "{r}");
+        assert!(r.contains("IVT[8] 0x20 -> 0x20; handler 8 0xffea5 -> 0xffea5"), "{r}");
+        assert!(r.ends_with(ALL_MAPPED), "{r}");
+    }
+
+    #[test]
+    fn the_report_line_names_every_register_and_both_events() {
+        let (mut st, _) = long_guest(&[]);
+        st.cs = 0x10;
+        st.rflags = 0x2;
+        assert_eq!(
+            st.describe(),
+            "RIP 0x12bdc RSP 0x8008 RFLAGS 0x2 CS 0x10 CR0 0x80000001 CR3 0x1000 CR4 0x20 EFER 0x500 IDT 0x9000/0xfff; delivering exception 14 with an error code; injected at entry none"
+        );
+        st.caveat = Some("undefined");
+        assert!(st.describe().ends_with("injected at entry none (undefined)"));
+    }
+}
