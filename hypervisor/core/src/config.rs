@@ -414,8 +414,12 @@ impl GuestCtx<'_> {
         // table's keys run from there to the next header.
         let start = self.span.start.min(self.text.len());
         let rest = &self.text[start..];
-        let header_end = rest.find('\n').map_or(rest.len(), |i| i + 1);
-        let end = rest[header_end..].find("\n[").map_or(rest.len(), |i| header_end + i);
+        // Searched from the header's own newline, so that a header right below it ends the
+        // body too (an empty table must not take the next table's keys for its own).
+        let end = match rest.find('\n') {
+            Some(nl) => rest[nl..].find("\n[").map_or(rest.len(), |i| nl + i),
+            None => rest.len(),
+        };
         let body = &rest[..end];
         let at = body
             .match_indices(key)
@@ -736,6 +740,56 @@ mod tests {
     }
 
     #[test]
+    fn guest_errors_point_at_the_guests_own_key_line() {
+        // An empty table right above another: its missing `name` is at its own header, not
+        // at the next guest's `name`.
+        let c = Config::parse("g.toml", "[[guest]]\n[[guest]]\nname = \"b\"\nkernel = \"k\"\n").unwrap();
+        let e = &c.guest_errors[0];
+        assert_eq!((e.line, e.field.as_deref()), (1, Some("guest[0].name")), "{e}");
+        assert_eq!(c.guests.len(), 1);
+        // The key's text inside an earlier value (`kernel=` in a command line) is not the key:
+        // a key starts its line and is followed by `=`.
+        let c = Config::parse("g.toml", "[[guest]]\nname = \"a\"\ncmdline = \"x kernel=y\"\nkernel = \"../k\"\n").unwrap();
+        let e = &c.guest_errors[0];
+        assert_eq!((e.line, e.column, e.field.as_deref()), (4, 1, Some("guest[0].kernel")), "{e}");
+        // Indented keys are keys too.
+        let c = Config::parse("g.toml", "[[guest]]\nname = \"a\"\n  kernel = \"/k\"\n").unwrap();
+        assert_eq!((c.guest_errors[0].line, c.guest_errors[0].column), (3, 3));
+    }
+
+    #[test]
+    fn names_have_1_to_32_characters_and_paths_are_not_empty() {
+        let guest = |name: &str, kernel: &str| Config::parse("g.toml", &format!("[[guest]]\nname = \"{name}\"\nkernel = \"{kernel}\"\n")).unwrap();
+        assert_eq!(guest(&"n".repeat(32), "k").guests.len(), 1);
+        for bad in [String::new(), "n".repeat(33)] {
+            let c = guest(&bad, "k");
+            assert!(c.guest_errors[0].message.contains("not a valid name"), "{bad:?}: {}", c.guest_errors[0]);
+        }
+        let c = guest("a", "");
+        assert!(c.guest_errors[0].message.contains("relative path"), "{}", c.guest_errors[0]);
+    }
+
+    #[test]
+    fn guest_ram_is_2_mib_to_64_gib() {
+        let mib = |m: u64| Config::parse("g.toml", &format!("[[guest]]\nname = \"a\"\nkernel = \"k\"\nmemory_mib = {m}\n")).unwrap();
+        assert_eq!(mib(2).guests.len(), 1);
+        assert_eq!(mib(65536).guests[0].memory_mib, 65536);
+        for bad in [1, 65537] {
+            assert!(mib(bad).guest_errors[0].message.contains("out of range (2..=65536)"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn syntax_errors_name_the_table_they_are_in() {
+        // A line that is neither a key nor a header belongs to the table above it.
+        let e = Config::parse("b.toml", "[hypervisor]\nlog_level = \"info\"\ngarbage\n").unwrap_err();
+        assert_eq!((e.line, e.field.as_deref()), (3, Some("hypervisor")), "{e}");
+        // The `]` that closes a multi-line array is not a table header.
+        let e = Config::parse("b.toml", "[[guest]]\nname = \"a\"\naffinity = [\n  0,\n]\ngarbage\n").unwrap_err();
+        assert_eq!((e.line, e.field.as_deref()), (6, Some("guest")), "{e}");
+    }
+
+    #[test]
     fn a_bad_guest_is_refused_and_the_others_kept() {
         let text = "[[guest]]\nname = \"ok\"\nkernel = \"ok.bin\"\n\n[[guest]]\nname = \"bad\"\nkernel = \"x.bin\"\nmemory_mib = 1\n\n[[guest]]\nname = \"ok2\"\nkernel = \"k\"\n";
         let c = Config::parse("b.toml", text).unwrap();
@@ -866,6 +920,8 @@ mod tests {
         assert!(s.contains("past the guest's 2 MiB of RAM") && s.contains("at most 2064384 bytes fit"), "{s}");
         // A guest smaller than the schema allows still gets a sensible answer.
         assert!(matches!(flat(0, 1), Err(ImageFitError::PastRam { ram: 0, max_len: 0, .. })));
+        // An image that ends exactly where RAM ends fits RAM (and here is past 640 KiB).
+        assert!(matches!(flat(2, (2 << 20) - FLAT_LOAD_ADDRESS), Err(ImageFitError::PastConventionalMemory { end: 0x20_0000, .. })));
         assert!(matches!(flat(MAX_GUEST_MIB, u64::MAX), Err(ImageFitError::PastRam { end: u64::MAX, .. })));
         let g = Config::parse("g.toml", "[[guest]]\nname = \"a\"\nkernel = \"k\"\nmemory_mib = 4\n").unwrap();
         assert_eq!(g.guests[0].image_fits(512), Ok(()));
