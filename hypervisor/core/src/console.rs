@@ -283,16 +283,6 @@ impl Console {
         self.leave_guest(guest, &reason)
     }
 
-    /// Whether the guest exists and takes input.
-    pub fn accepts_input(&self, guest: usize) -> bool {
-        self.guest(guest).is_some_and(|g| g.accepts_input)
-    }
-
-    /// The guest's name, if it exists.
-    pub fn name(&self, guest: usize) -> Option<&str> {
-        self.guest(guest).map(|g| g.name.as_str())
-    }
-
     /// The index of the first existing guest with this name.
     pub fn find_guest(&self, name: &str) -> Option<usize> {
         self.guests.iter().position(|g| g.as_ref().is_some_and(|g| g.name == name))
@@ -301,19 +291,6 @@ impl Console {
     /// Where input goes now.
     pub fn focus(&self) -> Focus {
         self.focus.unwrap_or_else(|| self.next_after(Focus::Monitor))
-    }
-
-    /// Moves the focus, e.g. for a kernel-side shortcut; returns the same events as a Ctrl-A
-    /// switch. `None`, and no change, when the target is a guest that does not exist or does
-    /// not take input.
-    pub fn set_focus(&mut self, focus: Focus) -> Option<Vec<Event>> {
-        if let Focus::Guest(g) = focus {
-            if !self.accepts_input(g) {
-                return None;
-            }
-        }
-        self.ctrl_a = 0;
-        Some(self.switch_to(focus, ""))
     }
 
     /// Fixes the initial focus and returns the events that announce it (notice, then the
@@ -1092,22 +1069,9 @@ mod tests {
             vec!["[bastion] web was removed; input focus: db (Ctrl-A x3 to switch)"]
         );
         assert_eq!(c.find_guest("web"), None);
-        assert_eq!(c.name(0), None);
         assert!(c.guest_output(0, b"ghost\n").is_empty());
         assert_eq!(c.add_guest("new"), 2, "indices are not reused");
         assert!(c.remove_guest(0).is_empty());
-    }
-
-    #[test]
-    fn set_focus_refuses_guests_not_taking_input() {
-        let mut c = console(&["web", "db"]);
-        c.set_accepts_input(1, false);
-        assert_eq!(c.set_focus(Focus::Guest(1)), None);
-        assert_eq!(c.set_focus(Focus::Guest(9)), None);
-        assert_eq!(c.focus(), Focus::Guest(0));
-        let events = c.set_focus(Focus::Monitor).unwrap();
-        assert_eq!(c.focus(), Focus::Monitor);
-        assert_eq!(notices(&events), vec!["[bastion] input focus: monitor (type 'help')"]);
     }
 
     #[test]
