@@ -94,14 +94,43 @@ pub fn inspect(path: &Path) -> Result<Target> {
         bail!("{} is a regular file under /dev, not a device", path.display());
     }
     if meta.file_type().is_file() {
-        return Ok(Target { path: path.into(), kind: Kind::File, size: meta.len(), removable: false, in_use: Vec::new(), model: String::new() });
+        // A file behind a loop device is that device's storage: writing it under a mounted
+        // file system corrupts it just as writing the device would.
+        let mut in_use = Vec::new();
+        for (loop_name, number) in loops_backed_by(&meta) {
+            let Ok(t) = block_target(Path::new(&format!("/dev/{loop_name}")), &number) else { continue };
+            in_use.extend(t.in_use.into_iter().map(|u| format!("it backs /dev/{loop_name}: {u}")));
+        }
+        return Ok(Target { path: path.into(), kind: Kind::File, size: meta.len(), removable: false, in_use, model: String::new() });
     }
     if !meta.file_type().is_block_device() {
         bail!("{} is neither a block device nor a regular file", path.display());
     }
     let rdev = meta.rdev();
-    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
-    let sys = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
+    block_target(path, &format!("{}:{}", libc::major(rdev), libc::minor(rdev)))
+}
+
+/// The loop devices backed by the file `meta` describes, as (name, `MAJ:MIN`): the kernel
+/// names each attached loop device's file in `/sys/block/loopN/loop/backing_file` (loop(4));
+/// it is compared by device and inode, so another path to the same file matches too.
+fn loops_backed_by(meta: &std::fs::Metadata) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/sys/block").into_iter().flatten().flatten() {
+        let dir = entry.path();
+        let Some(backing) = read_trimmed(&dir.join("loop/backing_file")) else { continue };
+        let same = std::fs::metadata(&backing).is_ok_and(|b| (b.dev(), b.ino()) == (meta.dev(), meta.ino()));
+        if let (true, Some(number)) = (same, read_trimmed(&dir.join("dev"))) {
+            found.push((entry.file_name().to_string_lossy().into_owned(), number));
+        }
+    }
+    found.sort();
+    found
+}
+
+/// A block device by its number (`MAJ:MIN`): a partition, or a whole disk with its size,
+/// removability, model and every way it or a partition of it is in use.
+fn block_target(path: &Path, number: &str) -> Result<Target> {
+    let sys = PathBuf::from(format!("/sys/dev/block/{number}"));
     let sys = std::fs::canonicalize(&sys).with_context(|| format!("{} is a block device sysfs does not know ({})", path.display(), sys.display()))?;
     if sys.join("partition").exists() {
         let disk = sys.parent().and_then(|p| p.file_name()).map_or_else(|| "?".into(), |n| n.to_string_lossy().into_owned());
@@ -111,7 +140,7 @@ pub fn inspect(path: &Path) -> Result<Target> {
     let removable = read_trimmed(&sys.join("removable")).as_deref() == Some("1");
     let model = [read_trimmed(&sys.join("device/vendor")), read_trimmed(&sys.join("device/model"))].into_iter().flatten().filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" ");
     // The disk and its partitions: their device numbers and names.
-    let mut devs = vec![(format!("{major}:{minor}"), sys.file_name().unwrap().to_string_lossy().into_owned())];
+    let mut devs = vec![(number.to_string(), sys.file_name().unwrap().to_string_lossy().into_owned())];
     let mut holders = Vec::new();
     for dir in std::iter::once(sys.clone()).chain(std::fs::read_dir(&sys).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.join("partition").exists())) {
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
@@ -386,6 +415,8 @@ mod tests {
         let t = inspect(&dev_path).unwrap();
         assert_eq!((t.kind.clone(), t.size, t.removable), (Kind::Disk, 16 << 20, false), "{t:?}");
         assert!(t.in_use.is_empty(), "{t:?}");
+        // Attached but not in use, its file is a file like any other.
+        assert_eq!(inspect(&backing).unwrap().in_use, Vec::<String>::new());
         let img = image("loop-img", 1 << 20);
         let e = write_stick(&img, &dev_path, false).unwrap_err().to_string();
         assert!(e.contains("not a removable device"), "{e}");
@@ -428,6 +459,15 @@ mod tests {
         }
         let e = write_stick(&img, &dev_path, true).unwrap_err().to_string();
         assert!(e.contains(&format!("{dev} is mounted on {}", guard.mnt.display())), "{e}");
+        // So is the file behind it, by any path to it.
+        let link = scratch("loop-link");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&backing, &link).unwrap();
+        for file in [&backing, &link] {
+            let e = write_stick(&img, file, true).unwrap_err().to_string();
+            assert!(e.contains(&format!("it backs {dev}: {dev} is mounted on {}", guard.mnt.display())), "{e}");
+        }
+        let _ = std::fs::remove_file(&link);
         drop(guard);
     }
 }
