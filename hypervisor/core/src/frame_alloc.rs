@@ -297,6 +297,10 @@ mod tests {
         assert_eq!(a.free(f + 1), Err(FreeError::Unaligned(f + 1)));
         assert_eq!(a.free(0), Err(FreeError::OutOfRange(0)));
         assert_eq!(a.free_frames(), 8, "refused frees must not change the count");
+        // What the kernel logs for each: the address and the reason.
+        assert_eq!(FreeError::NotAllocated(0x5000).to_string(), "frame 0x5000 is not allocated (double free?)");
+        assert_eq!(FreeError::Unaligned(0x5001).to_string(), "frame address 0x5001 is not 4 KiB aligned");
+        assert_eq!(FreeError::OutOfRange(0).to_string(), "frame 0x0 is outside managed memory");
     }
 
     #[test]
