@@ -96,8 +96,10 @@ impl<'a> FrameAllocator<'a> {
         bitmap.fill(u64::MAX);
         let mut a = FrameAllocator { bitmap, base_frame: plan.base_frame, frames: plan.frames, free: 0, usable: 0, hint: 0 };
         for r in usable {
-            for f in frame_range(r) {
-                if a.in_range(f) && a.is_used(f) {
+            // Only the frames the plan manages: a range is clipped, not walked past them.
+            let r = frame_range(r);
+            for f in r.start.max(a.base_frame)..r.end.min(a.base_frame + a.frames) {
+                if a.is_used(f) {
                     a.set_free(f);
                     a.free += 1;
                 }
@@ -178,7 +180,13 @@ impl<'a> FrameAllocator<'a> {
         let align_frames = align / FRAME_SIZE;
         let end = (self.base_frame + self.frames).min(limit / FRAME_SIZE);
         let mut start = self.base_frame.next_multiple_of(align_frames);
-        while start + count <= end {
+        // Each try moves `start` to a later aligned frame, so there are at most as many tries
+        // as aligned frames below `end`: the bound makes the search end even if a jump did
+        // not advance.
+        for _ in 0..=end / align_frames {
+            if start + count > end {
+                break;
+            }
             // Find the highest used frame in [start, start+count); jump past it if any.
             match (start..start + count).rev().find(|&f| self.is_used(f)) {
                 None => {
@@ -274,10 +282,8 @@ mod tests {
         let reserved = [0..FRAME_SIZE, 5 * FRAME_SIZE + 10..6 * FRAME_SIZE + 1];
         let mut a = FrameAllocator::new(&mut bm, &plan, &usable, &reserved);
         assert_eq!(a.usable_frames(), 16 - 1 - 2);
-        let mut seen = Vec::new();
-        while let Some(f) = a.alloc() {
-            seen.push(f);
-        }
+        // At most one more call than there are frames: a broken alloc fails, not hangs.
+        let seen: Vec<u64> = core::iter::from_fn(|| a.alloc()).take(17).collect();
         assert!(!seen.contains(&0));
         assert!(!seen.contains(&(5 * FRAME_SIZE)));
         assert!(!seen.contains(&(6 * FRAME_SIZE)));
@@ -309,8 +315,10 @@ mod tests {
         let (mut bm, plan) = build(&usable);
         let mut a = FrameAllocator::new(&mut bm, &plan, &usable, &[0..FRAME_SIZE]);
         // Frame 0 is reserved, so the first 2 MiB-aligned run of 512 frames starts at 2 MiB.
+        let free = a.free_frames();
         let big = a.alloc_contiguous(512, 2 * MIB, u64::MAX).unwrap();
         assert_eq!(big, 2 * MIB);
+        assert_eq!(a.free_frames(), free - 512, "a run is counted as used");
         let big2 = a.alloc_contiguous(512, 2 * MIB, u64::MAX).unwrap();
         assert_eq!(big2, 4 * MIB);
         // A limit that leaves no room fails instead of returning memory above it.
@@ -350,7 +358,7 @@ mod tests {
         assert_eq!(a.adopt(0xa000, 1), Err(FreeError::OutOfRange(0xa000)));
         assert_eq!(a.adopt(0x4001, 1), Err(FreeError::Unaligned(0x4001)));
         assert_eq!((a.free_frames(), a.usable_frames()), (7, 7));
-        let mut got: Vec<u64> = core::iter::from_fn(|| a.alloc()).collect();
+        let mut got: Vec<u64> = core::iter::from_fn(|| a.alloc()).take(8).collect();
         got.sort();
         assert_eq!(got, vec![0x1000, 0x2000, 0x3000, 0x5000, 0x6000, 0x8000, 0x9000]);
     }
@@ -363,7 +371,7 @@ mod tests {
         let total = a.free_frames();
         assert_eq!(total, 255 + 256);
         let mut all = std::collections::BTreeSet::new();
-        while let Some(f) = a.alloc() {
+        for f in core::iter::from_fn(|| a.alloc()).take(total as usize + 1) {
             assert!(all.insert(f), "frame {f:#x} handed out twice");
             assert!(usable.iter().any(|r| f >= r.start && f + FRAME_SIZE <= r.end));
         }
