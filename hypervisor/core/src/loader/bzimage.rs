@@ -1251,7 +1251,9 @@ pub(crate) mod tests {
         let p = plan_for(&Synth::new(), None, "", &mib(64)).unwrap();
         let e = p.entry;
         assert_eq!((e.rip, e.rsi, e.cs, e.ds), (0x100_0200, 0x7000, BOOT_CS, BOOT_DS));
-        assert_eq!((e.cr0, e.cr4, e.efer), (ENTRY_CR0, ENTRY_CR4, ENTRY_EFER));
+        // CR0.PE (bit 0), ET (4), PG (31); CR4.PAE (5); EFER.LME (8) and LMA (10): SDM Vol. 3A
+        // 2.5, 2.2.1.
+        assert_eq!((e.cr0, e.cr4, e.efer), (0x8000_0011, 0x20, 0x500));
         assert_eq!(e.rflags & (1 << 9), 0, "IF clear");
         assert_eq!((e.gdt_base, e.gdt_limit, e.cr3), (0x500, GDT_LIMIT, 0x9000));
         assert_eq!(bytes_at(&p, e.gdt_base), &gdt()[..]);

@@ -117,12 +117,12 @@ pub const LOW_LAYOUT: [(&str, GpaRange); 5] = [
 /// CR0 at the 64-bit entry: protected mode (PE), paging (PG), ET (hard-wired to 1 on modern
 /// CPUs). Caching is on (CD, NW clear). A VMX backend ORs in what IA32_VMX_CR0_FIXED0 demands
 /// (NE); SDM Vol. 3A 9.8.5 "Initializing IA-32e Mode" for the PE/PG/PAE/LME sequence.
-pub const ENTRY_CR0: u64 = Cr0::PE.bits() | Cr0::ET.bits() | Cr0::PG.bits();
+pub const ENTRY_CR0: u64 = Cr0::PE.union(Cr0::ET).union(Cr0::PG).bits();
 /// CR4 at the 64-bit entry: PAE, required for long mode.
 pub const ENTRY_CR4: u64 = Cr4::PAE.bits();
 /// EFER at the 64-bit entry: long mode enabled (LME) and active (LMA, what the CPU sets once
 /// paging is on with LME; a VMM loading the state directly must set it itself).
-pub const ENTRY_EFER: u64 = Efer::LME.bits() | Efer::LMA.bits();
+pub const ENTRY_EFER: u64 = Efer::LME.union(Efer::LMA).bits();
 /// RFLAGS at entry: only the always-one bit 1; IF clear (interrupts disabled, as the protocol
 /// requires), DF clear.
 pub const ENTRY_RFLAGS: u64 = Rflags::FIXED1.bits();
