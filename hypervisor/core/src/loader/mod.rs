@@ -372,7 +372,7 @@ impl Start {
                 },
                 gdt_base: 0,
                 gdt_limit: 0xFFFF,
-                cr0: Cr0::PE.bits() | Cr0::ET.bits(),
+                cr0: Cr0::PE.union(Cr0::ET).bits(),
                 cr3: 0,
                 cr4: 0,
                 efer: 0,
@@ -510,15 +510,16 @@ pub fn identity_page_tables(base: u64) -> Vec<u8> {
         t[at..at + 8].copy_from_slice(&value.to_le_bytes());
     };
     let table = |n: u64| base + n * 4096;
+    // An entry's frame address and its flags are disjoint bits: they are added.
     // PML4[0] -> PDPT.
-    put(0, table(1) | PTE_PRESENT | PTE_WRITABLE);
+    put(0, table(1) + PTE_PRESENT + PTE_WRITABLE);
     for pd in 0..PAGE_DIRECTORIES {
         // PDPT[pd] -> page directory pd, at table 2 + pd.
-        put(512 + pd, table(2 + pd) | PTE_PRESENT | PTE_WRITABLE);
+        put(512 + pd, table(2 + pd) + PTE_PRESENT + PTE_WRITABLE);
         for i in 0..512 {
-            let addr = ((pd << 9) | i) << 21;
-            let uncached = if (MMIO_HOLE_START..MMIO_HOLE_END).contains(&addr) { PTE_PCD | PTE_PWT } else { 0 };
-            put((2 + pd) * 512 + i, addr | PTE_PRESENT | PTE_WRITABLE | PTE_LARGE | uncached);
+            let addr = ((pd << 9) + i) << 21;
+            let uncached = if (MMIO_HOLE_START..MMIO_HOLE_END).contains(&addr) { PTE_PCD + PTE_PWT } else { 0 };
+            put((2 + pd) * 512 + i, addr + PTE_PRESENT + PTE_WRITABLE + PTE_LARGE + uncached);
         }
     }
     t
@@ -549,8 +550,8 @@ impl Descriptor {
     pub fn decode(d: u64) -> Descriptor {
         let bit = |n: u32| d >> n & 1 == 1;
         Descriptor {
-            base: ((d >> 16) & 0xFF_FFFF | ((d >> 56) & 0xFF) << 24) as u32,
-            limit: (d & 0xFFFF | ((d >> 48) & 0xF) << 16) as u32,
+            base: (((d >> 16) & 0xFF_FFFF) + (((d >> 56) & 0xFF) << 24)) as u32,
+            limit: ((d & 0xFFFF) + (((d >> 48) & 0xF) << 16)) as u32,
             kind: ((d >> 40) & 0xF) as u8,
             code_or_data: bit(44),
             dpl: ((d >> 45) & 3) as u8,
