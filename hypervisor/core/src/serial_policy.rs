@@ -63,6 +63,8 @@ mod tests {
         let (mut lost, mut next_byte, mut t, mut last_poll) = (0usize, 0usize, 0u64, 0u64);
         let mut delivered = Vec::new();
         let end = n as u64 * per_byte + 10 * CONSOLE_TICK_NS;
+        // A bound on the simulation, so that a wrong byte time fails instead of running on.
+        assert!(end < 60_000_000_000, "{n} bytes at {baud} baud: more than a minute of line time");
         while t <= end {
             // Bytes that completed on the line by now enter the FIFO (or overrun it).
             while next_byte < n && (next_byte as u64 + 1) * per_byte <= t {
@@ -120,6 +122,7 @@ mod tests {
         let mut last_byte_at = 0u64;
         let step = 1_000;
         let end = n as u64 * per_byte + 20 * per_byte + latency_ns;
+        assert!(end < 60_000_000_000, "{n} bytes at {baud} baud: more than a minute of line time");
         let mut t = 0;
         let mut next = 0usize;
         while t <= end {

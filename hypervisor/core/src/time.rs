@@ -472,6 +472,13 @@ mod tests {
         assert!(intel(0x16).is_intel());
         let amd = CpuidLeaves { leaf_0: [0x10, AMD[0], AMD[2], AMD[1]], ..intel(0x10) };
         assert!(!amd.is_intel());
+        // All three words must match: Transmeta's "GenuineTMx86" shares EBX ("Genu") with
+        // "GenuineIntel", and a string matching in EDX or ECX alone is not Intel either.
+        let vendor = |b: &[u8; 12]| [0x10, u32::from_le_bytes(b[0..4].try_into().unwrap()), u32::from_le_bytes(b[8..12].try_into().unwrap()), u32::from_le_bytes(b[4..8].try_into().unwrap())];
+        for other in [b"GenuineTMx86", b"xxxxineIxxxx", b"xxxxxxxxntel", b"GenuineIxxxx"] {
+            assert!(!CpuidLeaves { leaf_0: vendor(other), ..intel(0x10) }.is_intel(), "{}", String::from_utf8_lossy(other));
+        }
+        assert!(CpuidLeaves { leaf_0: vendor(b"GenuineIntel"), ..intel(0x10) }.is_intel());
         assert!(intel(0x16).invariant_tsc());
         // Bit 8 of a leaf beyond the maximum extended leaf means nothing.
         assert!(!CpuidLeaves { ext_max: 0x8000_0006, ..intel(0x16) }.invariant_tsc());
