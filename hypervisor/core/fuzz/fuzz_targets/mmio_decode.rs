@@ -3,10 +3,11 @@
 //! chapter 2): an instruction is at most 15 bytes and decodes the same from exactly its own
 //! bytes; accesses are 1, 2, 4 or 8 bytes and addresses 2, 4 or 8; the device operand is
 //! touched only at the faulting address with the instruction's access size; a REP string
-//! instruction does at most MAX_REP_PER_EXIT iterations per exit; every memory error reaches
+//! instruction does at most MAX_PER_EXIT iterations per exit; every memory error reaches
 //! the caller.
 #![no_main]
-use bastion_core::vm::insn::{decode, execute, CpuMode, InsnMemory, Op, RegState, MAX_REP_PER_EXIT};
+use bastion_core::vm::insn::{decode, execute, CpuMode, InsnMemory, Op, RegState};
+use bastion_core::vm::rep::MAX_PER_EXIT;
 use bastion_core::vm::Seg;
 use libfuzzer_sys::fuzz_target;
 
@@ -90,7 +91,7 @@ fuzz_target!(|data: &[u8]| {
     }
     if string && insn.rep.is_some() {
         let done = rcx.saturating_sub(regs.gprs.rcx & mask(insn.addr_size));
-        assert!(done <= MAX_REP_PER_EXIT, "{done} iterations in one exit");
+        assert!(done <= MAX_PER_EXIT, "{done} iterations in one exit");
     }
     if !string {
         assert!(mem.accesses <= 2, "{} accesses by one instruction", mem.accesses);

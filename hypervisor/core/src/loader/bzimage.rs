@@ -555,7 +555,7 @@ fn zero_page(image: &[u8], hdr: &SetupHeader, load_addr: u64, initrd: Option<Gpa
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use super::super::{BOOT_CS, BOOT_DS, ENTRY_CR0, ENTRY_CR4, ENTRY_EFER, GDT_LIMIT, IDENTITY_MAPPED, LOW_LAYOUT};
+    use super::super::{BOOT_CS, BOOT_DS, GDT_LIMIT, IDENTITY_MAPPED, LOW_LAYOUT};
     use super::*;
     use crate::vm::memmap::{E820Kind, EBDA_START, GIB};
 

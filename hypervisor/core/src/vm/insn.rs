@@ -60,17 +60,13 @@
 //! (a guest that needs atomicity on a register takes its own lock around it, as drivers do).
 
 use super::regs::Rflags;
+use super::rep::{self, Element, RepEnd};
 use super::{Gprs, Seg};
 use bitflags::bitflags;
 use core::fmt;
 
 /// The longest instruction the CPU executes (SDM Vol. 2A 2.3.11).
 pub const MAX_INSN_LEN: usize = 15;
-
-/// Iterations of a REP string instruction per exit; the guest then re-executes it to continue
-/// (a REP instruction is interruptible between iterations, SDM Vol. 2B "REP/REPE/REPZ…"), so
-/// one exit never holds a CPU for long. Same bound as port string I/O.
-pub const MAX_REP_PER_EXIT: u64 = 1024;
 
 /// The code segment's defaults (SDM Vol. 1 3.6 "Operand-size and Address-size Attributes",
 /// Table 3-4 for 64-bit mode).
@@ -732,7 +728,7 @@ pub trait InsnMemory {
 pub enum Completion {
     /// Done: continue at RIP + `len`.
     Done,
-    /// A REP string instruction with iterations left (after [`MAX_REP_PER_EXIT`]): leave RIP
+    /// A REP string instruction with iterations left (after [`rep::MAX_PER_EXIT`]): leave RIP
     /// where it is so the guest executes it again.
     Again,
 }
@@ -923,39 +919,40 @@ where
     let am = mask(insn.addr_size);
     let step = if regs.rflags() & Rflags::DF.bits() != 0 { (size as u64).wrapping_neg() } else { size as u64 };
     let n = size as usize;
-    // With REP up to MAX_REP_PER_EXIT elements in this exit, without it one: a bounded loop.
-    let budget = if insn.rep.is_some() { MAX_REP_PER_EXIT } else { 1 };
-    for _ in 0..budget {
-        if insn.rep.is_some() && regs.gpr(RCX) & am == 0 {
-            return Ok(Completion::Done);
-        }
-        let (si, di) = (regs.gpr(RSI) & am, regs.gpr(RDI) & am);
-        let mut b = [0u8; 8];
-        match insn.op {
-            Op::Movs => {
-                mem.read_linear(insn.seg, si, &mut b[..n])?;
-                mem.write_linear(Seg::Es, di, &b[..n])?;
-                write_addr_reg(regs, RSI, insn.addr_size, si.wrapping_add(step));
-                write_addr_reg(regs, RDI, insn.addr_size, di.wrapping_add(step));
+    let end = rep::run(
+        regs,
+        insn.rep.is_some(),
+        |regs| regs.gpr(RCX) & am,
+        |regs, left| write_addr_reg(regs, RCX, insn.addr_size, left),
+        |regs| {
+            let (si, di) = (regs.gpr(RSI) & am, regs.gpr(RDI) & am);
+            let mut b = [0u8; 8];
+            let moved = match insn.op {
+                Op::Movs => mem.read_linear(insn.seg, si, &mut b[..n]).and_then(|()| mem.write_linear(Seg::Es, di, &b[..n])).map(|()| {
+                    write_addr_reg(regs, RSI, insn.addr_size, si.wrapping_add(step));
+                    write_addr_reg(regs, RDI, insn.addr_size, di.wrapping_add(step));
+                }),
+                Op::Stos => {
+                    let (b, n) = to_bytes(regs.gpr(0), size);
+                    mem.write_linear(Seg::Es, di, &b[..n]).map(|()| write_addr_reg(regs, RDI, insn.addr_size, di.wrapping_add(step)))
+                }
+                _ => mem.read_linear(insn.seg, si, &mut b[..n]).map(|()| {
+                    write_reg(regs, Reg::RAX, size, from_bytes(&b[..n]));
+                    write_addr_reg(regs, RSI, insn.addr_size, si.wrapping_add(step));
+                }),
+            };
+            match moved {
+                Ok(()) => Element::Next,
+                Err(e) => Element::Fault(e),
             }
-            Op::Stos => {
-                let (b, n) = to_bytes(regs.gpr(0), size);
-                mem.write_linear(Seg::Es, di, &b[..n])?;
-                write_addr_reg(regs, RDI, insn.addr_size, di.wrapping_add(step));
-            }
-            _ => {
-                mem.read_linear(insn.seg, si, &mut b[..n])?;
-                write_reg(regs, Reg::RAX, size, from_bytes(&b[..n]));
-                write_addr_reg(regs, RSI, insn.addr_size, si.wrapping_add(step));
-            }
-        }
-        if insn.rep.is_some() {
-            let cx = (regs.gpr(RCX) & am).wrapping_sub(1);
-            write_addr_reg(regs, RCX, insn.addr_size, cx);
-        }
+        },
+    );
+    match end {
+        RepEnd::Done => Ok(Completion::Done),
+        // Elements left after the budget: the guest executes the instruction again for them.
+        RepEnd::Again => Ok(Completion::Again),
+        RepEnd::Stopped(e) => Err(e),
     }
-    // Elements left after the budget: the guest executes the instruction again for them.
-    Ok(if insn.rep.is_some() && regs.gpr(RCX) & am != 0 { Completion::Again } else { Completion::Done })
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@
 //! - A string or stack operand on a **page the guest has not mapped** gets the #PF the CPU would
 //!   raise (CR2 = the linear address, error code per SDM Vol. 3A 4.7), with the iterations of a
 //!   REP already done kept, as on hardware (SDM Vol. 2B REP: interruptible between iterations).
-//! - A **long REP** ends its exit after [`super::insn::MAX_REP_PER_EXIT`] elements with RIP
+//! - A **long REP** ends its exit after [`super::rep::MAX_PER_EXIT`] elements with RIP
 //!   unchanged, so the guest re-executes it for the rest and one exit never holds a CPU long.
 //!
 //! Segment limits and access rights are not checked for the operands registers name (the

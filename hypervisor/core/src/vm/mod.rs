@@ -22,6 +22,7 @@ pub mod msr;
 pub mod pv_eoi;
 pub mod pvclock;
 pub mod regs;
+pub mod rep;
 pub mod string_io;
 
 use alloc::string::String;

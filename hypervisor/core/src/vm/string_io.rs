@@ -6,17 +6,15 @@
 //! Guest memory is reached through the guest's own page tables. A page that is not mapped
 //! gets the #PF the CPU would raise, with CR2 = the linear address; the iterations already
 //! done stay done, as on hardware (a REP string instruction is interruptible between
-//! iterations, SDM Vol. 2B REP). A long REP is split: after [`MAX_PER_EXIT`] elements the
-//! guest re-executes the instruction to continue, so one exit never holds a CPU for long.
+//! iterations, SDM Vol. 2B REP). A long REP is split: after [`super::rep::MAX_PER_EXIT`] elements
+//! the guest re-executes the instruction to continue, so one exit never holds a CPU for long.
 //! Segment limits and page protections (read-only, user/supervisor) are not checked: the
 //! guest can only ever reach its own RAM through [`GuestPhys`].
 
 use super::guest_mem::{GuestPhys, Paging};
 use super::regs::Rflags;
+use super::rep::{self, Element, RepEnd};
 use super::{complete, inject_exception, io_mask, Action, Env, Exit, IoOutcome, Seg, StopReason, StringIo, Vcpu, VmExit};
-
-/// Elements moved per exit before the guest re-executes the instruction.
-pub const MAX_PER_EXIT: u64 = 1024;
 
 /// #PF error code bits (SDM Vol. 3A 4.7).
 const PF_WRITE: u32 = 1 << 1;
@@ -54,60 +52,60 @@ pub fn handle(port: u16, size: u8, out: bool, s: &StringIo, next_rip: Option<u64
     // zero-extended, a 16-bit one keeps bits 63:16 (SDM Vol. 1 3.4.1.1).
     let merge = |old: u64, new: u64| if amask == 0xffff { (old & !0xffff) + (new & 0xffff) } else { new & amask };
     let cpl = cpu.cpl();
-    // With REP up to MAX_PER_EXIT elements move in this exit, without it one: a bounded loop.
-    let budget = if s.rep { MAX_PER_EXIT } else { 1 };
-    for _ in 0..budget {
-        let r = cpu.gprs();
-        if s.rep && r.rcx & amask == 0 {
-            break;
-        }
-        let index = if out { r.rsi } else { r.rdi } & amask;
-        let linear = base.wrapping_add(index);
-        let mut buf = [0u8; 4];
-        let buf = &mut buf[..size.min(4) as usize];
-        let result = if out {
-            access(&paging, linear, buf, false, env.mem).map(|()| {
-                let value = buf.iter().rev().fold(0u32, |v, b| (v << 8) + *b as u32);
-                env.io.io_write(port, size, value)
-            })
-        } else {
-            let value = env.io.io_read(port, size) as u64 & io_mask(size);
-            for (i, b) in buf.iter_mut().enumerate() {
-                *b = (value >> (8 * i)) as u8;
-            }
-            access(&paging, linear, buf, true, env.mem).map(|()| IoOutcome::Done)
-        };
-        match result {
-            Err(addr) => {
-                // Not present (P = 0), a write for INS, a user access at CPL 3 (SDM Vol. 3A 4.7).
-                let code = if out { 0 } else { PF_WRITE } + if cpl == 3 { PF_USER } else { 0 };
-                cpu.set_cr2(addr);
-                inject_exception(cpu, PF, Some(code));
-                return Action::Resume;
-            }
-            Ok(outcome) => {
-                let r = cpu.gprs();
-                if out {
-                    r.rsi = merge(r.rsi, index.wrapping_add(step));
-                } else {
-                    r.rdi = merge(r.rdi, index.wrapping_add(step));
+    let end = rep::run(
+        cpu,
+        s.rep,
+        |cpu| cpu.gprs().rcx & amask,
+        |cpu, left| cpu.gprs().rcx = merge(cpu.gprs().rcx, left),
+        |cpu| {
+            let r = cpu.gprs();
+            let index = if out { r.rsi } else { r.rdi } & amask;
+            let linear = base.wrapping_add(index);
+            let mut buf = [0u8; 4];
+            let buf = &mut buf[..size.min(4) as usize];
+            let result = if out {
+                access(&paging, linear, buf, false, env.mem).map(|()| {
+                    let value = buf.iter().rev().fold(0u32, |v, b| (v << 8) + *b as u32);
+                    env.io.io_write(port, size, value)
+                })
+            } else {
+                let value = env.io.io_read(port, size) as u64 & io_mask(size);
+                for (i, b) in buf.iter_mut().enumerate() {
+                    *b = (value >> (8 * i)) as u8;
                 }
-                if s.rep {
-                    r.rcx = merge(r.rcx, (r.rcx & amask).wrapping_sub(1));
+                access(&paging, linear, buf, true, env.mem).map(|()| IoOutcome::Done)
+            };
+            let outcome = match result {
+                Err(addr) => {
+                    // Not present (P = 0), a write for INS, a user access at CPL 3 (SDM Vol.
+                    // 3A 4.7).
+                    let code = if out { 0 } else { PF_WRITE } + if cpl == 3 { PF_USER } else { 0 };
+                    cpu.set_cr2(addr);
+                    inject_exception(cpu, PF, Some(code));
+                    return Element::Fault(Action::Resume);
                 }
-                match outcome {
-                    IoOutcome::TestExit(code) => return Action::Stop(StopReason::TestExit(code)),
-                    IoOutcome::Reset => return Action::Stop(StopReason::Reboot),
-                    IoOutcome::PowerOff => return Action::Stop(StopReason::PowerOff),
-                    IoOutcome::Done => {}
-                }
+                Ok(outcome) => outcome,
+            };
+            let r = cpu.gprs();
+            if out {
+                r.rsi = merge(r.rsi, index.wrapping_add(step));
+            } else {
+                r.rdi = merge(r.rdi, index.wrapping_add(step));
             }
-        }
-    }
-    if s.rep && cpu.gprs().rcx & amask != 0 {
+            match outcome {
+                IoOutcome::TestExit(code) => Element::Last(Action::Stop(StopReason::TestExit(code))),
+                IoOutcome::Reset => Element::Last(Action::Stop(StopReason::Reboot)),
+                IoOutcome::PowerOff => Element::Last(Action::Stop(StopReason::PowerOff)),
+                IoOutcome::Done => Element::Next,
+            }
+        },
+    );
+    match end {
+        RepEnd::Stopped(action) => return action,
         // The budget ran out with elements left: re-execute the instruction for the rest (RIP
         // stays), so the guest can take interrupts between the parts, as between iterations.
-        return Action::Resume;
+        RepEnd::Again => return Action::Resume,
+        RepEnd::Done => {}
     }
     let e = VmExit { exit: Exit::Io { port, size, write: out, string: Some(*s) }, next_rip };
     complete(cpu, &e)

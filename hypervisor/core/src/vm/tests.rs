@@ -658,10 +658,10 @@ fn rep_count_zero_does_nothing_but_completes() {
 #[test]
 fn a_long_rep_is_split_and_resumes_where_it_stopped() {
     let (mut cpu, mut g) = (FakeCpu::default(), guest());
-    let n = string_io::MAX_PER_EXIT + 10;
+    let n = super::rep::MAX_PER_EXIT + 10;
     cpu.gprs.rcx = n;
     let (_, first) = run(outs(true), &mut cpu, &mut g);
-    assert_eq!(first.len() as u64, string_io::MAX_PER_EXIT);
+    assert_eq!(first.len() as u64, super::rep::MAX_PER_EXIT);
     assert_eq!((cpu.gprs.rcx, cpu.skipped), (10, 0), "RIP stays: the guest re-executes the REP for the rest");
     let (_, rest) = run(outs(true), &mut cpu, &mut g);
     assert_eq!((rest.len(), cpu.gprs.rcx, cpu.skipped), (10, 0, 1));
@@ -773,9 +773,9 @@ fn a_rep_of_exactly_the_split_size_completes_in_one_exit() {
     // When the count reaches 0 on the last element an exit may move, the instruction is done:
     // the guest continues after it instead of re-executing a REP with RCX = 0.
     let (mut cpu, mut g) = (FakeCpu::default(), guest());
-    cpu.gprs.rcx = string_io::MAX_PER_EXIT;
+    cpu.gprs.rcx = super::rep::MAX_PER_EXIT;
     let (a, out) = run(outs(true), &mut cpu, &mut g);
-    assert_eq!((a, out.len() as u64), (Action::Resume, string_io::MAX_PER_EXIT));
+    assert_eq!((a, out.len() as u64), (Action::Resume, super::rep::MAX_PER_EXIT));
     assert_eq!((cpu.gprs.rcx, cpu.skipped, cpu.rip), (0, 1, LEN));
 }
 
@@ -985,10 +985,10 @@ mod mmio_exits {
         let mut g = guest();
         let mut cpu = protected32(&mut g, &[0xf3, 0xab]);
         cpu.gprs.rdi = 0xfed0_0000;
-        cpu.gprs.rcx = insn::MAX_REP_PER_EXIT + 5;
+        cpu.gprs.rcx = super::rep::MAX_PER_EXIT + 5;
         assert_eq!(npf(&mut cpu, &mut g, 0xfed0_0000, true), Action::Resume);
         assert_eq!((cpu.rip, cpu.skipped, cpu.gprs.rcx), (CODE, 0, 5));
-        assert_eq!(npf(&mut cpu, &mut g, 0xfed0_0000 + 4 * insn::MAX_REP_PER_EXIT, true), Action::Resume);
+        assert_eq!(npf(&mut cpu, &mut g, 0xfed0_0000 + 4 * super::rep::MAX_PER_EXIT, true), Action::Resume);
         assert_eq!((cpu.rip, cpu.gprs.rcx), (CODE + 2, 0));
     }
 

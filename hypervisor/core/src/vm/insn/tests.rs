@@ -2,6 +2,7 @@
 //! and objdump; each is written next to its assembly (Intel syntax).
 
 use super::*;
+use crate::vm::rep::MAX_PER_EXIT;
 use std::collections::BTreeMap;
 use std::vec::Vec;
 use CpuMode::{Bits16, Bits32, Bits64};
@@ -1045,18 +1046,18 @@ fn long_rep_is_split_across_exits() {
     let mut exits = 0;
     while execute(&i, GPA, 8, &mut r, &mut m).unwrap() == Completion::Again {
         exits += 1;
-        assert_eq!(r.gprs.rcx, 3000 - exits * MAX_REP_PER_EXIT);
+        assert_eq!(r.gprs.rcx, 3000 - exits * MAX_PER_EXIT);
     }
     assert_eq!((exits, r.gprs.rcx, r.gprs.rdi, m.writes()), (2, 0, 3000, 3000));
 }
 
 #[test]
 fn a_rep_that_ends_with_the_budget_is_done_and_without_rep_rcx_is_ignored() {
-    // Exactly MAX_REP_PER_EXIT elements: all done in this exit, RIP moves on.
+    // Exactly MAX_PER_EXIT elements: all done in this exit, RIP moves on.
     let (mut r, mut m) = (RegState::default(), Fake::default());
-    r.gprs.rcx = MAX_REP_PER_EXIT;
+    r.gprs.rcx = MAX_PER_EXIT;
     assert_eq!(run(&[0xf3, 0xaa], &mut r, &mut m), Completion::Done); // rep stosb
-    assert_eq!((r.gprs.rcx, m.writes()), (0, MAX_REP_PER_EXIT as usize));
+    assert_eq!((r.gprs.rcx, m.writes()), (0, MAX_PER_EXIT as usize));
     // Without REP one element, whatever RCX holds (SDM Vol. 2B STOS), and RCX is untouched.
     r.gprs.rcx = 5;
     assert_eq!(run(&[0xaa], &mut r, &mut m), Completion::Done); // stosb
