@@ -514,6 +514,12 @@ mod tests {
         // A signature the table does not list, no leaf 0x16 value: nothing.
         let l = CpuidLeaves { leaf_1_eax: 0x0008_06c1, leaf_15: [2, 200, 0], ..intel(0x16) };
         assert_eq!(cpuid_rate(&l), Err(NoCpuidRate::NotEnumerated));
+        // What the log says for each.
+        assert_eq!(NoCpuidRate::NotEnumerated.to_string(), "CPUID 0x15/0x16 do not enumerate the TSC rate");
+        let amd = CpuidLeaves { leaf_0: [0x10, AMD[0], AMD[2], AMD[1]], ..intel(0x10) };
+        assert_eq!(cpuid_rate(&amd).unwrap_err().to_string(), "not an Intel CPU: no CPUID leaf gives the TSC rate");
+        let variant = CpuidLeaves { ext_7_edx: 0, ..intel(0x16) };
+        assert_eq!(cpuid_rate(&variant).unwrap_err().to_string(), "the TSC is not invariant (CPUID 0x80000007 EDX[8] = 0)");
     }
 
     #[test]
