@@ -629,6 +629,11 @@ mod tests {
         assert_eq!(spread_ppm(&[2400]), 0);
         assert_eq!(spread_ppm(&[1_000_000, 1_000_800, 1_000_400]), 800);
         assert_eq!(spread_ppm(&[1000, 1026, 1000]), 26_000); // the old drift of 2.6 %
+        // Deviations round to the nearest ppm: 4/7 is 571,428.57 ppm.
+        assert_eq!(deviation_ppm(11, 7), 571_429);
+        assert_eq!(deviation_ppm(3, 7), 571_429, "either side of the reference");
+        assert_eq!(deviation_ppm(8, 7), 142_857, "1/7 = 142,857.14 ppm");
+        assert_eq!(deviation_ppm(5, 0), u64::MAX, "no reference: as far off as can be");
         assert_eq!(Percent(800).to_string(), "0.08 %");
         assert_eq!(Percent(26_000).to_string(), "2.60 %");
         assert_eq!(Percent(4).to_string(), "0.00 %");

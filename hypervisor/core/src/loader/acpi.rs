@@ -250,7 +250,7 @@ const FADT_PWR_BUTTON: u32 = 1 << 4;
 const FADT_SLP_BUTTON: u32 = 1 << 5;
 /// The PM timer counts 32 bits, not 24 (bit 8).
 const FADT_TMR_VAL_EXT: u32 = 1 << 8;
-const FADT_FLAGS: u32 = FADT_WBINVD | FADT_PROC_C1 | FADT_PWR_BUTTON | FADT_SLP_BUTTON | FADT_TMR_VAL_EXT;
+const FADT_FLAGS: u32 = FADT_WBINVD + FADT_PROC_C1 + FADT_PWR_BUTTON + FADT_SLP_BUTTON + FADT_TMR_VAL_EXT;
 
 /// IAPC_BOOT_ARCH (§5.2.9.3): bit 1 "8042" (a keyboard controller at ports 0x60/0x64 exists,
 /// `devices::i8042`), bit 2 "VGA Not Present" (don't probe VGA). Bit 0 LEGACY_DEVICES stays
@@ -258,7 +258,7 @@ const FADT_FLAGS: u32 = FADT_WBINVD | FADT_PROC_C1 | FADT_PWR_BUTTON | FADT_SLP_
 /// Present" stays clear: the RTC is at 0x70/0x71.
 const IAPC_BOOT_ARCH_8042: u16 = 1 << 1;
 const IAPC_BOOT_ARCH_VGA_NOT_PRESENT: u16 = 1 << 2;
-const IAPC_BOOT_ARCH: u16 = IAPC_BOOT_ARCH_8042 | IAPC_BOOT_ARCH_VGA_NOT_PRESENT;
+const IAPC_BOOT_ARCH: u16 = IAPC_BOOT_ARCH_8042 + IAPC_BOOT_ARCH_VGA_NOT_PRESENT;
 
 /// P_LVL2_LAT above 100 and P_LVL3_LAT above 1000 (microseconds) say C2 and C3 are not
 /// supported (§5.2.9).
@@ -294,8 +294,8 @@ const MADT_LAPIC_NMI_FLAGS: u16 = 0;
 /// The LAPIC input wired to NMI on a PC.
 const MADT_LINT1: u8 = 1;
 /// ISA IRQ 0 (PIT) to GSI 2; ISA IRQ 9 (SCI) to GSI 9.
-const ISO_TIMER: (u8, u32, u16) = (0, 2, MPS_INTI_ACTIVE_HIGH | MPS_INTI_EDGE);
-const ISO_SCI: (u8, u32, u16) = (SCI_IRQ, SCI_IRQ as u32, MPS_INTI_ACTIVE_HIGH | MPS_INTI_LEVEL);
+const ISO_TIMER: (u8, u32, u16) = (0, 2, MPS_INTI_ACTIVE_HIGH + MPS_INTI_EDGE);
+const ISO_SCI: (u8, u32, u16) = (SCI_IRQ, SCI_IRQ as u32, MPS_INTI_ACTIVE_HIGH + MPS_INTI_LEVEL);
 
 /// The DSDT's AML (ACPI 6.5 chapter 20, "ACPI Machine Language (AML) Specification"): one
 /// DefName, the ASL `Name (\_S5, Package () {5, 5, 0, 0})`:
@@ -709,6 +709,8 @@ mod tests {
         assert!(parsed.find_table::<Madt>().is_err());
         let xsdt = table_at(&t, t.xsdt_gpa);
         assert_eq!((xsdt.len(), u64_at(xsdt, 36)), (44, t.fadt_gpa));
+        // Packed: the FADT follows the one-entry XSDT at the next 16-byte boundary.
+        assert_eq!(t.fadt_gpa - t.xsdt_gpa, 48);
         assert!(parsed.dsdt().is_ok());
         assert!(t.bytes.len() < tables(1).bytes.len());
     }

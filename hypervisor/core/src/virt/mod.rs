@@ -27,3 +27,17 @@ impl core::fmt::Display for VirtCaps {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_banner_names_the_extension_or_why_there_is_none() {
+        assert_eq!(VirtCaps::None("VT-x is locked off").to_string(), "no hardware virtualization: VT-x is locked off");
+        let svm = svm::SvmCaps::decode(&svm::SvmRegs::default());
+        assert_eq!(VirtCaps::Svm(svm.clone()).to_string(), svm.to_string());
+        let vmx = vmx::VmxCaps::decode(&vmx::VmxMsrs::default());
+        assert_eq!(VirtCaps::Vmx(vmx.clone()).to_string(), vmx.to_string());
+    }
+}
