@@ -539,7 +539,9 @@ fn zero_page(image: &[u8], hdr: &SetupHeader, load_addr: u64, initrd: Option<Gpa
     put(EXT_LOADER_VER, &[0]);
     put(EXT_LOADER_TYPE, &[0]);
     put(CMD_LINE_PTR, &(CMDLINE_GPA as u32).to_le_bytes());
-    put(EXT_CMD_LINE_PTR, &((CMDLINE_GPA >> 32) as u32).to_le_bytes());
+    // The command line is in low RAM: the high half of its address is 0.
+    const _: () = assert!(CMDLINE_GPA >> 32 == 0);
+    put(EXT_CMD_LINE_PTR, &0u32.to_le_bytes());
     put(HARDWARE_SUBARCH, &0u32.to_le_bytes());
     put(HARDWARE_SUBARCH_DATA, &0u64.to_le_bytes());
     put(SETUP_DATA, &0u64.to_le_bytes());
