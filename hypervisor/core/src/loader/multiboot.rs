@@ -677,7 +677,7 @@ fn mb1_info(base: u64, cmdline: &str, modules: &[ModuleInput<'_>], placed: &[(u6
     let mut b = vec![0u8; strings_at];
     let mut s = Strings { base: base + strings_at as u64, bytes: Vec::new() };
     let (lower, upper) = mem_lower_upper(e820);
-    put32(&mut b, FLAGS, MEMORY | CMDLINE | MODULES | MMAP | LOADER_NAME);
+    put32(&mut b, FLAGS, MEMORY + CMDLINE + MODULES + MMAP + LOADER_NAME);
     put32(&mut b, MEM_LOWER, lower);
     put32(&mut b, MEM_UPPER, upper);
     put32(&mut b, CMDLINE_ADDR, s.add(cmdline));
@@ -769,6 +769,20 @@ mod tests {
             b.resize(at + v.len(), 0);
         }
         b[at..at + v.len()].copy_from_slice(v);
+    }
+
+    /// mem_lower is RAM from 0, mem_upper RAM from 1 MiB, each up to the first byte that is
+    /// not RAM (Multiboot 1 spec 3.3; Multiboot 2 "Basic memory information"): a region that
+    /// ends where the other starts is not the one that holds it.
+    #[test]
+    fn basic_memory_counts_ram_from_0_and_from_1_mib_up_to_the_first_hole() {
+        let ram = |addr: u64, size: u64| E820Entry { addr, size, kind: E820Kind::Ram };
+        // Adjacent entries: [0, 1 MiB) then [1 MiB, 9 MiB).
+        assert_eq!(mem_lower_upper(&[ram(0, 1 << 20), ram(1 << 20, 8 << 20)]), (640, 8 * 1024));
+        // Nothing at 1 MiB: no upper memory; lower stops at the EBDA.
+        assert_eq!(mem_lower_upper(&[ram(0, 0x9_fc00), ram(2 << 20, 1 << 20)]), (639, 0));
+        let reserved = E820Entry { addr: 0, size: 1 << 20, kind: E820Kind::Reserved };
+        assert_eq!(mem_lower_upper(&[reserved, ram(1 << 20, 1 << 20)]), (0, 1024), "not RAM");
     }
 
     fn rd32(b: &[u8], at: usize) -> u32 {
