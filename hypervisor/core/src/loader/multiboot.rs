@@ -1173,7 +1173,10 @@ mod tests {
         let mut kinds = Vec::new();
         while at < info.len() {
             kinds.push(rd32(info, at));
-            at += (rd32(info, at + 4) as usize).next_multiple_of(8);
+            let size = rd32(info, at + 4) as usize;
+            // Every tag holds at least its type and size (spec 3.6.2): the walk moves on.
+            assert!(size >= 8, "tag {} of size {size}", rd32(info, at));
+            at += size.next_multiple_of(8);
         }
         assert_eq!(kinds, vec![1, 2, 4, 6, 14, 0]);
     }
@@ -1386,6 +1389,7 @@ mod tests {
         loop {
             assert_eq!(at % 8, 0);
             let (kind, size) = (rd32(info, at), rd32(info, at + 4) as usize);
+            assert!(size >= 8, "tag {kind} of size {size}");
             let body = &info[at + 8..at + size];
             let text = |b: &[u8]| String::from_utf8(b[..b.iter().position(|&c| c == 0).unwrap()].to_vec()).unwrap();
             match kind {

@@ -270,6 +270,18 @@ impl MemoryMap {
 mod tests {
     use super::*;
 
+    #[test]
+    fn ranges_overlap_when_they_share_a_byte() {
+        let r = |base: u64, len: u64| GpaRange { base, len };
+        assert!(r(0x1000, 0x1000).overlaps(&r(0x1fff, 1)), "the last byte");
+        assert!(r(0x1fff, 1).overlaps(&r(0x1000, 0x1000)), "either way round");
+        assert!(r(0x1000, 0x1000).overlaps(&r(0x1400, 0x10)), "inside");
+        assert!(r(0x1400, 0x10).overlaps(&r(0x1000, 0x1000)), "around");
+        assert!(!r(0x1000, 0x1000).overlaps(&r(0x2000, 0x1000)), "adjacent: end is exclusive");
+        assert!(!r(0x2000, 0x1000).overlaps(&r(0x1000, 0x1000)));
+        assert!(!r(0x1000, 0).overlaps(&r(0x1000, 0x1000)), "empty");
+    }
+
     const MIB: u64 = 1 << 20;
 
     fn regions(m: &MemoryMap) -> Vec<GpaRange> {
