@@ -566,7 +566,7 @@ impl Descriptor {
     /// The limit in bytes minus one, as the CPU checks it.
     pub fn limit_bytes(&self) -> u64 {
         if self.granularity {
-            (u64::from(self.limit) << 12) | 0xFFF
+            (u64::from(self.limit) << 12) + 0xFFF
         } else {
             u64::from(self.limit)
         }
@@ -575,21 +575,22 @@ impl Descriptor {
     /// The access-rights word in the layout VMX keeps in the VMCS (SDM Vol. 3C 25.4.1, Table
     /// 25-2): type, S, DPL, P in bits 7:0, AVL, L, D/B, G in bits 15:12.
     pub fn vmx_access_rights(&self) -> u32 {
-        self.attr_low() | self.attr_high() << 12
+        self.attr_low() + (self.attr_high() << 12)
     }
 
     /// The attribute word in the layout SVM keeps in the VMCB (APM Vol. 2 15.5.1 / Appendix B):
     /// type, S, DPL, P in bits 7:0, AVL, L, D/B, G in bits 11:8.
     pub fn svm_attributes(&self) -> u16 {
-        (self.attr_low() | self.attr_high() << 8) as u16
+        (self.attr_low() + (self.attr_high() << 8)) as u16
     }
 
     fn attr_low(&self) -> u32 {
-        u32::from(self.kind) | u32::from(self.code_or_data) << 4 | u32::from(self.dpl) << 5 | u32::from(self.present) << 7
+        // Disjoint fields, added.
+        u32::from(self.kind) + (u32::from(self.code_or_data) << 4) + (u32::from(self.dpl) << 5) + (u32::from(self.present) << 7)
     }
 
     fn attr_high(&self) -> u32 {
-        u32::from(self.available) | u32::from(self.long) << 1 | u32::from(self.default_big) << 2 | u32::from(self.granularity) << 3
+        u32::from(self.available) + (u32::from(self.long) << 1) + (u32::from(self.default_big) << 2) + (u32::from(self.granularity) << 3)
     }
 }
 
@@ -678,6 +679,8 @@ mod tests {
         assert_eq!((other.base, other.limit, other.kind, other.dpl, other.available), (0x1278_9ABC, 0x4DEF0, 6, 2, true));
         assert_eq!((other.code_or_data, other.present, other.long, other.default_big, other.granularity), (true, false, true, false, false));
         assert_eq!(other.limit_bytes(), 0x4DEF0);
+        // Type 6, S, DPL 2, not present; AVL and L (SDM Vol. 3C Table 25-2, APM Vol. 2 15.5.1).
+        assert_eq!((other.vmx_access_rights(), other.svm_attributes()), (0x3056, 0x356));
     }
 
     /// The fixed structures do not overlap one another, stay below the EBDA, and the whole

@@ -271,6 +271,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_e820_map_has_no_empty_entries() {
+        // RAM ending exactly at 1 MiB: conventional memory and the legacy area, nothing from
+        // 1 MiB (an entry of size 0 there would be a lie a guest may trip over).
+        let e = MemoryMap::new(HIGH_MEMORY_START).unwrap().e820();
+        assert_eq!(e.iter().map(|e| (e.addr, e.size)).collect::<Vec<_>>(), [(0, EBDA_START), (EBDA_START, HIGH_MEMORY_START - EBDA_START)]);
+    }
+
+    #[test]
     fn ranges_overlap_when_they_share_a_byte() {
         let r = |base: u64, len: u64| GpaRange { base, len };
         assert!(r(0x1000, 0x1000).overlaps(&r(0x1fff, 1)), "the last byte");
