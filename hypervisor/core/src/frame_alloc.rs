@@ -180,10 +180,9 @@ impl<'a> FrameAllocator<'a> {
         let align_frames = align / FRAME_SIZE;
         let end = (self.base_frame + self.frames).min(limit / FRAME_SIZE);
         let mut start = self.base_frame.next_multiple_of(align_frames);
-        // Each try moves `start` to a later aligned frame, so there are at most as many tries
-        // as aligned frames below `end`: the bound makes the search end even if a jump did
-        // not advance.
-        for _ in 0..=end / align_frames {
+        // Each try moves `start` up by a frame at least, so `end` tries are more than enough:
+        // the bound makes the search end even if a jump did not advance.
+        for _ in 0..end {
             if start + count > end {
                 break;
             }
@@ -329,6 +328,17 @@ mod tests {
         assert_eq!(a.alloc_contiguous(512, 2 * MIB, u64::MAX), Some(2 * MIB));
         assert_eq!(a.alloc_contiguous(0, FRAME_SIZE, u64::MAX), None);
         assert_eq!(a.alloc_contiguous(1, 3 * FRAME_SIZE, u64::MAX), None);
+    }
+
+    #[test]
+    fn a_run_may_end_at_the_last_frame_and_one_past_it_does_not_fit() {
+        // Frames 1..8 (base 1, 7 frames); runs aligned to 4 frames start at frame 4.
+        let usable = [0x1000..0x8000];
+        let (mut bm, plan) = build(&usable);
+        let mut a = FrameAllocator::new(&mut bm, &plan, &usable, &[]);
+        assert_eq!(a.alloc_contiguous(5, 4 * FRAME_SIZE, u64::MAX), None, "4..9 runs past frame 7");
+        assert_eq!(a.alloc_contiguous(4, 4 * FRAME_SIZE, u64::MAX), Some(0x4000), "4..8 ends at the last frame");
+        assert_eq!(a.free_frames(), 3);
     }
 
     #[test]

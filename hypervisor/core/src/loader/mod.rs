@@ -644,6 +644,11 @@ mod tests {
             assert_eq!(translate(&t, PAGE_TABLES_GPA, va), None, "{va:#x} must not be mapped");
         }
         // Tables refer to each other by absolute address: another base moves every pointer.
+        // The upper levels: present and writable, nothing else (SDM Vol. 3A Table 4-15, 4-17).
+        assert_eq!(u64_at(&t, 0), PAGE_TABLES_GPA + 0x1000 + 0x3, "PML4[0] -> the PDPT");
+        for pd in 0..4 {
+            assert_eq!(u64_at(&t, 4096 + 8 * pd), PAGE_TABLES_GPA + 0x2000 + 0x1000 * pd + 0x3, "PDPT[{pd}]");
+        }
         let moved = identity_page_tables(0x10_0000);
         assert_eq!(translate(&moved, 0x10_0000, 0xBFE0_0000).map(|p| p.0), Some(0xBFE0_0000));
         assert_eq!(u64_at(&moved, 0) & !0xFFF, 0x10_1000);
