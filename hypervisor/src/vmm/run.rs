@@ -149,8 +149,8 @@ pub(super) fn run_slice(cpu: &PerCpu, id: VcpuId, slice_ns: u64) {
                     // an exception that could not be delivered (SDM Vol. 3A 6.15, #DF).
                     let st = vcpu.fault_state();
                     log::warn!("guest {}: vCPU {vi} triple-faulted: {}", g.cfg.name, st.describe());
-                    // Whether the guest's own tables map what that delivery needed: if they
-                    // do, the fault was not the guest's doing (on an emulator: the emulator's).
+                    // Whether the guest's own tables and IDT hold what that delivery needed:
+                    // if they do, the usual ways a guest breaks it are ruled out.
                     log::warn!("guest {}: vCPU {vi} delivery walk: {}", g.cfg.name, st.walk_delivery(&mut ram));
                 }
                 break SliceEnd::Stop(r);

@@ -7,10 +7,12 @@
 //! Whether that was the guest's doing shows in its tables: delivering an event in protected or
 //! long mode reads the IDT entry and pushes onto the stack, then fetches at the handler (SDM
 //! Vol. 3A 6.12). If the guest's tables map the code at RIP, the stack, the IDT entries and the
-//! handlers, the guest did not break its own delivery — on an emulator, that points at the
-//! emulator. Only present bits are followed (no permission or reserved-bit check), and the
-//! stack checked is the current one: a gate with an IST or a privilege change switches to a
-//! stack from the TSS, which the report names but does not walk.
+//! handlers, and the gates are present interrupt or trap gates, the usual ways a guest breaks
+//! its own delivery are ruled out — what remains is what the walk does not check (page
+//! permissions and reserved bits, the GDT and the code segment a gate's selector names), or
+//! the CPU: on an emulator, the emulator. The stack checked is the current one: a gate with an
+//! IST or a privilege change switches to a stack from the TSS, which the report names but does
+//! not walk; a task gate is named, not followed.
 
 use super::guest_mem::{GuestPhys, Paging};
 use super::regs::{describe_event, ModeView};
@@ -53,8 +55,9 @@ const LEGACY_FRAME: u64 = 16;
 /// Real mode pushes FLAGS, CS and IP, 2 bytes each (SDM Vol. 3A 21.1.4).
 const REAL_FRAME: u64 = 6;
 const DOUBLE_FAULT: u8 = 8;
-const ALL_MAPPED: &str = "the guest's tables map every page of this delivery (present bits followed, permissions not checked)";
+const ALL_MAPPED: &str = "the guest's tables map every page of this delivery and its gates are present interrupt or trap gates (not checked: permissions, the GDT, the gates' selectors)";
 const NOT_ALL_MAPPED: &str = "not every page of this delivery is mapped by the guest's tables";
+const PARTLY_FOLLOWED: &str = "the pages walked are mapped by the guest's tables, but a gate was not followed";
 
 impl FaultState {
     /// One line for the stop report: registers, IDT and the two event fields.
@@ -91,31 +94,40 @@ impl FaultState {
         let m = &self.mode;
         let paging = Paging { cr0: m.cr0, cr3: m.cr3, cr4: m.cr4, efer: m.efer };
         let long = paging.long_mode();
-        // In 64-bit mode CS and SS bases are ignored (SDM Vol. 3A 3.4.4).
-        let (cs_base, ss_base) = if long { (0, 0) } else { (self.cs_base, self.ss_base) };
-        let mut walk = Walk { paging, mem, parts: Vec::new(), all_mapped: true };
+        // In 64-bit mode CS and SS bases are ignored (SDM Vol. 3A 3.4.4); in compatibility
+        // mode (IA-32e with CS.L = 0) they count, though the IDT and the frame are IA-32e's.
+        let (cs_base, ss_base) = if m.in_64bit_mode() { (0, 0) } else { (self.cs_base, self.ss_base) };
+        let real = m.cr0 & CR0_PE == 0;
+        let mut walk = Walk { paging, mem, parts: Vec::new(), all_mapped: true, followed: true };
         walk.linear("RIP", cs_base.wrapping_add(self.rip));
-        let (top, frame) = match (long, m.cr0 & CR0_PE != 0) {
-            (true, _) => (self.rsp & !0xf, LONG_FRAME),
-            (false, true) => (self.rsp, LEGACY_FRAME),
-            (false, false) => (self.rsp, REAL_FRAME),
+        // The stack pointer's width: RSP in IA-32e mode (aligned to 16 first), SP in real
+        // mode (it wraps within its 64 KiB segment), ESP otherwise — a 16-bit protected-mode
+        // stack (SS.B = 0) is walked as a 32-bit one.
+        let (top, frame, sp_mask) = match (long, real) {
+            (true, _) => (self.rsp & !0xf, LONG_FRAME, u64::MAX),
+            (false, false) => (self.rsp, LEGACY_FRAME, 0xffff_ffff),
+            (false, true) => (self.rsp, REAL_FRAME, 0xffff),
         };
-        walk.linear("stack top", ss_base.wrapping_add(top.wrapping_sub(1)));
-        walk.linear("stack frame", ss_base.wrapping_add(top.wrapping_sub(frame)));
+        walk.linear("stack top", ss_base.wrapping_add(top.wrapping_sub(1) & sp_mask));
+        walk.linear("stack frame", ss_base.wrapping_add(top.wrapping_sub(frame) & sp_mask));
         let mut vectors = Vec::new();
         vectors.extend(self.delivering_vector());
         if !vectors.contains(&DOUBLE_FAULT) {
             vectors.push(DOUBLE_FAULT);
         }
         for v in vectors {
-            if m.cr0 & CR0_PE == 0 {
+            if real {
                 // Real mode: a 4-byte offset:segment pair per vector (SDM Vol. 3A 21.1.4).
-                walk.real_mode_vector(v, self.idt_base);
+                walk.real_mode_vector(v, self.idt_base, self.idt_limit);
             } else {
                 walk.gate(v, self.idt_base, self.idt_limit, long);
             }
         }
-        let verdict = if walk.all_mapped { ALL_MAPPED } else { NOT_ALL_MAPPED };
+        let verdict = match (walk.all_mapped, walk.followed) {
+            (false, _) => NOT_ALL_MAPPED,
+            (true, false) => PARTLY_FOLLOWED,
+            (true, true) => ALL_MAPPED,
+        };
         format!("{}; {verdict}", walk.parts.join("; "))
     }
 }
@@ -126,6 +138,8 @@ struct Walk<'a, M: GuestPhys + ?Sized> {
     mem: &'a mut M,
     parts: Vec<String>,
     all_mapped: bool,
+    /// Every gate was one the walk follows (an interrupt or trap gate).
+    followed: bool,
 }
 
 impl<M: GuestPhys + ?Sized> Walk<'_, M> {
@@ -173,6 +187,18 @@ impl<M: GuestPhys + ?Sized> Walk<'_, M> {
         if low >> 47 & 1 == 0 {
             return self.note(format!("IDT[{vector}] not present"));
         }
+        // Type in bits 43:40 (SDM Vol. 3A 6.11, 6.14.1): 0xE interrupt and 0xF trap gates in
+        // either mode (0x6/0x7 are their 16-bit forms), 0x5 a task gate outside IA-32e mode
+        // only; anything else is #GP on delivery.
+        match (low >> 40 & 0xf, long) {
+            (0xe | 0xf, _) | (0x6 | 0x7, false) => {}
+            (0x5, false) => {
+                self.parts.push(format!("IDT[{vector}] is a task gate (not followed)"));
+                self.followed = false;
+                return;
+            }
+            (kind, _) => return self.note(format!("IDT[{vector}] has type {kind:#x}, not an interrupt or trap gate")),
+        }
         // Offset 15:0 in bits 15:0, 31:16 in bits 63:48, and in long mode 63:32 in the next
         // 8 bytes; the IST index in bits 34:32 (long mode only).
         let mut handler = (low & 0xffff) + ((low >> 48) << 16);
@@ -188,8 +214,12 @@ impl<M: GuestPhys + ?Sized> Walk<'_, M> {
 
     /// A real-mode vector: the IVT entry at `base + 4 * vector`, and its handler at
     /// segment * 16 + offset (SDM Vol. 3A 21.1.4). Paging is off: linear is physical.
-    fn real_mode_vector(&mut self, vector: u8, base: u64) {
-        let at = base + 4 * vector as u64;
+    fn real_mode_vector(&mut self, vector: u8, base: u64, limit: u32) {
+        // The IDTR limit holds in real mode too: an entry past it is #GP (SDM Vol. 3A 21.1.4).
+        if 4 * vector as u64 + 3 > limit as u64 {
+            return self.note(format!("IVT[{vector}] past the limit {limit:#x}"));
+        }
+        let at = base.wrapping_add(4 * vector as u64);
         let Some(gpa) = self.linear(&format!("IVT[{vector}]"), at) else { return };
         let mut raw = [0u8; 4];
         if !self.mem.read(gpa, &mut raw) {
@@ -335,8 +365,9 @@ mod tests {
         assert_eq!(st.walk_delivery(&mut m).matches("IDT[8] 0x").count(), 1);
     }
 
-    #[test]
-    fn legacy_protected_mode_gates_are_8_bytes_and_segments_add_their_bases() {
+    /// A 32-bit protected-mode guest: 4 MiB mapped 1:1, IDT at 0x9000 with 8-byte gates for
+    /// #DF (-> 0x30000) and #GP (-> 0x31000), CS and SS based at 0x5000, delivering #GP.
+    fn legacy_guest() -> (FaultState, Mem) {
         let mut m = Mem::default();
         // 32-bit paging: PD at 0x1000, PDE[0] -> PT 0x2000 mapping 4 MiB 1:1 (SDM Vol. 3A 4.3).
         m.put_u32(0x1000, 0x2000 | P_RW as u32);
@@ -360,6 +391,12 @@ mod tests {
             delivering: 1 << 31 | 1 << 11 | 3 << 8 | 13,
             ..FaultState::default()
         };
+        (st, m)
+    }
+
+    #[test]
+    fn legacy_protected_mode_gates_are_8_bytes_and_segments_add_their_bases() {
+        let (st, mut m) = legacy_guest();
         let r = st.walk_delivery(&mut m);
         for part in [
             "RIP 0x5100 -> 0x5100",
@@ -398,6 +435,56 @@ mod tests {
         assert!(r.contains("IVT[13] 0x34 -> 0x34; handler 13 0x710 -> 0x710"), "{r}");
         assert!(r.contains("IVT[8] 0x20 -> 0x20; handler 8 0xffea5 -> 0xffea5"), "{r}");
         assert!(r.ends_with(ALL_MAPPED), "{r}");
+        // SP wraps within its segment: SP = 4 pushes FLAGS, CS, IP down to 0xfffe.
+        let r = FaultState { rsp: 4, ..st }.walk_delivery(&mut m);
+        assert!(r.contains("stack top 0x10003") && r.contains("stack frame 0x1fffe"), "{r}");
+        // The limit holds in real mode too: vector 13's entry ends at byte 55.
+        let r = FaultState { idt_limit: 54, ..st }.walk_delivery(&mut m);
+        assert!(r.contains("IVT[13] past the limit 0x36") && r.contains("IVT[8] 0x20"), "{r}");
+        assert!(FaultState { idt_limit: 55, ..st }.walk_delivery(&mut m).ends_with(ALL_MAPPED));
+        // A base near the top of the address space wraps instead of overflowing.
+        let r = FaultState { idt_base: u64::MAX - 0xf, ..st }.walk_delivery(&mut m);
+        assert!(r.ends_with(NOT_ALL_MAPPED), "{r}");
+    }
+
+    #[test]
+    fn compatibility_mode_adds_the_code_segment_base_but_keeps_ia32e_gates() {
+        // IA-32e mode with CS.L = 0: CS base counts (SDM Vol. 3A 3.4.4), the IDT still holds
+        // 16-byte gates and the frame is still aligned to 16 (6.14).
+        let (mut st, mut m) = long_guest(&[]);
+        st.mode.cs_l = false;
+        st.cs_base = 0x10000;
+        st.rip = 0x2bdc;
+        let r = st.walk_delivery(&mut m);
+        assert!(r.contains("RIP 0x12bdc -> 0x12bdc"), "{r}");
+        assert!(r.contains("stack frame 0x7fd0") && r.contains("IDT[14] 0x90e0"), "{r}");
+    }
+
+    #[test]
+    fn gates_must_be_interrupt_or_trap_gates_and_task_gates_are_named() {
+        let (st, mut m) = long_guest(&[]);
+        // Type 0xC (a call gate), present: #GP on delivery in IA-32e mode (SDM Vol. 3A 6.14.1).
+        let low = m.read_u64(0x9000 + 16 * 14).unwrap();
+        m.put_u64(0x9000 + 16 * 14, (low & !(0xf << 40)) | 0xc << 40);
+        let r = st.walk_delivery(&mut m);
+        assert!(r.contains("IDT[14] has type 0xc, not an interrupt or trap gate"), "{r}");
+        assert!(r.ends_with(NOT_ALL_MAPPED), "{r}");
+        // A trap gate (0xF) is followed like an interrupt gate.
+        m.put_u64(0x9000 + 16 * 14, low | 0x1 << 40);
+        assert!(st.walk_delivery(&mut m).ends_with(ALL_MAPPED));
+        // A task gate (type 5) outside IA-32e mode is named, not followed; inside it is #GP.
+        m.put_u64(0x9000 + 16 * 14, (low & !(0xf << 40)) | 0x5 << 40);
+        assert!(st.walk_delivery(&mut m).contains("IDT[14] has type 0x5"));
+    }
+
+    #[test]
+    fn a_32_bit_task_gate_is_named_not_followed() {
+        let (st, mut m) = legacy_guest();
+        let low = m.read_u64(0x9000 + 8 * 8).unwrap();
+        m.put_u64(0x9000 + 8 * 8, (low & !(0xf << 40)) | 0x5 << 40);
+        let r = st.walk_delivery(&mut m);
+        assert!(r.contains("IDT[8] is a task gate (not followed)") && !r.contains("handler 8"), "{r}");
+        assert!(r.ends_with(PARTLY_FOLLOWED), "{r}");
     }
 
     #[test]
