@@ -227,7 +227,7 @@ impl Vcpu for GuestVcpu {
 /// Reads up to 15 bytes of the guest's instruction at CS:RIP through its own page tables, for
 /// the exits the hardware does not fully decode. `None` if it is not in RAM.
 pub fn fetch_insn(ram: bastion_core::npt::NptView, mode: &ModeView, cs_base: u64, rip: u64) -> Option<[u8; 15]> {
-    let paging = Paging { cr0: mode.cr0, cr3: mode.cr3, cr4: mode.cr4, efer: mode.efer };
+    let paging = Paging::from(mode);
     let linear = if paging.long_mode() { rip } else { cs_base.wrapping_add(rip) };
     paging.fetch(linear, &mut crate::vm::GuestRam(ram))
 }

@@ -92,7 +92,7 @@ impl FaultState {
     /// entry and its handler. Ends with a verdict: whether the tables map them all.
     pub fn walk_delivery(&self, mem: &mut (impl GuestPhys + ?Sized)) -> String {
         let m = &self.mode;
-        let paging = Paging { cr0: m.cr0, cr3: m.cr3, cr4: m.cr4, efer: m.efer };
+        let paging = Paging::from(m);
         let long = paging.long_mode();
         // In 64-bit mode CS and SS bases are ignored (SDM Vol. 3A 3.4.4); in compatibility
         // mode (IA-32e with CS.L = 0) they count, though the IDT and the frame are IA-32e's.

@@ -43,6 +43,13 @@ const PRESENT: u64 = 1;
 const LARGE: u64 = 1 << 7;
 const ADDR: u64 = 0x000f_ffff_ffff_f000;
 
+/// The paging controls of a vCPU's mode.
+impl From<&super::regs::ModeView> for Paging {
+    fn from(m: &super::regs::ModeView) -> Paging {
+        Paging { cr0: m.cr0, cr3: m.cr3, cr4: m.cr4, efer: m.efer }
+    }
+}
+
 impl Paging {
     pub fn long_mode(&self) -> bool {
         self.efer & LMA != 0

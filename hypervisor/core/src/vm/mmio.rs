@@ -115,7 +115,7 @@ pub fn handle(gpa: u64, write: bool, fetch: bool, cpu: &mut dyn Vcpu, env: &mut 
         return bad;
     }
     let m = cpu.mode();
-    let paging = Paging { cr0: m.cr0, cr3: m.cr3, cr4: m.cr4, efer: m.efer };
+    let paging = Paging::from(&m);
     let long_mode = m.efer & Efer::LMA.bits() != 0;
     let bits64 = long_mode && m.cs_l;
     let mode = CpuMode::from_cs(bits64, cpu.segment_db(Seg::Cs));

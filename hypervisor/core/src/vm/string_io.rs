@@ -37,7 +37,7 @@ fn access(paging: &Paging, linear: u64, buf: &mut [u8], write: bool, mem: &mut d
 /// Handles one INS/OUTS exit.
 pub fn handle(port: u16, size: u8, out: bool, s: &StringIo, next_rip: Option<u64>, cpu: &mut dyn Vcpu, env: &mut Env) -> Action {
     let m = cpu.mode();
-    let paging = Paging { cr0: m.cr0, cr3: m.cr3, cr4: m.cr4, efer: m.efer };
+    let paging = Paging::from(&m);
     let amask: u64 = match s.addr_size {
         2 => 0xffff,
         4 => 0xffff_ffff,
