@@ -128,7 +128,8 @@ impl FaultState {
             (true, false) => PARTLY_FOLLOWED,
             (true, true) => ALL_MAPPED,
         };
-        format!("{}; {verdict}", walk.parts.join("; "))
+        // The walk starts from the saved state, so the state's caveat holds for it too.
+        format!("{}; {verdict}{}", walk.parts.join("; "), self.caveat.map(|c| format!(" ({c})")).unwrap_or_default())
     }
 }
 
@@ -498,5 +499,15 @@ mod tests {
         );
         st.caveat = Some("undefined");
         assert!(st.describe().ends_with("injected at entry none (undefined)"));
+    }
+
+    #[test]
+    fn the_walk_carries_the_caveat_of_the_state_it_starts_from() {
+        // After an SVM SHUTDOWN intercept the saved state is undefined (APM Vol. 2, the SHUTDOWN intercept): a
+        // walk from it is worth no more than the state, and its line says so on its own.
+        let (mut st, mut m) = long_guest(&[]);
+        st.caveat = Some("undefined");
+        let r = st.walk_delivery(&mut m);
+        assert!(r.ends_with(&format!("{ALL_MAPPED} (undefined)")), "{r}");
     }
 }

@@ -59,7 +59,7 @@
 //! device across both; the device bus locks per access, which is enough for device registers
 //! (a guest that needs atomicity on a register takes its own lock around it, as drivers do).
 
-use super::regs::Rflags;
+use super::regs::{write_low, Rflags};
 use super::rep::{self, Element, RepEnd};
 use super::{Gprs, Seg};
 use bitflags::bitflags;
@@ -790,12 +790,9 @@ fn read_reg(regs: &(impl RegisterFile + ?Sized), r: Reg, size: u8) -> u64 {
 fn write_reg(regs: &mut (impl RegisterFile + ?Sized), r: Reg, size: u8, value: u64) {
     let old = regs.gpr(r.index);
     let new = match size {
-        // The kept bits and the written part are disjoint: added.
+        // AH, CH, DH, BH: bits 15:8, the rest kept (the parts are disjoint: added).
         1 if r.high_byte => (old & !0xff00) + ((value & 0xff) << 8),
-        1 => (old & !0xff) + (value & 0xff),
-        2 => (old & !0xffff) + (value & 0xffff),
-        4 => value & 0xffff_ffff,
-        _ => value,
+        _ => write_low(old, size, value),
     };
     regs.set_gpr(r.index, new);
 }

@@ -312,6 +312,20 @@ pub fn check_xsetbv(cpl: u8, cr4: u64, ecx: u32, value: u64, f: &GuestFeatures) 
     Ok(x)
 }
 
+/// A general register after a write to its low `size` bytes (1, 2, 4 or 8): an 8- or 16-bit
+/// write keeps the bits above it, a 32-bit write zero-extends to 64 bits, a 64-bit write
+/// replaces it (SDM Vol. 1 3.4.1.1). The address registers a string instruction steps (rSI,
+/// rDI, rCX) follow the same rule through the address size.
+pub fn write_low(old: u64, size: u8, value: u64) -> u64 {
+    match size {
+        // The kept bits and the written part are disjoint: added.
+        1 => (old & !0xff) + (value & 0xff),
+        2 => (old & !0xffff) + (value & 0xffff),
+        4 => value & 0xffff_ffff,
+        _ => value,
+    }
+}
+
 /// Vectors that push an error code (SDM Vol. 3A 6.13 and Table 6-1; APM Vol. 2 8.2): #DF, #TS,
 /// #NP, #SS, #GP, #PF, #AC, #CP, and AMD's #VC and #SX.
 pub fn exception_has_error_code(vector: u8) -> bool {
@@ -547,6 +561,18 @@ mod tests {
         assert_eq!(check_xsetbv(0, osx, 0, 0b1011, &f), Err(Fault::Gp));
         assert_eq!(check_xsetbv(0, osx, 0, 0b11011, &f).map(|x| x.bits()), Ok(0b11011));
         assert_eq!(check_xsetbv(0, osx, 0, (1 << 9) | 3, &f).map(|x| x.bits()), Ok(0x203));
+    }
+
+    #[test]
+    fn a_write_to_the_low_part_of_a_register_keeps_or_clears_the_rest() {
+        // SDM Vol. 1 3.4.1.1: 8- and 16-bit results leave bits 63:8 / 63:16 as they were; a
+        // 32-bit result is zero-extended to 64 bits; a 64-bit one replaces the register.
+        let old = 0x1122_3344_5566_7788;
+        let new = 0xaabb_ccdd_eeff_0099;
+        assert_eq!(write_low(old, 1, new), 0x1122_3344_5566_7799);
+        assert_eq!(write_low(old, 2, new), 0x1122_3344_5566_0099);
+        assert_eq!(write_low(old, 4, new), 0x0000_0000_eeff_0099);
+        assert_eq!(write_low(old, 8, new), new);
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! guest can only ever reach its own RAM through [`GuestPhys`].
 
 use super::guest_mem::{GuestPhys, Paging};
-use super::regs::Rflags;
+use super::regs::{write_low, Rflags};
 use super::rep::{self, Element, RepEnd};
 use super::{complete, inject_exception, io_mask, Action, Env, Exit, IoOutcome, Seg, StopReason, StringIo, Vcpu, VmExit};
 
@@ -48,9 +48,8 @@ pub fn handle(port: u16, size: u8, out: bool, s: &StringIo, next_rip: Option<u64
     // backends report base 0 for ES/CS/SS/DS, as the CPU uses.
     let seg = if out { s.seg } else { Seg::Es };
     let base = cpu.segment_base(seg);
-    // Updates a register through the address-size part of it: a 32-bit result is
-    // zero-extended, a 16-bit one keeps bits 63:16 (SDM Vol. 1 3.4.1.1).
-    let merge = |old: u64, new: u64| if amask == 0xffff { (old & !0xffff) + (new & 0xffff) } else { new & amask };
+    // Updates a register through the address-size part of it (SDM Vol. 1 3.4.1.1).
+    let merge = |old: u64, new: u64| write_low(old, s.addr_size, new);
     let cpl = cpu.cpl();
     let end = rep::run(
         cpu,
