@@ -110,21 +110,73 @@ pub fn inspect(path: &Path) -> Result<Target> {
     block_target(path, &format!("{}:{}", libc::major(rdev), libc::minor(rdev)))
 }
 
-/// The loop devices backed by the file `meta` describes, as (name, `MAJ:MIN`): the kernel
-/// names each attached loop device's file in `/sys/block/loopN/loop/backing_file` (loop(4));
-/// it is compared by device and inode, so another path to the same file matches too.
+/// The loop devices backed by the file `meta` describes, as (name, `MAJ:MIN`). Each attached
+/// loop device is asked for its file's device and inode (`LOOP_GET_STATUS64`, loop(4)),
+/// which holds whatever path the file was attached by and in whichever mount namespace;
+/// where that cannot be asked (no permission to open the device), the path the kernel names
+/// in `/sys/block/loopN/loop/backing_file` is followed and compared by device and inode, so
+/// another path to the same file matches too.
 fn loops_backed_by(meta: &std::fs::Metadata) -> Vec<(String, String)> {
+    let me = (libc::major(meta.dev()), libc::minor(meta.dev()), meta.ino());
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/sys/block").into_iter().flatten().flatten() {
         let dir = entry.path();
         let Some(backing) = read_trimmed(&dir.join("loop/backing_file")) else { continue };
-        let same = std::fs::metadata(&backing).is_ok_and(|b| (b.dev(), b.ino()) == (meta.dev(), meta.ino()));
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let same = match loop_backing_id(Path::new(&format!("/dev/{name}"))) {
+            Some(id) => id == me,
+            None => std::fs::metadata(&backing).is_ok_and(|b| (b.dev(), b.ino()) == (meta.dev(), meta.ino())),
+        };
         if let (true, Some(number)) = (same, read_trimmed(&dir.join("dev"))) {
-            found.push((entry.file_name().to_string_lossy().into_owned(), number));
+            found.push((name, number));
         }
     }
     found.sort();
     found
+}
+
+/// `struct loop_info64` of `<linux/loop.h>` (the `libc` crate does not define it): the
+/// backing file's device and inode lead it.
+#[repr(C)]
+struct LoopInfo64 {
+    device: u64,
+    inode: u64,
+    rdevice: u64,
+    offset: u64,
+    sizelimit: u64,
+    number: u32,
+    encrypt_type: u32,
+    encrypt_key_size: u32,
+    flags: u32,
+    file_name: [u8; 64],
+    crypt_name: [u8; 64],
+    encrypt_key: [u8; 32],
+    init: [u64; 2],
+}
+
+// The kernel's size for it: 5 × 8 + 4 × 4 + 64 + 64 + 32 + 2 × 8 bytes.
+const _: () = assert!(std::mem::size_of::<LoopInfo64>() == 232);
+
+/// `LOOP_GET_STATUS64` from `<linux/loop.h>`.
+const LOOP_GET_STATUS64: libc::c_ulong = 0x4c05;
+
+/// The (major, minor, inode) of the file behind loop device `dev`, from the kernel
+/// (`LOOP_GET_STATUS64`); None if the device cannot be opened or has no file.
+fn loop_backing_id(dev: &Path) -> Option<(u32, u32, u64)> {
+    use std::os::fd::AsRawFd;
+    let f = File::open(dev).ok()?;
+    // SAFETY: all-zero bytes are a valid LoopInfo64 (integers and byte arrays).
+    let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
+    // SAFETY: the descriptor is open for the whole call and `info` is a writable
+    // `struct loop_info64`, the argument LOOP_GET_STATUS64 fills.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), LOOP_GET_STATUS64 as _, &mut info as *mut LoopInfo64) };
+    (r == 0).then(|| decode_dev(info.device)).map(|(major, minor)| (major, minor, info.inode))
+}
+
+/// The kernel's 32-bit device number encoding (`new_encode_dev`, which `LOOP_GET_STATUS64`
+/// reports): minor bits 7:0 in 7:0, major in 19:8, minor bits 19:8 in 31:20.
+fn decode_dev(d: u64) -> (u32, u32) {
+    (((d >> 8) & 0xfff) as u32, ((d & 0xff) | ((d >> 12) & 0xfff00)) as u32)
 }
 
 /// A block device by its number (`MAJ:MIN`): a partition, or a whole disk with its size,
@@ -332,6 +384,15 @@ mod tests {
         assert!(mounts_of(info, &devs[..1]).is_empty());
     }
 
+    #[test]
+    fn a_loop_devices_file_is_named_in_the_kernels_device_number_encoding() {
+        // new_encode_dev: minor bits 7:0 in 7:0, major in 19:8, minor bits 19:8 in 31:20.
+        assert_eq!(decode_dev(0x0803), (8, 3));
+        assert_eq!(decode_dev(0x0103_4521), (0x345, 0x1021));
+        assert_eq!(decode_dev(0xfff0_0000), (0, 0xfff00));
+        assert_eq!(decode_dev(0x000f_ff00), (0xfff, 0));
+    }
+
     fn scratch(name: &str) -> PathBuf {
         let d = qemu_tests::workspace_root().join("target/tmp/usb-test");
         std::fs::create_dir_all(&d).unwrap();
@@ -469,5 +530,47 @@ mod tests {
         }
         let _ = std::fs::remove_file(&link);
         drop(guard);
+    }
+
+    #[test]
+    fn a_file_behind_a_mounted_loop_device_is_refused_when_the_kernels_path_to_it_is_hidden() {
+        // SAFETY: no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: loop devices need root");
+            return;
+        }
+        // The file sits in a folder of its own, with a second name (a hard link) outside it.
+        let dir = scratch("hidden");
+        std::fs::create_dir_all(&dir).unwrap();
+        let backing = dir.join("loop");
+        std::fs::write(&backing, vec![0u8; 8 << 20]).unwrap();
+        let other = scratch("hidden-link");
+        let _ = std::fs::remove_file(&other);
+        std::fs::hard_link(&backing, &other).unwrap();
+        let Some(dev) = attach(&backing) else {
+            eprintln!("skipped: losetup cannot attach a loop device here");
+            return;
+        };
+        let guard = Loop { dev: dev.clone(), mnt: scratch("hidden-mnt"), files: vec![backing.clone(), other.clone(), scratch("hidden-img")] };
+        std::fs::create_dir_all(&guard.mnt).unwrap();
+        let sh = |c: &str| std::process::Command::new("sh").arg("-c").arg(c).status().is_ok_and(|s| s.success());
+        if !sh(&format!("mkfs.ext2 -q -F {dev} >/dev/null 2>&1 && mount {dev} {}", guard.mnt.display())) {
+            eprintln!("skipped: cannot format or mount {dev} here");
+            return;
+        }
+        // A file system mounted over the folder hides the path sysfs gives for the file (as
+        // another mount namespace would): only the loop device itself can still name it.
+        if !sh(&format!("mount -t tmpfs none {}", dir.display())) {
+            eprintln!("skipped: cannot mount a tmpfs here");
+            return;
+        }
+        let hidden = std::fs::metadata(&backing).is_err();
+        let e = write_stick(&image("hidden-img", 1 << 20), &other, true).map_err(|e| e.to_string());
+        let _ = std::process::Command::new("umount").arg(&dir).status();
+        assert!(hidden, "the tmpfs did not hide {}", backing.display());
+        let e = e.unwrap_err();
+        assert!(e.contains(&format!("it backs {dev}: {dev} is mounted on {}", guard.mnt.display())), "{e}");
+        drop(guard);
+        let _ = std::fs::remove_dir(&dir);
     }
 }
