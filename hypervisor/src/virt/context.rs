@@ -220,6 +220,14 @@ impl GuestContext {
         unsafe { asm!("mov cr2, {}", in(reg) value, options(nostack, nomem)) };
     }
 
+    /// The guest's CR2 while the vCPU holds the CPU (VMX: the register itself).
+    pub fn cr2_live(&self) -> u64 {
+        let v: u64;
+        // SAFETY: reading CR2 has no side effect; it is the guest's while its slice runs.
+        unsafe { asm!("mov {}, cr2", out(reg) v, options(nostack, nomem)) };
+        v
+    }
+
     pub fn free(self) {
         memory::free(self.area, self.pages);
     }

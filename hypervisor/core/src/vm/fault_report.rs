@@ -35,6 +35,11 @@ pub struct FaultState {
     /// The event whose delivery the exit interrupted: VMX's IDT-vectoring information (SDM
     /// Vol. 3C 28.2.4), SVM's EXITINTINFO (APM Vol. 2 15.7.2).
     pub delivering: u64,
+    /// The error code of that event, where bit 11 of `delivering` says it has one (SVM:
+    /// EXITINTINFO bits 63:32; VMX: the IDT-vectoring error code, SDM Vol. 3C 25.9.3).
+    pub delivering_error: u32,
+    /// The guest's CR2: the linear address of its last #PF (SDM Vol. 3A 4.7).
+    pub cr2: u64,
     /// The event Bastion injected at the last entry (VM-entry interruption information,
     /// 25.8.3; EVENTINJ, 15.20).
     pub injected: u64,
@@ -55,7 +60,7 @@ const LEGACY_FRAME: u64 = 16;
 /// Real mode pushes FLAGS, CS and IP, 2 bytes each (SDM Vol. 3A 21.1.4).
 const REAL_FRAME: u64 = 6;
 const DOUBLE_FAULT: u8 = 8;
-const ALL_MAPPED: &str = "the guest's tables map every page of this delivery and its gates are present interrupt or trap gates (not checked: permissions, the GDT, the gates' selectors)";
+const ALL_MAPPED: &str = "the guest's tables map every page of this delivery and its gates are present interrupt or trap gates (not checked: permissions, address bits above MAXPHYADDR, the GDT, the gates' selectors)";
 const NOT_ALL_MAPPED: &str = "not every page of this delivery is mapped by the guest's tables";
 const PARTLY_FOLLOWED: &str = "the pages walked are mapped by the guest's tables, but a gate was not followed";
 
@@ -64,20 +69,45 @@ impl FaultState {
     pub fn describe(&self) -> String {
         let m = &self.mode;
         format!(
-            "RIP {:#x} RSP {:#x} RFLAGS {:#x} CS {:#x} CR0 {:#x} CR3 {:#x} CR4 {:#x} EFER {:#x} IDT {:#x}/{:#x}; delivering {}; injected at entry {}{}",
+            "RIP {:#x} RSP {:#x} RFLAGS {:#x} CS {:#x} CR0 {:#x} CR2 {:#x} CR3 {:#x} CR4 {:#x} EFER {:#x} IDT {:#x}/{:#x}; delivering {}{}; injected at entry {}{}",
             self.rip,
             self.rsp,
             self.rflags,
             self.cs,
             m.cr0,
+            self.cr2,
             m.cr3,
             m.cr4,
             m.efer,
             self.idt_base,
             self.idt_limit,
             describe_event(self.delivering),
+            self.delivering_error_code().map(|c| self.describe_error(c)).unwrap_or_default(),
             describe_event(self.injected),
             self.caveat.map(|c| format!(" ({c})")).unwrap_or_default()
+        )
+    }
+
+    /// The error code of the event being delivered: valid (bit 31) with "error code
+    /// delivered" (bit 11), the same layout on both vendors.
+    fn delivering_error_code(&self) -> Option<u32> {
+        (self.delivering >> 31 & 1 != 0 && self.delivering >> 11 & 1 != 0).then_some(self.delivering_error)
+    }
+
+    /// ` 0x…`, and for a #PF what its bits say (SDM Vol. 3A 4.7, Figure 4-12): present or not,
+    /// read or write, supervisor or user, a reserved bit, an instruction fetch.
+    fn describe_error(&self, code: u32) -> String {
+        if self.delivering as u8 != 14 {
+            return format!(" {code:#x}");
+        }
+        let bit = |n: u32, set: &'static str, clear: &'static str| if code >> n & 1 != 0 { set } else { clear };
+        format!(
+            " {code:#x} ({}, {}, {}{}{})",
+            bit(0, "protection", "not present"),
+            bit(1, "write", "read"),
+            bit(2, "user", "supervisor"),
+            bit(3, ", reserved bit set", ""),
+            bit(4, ", instruction fetch", "")
         )
     }
 
@@ -133,6 +163,32 @@ impl FaultState {
     }
 }
 
+/// The entries' names by level (index 0 is the PML4E: level 4 modulo 4).
+const LEVEL_NAMES: [&str; 4] = ["PML4E", "PTE", "PDE", "PDPTE"];
+
+/// The bits of a present paging-structure entry that are reserved whatever the guest's
+/// MAXPHYADDR, if any is set (SDM Vol. 3A 4.4.2, 4.5.4; a #PF with RSVD = 1 on any access
+/// through it): XD (bit 63) while EFER.NXE = 0, PS in a PML4E, bits 29:13 of a 1-GiB PDPTE and
+/// 20:13 of a 2-MiB PDE. Address bits above MAXPHYADDR are not checked (the walk does not know
+/// the guest's); the RIP part shows the entries for that.
+fn reserved_bits(paging: &Paging, level: u8, e: u64) -> Option<u64> {
+    const XD: u64 = 1 << 63;
+    const PS: u64 = 1 << 7;
+    const NXE: u64 = 1 << 11;
+    if e & 1 == 0 || paging.cr4 & (1 << 5) == 0 {
+        // Not present, or 32-bit paging (no XD bit, no such layout): nothing to say.
+        return None;
+    }
+    let mut r = if paging.efer & NXE == 0 { e & XD } else { 0 };
+    r |= match (level, e & PS != 0) {
+        (4, _) => e & PS,
+        (3, true) if paging.long_mode() => e & 0x3fff_e000,
+        (2, true) => e & 0x1f_e000,
+        _ => 0,
+    };
+    (r != 0).then_some(r)
+}
+
 /// The walk's findings so far.
 struct Walk<'a, M: GuestPhys + ?Sized> {
     paging: Paging,
@@ -146,15 +202,26 @@ struct Walk<'a, M: GuestPhys + ?Sized> {
 impl<M: GuestPhys + ?Sized> Walk<'_, M> {
     /// Guest-physical address of `linear` if it is mapped and RAM, noting the finding.
     fn linear(&mut self, what: &str, linear: u64) -> Option<u64> {
-        let gpa = self.paging.translate(linear, self.mem);
+        let mut entries = Vec::new();
+        let gpa = self.paging.translate_noting(linear, self.mem, &mut |level, e| entries.push((level, e)));
         let ram = gpa.filter(|&g| self.mem.read(g, &mut [0u8]));
-        self.parts.push(match (gpa, ram) {
+        let mut part = match (gpa, ram) {
             (Some(g), Some(_)) => format!("{what} {linear:#x} -> {g:#x}"),
             (Some(g), None) => format!("{what} {linear:#x} -> {g:#x}, not RAM"),
             (None, _) => format!("{what} {linear:#x} not mapped"),
-        });
-        self.all_mapped &= ram.is_some();
-        ram
+        };
+        // The code's translation is shown entry by entry (the rest share most of it).
+        if what == "RIP" && !entries.is_empty() {
+            let list: Vec<String> = entries.iter().map(|(_, e)| format!("{e:#x}")).collect();
+            part += &format!(" (entries {})", list.join(" "));
+        }
+        let bad = entries.iter().find_map(|&(level, e)| reserved_bits(&self.paging, level, e).map(|r| (level, e, r)));
+        if let Some((level, e, r)) = bad {
+            part += &format!(", but its {} {e:#x} sets reserved bits {r:#x}", LEVEL_NAMES[level as usize & 3]);
+        }
+        self.parts.push(part);
+        self.all_mapped &= ram.is_some() && bad.is_none();
+        ram.filter(|_| bad.is_none())
     }
 
     fn note(&mut self, text: String) {
@@ -366,6 +433,85 @@ mod tests {
         assert_eq!(st.walk_delivery(&mut m).matches("IDT[8] 0x").count(), 1);
     }
 
+    #[test]
+    fn the_codes_translation_is_shown_entry_by_entry() {
+        let (st, mut m) = long_guest(&[]);
+        let r = st.walk_delivery(&mut m);
+        assert!(r.starts_with("RIP 0x12bdc -> 0x12bdc (entries 0x2003 0x3003 0x4003 0x12003); stack top"), "{r}");
+        // Only the code's: the other parts share most of its entries.
+        assert_eq!(r.matches("(entries").count(), 1, "{r}");
+    }
+
+    #[test]
+    fn an_entry_with_reserved_bits_set_faults_every_access_through_it() {
+        // SDM Vol. 3A 4.5.4: a present entry with a reserved bit set is a #PF (RSVD = 1) for
+        // any access through it, though it names a page. The walk says so and changes the
+        // verdict; the same entries are fine where the bits are not reserved.
+        const XD: u64 = 1 << 63;
+        const NXE: u64 = 1 << 11;
+        const PS: u64 = 1 << 7;
+        for (at, entry, nxe, found) in [
+            // XD while EFER.NXE = 0, in the PDE; with NXE = 1 it is the execute-disable bit.
+            (0x3000, 0x4000 | P_RW | XD, false, Some("its PDE 0x8000000000004003 sets reserved bits 0x8000000000000000")),
+            (0x3000, 0x4000 | P_RW | XD, true, None),
+            // PS in a PML4E.
+            (0x1000, 0x2000 | P_RW | PS, false, Some("its PML4E 0x2083 sets reserved bits 0x80")),
+            // A 2-MiB page with bit 13 set (bits 20:13 reserved; bit 12 is PAT).
+            (0x3000, P_RW | PS | 1 << 13, false, Some("its PDE 0x2083 sets reserved bits 0x2000")),
+            (0x3000, P_RW | PS | 1 << 12, false, None),
+            (0x3000, P_RW | PS | 1 << 20, false, Some("its PDE 0x100083 sets reserved bits 0x100000")),
+            // A 1-GiB page with bit 13 or 29 set (bits 29:13 reserved).
+            (0x2000, P_RW | PS | 1 << 13, false, Some("its PDPTE 0x2083 sets reserved bits 0x2000")),
+            (0x2000, P_RW | PS | 1 << 29, false, Some("its PDPTE 0x20000083 sets reserved bits 0x20000000")),
+            (0x2000, P_RW | PS | 1 << 12, false, None),
+            // A PTE's bit 7 is PAT, not PS.
+            (0x4000 + 8 * 0x12, 0x12000 | P_RW | PS, false, None),
+        ] {
+            let (mut st, mut m) = long_guest(&[]);
+            if nxe {
+                st.mode.efer |= NXE;
+            }
+            m.put_u64(at, entry);
+            let r = st.walk_delivery(&mut m);
+            match found {
+                Some(text) => {
+                    assert!(r.contains(&format!("RIP 0x12bdc -> 0x12bdc")) && r.contains(text), "{entry:#x}: {r}");
+                    assert!(r.ends_with(NOT_ALL_MAPPED), "{entry:#x}: {r}");
+                }
+                None => assert!(r.ends_with(ALL_MAPPED) && !r.contains("reserved"), "{entry:#x}: {r}"),
+            }
+        }
+        // PAE paging outside long mode: XD without NXE is reserved there too, and a 2-MiB PDE
+        // has the same reserved bits (SDM Vol. 3A 4.4.2).
+        let (mut st, mut m) = long_guest(&[]);
+        st.mode.efer = 0;
+        st.mode.cs_l = false;
+        st.mode.cr3 = 0x5000;
+        m.put_u64(0x5000, 0x3000 | 1 | XD);
+        let r = st.walk_delivery(&mut m);
+        assert!(r.contains("its PDPTE 0x8000000000003001 sets reserved bits 0x8000000000000000"), "{r}");
+        m.put_u64(0x5000, 0x3001);
+        m.put_u64(0x3000, P_RW | PS | 1 << 14);
+        let r = st.walk_delivery(&mut m);
+        assert!(r.contains("its PDE 0x4083 sets reserved bits 0x4000"), "{r}");
+        // …but a PDPTE's bit 7 there is not a 1-GiB page: nothing said of it.
+        m.put_u64(0x3000, 0x4003);
+        m.put_u64(0x5000, 0x3001 | PS | 1 << 13);
+        let r = st.walk_delivery(&mut m);
+        assert!(!r.contains("reserved"), "{r}");
+    }
+
+    #[test]
+    fn thirty_two_bit_paging_has_no_such_reserved_bits() {
+        // 32-bit paging with CR4.PSE: a 4-MiB PDE's bits 20:13 are address bits 39:32
+        // (PSE-36), and entries have no XD bit (SDM Vol. 3A 4.3).
+        let (mut st, mut m) = legacy_guest();
+        st.mode.cr4 = 1 << 4;
+        m.put_u32(0x1000, (P_RW | 1 << 7) as u32 | 1 << 13);
+        let r = st.walk_delivery(&mut m);
+        assert!(r.contains("RIP 0x5100 -> 0x100005100") && !r.contains("reserved"), "{r}");
+    }
+
     /// A 32-bit protected-mode guest: 4 MiB mapped 1:1, IDT at 0x9000 with 8-byte gates for
     /// #DF (-> 0x30000) and #GP (-> 0x31000), CS and SS based at 0x5000, delivering #GP.
     fn legacy_guest() -> (FaultState, Mem) {
@@ -495,10 +641,37 @@ mod tests {
         st.rflags = 0x2;
         assert_eq!(
             st.describe(),
-            "RIP 0x12bdc RSP 0x8008 RFLAGS 0x2 CS 0x10 CR0 0x80000001 CR3 0x1000 CR4 0x20 EFER 0x500 IDT 0x9000/0xfff; delivering exception 14 with an error code; injected at entry none"
+            "RIP 0x12bdc RSP 0x8008 RFLAGS 0x2 CS 0x10 CR0 0x80000001 CR2 0x0 CR3 0x1000 CR4 0x20 EFER 0x500 IDT 0x9000/0xfff; delivering exception 14 with an error code 0x0 (not present, read, supervisor); injected at entry none"
         );
         st.caveat = Some("undefined");
         assert!(st.describe().ends_with("injected at entry none (undefined)"));
+    }
+
+    #[test]
+    fn a_page_faults_error_code_and_cr2_are_spelled_out() {
+        // #PF error code bits (SDM Vol. 3A 4.7): 0 P, 1 W/R, 2 U/S, 3 RSVD, 4 I/D.
+        let (mut st, _) = long_guest(&[]);
+        st.cr2 = 0x12bdc;
+        for (code, words) in [
+            (0x1, "0x1 (protection, read, supervisor)"),
+            (0x2, "0x2 (not present, write, supervisor)"),
+            (0x4, "0x4 (not present, read, user)"),
+            (0x9, "0x9 (protection, read, supervisor, reserved bit set)"),
+            (0x10, "0x10 (not present, read, supervisor, instruction fetch)"),
+        ] {
+            st.delivering_error = code;
+            let d = st.describe();
+            assert!(d.contains(&format!("CR2 0x12bdc CR3 0x1000 ")), "{d}");
+            assert!(d.contains(&format!("delivering exception 14 with an error code {words};")), "{d}");
+        }
+        // Another vector's code is given as a number; none without bit 11 or bit 31.
+        st.delivering = 1 << 31 | 1 << 11 | 3 << 8 | 13;
+        st.delivering_error = 0x18;
+        assert!(st.describe().contains("exception 13 with an error code 0x18;"), "{}", st.describe());
+        st.delivering = 1 << 31 | 3 << 8 | 14;
+        assert!(st.describe().contains("delivering exception 14; injected"), "{}", st.describe());
+        st.delivering = 1 << 11 | 3 << 8 | 14;
+        assert!(st.describe().contains("delivering none; injected"), "{}", st.describe());
     }
 
     #[test]

@@ -58,6 +58,12 @@ impl Paging {
     /// Guest-physical address of `linear`, or `None` if not mapped (or the tables are not RAM).
     /// A frame address and the offset in its page are disjoint bits: they are added.
     pub fn translate(&self, linear: u64, mem: &mut (impl GuestPhys + ?Sized)) -> Option<u64> {
+        self.translate_noting(linear, mem, &mut |_, _| {})
+    }
+
+    /// [`Self::translate`], handing each paging-structure entry it reads to `seen` with its
+    /// level (4 PML4E, 3 PDPTE, 2 PDE, 1 PTE; SDM Vol. 3A 4.5), for reports that show them.
+    pub fn translate_noting(&self, linear: u64, mem: &mut (impl GuestPhys + ?Sized), seen: &mut dyn FnMut(u8, u64)) -> Option<u64> {
         if self.cr0 & PG == 0 {
             return Some(if self.long_mode() { linear } else { linear & 0xffff_ffff });
         }
@@ -65,6 +71,7 @@ impl Paging {
             let mut table = self.cr3 & ADDR;
             for level in (1..=3).rev() {
                 let e = mem.read_u64(table + 8 * ((linear >> (12 + 9 * level)) & 0x1ff))?;
+                seen(level as u8 + 1, e);
                 if e & PRESENT == 0 {
                     return None;
                 }
@@ -76,15 +83,18 @@ impl Paging {
                 table = e & ADDR;
             }
             let e = mem.read_u64(table + 8 * ((linear >> 12) & 0x1ff))?;
+            seen(1, e);
             return (e & PRESENT != 0).then(|| (e & ADDR) + (linear & 0xfff));
         }
         let linear = linear & 0xffff_ffff;
         if self.cr4 & PAE != 0 {
             let pdpte = mem.read_u64((self.cr3 & 0xffff_ffe0) + 8 * (linear >> 30))?;
+            seen(3, pdpte);
             if pdpte & PRESENT == 0 {
                 return None;
             }
             let pde = mem.read_u64((pdpte & ADDR) + 8 * ((linear >> 21) & 0x1ff))?;
+            seen(2, pde);
             if pde & PRESENT == 0 {
                 return None;
             }
@@ -92,9 +102,11 @@ impl Paging {
                 return Some((pde & ADDR & !0x1f_ffff) + (linear & 0x1f_ffff));
             }
             let pte = mem.read_u64((pde & ADDR) + 8 * ((linear >> 12) & 0x1ff))?;
+            seen(1, pte);
             return (pte & PRESENT != 0).then(|| (pte & ADDR) + (linear & 0xfff));
         }
         let pde = mem.read_u32((self.cr3 & 0xffff_f000) + 4 * (linear >> 22))? as u64;
+        seen(2, pde);
         if pde & PRESENT == 0 {
             return None;
         }
@@ -103,6 +115,7 @@ impl Paging {
             return Some((pde & 0xffc0_0000) + ((pde >> 13 & 0xff) << 32) + (linear & 0x3f_ffff));
         }
         let pte = mem.read_u32((pde & 0xffff_f000) + 4 * ((linear >> 12) & 0x3ff))? as u64;
+        seen(1, pte);
         (pte & PRESENT != 0).then(|| (pte & 0xffff_f000) + (linear & 0xfff))
     }
 

@@ -455,6 +455,8 @@ impl SvmVcpu {
             idt_base: v.r64(IDTR + 8),
             idt_limit: v.read(IDTR + 4),
             delivering: v.r64(EXITINTINFO),
+            delivering_error: (v.r64(EXITINTINFO) >> 32) as u32,
+            cr2: v.r64(CR2),
             injected: self.entry_event,
             // After a shutdown intercept the state save area is undefined (APM Vol. 2, the
             // SHUTDOWN intercept; KVM resets the VMCB there for that reason): what this CPU

@@ -672,6 +672,8 @@ impl VmxVcpu {
             idt_base: r(guest::IDTR_BASE),
             idt_limit: r(guest::IDTR_LIMIT) as u32,
             delivering: r(ro::IDT_VECTORING_INFO),
+            delivering_error: r(ro::IDT_VECTORING_ERR_CODE) as u32,
+            cr2: self.ctx.cr2_live(),
             injected: self.entry_event,
             caveat: None,
         }
