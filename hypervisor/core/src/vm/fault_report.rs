@@ -481,6 +481,12 @@ mod tests {
                 None => assert!(r.ends_with(ALL_MAPPED) && !r.contains("reserved"), "{entry:#x}: {r}"),
             }
         }
+        // A not-present entry's other bits are the OS's to use (SDM Vol. 3A 4.5.4): not
+        // reserved, only not mapped.
+        let (st, mut m) = long_guest(&[]);
+        m.put_u64(0x3000, 0x4000 | 2 | XD | PS | 1 << 13);
+        let r = st.walk_delivery(&mut m);
+        assert!(r.starts_with("RIP 0x12bdc not mapped") && !r.contains("reserved"), "{r}");
         // PAE paging outside long mode: XD without NXE is reserved there too, and a 2-MiB PDE
         // has the same reserved bits (SDM Vol. 3A 4.4.2).
         let (mut st, mut m) = long_guest(&[]);
