@@ -108,6 +108,12 @@ pub struct NptView {
 }
 
 impl NptView {
+    /// The host-physical address of the top table (what the VMCB's N_CR3 or the EPTP's
+    /// address bits must hold for this guest).
+    pub fn root(&self) -> u64 {
+        self.root
+    }
+
     /// Host-physical address backing `gpa`, or `None` when unmapped.
     pub fn translate(&self, src: &mut impl FrameSource, gpa: u64) -> Option<u64> {
         let mut table = self.root;

@@ -43,6 +43,11 @@ pub struct FaultState {
     /// The event Bastion injected at the last entry (VM-entry interruption information,
     /// 25.8.3; EVENTINJ, 15.20).
     pub injected: u64,
+    /// The top nested table the control block names (SVM's N_CR3, the EPTP's address bits)
+    /// and the one of the guest's own nested tables, which the walk reads through: a
+    /// difference means the CPU walked another table than the report does.
+    pub nested_root: u64,
+    pub own_nested_root: u64,
     /// A word on how far the state can be trusted (after an SVM SHUTDOWN intercept the APM
     /// leaves the state save area undefined).
     pub caveat: Option<&'static str>,
@@ -129,6 +134,9 @@ impl FaultState {
         let (cs_base, ss_base) = if m.in_64bit_mode() { (0, 0) } else { (self.cs_base, self.ss_base) };
         let real = m.cr0 & CR0_PE == 0;
         let mut walk = Walk { paging, mem, parts: Vec::new(), all_mapped: true, followed: true };
+        if self.nested_root != self.own_nested_root {
+            walk.note(format!("the control block names nested tables at {:#x}, not the guest's own at {:#x}", self.nested_root, self.own_nested_root));
+        }
         walk.linear("RIP", cs_base.wrapping_add(self.rip));
         // The stack pointer's width: RSP in IA-32e mode (aligned to 16 first), SP in real
         // mode (it wraps within its 64 KiB segment), ESP otherwise — a 16-bit protected-mode
@@ -431,6 +439,21 @@ mod tests {
         // A #DF being delivered is walked once.
         st.delivering = 1 << 31 | 3 << 8 | 8;
         assert_eq!(st.walk_delivery(&mut m).matches("IDT[8] 0x").count(), 1);
+    }
+
+    #[test]
+    fn nested_tables_other_than_the_guests_own_are_named_and_change_the_verdict() {
+        // The CPU walks the guest's tables through the nested tables the VMCB (N_CR3, APM
+        // Vol. 2 15.25) or VMCS (EPTP, SDM Vol. 3C 25.6.11) names; the walk reads through
+        // the guest's own, so it holds only if they are the same.
+        let (mut st, mut m) = long_guest(&[]);
+        st.own_nested_root = 0x20_0000;
+        st.nested_root = 0x20_0000;
+        assert!(st.walk_delivery(&mut m).ends_with(ALL_MAPPED));
+        st.nested_root = 0x30_0000;
+        let r = st.walk_delivery(&mut m);
+        assert!(r.starts_with("the control block names nested tables at 0x300000, not the guest's own at 0x200000; RIP 0x12bdc -> 0x12bdc"), "{r}");
+        assert!(r.ends_with(NOT_ALL_MAPPED), "{r}");
     }
 
     #[test]

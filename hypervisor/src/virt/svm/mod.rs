@@ -457,6 +457,8 @@ impl SvmVcpu {
             delivering: v.r64(EXITINTINFO),
             delivering_error: (v.r64(EXITINTINFO) >> 32) as u32,
             cr2: v.r64(CR2),
+            nested_root: v.r64(N_CR3) & 0x000f_ffff_ffff_f000,
+            own_nested_root: self.ram.root(),
             injected: self.entry_event,
             // After a shutdown intercept the state save area is undefined (APM Vol. 2, the
             // SHUTDOWN intercept; KVM resets the VMCB there for that reason): what this CPU

@@ -674,6 +674,8 @@ impl VmxVcpu {
             delivering: r(ro::IDT_VECTORING_INFO),
             delivering_error: r(ro::IDT_VECTORING_ERR_CODE) as u32,
             cr2: self.ctx.cr2_live(),
+            nested_root: r(control::EPTP_FULL) & 0x000f_ffff_ffff_f000,
+            own_nested_root: self.ram.root(),
             injected: self.entry_event,
             caveat: None,
         }
