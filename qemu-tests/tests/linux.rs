@@ -171,7 +171,7 @@ fn smp_checks(emu: &mut Emulator, guest: &str, n: u32, t: Duration) {
 /// failure report shows exactly that.
 #[test]
 fn two_debian_linux_guests_on_qemu_svm() {
-    qemu_tests::retry_once_on_emulator_fault(|| scenario(Platform::QemuBios, Duration::from_secs(300), [1, 1]));
+    qemu_tests::retry_once_on_emulator_fault(Platform::QemuBios, || scenario(Platform::QemuBios, Duration::from_secs(300), [1, 1]));
 }
 
 /// On VT-x the two Linux guests have 2 and 4 vCPUs (more than the host's 2 CPUs): SMP Linux

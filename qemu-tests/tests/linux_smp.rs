@@ -117,5 +117,5 @@ fn scenario(p: Platform, boot_timeout: Duration) {
 /// failure fails.
 #[test]
 fn smp_debian_linux_guests_on_qemu_svm() {
-    qemu_tests::retry_once_on_emulator_fault(|| scenario(Platform::QemuBios, Duration::from_secs(400)));
+    qemu_tests::retry_once_on_emulator_fault(Platform::QemuBios, || scenario(Platform::QemuBios, Duration::from_secs(400)));
 }

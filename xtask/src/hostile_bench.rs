@@ -4,19 +4,21 @@
 //! second of TSC time; then the canary alone on the same machine, in the same invocation.
 //!
 //! Prints `bench: hostile ops=<n> faults=<n> host_faults=0 canary_rate_ratio=<x>
-//! state_lost=<n>`: the canary's units per second while the hostile guest ran, over its rate
-//! alone (goal ≥ 0.9: a hostile guest must not slow its neighbour by more than the CPU it is
-//! given). A host fault (Bastion's crash line, a panic, or the machine resetting) fails the
-//! benchmark; so does any operation whose answer broke its rule, and any stop of the hostile
-//! guest but one: QEMU 7.2's TCG now and then loses the guest's state at an exit, which
-//! Bastion recognises and stops the guest for; the guest then restarts (`on_crash`), its
-//! operations so far count, and `state_lost` says how often it happened.
+//! state_lost=<n> emulator_triple_faults=<n>`: the canary's units per second while the hostile
+//! guest ran, over its rate alone (goal ≥ 0.9: a hostile guest must not slow its neighbour by
+//! more than the CPU it is given). A host fault (Bastion's crash line, a panic, or the machine
+//! resetting) fails the benchmark; so does any operation whose answer broke its rule, and any
+//! stop of the hostile guest but the two QEMU 7.2's TCG causes now and then
+//! ([`qemu_tests::EmulatorCause`]): the guest's state lost at an exit, which Bastion recognises
+//! and stops the guest for, and a triple fault on pages the guest's tables map, which
+//! Bastion's delivery walk shows. The guest then restarts (`on_crash`), its operations so far
+//! count, and `state_lost` and `emulator_triple_faults` say how often each happened.
 //!
 //! Every run has a deadline and its emulator is killed at the end.
 
 use crate::console_bench;
 use anyhow::{bail, Result};
-use qemu_tests::{Emulator, Platform, RunOptions};
+use qemu_tests::{EmulatorCause, Emulator, Platform, RunOptions};
 use std::time::Duration;
 
 /// The goal for the canary's rate next to the hostile guest over its rate alone.
@@ -110,14 +112,18 @@ pub fn hostile(ops: u64) -> Result<()> {
     let Some(beside_rate) = canary_rate(&text[from..]) else { bail!("the canary printed too few lines beside the hostile guest:\n{text}") };
     let ratio = beside_rate / alone_rate;
     println!(
-        "hostile, {} with 2 CPUs, seed {seed}: {} operations in {secs:.0} s ({:.0}/s) over {} runs of the guest ({} stopped because the emulator lost its state); canary {beside_rate:.0} units/s beside, {alone_rate:.0} alone (goal ratio ≥ {GOAL})",
+        "hostile, {} with 2 CPUs, seed {seed}: {} operations in {secs:.0} s ({:.0}/s) over {} runs of the guest ({} stopped because the emulator lost its state, {} by a triple fault on mapped pages); canary {beside_rate:.0} units/s beside, {alone_rate:.0} alone (goal ratio ≥ {GOAL})",
         p.name(),
         tally.ops,
         tally.ops as f64 / secs,
-        tally.state_lost + 1,
-        tally.state_lost
+        tally.state_lost + tally.emulator_triple_faults + 1,
+        tally.state_lost,
+        tally.emulator_triple_faults
     );
-    println!("bench: hostile ops={} faults={} host_faults={host_faults} canary_rate_ratio={ratio:.3} state_lost={}", tally.ops, tally.faults, tally.state_lost);
+    println!(
+        "bench: hostile ops={} faults={} host_faults={host_faults} canary_rate_ratio={ratio:.3} state_lost={} emulator_triple_faults={}",
+        tally.ops, tally.faults, tally.state_lost, tally.emulator_triple_faults
+    );
     if tally.ops < ops {
         bail!("only {} of {ops} operations ran", tally.ops);
     }
@@ -135,6 +141,9 @@ pub struct Tally {
     pub mismatches: u64,
     /// Runs Bastion stopped because the emulator lost the guest's state.
     pub state_lost: u64,
+    /// Runs ended by a triple fault on pages the guest's tables map (Bastion's delivery walk
+    /// found nothing the guest or Bastion did that could fail it).
+    pub emulator_triple_faults: u64,
     /// Runs stopped for any other reason than their own end.
     pub other_stops: u64,
 }
@@ -142,7 +151,9 @@ pub struct Tally {
 pub fn tally(text: &str) -> Tally {
     let mut t = Tally::default();
     let (mut ops, mut faults) = (0, 0);
+    let mut stops = qemu_tests::GuestStops::default();
     for line in text.lines() {
+        let cause = stops.emulator_cause(line);
         if let Some(rest) = line.split("[hostile] hostile: ").nth(1) {
             if let Some(done) = rest.strip_prefix("done ") {
                 ops = field(done, "ops").unwrap_or(ops);
@@ -158,10 +169,11 @@ pub fn tally(text: &str) -> Tally {
                 }
             }
         } else if let Some(reason) = line.split("guest hostile: stopped: ").nth(1) {
-            if reason.starts_with("the CPU lost the guest's state") {
-                t.state_lost += 1;
-            } else if !reason.starts_with("test exit: PASS") {
-                t.other_stops += 1;
+            match cause {
+                Some(EmulatorCause::StateLost) => t.state_lost += 1,
+                Some(EmulatorCause::TripleFaultOnMappedPages) => t.emulator_triple_faults += 1,
+                None if !reason.starts_with("test exit: PASS") => t.other_stops += 1,
+                None => {}
             }
             t.ops += ops;
             t.faults += faults;
@@ -195,10 +207,19 @@ mod tests {
             [WARN  cpu0] guest hostile: stopped: the CPU lost the guest's state at an exit: ...\n\
             [hostile] hostile: seed 1 ops 100\n[hostile] hostile: 10000 ops 390 faults\n[hostile] hostile: done ops=15000 faults=600 mismatches=0 quirks=2\n\
             [INFO  cpu0] guest hostile: stopped: test exit: PASS\n";
-        assert_eq!(tally(text), Tally { ops: 35_000, faults: 1_400, mismatches: 0, state_lost: 1, other_stops: 0 });
+        assert_eq!(tally(text), Tally { ops: 35_000, faults: 1_400, mismatches: 0, state_lost: 1, emulator_triple_faults: 0, other_stops: 0 });
         // A run still going counts up to its last progress line; another stop reason is told.
         let text = "[hostile] hostile: 10000 ops 1 faults\nguest hostile: stopped: triple fault (shutdown)\n[hostile] hostile: 30000 ops 5 faults\n";
-        assert_eq!(tally(text), Tally { ops: 40_000, faults: 6, mismatches: 0, state_lost: 0, other_stops: 1 });
+        assert_eq!(tally(text), Tally { ops: 40_000, faults: 6, mismatches: 0, state_lost: 0, emulator_triple_faults: 0, other_stops: 1 });
+        // A triple fault whose delivery walk found every page mapped is the emulator's; the
+        // canary's walk says nothing of the hostile guest's stop.
+        let all_mapped = bastion_core::vm::fault_report::ALL_MAPPED;
+        let text = format!(
+            "[hostile] hostile: 20000 ops 9 faults\n[WARN  cpu0] guest hostile: vCPU 0 delivery walk: RIP 0x127fc -> 0x127fc; {all_mapped} (after SHUTDOWN the APM leaves this state undefined)\n\
+             [WARN  cpu0] guest hostile: stopped: triple fault (shutdown) (vCPU 0, RIP 0x127fc)\n[hostile] hostile: 10000 ops 2 faults\n\
+             [WARN  cpu1] guest canary: vCPU 0 delivery walk: RIP 0x1 -> 0x1; {all_mapped}\nguest hostile: stopped: triple fault (shutdown)\n"
+        );
+        assert_eq!(tally(&text), Tally { ops: 30_000, faults: 11, mismatches: 0, state_lost: 0, emulator_triple_faults: 1, other_stops: 1 });
         // Mismatches: each FAIL line, or the done line's total, whichever says more.
         let text = "[hostile] hostile: FAIL op 7 msr: x\n[hostile] hostile: done ops=10 faults=1 mismatches=30 quirks=0\n";
         assert_eq!(tally(text).mismatches, 30);

@@ -65,7 +65,7 @@ const LEGACY_FRAME: u64 = 16;
 /// Real mode pushes FLAGS, CS and IP, 2 bytes each (SDM Vol. 3A 21.1.4).
 const REAL_FRAME: u64 = 6;
 const DOUBLE_FAULT: u8 = 8;
-const ALL_MAPPED: &str = "the guest's tables map every page of this delivery and its gates are present interrupt or trap gates (not checked: permissions, address bits above MAXPHYADDR, the GDT, the gates' selectors)";
+pub const ALL_MAPPED: &str = "the guest's tables map every page of this delivery and its gates are present interrupt or trap gates (not checked: permissions, address bits above MAXPHYADDR, the GDT, the gates' selectors)";
 const NOT_ALL_MAPPED: &str = "not every page of this delivery is mapped by the guest's tables";
 const PARTLY_FOLLOWED: &str = "the pages walked are mapped by the guest's tables, but a gate was not followed";
 
