@@ -343,6 +343,17 @@ mod tests {
     }
 
     #[test]
+    fn a_view_names_the_same_top_table_as_its_hierarchy() {
+        // What a triple fault's report compares with the VMCB's N_CR3 / the EPTP's address.
+        let mut m = FakeMem::new();
+        let a = NestedPageTable::new(Format::Npt, &mut m).unwrap();
+        let b = NestedPageTable::new(Format::Ept, &mut m).unwrap();
+        assert_ne!(a.root(), b.root());
+        assert_eq!((a.view().root(), b.view().root()), (a.root(), b.root()));
+        assert_eq!(b.eptp() & !0xfff, b.view().root());
+    }
+
+    #[test]
     fn unaligned_edges_fall_back_to_4k_pages() {
         let mut m = FakeMem::new();
         let mut t = NestedPageTable::new(Format::Ept, &mut m).unwrap();
