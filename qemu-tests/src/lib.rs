@@ -983,7 +983,7 @@ mod guest_stop_tests {
     #[test]
     fn only_a_lost_state_and_a_triple_fault_on_mapped_pages_are_the_emulators() {
         let walk_ok = format!("[WARN  cpu0] guest a: vCPU 0 delivery walk: RIP 0x127fc -> 0x127fc; {ALL_MAPPED} (after SHUTDOWN the APM leaves this state undefined)");
-        let walk_hole = "[WARN  cpu0] guest a: vCPU 0 delivery walk: IDT[8] past the limit 0x0; not every page of this delivery is mapped by the guest's tables";
+        let walk_hole = "[WARN  cpu0] guest a: vCPU 0 delivery walk: IDT[8] past the limit 0x0; the guest's tables do not map every page of this delivery for the access it makes";
         let triple = "[WARN  cpu0] guest a: stopped: triple fault (shutdown) (vCPU 0, RIP 0x127fc); exits total 5";
         let mut g = GuestStops::default();
         assert_eq!(g.emulator_cause("[WARN  cpu1] guest a: stopped: the CPU lost the guest's state at an exit: exit code 0x400"), Some(EmulatorCause::StateLost));

@@ -7,10 +7,13 @@
 //! Whether that was the guest's doing shows in its tables: delivering an event in protected or
 //! long mode reads the IDT entry and pushes onto the stack, then fetches at the handler (SDM
 //! Vol. 3A 6.12). If the guest's tables map the code at RIP, the stack, the IDT entries and the
-//! handlers, and the gates are present interrupt or trap gates, the usual ways a guest breaks
-//! its own delivery are ruled out — what remains is what the walk does not check (page
-//! permissions and reserved bits, the GDT and the code segment a gate's selector names), or
-//! the CPU: on an emulator, the emulator. The stack checked is the current one: a gate with an
+//! handlers for the access each needs (no reserved bit set that every CPU reserves; fetches
+//! from executable pages, writes to writable ones where CR0.WP asks, SMEP and SMAP kept), the
+//! gates are present interrupt or trap gates and the control block names the guest's own
+//! nested tables, the usual ways a guest breaks its own delivery are ruled out — what remains
+//! is what the walk does not check (address bits above the guest's MAXPHYADDR, protection
+//! keys, the GDT and the code segment a gate's selector names), or the CPU: on an emulator,
+//! the emulator. The stack checked is the current one: a gate with an
 //! IST or a privilege change switches to a stack from the TSS, which the report names but does
 //! not walk; a task gate is named, not followed.
 
@@ -65,8 +68,8 @@ const LEGACY_FRAME: u64 = 16;
 /// Real mode pushes FLAGS, CS and IP, 2 bytes each (SDM Vol. 3A 21.1.4).
 const REAL_FRAME: u64 = 6;
 const DOUBLE_FAULT: u8 = 8;
-pub const ALL_MAPPED: &str = "the guest's tables map every page of this delivery and its gates are present interrupt or trap gates (not checked: permissions, address bits above MAXPHYADDR, the GDT, the gates' selectors)";
-const NOT_ALL_MAPPED: &str = "not every page of this delivery is mapped by the guest's tables";
+pub const ALL_MAPPED: &str = "the guest's tables map every page of this delivery for the access it makes and its gates are present interrupt or trap gates (not checked: address bits above MAXPHYADDR, protection keys, the GDT, the gates' selectors, a stack switch)";
+pub const NOT_ALL_MAPPED: &str = "the guest's tables do not map every page of this delivery for the access it makes";
 const PARTLY_FOLLOWED: &str = "the pages walked are mapped by the guest's tables, but a gate was not followed";
 
 impl FaultState {
@@ -133,11 +136,13 @@ impl FaultState {
         // mode (IA-32e with CS.L = 0) they count, though the IDT and the frame are IA-32e's.
         let (cs_base, ss_base) = if m.in_64bit_mode() { (0, 0) } else { (self.cs_base, self.ss_base) };
         let real = m.cr0 & CR0_PE == 0;
-        let mut walk = Walk { paging, mem, parts: Vec::new(), all_mapped: true, followed: true };
+        // CPL is CS.RPL (SDM Vol. 3A 5.5).
+        let user = self.cs & 3 == 3;
+        let mut walk = Walk { paging, mem, parts: Vec::new(), all_mapped: true, followed: true, user };
         if self.nested_root != self.own_nested_root {
             walk.note(format!("the control block names nested tables at {:#x}, not the guest's own at {:#x}", self.nested_root, self.own_nested_root));
         }
-        walk.linear("RIP", cs_base.wrapping_add(self.rip));
+        walk.linear("RIP", cs_base.wrapping_add(self.rip), Access::Fetch);
         // The stack pointer's width: RSP in IA-32e mode (aligned to 16 first), SP in real
         // mode (it wraps within its 64 KiB segment), ESP otherwise — a 16-bit protected-mode
         // stack (SS.B = 0) is walked as a 32-bit one.
@@ -146,8 +151,8 @@ impl FaultState {
             (false, false) => (self.rsp, LEGACY_FRAME, 0xffff_ffff),
             (false, true) => (self.rsp, REAL_FRAME, 0xffff),
         };
-        walk.linear("stack top", ss_base.wrapping_add(top.wrapping_sub(1) & sp_mask));
-        walk.linear("stack frame", ss_base.wrapping_add(top.wrapping_sub(frame) & sp_mask));
+        walk.linear("stack top", ss_base.wrapping_add(top.wrapping_sub(1) & sp_mask), Access::Write);
+        walk.linear("stack frame", ss_base.wrapping_add(top.wrapping_sub(frame) & sp_mask), Access::Write);
         let mut vectors = Vec::new();
         vectors.extend(self.delivering_vector());
         if !vectors.contains(&DOUBLE_FAULT) {
@@ -168,6 +173,40 @@ impl FaultState {
         };
         // The walk starts from the saved state, so the state's caveat holds for it too.
         format!("{}; {verdict}{}", walk.parts.join("; "), self.caveat.map(|c| format!(" ({c})")).unwrap_or_default())
+    }
+}
+
+/// How the delivery uses a page: the IDT is read, the frame written, code fetched.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Read,
+    Write,
+    Fetch,
+}
+
+/// Why the access `a` (a supervisor one, or a user-mode fetch with `user`) is refused through
+/// `entries`, if it is (SDM Vol. 3A 4.6.1): a write to a read-only page with CR0.WP = 1, a
+/// fetch from an execute-disable page with EFER.NXE = 1, a supervisor fetch from a user page
+/// with CR4.SMEP, a supervisor data access to a user page with CR4.SMAP (event delivery's
+/// accesses are implicit supervisor accesses, which SMAP always checks), a user fetch from a
+/// supervisor page. A page's R/W and U/S are those of every level together; PAE's four
+/// PDPTEs outside long mode have neither.
+fn refusal(paging: &Paging, entries: &[(u8, u64)], a: Access, user: bool) -> Option<&'static str> {
+    const WP: u64 = 1 << 16;
+    const NXE: u64 = 1 << 11;
+    const SMEP: u64 = 1 << 20;
+    const SMAP: u64 = 1 << 21;
+    let rights = entries.iter().filter(|(level, _)| paging.long_mode() || *level != 3);
+    let writable = rights.clone().all(|(_, e)| e & 2 != 0);
+    let user_page = rights.clone().all(|(_, e)| e & 4 != 0);
+    let no_exec = paging.efer & NXE != 0 && entries.iter().any(|(_, e)| e >> 63 != 0);
+    match a {
+        Access::Fetch if no_exec => Some("execute-disable"),
+        Access::Fetch if user && !user_page => Some("a supervisor page fetched in user mode"),
+        Access::Fetch if !user && user_page && paging.cr4 & SMEP != 0 => Some("a user page, fetched in supervisor mode with SMEP"),
+        Access::Read | Access::Write if user_page && paging.cr4 & SMAP != 0 => Some("a user page, reached by the CPU with SMAP"),
+        Access::Write if !writable && paging.cr0 & WP != 0 => Some("read-only with CR0.WP = 1"),
+        _ => None,
     }
 }
 
@@ -205,11 +244,13 @@ struct Walk<'a, M: GuestPhys + ?Sized> {
     all_mapped: bool,
     /// Every gate was one the walk follows (an interrupt or trap gate).
     followed: bool,
+    /// The guest ran at CPL 3: its code at RIP is fetched in user mode.
+    user: bool,
 }
 
 impl<M: GuestPhys + ?Sized> Walk<'_, M> {
     /// Guest-physical address of `linear` if it is mapped and RAM, noting the finding.
-    fn linear(&mut self, what: &str, linear: u64) -> Option<u64> {
+    fn linear(&mut self, what: &str, linear: u64, access: Access) -> Option<u64> {
         let mut entries = Vec::new();
         let gpa = self.paging.translate_noting(linear, self.mem, &mut |level, e| entries.push((level, e)));
         let ram = gpa.filter(|&g| self.mem.read(g, &mut [0u8]));
@@ -227,9 +268,16 @@ impl<M: GuestPhys + ?Sized> Walk<'_, M> {
         if let Some((level, e, r)) = bad {
             part += &format!(", but its {} {e:#x} sets reserved bits {r:#x}", LEVEL_NAMES[level as usize & 3]);
         }
+        // The code at RIP is fetched at the guest's CPL; everything else the delivery does
+        // is the CPU's own (supervisor) access.
+        let refused = gpa.and_then(|_| refusal(&self.paging, &entries, access, what == "RIP" && self.user));
+        if let Some(why) = refused {
+            part += &format!(", but the page is {why}");
+        }
         self.parts.push(part);
-        self.all_mapped &= ram.is_some() && bad.is_none();
-        ram.filter(|_| bad.is_none())
+        let ok = ram.is_some() && bad.is_none() && refused.is_none();
+        self.all_mapped &= ok;
+        ram.filter(|_| ok)
     }
 
     fn note(&mut self, text: String) {
@@ -247,7 +295,7 @@ impl<M: GuestPhys + ?Sized> Walk<'_, M> {
             return self.note(format!("IDT[{vector}] past the limit {limit:#x}"));
         }
         let at = if long { base.wrapping_add(offset) } else { base.wrapping_add(offset) & 0xffff_ffff };
-        if self.linear(&format!("IDT[{vector}]"), at).is_none() {
+        if self.linear(&format!("IDT[{vector}]"), at, Access::Read).is_none() {
             return;
         }
         let mut raw = [0u8; 16];
@@ -285,7 +333,7 @@ impl<M: GuestPhys + ?Sized> Walk<'_, M> {
                 self.parts.push(format!("IDT[{vector}] uses IST {ist} (not walked)"));
             }
         }
-        self.linear(&format!("handler {vector}"), handler);
+        self.linear(&format!("handler {vector}"), handler, Access::Fetch);
     }
 
     /// A real-mode vector: the IVT entry at `base + 4 * vector`, and its handler at
@@ -296,13 +344,13 @@ impl<M: GuestPhys + ?Sized> Walk<'_, M> {
             return self.note(format!("IVT[{vector}] past the limit {limit:#x}"));
         }
         let at = base.wrapping_add(4 * vector as u64);
-        let Some(gpa) = self.linear(&format!("IVT[{vector}]"), at) else { return };
+        let Some(gpa) = self.linear(&format!("IVT[{vector}]"), at, Access::Read) else { return };
         let mut raw = [0u8; 4];
         if !self.mem.read(gpa, &mut raw) {
             return self.note(format!("IVT[{vector}] unreadable"));
         }
         let (offset, segment) = (u16::from_le_bytes([raw[0], raw[1]]), u16::from_le_bytes([raw[2], raw[3]]));
-        self.linear(&format!("handler {vector}"), ((segment as u64) << 4) + offset as u64);
+        self.linear(&format!("handler {vector}"), ((segment as u64) << 4) + offset as u64, Access::Fetch);
     }
 }
 
@@ -476,7 +524,7 @@ mod tests {
         for (at, entry, nxe, found) in [
             // XD while EFER.NXE = 0, in the PDE; with NXE = 1 it is the execute-disable bit.
             (0x3000, 0x4000 | P_RW | XD, false, Some("its PDE 0x8000000000004003 sets reserved bits 0x8000000000000000")),
-            (0x3000, 0x4000 | P_RW | XD, true, None),
+            (0x4000 + 8 * 7, 0x7000 | P_RW | XD, true, None),
             // PS in a PML4E.
             (0x1000, 0x2000 | P_RW | PS, false, Some("its PML4E 0x2083 sets reserved bits 0x80")),
             // A 2-MiB page with bit 13 set (bits 20:13 reserved; bit 12 is PAT).
@@ -528,6 +576,82 @@ mod tests {
         m.put_u64(0x5000, 0x3001 | PS | 1 << 13);
         let r = st.walk_delivery(&mut m);
         assert!(!r.contains("reserved"), "{r}");
+    }
+
+    #[test]
+    fn each_access_of_the_delivery_must_be_allowed_by_the_pages_rights() {
+        // SDM Vol. 3A 4.6.1. Pages of long_guest: code 0x12000, stack 0x7000, IDT 0x9000,
+        // handlers 0x10000/0x11000; `set` changes one PTE's bits, `cr0`/`cr4`/`efer` add
+        // controls; `cs` 0x10 (CPL 0) or 0x2b (CPL 3).
+        const WP: u64 = 1 << 16;
+        const NXE: u64 = 1 << 11;
+        const SMEP: u64 = 1 << 20;
+        const SMAP: u64 = 1 << 21;
+        const US: u64 = 4;
+        const XD: u64 = 1 << 63;
+        let pte = |page: u64| 0x4000 + 8 * (page >> 12);
+        let user_all = |m: &mut Mem| {
+            for at in [0x1000, 0x2000, 0x3000] {
+                m.put_u64(at, (at + 0x1000) | P_RW | US);
+            }
+        };
+        type Case = (u64, u64, u64, u64, u64, u16, bool, Option<&'static str>);
+        let cases: [Case; 12] = [
+            // (page, its bits, CR0, CR4, EFER extra, CS, all levels user, what is said)
+            (0x7000, 1, WP, 0, 0, 0x10, false, Some("stack top 0x7fff -> 0x7fff, but the page is read-only with CR0.WP = 1")),
+            (0x7000, 1, 0, 0, 0, 0x10, false, None),
+            (0x9000, 1, WP, 0, 0, 0x10, false, None),
+            (0x12000, P_RW | XD, 0, 0, NXE, 0x10, false, Some("RIP 0x12bdc -> 0x12bdc (entries 0x2003 0x3003 0x4003 0x8000000000012003), but the page is execute-disable")),
+            (0x11000, P_RW | XD, 0, 0, NXE, 0x10, false, Some("handler 14 0x11000 -> 0x11000, but the page is execute-disable")),
+            (0x9000, P_RW | XD, 0, 0, NXE, 0x10, false, None),
+            (0x12000, P_RW | US, 0, SMEP, 0, 0x10, true, Some("RIP 0x12bdc -> 0x12bdc (entries 0x2007 0x3007 0x4007 0x12007), but the page is a user page, fetched in supervisor mode with SMEP")),
+            (0x12000, P_RW | US, 0, 0, 0, 0x10, true, None),
+            (0x9000, P_RW | US, 0, SMAP, 0, 0x2b, true, Some("IDT[14] 0x90e0 -> 0x90e0, but the page is a user page, reached by the CPU with SMAP")),
+            (0x7000, P_RW | US, 0, SMAP, 0, 0x10, true, Some("stack frame 0x7fd0 -> 0x7fd0, but the page is a user page, reached by the CPU with SMAP")),
+            // User-mode code needs U/S at every level; the upper levels here are supervisor.
+            (0x12000, P_RW | US, 0, 0, 0, 0x2b, false, Some("RIP 0x12bdc -> 0x12bdc (entries 0x2003 0x3003 0x4003 0x12007), but the page is a supervisor page fetched in user mode")),
+            (0x12000, P_RW | US, 0, 0, 0, 0x2b, true, None),
+        ];
+        for (page, bits, cr0, cr4, efer, cs, user, said) in cases {
+            let (mut st, mut m) = long_guest(&[]);
+            if user {
+                user_all(&mut m);
+            }
+            m.put_u64(pte(page), page | bits);
+            st.mode.cr0 |= cr0;
+            st.mode.cr4 |= cr4;
+            st.mode.efer |= efer;
+            st.cs = cs;
+            let r = st.walk_delivery(&mut m);
+            match said {
+                Some(text) => assert!(r.contains(&format!("{text};")) && r.ends_with(NOT_ALL_MAPPED), "{page:#x} {bits:#x}: {r}"),
+                None => assert!(r.ends_with(ALL_MAPPED) && !r.contains(", but"), "{page:#x} {bits:#x}: {r}"),
+            }
+        }
+        // Only the code at RIP is fetched at CPL 3: the handlers are the CPU's, in supervisor
+        // mode, and need no U/S.
+        let (mut st, mut m) = long_guest(&[]);
+        user_all(&mut m);
+        m.put_u64(pte(0x12000), 0x12000 | P_RW | US);
+        st.cs = 0x2b;
+        assert!(st.walk_delivery(&mut m).ends_with(ALL_MAPPED));
+        // PAE's PDPTEs outside long mode have no R/W or U/S bits: the rest decide.
+        let (mut st, mut m) = long_guest(&[]);
+        st.mode.efer = 0;
+        st.mode.cs_l = false;
+        st.mode.cr3 = 0x5000;
+        st.mode.cr0 |= WP;
+        m.put_u64(0x5000, 0x3001);
+        m.put(0x8007, &[0]);
+        let r = st.walk_delivery(&mut m);
+        assert!(r.contains("stack top 0x8007 -> 0x8007; "), "{r}");
+        // A user page there: the PDE and PTE say so, the PDPTE cannot.
+        user_all(&mut m);
+        m.put_u64(0x5000, 0x3001);
+        m.put_u64(pte(0x8000), 0x8000 | P_RW | US);
+        st.mode.cr4 |= SMAP;
+        let r = st.walk_delivery(&mut m);
+        assert!(r.contains("stack top 0x8007 -> 0x8007, but the page is a user page, reached by the CPU with SMAP; "), "{r}");
     }
 
     #[test]
