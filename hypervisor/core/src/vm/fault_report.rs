@@ -548,6 +548,8 @@ mod tests {
                 Some(text) => {
                     assert!(r.contains(&format!("RIP 0x12bdc -> 0x12bdc")) && r.contains(text), "{entry:#x}: {r}");
                     assert!(r.ends_with(NOT_ALL_MAPPED), "{entry:#x}: {r}");
+                    // Without NXE the bit is reserved, not execute-disable.
+                    assert!(!r.contains("execute-disable"), "{entry:#x}: {r}");
                 }
                 None => assert!(r.ends_with(ALL_MAPPED) && !r.contains("reserved"), "{entry:#x}: {r}"),
             }
@@ -628,6 +630,12 @@ mod tests {
                 None => assert!(r.ends_with(ALL_MAPPED) && !r.contains(", but"), "{page:#x} {bits:#x}: {r}"),
             }
         }
+        // In long mode the PDPTE's R/W counts like every other level's.
+        let (mut st, mut m) = long_guest(&[]);
+        st.mode.cr0 |= WP;
+        m.put_u64(0x2000, 0x3001);
+        let r = st.walk_delivery(&mut m);
+        assert!(r.contains("stack top 0x7fff -> 0x7fff, but the page is read-only with CR0.WP = 1;"), "{r}");
         // Only the code at RIP is fetched at CPL 3: the handlers are the CPU's, in supervisor
         // mode, and need no U/S.
         let (mut st, mut m) = long_guest(&[]);
