@@ -453,6 +453,26 @@ mod tests {
         }
     }
 
+    /// Loop devices need root: false (and a note) without it.
+    fn as_root() -> bool {
+        // SAFETY: no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if !root {
+            eprintln!("skipped: loop devices need root");
+        }
+        root
+    }
+
+    /// Makes an ext2 file system on `dev` and mounts it on `mnt`; false if this host cannot.
+    fn format_and_mount(dev: &str, mnt: &Path) -> bool {
+        std::fs::create_dir_all(mnt).unwrap();
+        sh(&format!("mkfs.ext2 -q -F {dev} >/dev/null 2>&1 && mount {dev} {}", mnt.display()))
+    }
+
+    fn sh(c: &str) -> bool {
+        std::process::Command::new("sh").arg("-c").arg(c).status().is_ok_and(|s| s.success())
+    }
+
     fn attach(backing: &Path) -> Option<String> {
         let o = std::process::Command::new("losetup").args(["--find", "--show", "--partscan"]).arg(backing).output().ok()?;
         o.status.success().then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
@@ -460,9 +480,7 @@ mod tests {
 
     #[test]
     fn a_loop_device_is_refused_as_fixed_then_written_with_force_and_refused_once_mounted() {
-        // SAFETY: no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: loop devices need root");
+        if !as_root() {
             return;
         }
         let backing = scratch("loop");
@@ -512,9 +530,7 @@ mod tests {
             eprintln!("skipped the partition case: partx could not add {dev}'s partition");
         }
         // Mounted: a file system on the whole device, mounted; --force does not help.
-        std::fs::create_dir_all(&guard.mnt).unwrap();
-        let sh = |c: &str| std::process::Command::new("sh").arg("-c").arg(c).status().is_ok_and(|s| s.success());
-        if !sh(&format!("mkfs.ext2 -q -F {dev} >/dev/null 2>&1 && mount {dev} {}", guard.mnt.display())) {
+        if !format_and_mount(&dev, &guard.mnt) {
             eprintln!("skipped the mounted case: cannot format or mount {dev} here");
             return;
         }
@@ -534,9 +550,7 @@ mod tests {
 
     #[test]
     fn a_file_behind_a_mounted_loop_device_is_refused_when_the_kernels_path_to_it_is_hidden() {
-        // SAFETY: no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: loop devices need root");
+        if !as_root() {
             return;
         }
         // The file sits in a folder of its own, with a second name (a hard link) outside it.
@@ -552,9 +566,7 @@ mod tests {
             return;
         };
         let guard = Loop { dev: dev.clone(), mnt: scratch("hidden-mnt"), files: vec![backing.clone(), other.clone(), scratch("hidden-img")] };
-        std::fs::create_dir_all(&guard.mnt).unwrap();
-        let sh = |c: &str| std::process::Command::new("sh").arg("-c").arg(c).status().is_ok_and(|s| s.success());
-        if !sh(&format!("mkfs.ext2 -q -F {dev} >/dev/null 2>&1 && mount {dev} {}", guard.mnt.display())) {
+        if !format_and_mount(&dev, &guard.mnt) {
             eprintln!("skipped: cannot format or mount {dev} here");
             return;
         }

@@ -583,8 +583,9 @@ mod tests {
     #[test]
     fn each_access_of_the_delivery_must_be_allowed_by_the_pages_rights() {
         // SDM Vol. 3A 4.6.1. Pages of long_guest: code 0x12000, stack 0x7000, IDT 0x9000,
-        // handlers 0x10000/0x11000; `set` changes one PTE's bits, `cr0`/`cr4`/`efer` add
-        // controls; `cs` 0x10 (CPL 0) or 0x2b (CPL 3).
+        // handlers 0x10000/0x11000. Each case gives one page's PTE bits, the controls added
+        // to CR0, CR4 and EFER, CS (0x10: CPL 0, 0x2b: CPL 3), whether the upper levels are
+        // user, and what the walk must say.
         const WP: u64 = 1 << 16;
         const NXE: u64 = 1 << 11;
         const SMEP: u64 = 1 << 20;
@@ -599,7 +600,6 @@ mod tests {
         };
         type Case = (u64, u64, u64, u64, u64, u16, bool, Option<&'static str>);
         let cases: [Case; 12] = [
-            // (page, its bits, CR0, CR4, EFER extra, CS, all levels user, what is said)
             (0x7000, 1, WP, 0, 0, 0x10, false, Some("stack top 0x7fff -> 0x7fff, but the page is read-only with CR0.WP = 1")),
             (0x7000, 1, 0, 0, 0, 0x10, false, None),
             (0x9000, 1, WP, 0, 0, 0x10, false, None),
