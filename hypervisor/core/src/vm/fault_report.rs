@@ -18,7 +18,7 @@
 //! not walk; a task gate is named, not followed.
 
 use super::guest_mem::{GuestPhys, Paging};
-use super::regs::{describe_event, ModeView};
+use super::regs::{describe_event, Cr0, Cr4, Efer, ModeView};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -192,20 +192,18 @@ enum Access {
 /// supervisor page. A page's R/W and U/S are those of every level together; PAE's four
 /// PDPTEs outside long mode have neither.
 fn refusal(paging: &Paging, entries: &[(u8, u64)], a: Access, user: bool) -> Option<&'static str> {
-    const WP: u64 = 1 << 16;
-    const NXE: u64 = 1 << 11;
-    const SMEP: u64 = 1 << 20;
-    const SMAP: u64 = 1 << 21;
+    let (wp, nxe) = (Cr0::WP.bits(), Efer::NXE.bits());
+    let (smep, smap) = (Cr4::SMEP.bits(), Cr4::SMAP.bits());
     let rights = entries.iter().filter(|(level, _)| paging.long_mode() || *level != 3);
     let writable = rights.clone().all(|(_, e)| e & 2 != 0);
     let user_page = rights.clone().all(|(_, e)| e & 4 != 0);
-    let no_exec = paging.efer & NXE != 0 && entries.iter().any(|(_, e)| e >> 63 != 0);
+    let no_exec = paging.efer & nxe != 0 && entries.iter().any(|(_, e)| e >> 63 != 0);
     match a {
         Access::Fetch if no_exec => Some("execute-disable"),
         Access::Fetch if user && !user_page => Some("a supervisor page fetched in user mode"),
-        Access::Fetch if !user && user_page && paging.cr4 & SMEP != 0 => Some("a user page, fetched in supervisor mode with SMEP"),
-        Access::Read | Access::Write if user_page && paging.cr4 & SMAP != 0 => Some("a user page, reached by the CPU with SMAP"),
-        Access::Write if !writable && paging.cr0 & WP != 0 => Some("read-only with CR0.WP = 1"),
+        Access::Fetch if !user && user_page && paging.cr4 & smep != 0 => Some("a user page, fetched in supervisor mode with SMEP"),
+        Access::Read | Access::Write if user_page && paging.cr4 & smap != 0 => Some("a user page, reached by the CPU with SMAP"),
+        Access::Write if !writable && paging.cr0 & wp != 0 => Some("read-only with CR0.WP = 1"),
         _ => None,
     }
 }
@@ -221,12 +219,11 @@ const LEVEL_NAMES: [&str; 4] = ["PML4E", "PTE", "PDE", "PDPTE"];
 fn reserved_bits(paging: &Paging, level: u8, e: u64) -> Option<u64> {
     const XD: u64 = 1 << 63;
     const PS: u64 = 1 << 7;
-    const NXE: u64 = 1 << 11;
-    if e & 1 == 0 || paging.cr4 & (1 << 5) == 0 {
+    if e & 1 == 0 || paging.cr4 & Cr4::PAE.bits() == 0 {
         // Not present, or 32-bit paging (no XD bit, no such layout): nothing to say.
         return None;
     }
-    let mut r = if paging.efer & NXE == 0 { e & XD } else { 0 };
+    let mut r = if paging.efer & Efer::NXE.bits() == 0 { e & XD } else { 0 };
     r |= match (level, e & PS != 0) {
         (4, _) => e & PS,
         (3, true) if paging.long_mode() => e & 0x3fff_e000,
